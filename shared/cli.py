@@ -1,0 +1,64 @@
+"""The `openaim` command. Subcommands live with their stage and are imported only when invoked,
+so `openaim --help` answers fast and never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+import typer.main
+
+# name -> (module:attribute, one-line help). The attribute is a typer app or a plain command function.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "web": ("shared.miniweb.cli:app", "The mini web: a synthetic Common Crawl slice (generate, serve)."),
+    "build-dataset": ("curation.cli:build_dataset", "Curate image-text pairs into webdataset shards (DFN-2B)."),
+    "train-filter": ("curation.cli:train_filter", "Train our own data filtering network (a small CLIP)."),
+    "train": ("training.cli:train", "Pretrain an AIM model (prefix-causal ViT, next-patch regression)."),
+    "eval": ("evaluation.cli:evaluate", "Attentive and linear probes of frozen trunks on the benchmarks."),
+    "report": ("evaluation.cli:report", "Write the HTML + Markdown benchmark report."),
+    "run": ("shared.pipeline_cli:run", "Run the whole pipeline: build-dataset -> train -> eval -> report."),
+    "status": ("shared.pipeline_cli:status", "Show each pipeline step as fresh or stale, and why."),
+    "demo": ("shared.pipeline_cli:demo", "The whole pipeline on the built-in mini web, on this machine."),
+}
+
+
+def _load(target: str, name: str) -> click.Command:
+    module_name, attr = target.split(":")
+    obj = getattr(importlib.import_module(module_name), attr)
+    if isinstance(obj, typer.Typer):
+        cmd = typer.main.get_command(obj)
+    else:
+        app = typer.Typer(add_completion=False)
+        app.command(name)(obj)
+        cmd = typer.main.get_command(app)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        return _load(COMMANDS[name][0], name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help texts come from the table, so listing commands imports no stage.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="openaim")
+def cli() -> None:
+    """openaim: curate image-text data with a DFN, pretrain AIM, probe it on 15 benchmarks."""
+
+
+def main() -> None:
+    cli(prog_name="openaim")
+
+
+if __name__ == "__main__":
+    main()

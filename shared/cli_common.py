@@ -1,0 +1,75 @@
+"""What every `openaim` command shares: --config/--set/--debug, one-line errors, exit codes.
+
+Stage CLIs import only this and typer at module level, so `openaim --help` never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a key: --set training.steps=100")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show full tracebacks")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line to stderr and exit."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def setup_logging(debug: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, format="%(message)s", datefmt="[%X]",
+        handlers=[RichHandler(show_path=debug, rich_tracebacks=debug, markup=False)], force=True,
+    )
+    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "py4j", "httpx", "filelock", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def guarded(fn: Callable[[], Any], debug: bool) -> Any:
+    """Run a command body: user errors become one line; unexpected ones too, unless --debug."""
+    from shared.errors import OpenAIMError
+
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except OpenAIMError as exc:
+        if debug:
+            raise
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 1)
+
+
+def run_with_config(body: Callable[[Any], Any], config: Optional[Path], overrides: Optional[list[str]],
+                    debug: bool) -> Any:
+    """Validate the whole config up front (writing nothing on error), then run ``body(cfg)``."""
+    from shared.config.loading import load_config
+
+    setup_logging(debug)
+
+    def _run() -> Any:
+        cfg = load_config(config, overrides or [])
+        return body(cfg)
+
+    return guarded(_run, debug)
+
+
+def in_child_process() -> bool:
+    return "pytest" not in sys.modules

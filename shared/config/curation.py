@@ -1,0 +1,92 @@
+"""Config of `openaim build-dataset` (Common Crawl pairs -> DFN filter -> dedup -> top fraction -> shards)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.config.base import StrictModel
+
+
+class ExtractConfig(StrictModel):
+    # WARC/WAT paths, globs, http(s) URLs, or url/caption parquet files. Empty = the mini web's WARCs.
+    sources: list[str] = Field(default_factory=list)
+    allow_hosts: list[str] = Field(default_factory=list, description="private/loopback hosts allowed by name")
+    min_caption_chars: int = Field(1, ge=0)
+
+
+class DownloadConfig(StrictModel):
+    distributor: Literal["multiprocessing", "pyspark"] = "multiprocessing"
+    processes: int = Field(2, ge=1)
+    threads: int = Field(16, ge=1)
+    image_size: int = Field(224, ge=16)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    samples_per_shard: int = Field(1000, ge=1)
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(0, ge=0)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb cap, checked before decoding")
+
+
+class FilterNetworkConfig(StrictModel):
+    # An open_clip spec: "hf-hub:apple/DFN-public", "ViT-B-32" (+ pretrained tag), or "own" for the
+    # filter network trained by `openaim train-filter` on the high-quality set.
+    model: str = "own"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    batch_size: int = Field(128, ge=1)
+
+
+class TrainFilterConfig(StrictModel):
+    embed_dim: int = Field(64, ge=8)
+    image_size: int = Field(64, ge=16)
+    vision_width: int = Field(128, ge=16)
+    vision_layers: int = Field(3, ge=1)
+    patch_size: int = Field(8, ge=1)
+    text_width: int = Field(128, ge=16)
+    text_layers: int = Field(3, ge=1)
+    text_heads: int = Field(4, ge=1)
+    context_length: int = Field(32, ge=8)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+
+
+class DedupConfig(StrictModel):
+    exact: bool = True
+    near: bool = True
+    near_threshold: float = Field(0.92, gt=0, le=1, description="cosine similarity above which two images are copies")
+    index: Literal["auto", "flat", "ivf"] = "auto"
+    flat_max: int = Field(50_000, ge=1, description="largest pool searched with an exact flat index under 'auto'")
+    decontaminate: bool = True
+    eval_threshold: float = Field(0.92, gt=0, le=1)
+    eval_sets: list[str] = Field(default_factory=list, description="benchmark names; empty = the configured evaluation set")
+
+
+class SafetyConfig(StrictModel):
+    blur_faces: bool = True
+    concepts: list[str] = Field(default_factory=list, description="text prompts whose close images are dropped")
+    concept_threshold: float = Field(0.3, ge=-1, le=1)
+
+
+class SelectConfig(StrictModel):
+    fraction: float | None = Field(0.15, gt=0, le=1)
+    threshold: float | None = Field(None, ge=-1, le=1)
+    shard_size: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "SelectConfig":
+        if self.fraction is None and self.threshold is None:
+            raise ValueError("set either fraction or threshold")
+        return self
+
+
+class CurationConfig(StrictModel):
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    filter: FilterNetworkConfig = Field(default_factory=FilterNetworkConfig)
+    train_filter: TrainFilterConfig = Field(default_factory=TrainFilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)

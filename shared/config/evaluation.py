@@ -1,0 +1,40 @@
+"""Config of `openaim eval` and `openaim report`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.config.base import StrictModel
+
+
+class ProbeConfig(StrictModel):
+    kind: Literal["attentive", "linear", "both"] = "both"
+    lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3, 1e-2])
+    weight_decays: list[float] = Field(default_factory=lambda: [1e-4, 1e-2])
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out for choosing settings")
+
+
+class EvaluationConfig(StrictModel):
+    # Checkpoints to evaluate: paths (ours: a training run dir or a .safetensors file; ml-aim .pth).
+    # Empty = the training stage's final checkpoint plus a random-weights baseline.
+    checkpoints: list[str] = Field(default_factory=list)
+    random_baseline: bool = True
+    benchmarks: list[str] = Field(default_factory=lambda: ["all"])
+    data_root: str = "data/benchmarks"
+    blocks: Literal["last6", "best"] | list[int] = "last6"
+    n_blocks: int = Field(6, ge=1)
+    img_size: int | None = Field(None, ge=8, description="probe input size; default = the model's")
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    max_train_per_benchmark: int | None = Field(None, ge=1)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+
+
+class ReportConfig(StrictModel):
+    title: str = "openaim benchmark report"
+    # Other run directories to show side by side with this one (e.g. before a filtering change).
+    compare: list[str] = Field(default_factory=list)

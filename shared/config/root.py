@@ -1,0 +1,45 @@
+"""The whole openaim config: one YAML file with a section per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.config.base import StrictModel
+from shared.config.curation import CurationConfig
+from shared.config.evaluation import EvaluationConfig, ReportConfig
+from shared.config.training import TrainingConfig
+from shared.config.web import WebConfig
+
+
+class OpenAIMConfig(StrictModel):
+    name: str = "demo"
+    # Every artifact of a run lives under workdir (relative paths resolve against the current directory).
+    workdir: Path = Path("runs/demo")
+    web: WebConfig = Field(default_factory=WebConfig)
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    # Where each stage writes; one place so the stages agree.
+    @property
+    def web_dir(self) -> Path:
+        return self.workdir / "web"
+
+    @property
+    def curation_dir(self) -> Path:
+        return self.workdir / "curation"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.workdir / "training"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.workdir / "eval"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.workdir / "report"

@@ -1,0 +1,110 @@
+"""Config of `openaim train`: the AIM model, data mix, optimizer, schedule and scale-out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.config.base import StrictModel
+
+# The paper's trunks (width, depth, heads) and their shared head; "aim-tiny"/"aim-small" run on CPU.
+AIM_PRESETS: dict[str, dict] = {
+    "aim-tiny": dict(width=192, depth=6, heads=3, img_size=64, patch_size=8, head_width=256, head_depth=2),
+    "aim-small": dict(width=384, depth=8, heads=6, img_size=112, patch_size=14, head_width=512, head_depth=4),
+    "aim-600m": dict(width=1536, depth=24, heads=12, img_size=224, patch_size=14, head_width=2048, head_depth=12),
+    "aim-1b": dict(width=2048, depth=24, heads=16, img_size=224, patch_size=14, head_width=2048, head_depth=12),
+    "aim-3b": dict(width=3072, depth=24, heads=24, img_size=224, patch_size=14, head_width=2048, head_depth=12),
+    "aim-7b": dict(width=4096, depth=32, heads=32, img_size=224, patch_size=14, head_width=2048, head_depth=12),
+}
+
+
+class ModelConfig(StrictModel):
+    # A preset fills every shape field that is not given explicitly.
+    arch: str | None = "aim-tiny"
+    width: int | None = Field(None, ge=8)
+    depth: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    img_size: int | None = Field(None, ge=8)
+    patch_size: int | None = Field(None, ge=1)
+    in_chans: int = Field(3, ge=1)
+    head_width: int | None = Field(None, ge=8)
+    head_depth: int | None = Field(None, ge=0)
+    norm_eps: float = Field(1e-6, gt=0)
+    norm_pix_loss: bool = True
+    attention_backend: Literal["auto", "xformers", "flex", "sdpa", "naive"] = "auto"
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> "ModelConfig":
+        if self.arch is not None:
+            if self.arch not in AIM_PRESETS:
+                raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(AIM_PRESETS)}")
+            for key, value in AIM_PRESETS[self.arch].items():
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+        missing = [k for k in ("width", "depth", "heads", "img_size", "patch_size", "head_width", "head_depth")
+                   if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (or set arch)")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"heads {self.heads} do not divide width {self.width}")
+        if (self.img_size // self.patch_size) ** 2 < 2:
+            raise ValueError("need at least 2 patches for next-patch prediction")
+        if self.width % 4 or self.head_width % 4:
+            raise ValueError("2-D sin-cos position embeddings need widths divisible by 4")
+        return self
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+
+class DataConfig(StrictModel):
+    # Webdataset shards (globs or brace patterns). Empty = the curation stage's output shards.
+    shards: list[str] = Field(default_factory=list)
+    # ImageNet-style labelled set: an image folder or webdataset shards; empty = none.
+    imagenet: list[str] = Field(default_factory=list)
+    # Sampling weights (curated, imagenet): 0.8/0.2 is "DFN-2B+". Ignored when imagenet is empty.
+    mix: tuple[float, float] = (0.8, 0.2)
+    num_workers: int = Field(1, ge=0)
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    shuffle_buffer: int = Field(500, ge=0)
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> "DataConfig":
+        if min(self.mix) < 0 or sum(self.mix) <= 0:
+            raise ValueError("mix weights must be non-negative and not all zero")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        return self
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    warmup_fraction: float = Field(0.025, ge=0, lt=1)
+    warmup_start_lr: float = Field(1e-6, ge=0)
+
+
+class TrainingConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    global_batch_size: int = Field(64, ge=1)
+    steps: int = Field(300, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: list[int] = Field(default_factory=list, description="extra steps whose weights are kept for eval")
+    log_every: int = Field(10, ge=1)
+    seed: int = 0

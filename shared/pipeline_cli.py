@@ -1,0 +1,29 @@
+"""`openaim run`, `openaim status`, `openaim demo`: the stages as one graph over the stage cache."""
+
+from __future__ import annotations
+
+from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
+
+
+def run(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Run build-dataset -> train -> eval -> report, reusing every step whose inputs are unchanged."""
+    def body(cfg):
+        from shared.pipeline import run_pipeline
+        run_pipeline(cfg)
+    run_with_config(body, config, set_, debug)
+
+
+def status(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Print each step as fresh or stale and why (which config key or input changed)."""
+    def body(cfg):
+        from shared.pipeline import print_status
+        print_status(cfg)
+    run_with_config(body, config, set_, debug)
+
+
+def demo(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Generate and serve the mini web, then run the whole pipeline on it."""
+    def body(cfg):
+        from shared.pipeline import run_demo
+        run_demo(cfg)
+    run_with_config(body, config, set_, debug)

@@ -1,0 +1,179 @@
+"""The stage cache: each pipeline step records what it was computed from, and is skipped when that matches.
+
+A step's *fingerprint* is the hash of
+  - its config section (a JSON dict; only the keys the step actually depends on),
+  - its inputs' hashes (files hashed by content, or upstream steps' output hashes),
+  - its code version (the hash of the source files it names).
+The record lives at ``<workdir>/.steps/<step>.json`` with the outputs' hashes, so that a downstream step
+can take an upstream step's *outputs hash* as its input without re-reading gigabytes, and so that
+`openaim status` can say exactly which config key or input changed.
+
+The record is written last, atomically, after the outputs are complete: a killed step has no record and
+reruns; a finished one is never redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping
+
+from shared.atomic import atomic_write_json
+
+_CHUNK = 1 << 20
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_json(obj: Any) -> str:
+    return hash_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
+
+
+def hash_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_path(path: str | Path) -> str:
+    """Content hash of a file, or of a directory tree (relative names + contents, hidden files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return hash_file(path)
+    if not path.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        h.update(str(rel).encode() + b"\0" + hash_file(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def code_version(*objects: ModuleType | Callable | str | Path) -> str:
+    """Hash of the source of the given modules/functions/files: edit the code, the step reruns."""
+    h = hashlib.sha256()
+    for obj in objects:
+        if isinstance(obj, (str, Path)):
+            h.update(Path(obj).read_bytes())
+        else:
+            h.update(inspect.getsource(obj).encode())
+    return h.hexdigest()[:16]
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+@dataclass
+class StepSpec:
+    """What a step depends on. ``config`` is a dict (e.g. ``cfg.curation.select.model_dump(mode='json')``)
+    keyed by its dotted name, e.g. ``{"curation.select": {...}}``."""
+
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> hash
+    code: str = ""
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return hash_json({"config": self.config, "inputs": self.inputs, "code": self.code})
+
+
+@dataclass
+class Freshness:
+    fresh: bool
+    reasons: list[str]
+
+
+class StageCache:
+    def __init__(self, workdir: str | Path):
+        self.root = Path(workdir) / ".steps"
+
+    def record_path(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        p = self.record_path(name)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged record means "not done": the step reruns
+
+    def check(self, spec: StepSpec) -> Freshness:
+        """Is the recorded result still valid? If not, say why (which key, input or code changed)."""
+        rec = self.load(spec.name)
+        if rec is None:
+            return Freshness(False, ["never ran"])
+        reasons: list[str] = []
+        old_cfg, new_cfg = _flatten(rec.get("config", {})), _flatten(spec.config)
+        for key in sorted(set(old_cfg) | set(new_cfg)):
+            if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
+                reasons.append(f"config {key}: {old_cfg.get(key, '<unset>')!r} -> {new_cfg.get(key, '<unset>')!r}")
+        old_in = rec.get("inputs", {})
+        for key in sorted(set(old_in) | set(spec.inputs)):
+            if old_in.get(key) != spec.inputs.get(key):
+                reasons.append(f"input {key} changed")
+        if rec.get("code") != spec.code:
+            reasons.append("code changed")
+        for out in spec.outputs:
+            if not Path(out).exists():
+                reasons.append(f"output {out} is missing")
+        return Freshness(not reasons, reasons)
+
+    def outputs_hash(self, name: str) -> str:
+        """The recorded outputs hash of an upstream step (what downstream steps take as input)."""
+        rec = self.load(name)
+        return rec["outputs_hash"] if rec else "missing"
+
+    def record(self, spec: StepSpec, outputs_hash: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        """Mark the step done. ``outputs_hash`` defaults to the content hash of its outputs."""
+        if outputs_hash is None:
+            outputs_hash = hash_json([hash_path(p) for p in spec.outputs])
+        atomic_write_json(self.record_path(spec.name), {
+            "step": spec.name,
+            "fingerprint": spec.fingerprint,
+            "config": spec.config,
+            "inputs": spec.inputs,
+            "code": spec.code,
+            "outputs": [str(p) for p in spec.outputs],
+            "outputs_hash": outputs_hash,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **(extra or {}),
+        })
+        return outputs_hash
+
+    def invalidate(self, name: str) -> None:
+        self.record_path(name).unlink(missing_ok=True)
+
+    def run(self, spec: StepSpec, fn: Callable[[], Any], force: bool = False,
+            outputs_hash: Callable[[], str] | None = None) -> bool:
+        """Run ``fn`` unless the step is fresh. Returns True if it ran, False if it was reused."""
+        if not force and self.check(spec).fresh:
+            return False
+        self.invalidate(spec.name)  # a stale record must not survive a crash mid-step
+        fn()
+        self.record(spec, outputs_hash() if outputs_hash else None)
+        return True
+
+
+def steps_status(cache: StageCache, specs: Iterable[StepSpec]) -> list[tuple[str, Freshness]]:
+    return [(s.name, cache.check(s)) for s in specs]
