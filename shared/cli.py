@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-import click
+import typer
+import typer.core
 import typer.main
 
 # name -> (module:attribute, one-line help). The attribute is a typer app or a plain command function.
@@ -22,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(target: str, name: str) -> click.Command:
+def _load(target: str, name: str):
     module_name, attr = target.split(":")
     obj = getattr(importlib.import_module(module_name), attr)
     if isinstance(obj, typer.Typer):
@@ -35,29 +36,33 @@ def _load(target: str, name: str) -> click.Command:
     return cmd
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+class LazyGroup(typer.core.TyperGroup):
+    """A typer group whose subcommands are imported on first use (typer has no lazy loading itself)."""
+
+    def list_commands(self, ctx) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx, name: str):
         if name not in COMMANDS:
             return None
         return _load(COMMANDS[name][0], name)
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_commands(self, ctx, formatter) -> None:
         # Help texts come from the table, so listing commands imports no stage.
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="openaim")
-def cli() -> None:
-    """openaim: curate image-text data with a DFN, pretrain AIM, probe it on 15 benchmarks."""
+# Plain (non-rich) help formatting, so listing commands goes through format_commands above.
+cli = LazyGroup(
+    name="openaim", rich_markup_mode=None, no_args_is_help=True,
+    help="openaim: curate image-text data with a DFN, pretrain AIM, probe it on 15 benchmarks.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 
 
 def main() -> None:
-    cli(prog_name="openaim")
+    cli.main(prog_name="openaim")
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    sys.exit(code)
 
 
 def setup_logging(debug: bool = False) -> None:
@@ -42,8 +42,6 @@ def guarded(fn: Callable[[], Any], debug: bool) -> Any:
 
     try:
         return fn()
-    except typer.Exit:
-        raise
     except OpenAIMError as exc:
         if debug:
             raise

@@ -1,0 +1,101 @@
+"""The stage cache skips unchanged steps, reruns on config/input/code changes, and survives crashes."""
+
+import os
+
+import pytest
+
+from shared.atomic import atomic_dir, atomic_open, atomic_write_json
+from shared.stage_cache import StageCache, StepSpec, hash_path
+
+
+def _spec(tmp_path, fraction=0.15, upstream="abc", code="v1"):
+    return StepSpec(name="select", config={"curation.select": {"fraction": fraction, "threshold": None}},
+                    inputs={"scores": upstream}, code=code, outputs=[tmp_path / "out.txt"])
+
+
+def test_skips_when_unchanged_and_reruns_on_config_change(tmp_path):
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def step():
+        calls.append(1)
+        (tmp_path / "out.txt").write_text(f"run {len(calls)}")
+
+    assert cache.run(_spec(tmp_path), step) is True
+    assert cache.run(_spec(tmp_path), step) is False
+    assert len(calls) == 1
+    fresh = cache.check(_spec(tmp_path, fraction=0.2))
+    assert not fresh.fresh
+    assert fresh.reasons == ["config curation.select.fraction: 0.15 -> 0.2"]
+    assert cache.run(_spec(tmp_path, fraction=0.2), step) is True
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(upstream="def"), "input scores changed"),
+    (dict(code="v2"), "code changed"),
+])
+def test_reruns_on_input_or_code_change(tmp_path, change, reason):
+    cache = StageCache(tmp_path)
+    cache.run(_spec(tmp_path), lambda: (tmp_path / "out.txt").write_text("x"))
+    assert cache.check(_spec(tmp_path, **change)).reasons == [reason]
+
+
+def test_missing_output_makes_step_stale(tmp_path):
+    cache = StageCache(tmp_path)
+    cache.run(_spec(tmp_path), lambda: (tmp_path / "out.txt").write_text("x"))
+    (tmp_path / "out.txt").unlink()
+    assert not cache.check(_spec(tmp_path)).fresh
+
+
+def test_crash_mid_step_leaves_no_record(tmp_path):
+    cache = StageCache(tmp_path)
+    cache.run(_spec(tmp_path), lambda: (tmp_path / "out.txt").write_text("x"))
+
+    def crashing():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.run(_spec(tmp_path, fraction=0.3), crashing)
+    # The old record was invalidated before the new attempt: neither config counts as done now.
+    assert not cache.check(_spec(tmp_path)).fresh
+    assert not cache.check(_spec(tmp_path, fraction=0.3)).fresh
+
+
+def test_outputs_hash_feeds_downstream(tmp_path):
+    cache = StageCache(tmp_path)
+    up = StepSpec(name="score", outputs=[tmp_path / "scores"])
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "a.parquet").write_bytes(b"1")
+    cache.run(up, lambda: None)
+    h1 = cache.outputs_hash("score")
+    (tmp_path / "scores" / "a.parquet").write_bytes(b"2")
+    cache.run(up, lambda: None, force=True)
+    assert cache.outputs_hash("score") != h1
+    assert hash_path(tmp_path / "scores") != hash_path(tmp_path / "nothing")
+
+
+def test_atomic_open_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "data.json"
+    atomic_write_json(target, {"v": 1})
+    with pytest.raises(ZeroDivisionError):
+        with atomic_open(target, "w") as f:
+            f.write("partial")
+            1 / 0
+    assert target.read_text().strip().startswith("{")
+    assert [p.name for p in tmp_path.iterdir()] == ["data.json"]
+
+
+def test_atomic_dir_swaps_whole_directory(tmp_path):
+    out = tmp_path / "shards"
+    with atomic_dir(out) as d:
+        (d / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as d:
+            (d / "b").write_text("2")
+            raise RuntimeError
+    assert sorted(os.listdir(out)) == ["a"]
+    with atomic_dir(out) as d:
+        (d / "c").write_text("3")
+    assert sorted(os.listdir(out)) == ["c"]
+    assert sorted(os.listdir(tmp_path)) == ["shards"]

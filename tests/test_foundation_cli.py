@@ -1,0 +1,59 @@
+"""The `openaim` command: fast help without torch, one-line errors with exit 2 on bad config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shared.cli import COMMANDS
+
+
+def _run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_help_imports_no_torch():
+    code = ("import sys; from shared.cli import cli\n"
+            "try:\n    cli(['--help'], prog_name='openaim')\nexcept SystemExit:\n    pass\n"
+            "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'open_clip', 'pandas', 'faiss', 'curation', 'training', 'evaluation'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    for name in COMMANDS:
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_help_imports_no_torch(name):
+    code = ("import sys; from shared.cli import cli\n"
+            f"try:\n    cli([{name!r}, '--help'], prog_name='openaim')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "NO-TORCH"
+
+
+def test_bad_set_value_exits_2_with_one_line(tmp_path):
+    out = _run("status", "--set", "training.optim.lr=-1", "--set", f"workdir={tmp_path / 'w'}")
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "training.optim.lr" in lines[0]
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    out = _run("status", "--config", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2
+    assert "config file not found" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_command():
+    out = _run("frobnicate")
+    assert out.returncode != 0
