@@ -1,56 +1,253 @@
-"""The pipeline graph: web -> curation -> training -> evaluation -> report, over the stage cache.
+"""The pipeline graph: web -> build-dataset -> train -> eval -> report, over the stage cache.
 
-Each stage is imported lazily; a stage that does not exist yet is reported as missing, not fatal.
+Curation caches each of its own steps (extract, download, score, ...). On top of that the pipeline keeps
+one record per stage (`train`, `eval`), keyed by the stage's config section and its upstream outputs:
+
+- a stage whose config and inputs are unchanged is reused;
+- a stage that is stale because its inputs or config changed *after it had finished* first moves its
+  previous outputs to ``<workdir>/history/run-NNN/`` (training, eval, the curation manifest), so the new
+  run starts clean and the report can show the old and the new run side by side;
+- a stage that never finished (killed mid-way) is simply run again and resumes from its own checkpoints.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from rich.console import Console
+from rich.table import Table
+
+from shared.atomic import atomic_write_json
+from shared.stage_cache import StageCache, StepSpec, hash_path
 
 log = logging.getLogger("openaim.pipeline")
 console = Console()
 
-# (step label, module, function taking the config)
-STAGES = [
-    ("build-dataset", "curation.pipeline", "build_dataset"),
-    ("train", "training.loop", "train_from_config"),
-    ("eval", "evaluation.run", "evaluate_from_config"),
-    ("report", "evaluation.report", "report_from_config"),
-]
+
+@dataclass
+class Stage:
+    name: str
+    module: str
+    function: str
+
+    def load(self) -> Callable[[Any], Any] | None:
+        try:
+            return getattr(importlib.import_module(self.module), self.function)
+        except ModuleNotFoundError as exc:
+            # Only "this stage is not installed" is tolerated; a broken import inside a stage is a bug.
+            if exc.name and (exc.name == self.module or self.module.startswith(exc.name + ".")):
+                return None
+            raise
 
 
-def _stage_fn(module: str, fn: str):
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError):
+CURATION = Stage("build-dataset", "curation.pipeline", "build_dataset")
+TRAINING = Stage("train", "training.loop", "train_from_config")
+EVALUATION = Stage("eval", "evaluation.run", "evaluate_from_config")
+REPORT = Stage("report", "evaluation.report", "report_from_config")
+
+
+def curated_shards_hash(cfg, cache: StageCache) -> str:
+    """What training depends on: the curated shards (or the user's own shard list)."""
+    if cfg.training.data.shards:
+        return _hash_json_list(cfg.training.data.shards)
+    recorded = cache.load("select")
+    if recorded is not None:
+        return recorded["outputs_hash"]
+    return hash_path(cfg.curation_dir / "shards")
+
+
+def _hash_json_list(items: list[str]) -> str:
+    from shared.stage_cache import hash_json
+
+    return hash_json(sorted(items))
+
+
+def train_spec(cfg, cache: StageCache) -> StepSpec:
+    return StepSpec(
+        name="train",
+        config={"training": cfg.training.model_dump(mode="json")},
+        inputs={"shards": curated_shards_hash(cfg, cache)},
+        outputs=[cfg.training_dir / "final"],
+    )
+
+
+def eval_spec(cfg, cache: StageCache) -> StepSpec:
+    checkpoints = cfg.evaluation.checkpoints
+    model_input = _hash_json_list(checkpoints) if checkpoints else cache.outputs_hash("train")
+    return StepSpec(
+        name="eval",
+        config={"evaluation": cfg.evaluation.model_dump(mode="json")},
+        inputs={"train": model_input},
+        outputs=[cfg.eval_dir / "results.csv"],
+    )
+
+
+def history_runs(cfg) -> list[Path]:
+    root = cfg.workdir / "history"
+    return sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
+
+
+def archive_previous_run(cfg, reasons: list[str]) -> Path | None:
+    """Move the finished training/eval outputs aside so the new run starts clean and stays comparable."""
+    if not (cfg.training_dir / "final").exists():
         return None
+    dest = cfg.workdir / "history" / f"run-{len(history_runs(cfg)) + 1:03d}"
+    dest.mkdir(parents=True)
+    for src in (cfg.training_dir, cfg.eval_dir):
+        if src.exists():
+            shutil.move(str(src), str(dest / src.name))
+    manifest = cfg.curation_dir / "manifest.json"
+    if manifest.exists():
+        (dest / "curation").mkdir()
+        shutil.copy2(manifest, dest / "curation" / "manifest.json")
+    atomic_write_json(dest / "run.json", {"archived_because": reasons})
+    cache = StageCache(cfg.workdir)
+    cache.invalidate("train")
+    cache.invalidate("eval")
+    console.print(f"[cyan]previous run moved to {dest} ({'; '.join(reasons)})")
+    return dest
 
 
-def run_pipeline(cfg) -> None:
-    missing = []
-    for label, module, fn in STAGES:
-        stage = _stage_fn(module, fn)
-        if stage is None:
-            missing.append(label)
-            continue
-        console.rule(f"[bold]{label}")
-        stage(cfg)
+def _run_cached_stage(cfg, cache: StageCache, stage: Stage, spec: StepSpec, ran: list[str],
+                      reused: list[str], missing: list[str]) -> None:
+    fn = stage.load()
+    if fn is None:
+        missing.append(stage.name)
+        return
+    state = cache.check(spec)
+    if state.fresh:
+        console.print(f"[green]✓ {stage.name}[/] reused (inputs and config unchanged)")
+        reused.append(stage.name)
+        return
+    if stage is TRAINING and cache.load("train") is not None:
+        archive_previous_run(cfg, state.reasons)
+    console.rule(f"[bold]{stage.name}")
+    cache.invalidate(spec.name)
+    fn(cfg)
+    cache.record(spec, outputs_hash=hash_path(spec.outputs[0]) if stage is TRAINING else None)
+    ran.append(stage.name)
+
+
+def run_pipeline(cfg) -> dict[str, list[str]]:
+    """build-dataset -> train -> eval -> report. Returns which stages ran, were reused, or are missing."""
+    cache = StageCache(cfg.workdir)
+    ran: list[str] = []
+    reused: list[str] = []
+    missing: list[str] = []
+
+    if not cfg.training.data.shards:
+        build = CURATION.load()
+        if build is None:
+            missing.append(CURATION.name)
+        else:
+            console.rule("[bold]build-dataset")
+            build(cfg)
+            ran.append(CURATION.name)
+    _run_cached_stage(cfg, cache, TRAINING, train_spec(cfg, cache), ran, reused, missing)
+    _run_cached_stage(cfg, cache, EVALUATION, eval_spec(cfg, cache), ran, reused, missing)
+
+    report = REPORT.load()
+    if report is None:
+        missing.append(REPORT.name)
+    else:
+        console.rule("[bold]report")
+        compare = list(cfg.report.compare) + [str(p) for p in history_runs(cfg)[-2:]]
+        with_history = cfg.model_copy(deep=True)
+        with_history.report.compare = compare
+        path = report(with_history)
+        ran.append(REPORT.name)
+        console.print(f"[bold green]report:[/] {path}")
     if missing:
         console.print(f"[yellow]not built yet:[/] {', '.join(missing)}")
+    atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "missing": missing})
+    return {"ran": ran, "reused": reused, "missing": missing}
 
 
-def run_demo(cfg) -> None:
+def run_demo(cfg) -> dict[str, list[str]]:
     from shared.miniweb.generate import generate_web
     from shared.miniweb.server import serve_in_background
 
     console.rule("[bold]mini web")
     generate_web(cfg.web, cfg.web_dir, skip_if_done=True)
     with serve_in_background(cfg.web_dir, host=cfg.web.host, port=cfg.web.port):
-        run_pipeline(cfg)
+        return run_pipeline(cfg)
+
+
+# --- openaim status ---------------------------------------------------------------------------------
+
+def _section(cfg_dump: dict[str, Any], dotted: str) -> Any:
+    node: Any = cfg_dump
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _flat(obj: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: obj}
+
+
+def record_staleness(rec: dict[str, Any], cfg_dump: dict[str, Any], records: dict[str, dict]) -> list[str]:
+    """Why a recorded step no longer matches the current config and upstream records.
+
+    Config sections are recorded under their dotted names (``curation.select``); inputs named after an
+    upstream step compare with that step's recorded outputs hash.
+    """
+    reasons = []
+    for section, old in rec.get("config", {}).items():
+        new = _section(cfg_dump, section)
+        old_flat, new_flat = _flat(old, section), _flat(new, section)
+        for key in sorted(set(old_flat) | set(new_flat)):
+            if old_flat.get(key) != new_flat.get(key):
+                reasons.append(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}")
+    for name, old_hash in rec.get("inputs", {}).items():
+        upstream = records.get(name)
+        if upstream is not None and upstream.get("outputs_hash") != old_hash:
+            reasons.append(f"input {name} changed")
+    for out in rec.get("outputs", []):
+        if not Path(out).exists():
+            reasons.append(f"output {out} missing")
+    return reasons
+
+
+def collect_status(cfg) -> list[tuple[str, bool, list[str]]]:
+    cache = StageCache(cfg.workdir)
+    records = {p.stem: r for p in sorted(cache.root.glob("*.json")) if (r := cache.load(p.stem))} \
+        if cache.root.is_dir() else {}
+    cfg_dump = cfg.model_dump(mode="json")
+    order = ["extract", "download", "train-filter", "score", "dedup", "safety", "select"]
+    names = [n for n in order if n in records] + sorted(n for n in records if n not in order and
+                                                         n not in ("train", "eval"))
+    rows: list[tuple[str, bool, list[str]]] = []
+    stale: set[str] = set()
+    for name in names:
+        reasons = record_staleness(records[name], cfg_dump, records)
+        reasons += [f"upstream {u} is stale" for u in records[name].get("inputs", {}) if u in stale]
+        if reasons:
+            stale.add(name)
+        rows.append((name, not reasons, reasons))
+    for spec in (train_spec(cfg, cache), eval_spec(cfg, cache)):
+        state = cache.check(spec)
+        rows.append((spec.name, state.fresh, state.reasons))
+    return rows
 
 
 def print_status(cfg) -> None:
-    console.print("status is not built yet")
+    table = Table(title=f"openaim status: {cfg.workdir}")
+    table.add_column("step")
+    table.add_column("state")
+    table.add_column("why")
+    for name, fresh, reasons in collect_status(cfg):
+        table.add_row(name, "[green]fresh" if fresh else "[yellow]stale", "; ".join(reasons) or "-")
+    console.print(table)
