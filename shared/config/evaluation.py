@@ -16,6 +16,10 @@ class ProbeConfig(StrictModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=1)
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share of train held out for choosing settings")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before the cosine decay")
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
 
 
 class EvaluationConfig(StrictModel):
@@ -32,6 +36,10 @@ class EvaluationConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     max_train_per_benchmark: int | None = Field(None, ge=1)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    # Also probe the intermediate checkpoints under training_dir/checkpoints/ (accuracy vs pretraining step).
+    evaluate_intermediate: bool = True
+    seed: int = Field(0, description="seed of the random-init baseline and the val split")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
 class ReportConfig(StrictModel):
