@@ -92,6 +92,8 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0)
     warmup_fraction: float = Field(0.025, ge=0, lt=1)
     warmup_start_lr: float = Field(1e-6, ge=0)
+    # When set, lr is scaled linearly: lr * global_batch_size / lr_reference_batch.
+    lr_reference_batch: int | None = Field(None, ge=1)
 
 
 class TrainingConfig(StrictModel):

@@ -1,0 +1,72 @@
+"""AdamW with the AIM recipe's parameter groups and its warm-up + cosine learning-rate schedule.
+
+The schedule is a pure function of the step (no hidden state), so a resumed run sets exactly the
+learning rate an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from shared.config.training import OptimConfig
+
+
+def peak_lr(optim_cfg: OptimConfig, global_batch_size: int) -> float:
+    """The configured lr, scaled linearly with the batch when `lr_reference_batch` is set."""
+    if optim_cfg.lr_reference_batch:
+        return optim_cfg.lr * global_batch_size / optim_cfg.lr_reference_batch
+    return optim_cfg.lr
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices decay; biases, norm weights and position embeddings do not.
+
+    A parameter is exempt when it has at most one dimension (biases, LayerNorm weights) or when the
+    model names it in `no_weight_decay_names()` (e.g. a learnt position embedding).
+    """
+    exempt_names = set(model.no_weight_decay_names()) if hasattr(model, "no_weight_decay_names") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name in exempt_names:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, global_batch_size: int) -> torch.optim.AdamW:
+    lr = peak_lr(optim_cfg, global_batch_size)
+    # fused/foreach kernels change float summation order between devices; the default is fine here.
+    return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=lr,
+                             betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+
+
+def warmup_steps(optim_cfg: OptimConfig, total_steps: int) -> int:
+    return int(round(optim_cfg.warmup_fraction * total_steps))
+
+
+def lr_at(step: int, total_steps: int, peak: float, optim_cfg: OptimConfig) -> float:
+    """Linear warm-up from `warmup_start_lr` to `peak` over the first steps, then cosine to 0.
+
+    `step` is 0-based: the lr used by the optimizer update of step `step`.
+    """
+    warm = warmup_steps(optim_cfg, total_steps)
+    if step < warm:
+        start = optim_cfg.warmup_start_lr
+        return start + (peak - start) * step / warm
+    decay_steps = max(1, total_steps - warm)
+    progress = min(1.0, (step - warm) / decay_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
