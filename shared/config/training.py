@@ -34,6 +34,8 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-6, gt=0)
     norm_pix_loss: bool = True
     attention_backend: Literal["auto", "xformers", "flex", "sdpa", "naive"] = "auto"
+    # Reproduce l3m's head quirk (identity attention: x + LN(x) before each head MLP); see training/model/head.py.
+    head_identity_attn: bool = True
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> "ModelConfig":
