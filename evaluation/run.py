@@ -1,0 +1,250 @@
+"""`openaim eval`: every checkpoint x every present benchmark -> features -> probe grids -> results.
+
+Checkpoints: cfg.evaluation.checkpoints, or this run's final model plus (evaluate_intermediate) the
+intermediate ones under training_dir/checkpoints/ named "<run>-step_N", plus (random_baseline) a
+random-weights trunk of the same architecture named "random-init". Missing benchmarks are listed in
+missing.json and never fail the run. Features and per-benchmark probe results are cached: a rerun with
+unchanged weights, data and probe config trains nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError, InputError
+from shared.stage_cache import StageCache, StepSpec, code_version, hash_json
+
+log = logging.getLogger("openaim.eval")
+
+RANDOM_INIT = "random-init"
+
+
+@dataclass
+class CheckpointEntry:
+    name: str
+    path: Path | None  # None = random weights
+    step: int | None
+
+
+def _name_for(path: Path) -> str:
+    parts = [p for p in path.resolve().parts if p not in ("final", "training", "checkpoints", "/")]
+    name = Path(parts[-1]).stem if parts else "checkpoint"
+    if path.name.startswith("step_"):
+        name = f"{parts[-2] if len(parts) > 1 else 'run'}-{path.name}"
+    return name
+
+
+def checkpoint_entries(cfg) -> list[CheckpointEntry]:
+    ev = cfg.evaluation
+    entries: list[CheckpointEntry] = []
+    if ev.checkpoints:
+        for raw in ev.checkpoints:
+            path = Path(raw)
+            if not path.exists():
+                raise InputError(f"evaluation.checkpoints: {path} does not exist")
+            entries.append(CheckpointEntry(_name_for(path), path, None))
+    else:
+        from training.checkpoint import complete_checkpoints
+
+        final = cfg.training_dir / "final"
+        intermediate = complete_checkpoints(cfg.training_dir) if cfg.training_dir.is_dir() else []
+        if (final / "model.safetensors").is_file():
+            last = intermediate[-1][0] if intermediate else None
+            entries.append(CheckpointEntry(cfg.name, final, max(cfg.training.steps, last or 0)))
+        elif not intermediate:
+            raise InputError(f"no trained model in {cfg.training_dir}: run `openaim train` first "
+                             "or set evaluation.checkpoints")
+        if ev.evaluate_intermediate or not entries:
+            entries += [CheckpointEntry(f"{cfg.name}-step_{step}", d, step) for step, d in intermediate]
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"evaluation.checkpoints: two checkpoints would be named {dupes[0]!r}; rename one")
+    if ev.random_baseline:
+        entries.append(CheckpointEntry(RANDOM_INIT, None, 0))
+    return entries
+
+
+def _load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
+    """(model, model_cfg, weights hash) for a checkpoint; random weights get a hash of arch + seed."""
+    import torch
+
+    if entry.path is None:
+        from training.model.aim import build_aim
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_aim(arch_cfg)
+        return model.eval(), arch_cfg, hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed})
+    from evaluation.features import checkpoint_hash
+    from training.checkpoint import load_model_for_eval
+
+    try:
+        model, model_cfg = load_model_for_eval(entry.path)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a wrong-shape or unreadable checkpoint becomes one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load checkpoint {entry.path}: {first[:300]}") from exc
+    return model.eval(), model_cfg, checkpoint_hash(entry.path)
+
+
+# --- the benchmark registry (another module; adapt to its call shapes in one place) -------------------
+
+def _registry():
+    from evaluation.benchmarks import registry
+
+    return registry
+
+
+def _call(fn, **kwargs):
+    """Call a registry function with the keyword arguments it accepts."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def _benchmarks(cfg, registry) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
+    """(present [(spec, root)], missing entries) for cfg.evaluation.benchmarks."""
+    try:
+        specs = _call(registry.resolve_benchmarks, names=cfg.evaluation.benchmarks, cfg=cfg)
+    except ConfigError:
+        raise
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"evaluation.benchmarks: {exc}") from exc
+    present, missing = [], []
+    for spec in specs:
+        root = Path(_call(registry.benchmark_root, spec=spec, cfg=cfg, data_root=cfg.evaluation.data_root))
+        reason = _call(registry.missing_reason, spec=spec, root=root)
+        if reason:
+            missing.append({"benchmark": spec.name, "title": getattr(spec, "title", spec.name), "path": str(root),
+                            "how_to_get": str(reason)})
+        else:
+            present.append((spec, root))
+    return present, missing
+
+
+# --- one checkpoint x one benchmark -------------------------------------------------------------------
+
+def _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks, img_size, progress):
+    from evaluation.features import extract_split_features, feature_path
+
+    ev = cfg.evaluation
+    out, skipped, paths = {}, 0, {}
+    for split in ("train", "val", "test"):
+        max_items = ev.max_train_per_benchmark if split != "test" else None
+        dataset = registry.load_split(spec, root, split, ev.probe.val_fraction, ev.seed, max_items)
+        data_key = {"benchmark": spec.name, "split": split, "val_fraction": ev.probe.val_fraction, "seed": ev.seed,
+                    "max_items": max_items, "n": len(dataset)}
+        path = feature_path(cfg.eval_dir, ckpt_hash, spec.name, split, blocks, img_size, data_key)
+        feats, n_skipped = extract_split_features(
+            model, dataset, path, blocks, img_size, ev.batch_size, ev.num_workers,
+            description=f"{spec.name}/{split} features", progress=progress,
+            metadata={"benchmark": spec.name, "split": split, "checkpoint_hash": ckpt_hash})
+        skipped += n_skipped + int(getattr(dataset, "skipped_corrupt", 0) or 0)
+        out[split], paths[split] = feats, path
+    return out, skipped, paths
+
+
+def _probe_kinds(cfg) -> list[str]:
+    kind = cfg.evaluation.probe.kind
+    return ["attentive", "linear"] if kind == "both" else [kind]
+
+
+def evaluate_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec, root, model, model_cfg,
+                                     ckpt_hash: str, blocks: list[int], img_size: int, cache: StageCache,
+                                     progress) -> dict[str, Any] | None:
+    """Features (cached) then the probe grids (cached); rank 0 returns the result record."""
+    from evaluation import probe_grid, probes
+    from evaluation.features import dist_info
+    from evaluation.probe_grid import run_probe_grid
+    from evaluation.results import read_result, result_path, write_result
+
+    start = time.perf_counter()
+    splits, skipped, paths = _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks,
+                                             img_size, progress)
+    if dist_info()[0] != 0:
+        return None
+    out = result_path(cfg.eval_dir, entry.name, spec.name)
+    step = StepSpec(
+        name=f"eval-probe-{entry.name}-{spec.name}",
+        config={"evaluation.probe": cfg.evaluation.probe.model_dump(mode="json"), "kinds": _probe_kinds(cfg),
+                "checkpoint": {"path": str(entry.path), "step": entry.step}},
+        inputs={split: str(p.name) + "@" + p.parent.parent.name for split, p in paths.items()},
+        code=code_version(probes, probe_grid), outputs=[out])
+    if cache.check(step).fresh and (cached := read_result(out)) is not None:
+        return cached
+    cache.invalidate(step.name)
+    num_classes = int(spec.num_classes)
+    record: dict[str, Any] = {
+        "checkpoint": entry.name, "checkpoint_path": str(entry.path) if entry.path else None,
+        "checkpoint_hash": ckpt_hash, "step": entry.step, "benchmark": spec.name, "blocks": blocks,
+        "img_size": img_size, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
+        "n_test": len(splits["test"]), "skipped_corrupt": skipped, "probes": {}}
+    for kind in _probe_kinds(cfg):
+        task = progress.add_task(f"{entry.name} {spec.name} {kind} probes", total=None)
+        res = run_probe_grid(kind, splits["train"], splits["val"], splits["test"], num_classes,
+                             model_cfg.heads, cfg.evaluation.probe,
+                             on_step=lambda s, total, task=task: progress.update(task, completed=s, total=total))
+        progress.remove_task(task)
+        record["probes"][kind] = res
+        log.info("%s %s %s: top-1 %.3f (lr %g, wd %g)", entry.name, spec.name, kind, res["top1"], res["lr"],
+                 res["weight_decay"])
+    record["seconds"] = time.perf_counter() - start
+    write_result(cfg.eval_dir, record)
+    cache.record(step)
+    return record
+
+
+def evaluate_from_config(cfg) -> Path:
+    """Run the evaluation stage; returns cfg.eval_dir/results.csv (on rank 0; the same path elsewhere)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evaluation.features import dist_info, resolve_blocks
+    from evaluation.results import write_missing, write_results_csv
+
+    ev = cfg.evaluation
+    if ev.threads:
+        torch.set_num_threads(ev.threads)
+    registry = _registry()
+    present, missing = _benchmarks(cfg, registry)
+    entries = checkpoint_entries(cfg)
+    rank, _ = dist_info()
+    if rank == 0:
+        write_missing(cfg.eval_dir, missing)
+        for m in missing:
+            log.warning("benchmark %s not found at %s: %s", m["benchmark"], m["path"], m["how_to_get"])
+    cache = StageCache(cfg.workdir)
+    records: list[dict[str, Any]] = []
+    arch_cfg = cfg.training.model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, disable=rank != 0) as progress:
+        overall = progress.add_task("eval", total=len(entries) * len(present))
+        # Real checkpoints first, so the random baseline takes their architecture.
+        for entry in entries:
+            model, model_cfg, ckpt_hash = _load_trunk(entry, arch_cfg, ev.seed)
+            if entry.path is not None:
+                arch_cfg = model_cfg
+            model = model.to(device)
+            blocks = resolve_blocks(ev.blocks, ev.n_blocks, model, model_cfg.depth)
+            img_size = ev.img_size or model_cfg.img_size
+            for spec, root in present:
+                progress.update(overall, description=f"eval {entry.name} / {spec.name}")
+                rec = evaluate_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model, model_cfg,
+                                                       ckpt_hash, blocks, img_size, cache, progress)
+                if rec is not None:
+                    records.append(rec)
+                progress.advance(overall)
+            del model
+    path = cfg.eval_dir / "results.csv"
+    if rank == 0:
+        write_results_csv(cfg.eval_dir, records)
+    return path
