@@ -1,0 +1,135 @@
+"""Loaders for the benchmarks torchvision knows: read offline (download=False) from their real layouts.
+
+Every loader takes the benchmark's own folder (``root``, e.g. <data_root>/food-101) and an official
+split, and returns a LabelledImages. torchvision wants the folder *above* its own sub-folder, so we hand
+it ``root.parent`` and check that ``root`` carries the name torchvision expects.
+
+CIFAR is read from its pickled batches directly: torchvision's CIFAR classes refuse any file whose md5
+differs from the release (even with download=False), which would also refuse a re-pickled copy.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.benchmarks.items import ArrayImages, TorchvisionImages
+from shared.errors import InputError
+
+
+def _torchvision(cls_name: str, root: Path, folder: str, **kwargs):
+    import torchvision.datasets as tvd
+
+    root = Path(root)
+    if root.name != folder:
+        raise InputError(f"{cls_name} expects its folder to be named '{folder}' (torchvision layout), got {root}")
+    try:
+        return getattr(tvd, cls_name)(str(root.parent), download=False, **kwargs)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read {cls_name} at {root}: {exc}") from None
+
+
+# --- CIFAR-10 / CIFAR-100: python pickled batches -----------------------------------------------------
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise InputError(f"cannot read CIFAR batch {path}: {exc}") from None
+
+
+def _cifar(root: Path, files: list[str], meta_file: str, names_key: str, labels_key: str) -> ArrayImages:
+    chunks, labels = [], []
+    for name in files:
+        batch = _unpickle(Path(root) / name)
+        # rows are 3072 bytes: the red plane, then green, then blue, each 32x32 row-major
+        chunks.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(int(y) for y in batch[labels_key])
+    classes = _unpickle(Path(root) / meta_file)[names_key]
+    return ArrayImages(np.ascontiguousarray(np.concatenate(chunks)), labels, classes)
+
+
+def cifar10(root: Path, split: str) -> ArrayImages:
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return _cifar(root, files, "batches.meta", "label_names", "labels")
+
+
+def cifar100(root: Path, split: str) -> ArrayImages:
+    return _cifar(root, [split], "meta", "fine_label_names", "fine_labels")
+
+
+# --- torchvision classes ------------------------------------------------------------------------------
+
+def food101(root: Path, split: str) -> TorchvisionImages:
+    ds = _torchvision("Food101", root, "food-101", split=split)
+    return TorchvisionImages(ds, ds._labels, ds.classes)
+
+
+def dtd(root: Path, split: str) -> TorchvisionImages:
+    """Fold 1. Our train = the official train1 + val1 (3,760 images); test = test1 (1,880)."""
+    import torch.utils.data as tud
+
+    parts = [_torchvision("DTD", root, "dtd", split=s, partition=1) for s in (["train", "val"] if split == "train" else ["test"])]
+    classes = parts[0].classes
+    for part in parts[1:]:
+        if part.classes != classes:
+            raise InputError(f"DTD at {root}: train1.txt and val1.txt list different classes")
+    labels = [y for part in parts for y in part._labels]
+    return TorchvisionImages(tud.ConcatDataset(parts), labels, classes)
+
+
+def pets(root: Path, split: str) -> TorchvisionImages:
+    ds = _torchvision("OxfordIIITPet", root, "oxford-iiit-pet", split="trainval" if split == "train" else "test")
+    return TorchvisionImages(ds, ds._labels, ds.classes)
+
+
+def stanford_cars(root: Path, split: str) -> TorchvisionImages:
+    ds = _torchvision("StanfordCars", root, "stanford_cars", split=split)
+    return TorchvisionImages(ds, [y for _, y in ds._samples], ds.classes)
+
+
+PCAM_CLASSES = ["no metastatic tissue", "metastatic tissue"]
+
+
+def pcam(root: Path, split: str) -> TorchvisionImages:
+    """PatchCamelyon h5 files; the official valid split is not used (val is carved from train)."""
+    try:
+        import h5py
+    except ImportError:
+        raise InputError("PCAM needs the h5py package (pip install h5py)") from None
+    ds = _torchvision("PCAM", root, "pcam", split=split)
+    targets = Path(root) / ds._FILES[split]["targets"][0]
+    try:
+        with h5py.File(targets, "r") as f:
+            labels = np.asarray(f["y"]).reshape(-1).astype(np.int64)  # stored as [N, 1, 1, 1]
+    except (OSError, KeyError) as exc:
+        raise InputError(f"cannot read PCAM labels {targets}: {exc}") from None
+    return TorchvisionImages(ds, labels, PCAM_CLASSES)
+
+
+EUROSAT_SPLIT = (0.6, 0.2, 0.2)  # VTAB's train / val / test shares; EuroSAT ships no split
+EUROSAT_SPLIT_SEED = 0           # fixed on purpose: every run and every model sees the same split
+
+
+def eurosat(root: Path, split: str):
+    from evaluation.benchmarks.splits import fixed_split
+
+    ds = _torchvision("EuroSAT", root, "eurosat")
+    everything = TorchvisionImages(ds, ds.targets, ds.classes)
+    train, val, test = fixed_split(everything.labels, EUROSAT_SPLIT, EUROSAT_SPLIT_SEED)
+    indices = {"train": train, "val": val, "test": test}[split]
+    return _Reindexed(everything, indices)
+
+
+class _Reindexed(TorchvisionImages):
+    """A fixed subset of a LabelledImages, itself a LabelledImages (so it can be split further)."""
+
+    def __init__(self, base, indices):
+        super().__init__(base.dataset, base.labels[indices], base.classes)
+        self._base, self._indices = base, np.asarray(indices)
+
+    def read_image(self, index: int):
+        return self._base.read_image(int(self._indices[index]))
