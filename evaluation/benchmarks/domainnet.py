@@ -32,7 +32,11 @@ def domainnet(root: Path, split: str, domain: str = "infograph") -> FileImages:
     # class names: the folder of each label's files, gathered from both lists so every label is named
     names: dict[int, str] = {}
     for s in ("train", "test"):
-        listing = rows if s == split else (read_list(root / f"{domain}_{s}.txt") if (root / f"{domain}_{s}.txt").exists() else [])
+        listing = (
+            rows
+            if s == split
+            else (read_list(root / f"{domain}_{s}.txt") if (root / f"{domain}_{s}.txt").exists() else [])
+        )
         for rel, label in listing:
             names.setdefault(label, rel.split("/")[-2] if rel.count("/") >= 2 else str(label))
     n = max(names) + 1 if names else 0

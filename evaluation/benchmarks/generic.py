@@ -30,7 +30,9 @@ def scan_image_folder(folder: Path, classes: list[str]) -> FileImages:
         if name not in index:
             raise InputError(f"{folder / name}: class folder not present in the train split")
         with os.scandir(folder / name) as entries:
-            files = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+            files = sorted(
+                e.name for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            )
         paths += [folder / name / f for f in files]
         labels += [index[name]] * len(files)
     return FileImages(paths, labels, classes)
@@ -112,7 +114,9 @@ def webdataset(root: Path, split: str) -> TarMemberImages:
             except ValueError:
                 raise InputError(f"{shard}: sample {key} has a non-integer cls {sample['cls']!r}") from None
             if not 0 <= label < len(classes):
-                raise InputError(f"{shard}: sample {key} has cls {label}, classnames.txt lists {len(classes)}")
+                raise InputError(
+                    f"{shard}: sample {key} has cls {label}, classnames.txt lists {len(classes)}"
+                )
             members.append(sample["image"])
             labels.append(label)
     return TarMemberImages(members, labels, classes)

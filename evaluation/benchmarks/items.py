@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -48,6 +49,11 @@ class LabelledImages(Dataset):
 
     def describe(self, index: int) -> str:
         return f"item {index}"
+
+    def item_keys(self) -> list[str]:
+        """A stable identifier per item (the file path where there is one): tests and callers use it to
+        check that splits do not overlap."""
+        return [f"#{i}" for i in range(len(self))]
 
     def __getitem__(self, index: int):
         if index < 0:
@@ -83,15 +89,28 @@ class FileImages(LabelledImages):
     def describe(self, index: int) -> str:
         return self.paths[index]
 
+    def item_keys(self) -> list[str]:
+        return list(self.paths)
+
 
 class ArrayImages(LabelledImages):
     """Images already in memory as a uint8 array [N, H, W] or [N, H, W, 3] (CIFAR, digits)."""
 
-    def __init__(self, pixels: np.ndarray, labels: Sequence[int], classes: Sequence[str]):
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        labels: Sequence[int],
+        classes: Sequence[str],
+        keys: Sequence[str] | None = None,
+    ):
         super().__init__(labels, classes)
         if len(pixels) != len(self.labels):
             raise ValueError("pixels and labels differ in length")
         self.pixels = pixels
+        self.keys = [str(k) for k in keys] if keys is not None else None
+
+    def item_keys(self) -> list[str]:
+        return list(self.keys) if self.keys is not None else super().item_keys()
 
     def read_image(self, index: int):
         from PIL import Image
@@ -102,18 +121,29 @@ class ArrayImages(LabelledImages):
 class TorchvisionImages(LabelledImages):
     """A torchvision dataset (download=False) whose items are (PIL image, label)."""
 
-    def __init__(self, dataset: Any, labels: Sequence[int], classes: Sequence[str]):
+    def __init__(
+        self, dataset: Any, labels: Sequence[int], classes: Sequence[str], keys: Sequence[str] | None = None
+    ):
         super().__init__(labels, classes)
         self.dataset = dataset
+        self.keys = [str(k) for k in keys] if keys is not None else None
 
     def read_image(self, index: int):
         return self.dataset[index][0]
+
+    def describe(self, index: int) -> str:
+        return self.keys[index] if self.keys is not None else f"item {index}"
+
+    def item_keys(self) -> list[str]:
+        return list(self.keys) if self.keys is not None else super().item_keys()
 
 
 class TarMemberImages(LabelledImages):
     """Images stored as members of tar files (webdataset shards), read by offset: random access."""
 
-    def __init__(self, members: Sequence[tuple[str, int, int]], labels: Sequence[int], classes: Sequence[str]):
+    def __init__(
+        self, members: Sequence[tuple[str, int, int]], labels: Sequence[int], classes: Sequence[str]
+    ):
         super().__init__(labels, classes)
         self.members = list(members)  # (tar path, data offset, size)
 
@@ -129,6 +159,9 @@ class TarMemberImages(LabelledImages):
     def describe(self, index: int) -> str:
         path, offset, _ = self.members[index]
         return f"{path}@{offset}"
+
+    def item_keys(self) -> list[str]:
+        return [self.describe(i) for i in range(len(self))]
 
 
 class SplitView(Dataset):
@@ -146,6 +179,10 @@ class SplitView(Dataset):
 
     def __getitem__(self, i: int):
         return self.base[int(self.indices[i])]
+
+    def item_keys(self) -> list[str]:
+        keys = self.base.item_keys()
+        return [keys[i] for i in self.indices]
 
     @property
     def skipped(self) -> int:

@@ -7,19 +7,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    name: str                      # registry key, e.g. "cifar-10"
-    title: str                     # human name, e.g. "CIFAR-10"
-    num_classes: int | None        # None for generic sets (known only once loaded)
-    layout: str                    # short text: the files the loader reads
-    train_size: int | None         # paper / official figures (None when unknown)
+    name: str  # registry key, e.g. "cifar-10"
+    title: str  # human name, e.g. "CIFAR-10"
+    num_classes: int | None  # None for generic sets (known only once loaded)
+    layout: str  # short text: the files the loader reads
+    train_size: int | None  # paper / official figures (None when unknown)
     test_size: int | None
-    how_to_get: str                # one line: URL or command that produces the layout
-    default_subdir: str            # folder under cfg.evaluation.data_root ("" for sets without a root)
-    test_split: str                # which official split is our "test"
-    val_split: str                 # how "val" is made (always from train, never from test)
+    how_to_get: str  # one line: URL or command that produces the layout
+    default_subdir: str  # folder under cfg.evaluation.data_root ("" for sets without a root)
+    test_split: str  # which official split is our "test"
+    val_split: str  # how "val" is made (always from train, never from test)
     kind: Literal["paper", "demo", "generic"] = "paper"
     # Paths relative to the root that must exist for the data to count as present.
     required: tuple[str, ...] = ()

@@ -7,7 +7,8 @@ consecutive chunks are stratified splits, and the result depends only on (labels
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,12 +31,14 @@ def stratified_order(labels: Sequence[int] | np.ndarray, seed: int) -> np.ndarra
     return perm[np.argsort(position, kind="stable")]
 
 
-def carve_val(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_val(
+    labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, val indices), sorted, disjoint, stratified; val is never empty when n >= 2."""
     n = len(labels)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    k = int(round(n * val_fraction))
+    k = round(n * val_fraction)
     if n >= 2:
         k = min(max(k, 1), n - 1)
     else:
@@ -44,12 +47,14 @@ def carve_val(labels: Sequence[int] | np.ndarray, val_fraction: float, seed: int
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-def fixed_split(labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+def fixed_split(
+    labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
     """Split into len(fractions) stratified, disjoint, sorted parts covering every index."""
     n = len(labels)
     order = stratified_order(labels, seed)
     bounds = np.round(np.cumsum([0.0, *fractions]) / sum(fractions) * n).astype(int)
-    return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [np.sort(order[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def cap(indices: np.ndarray, labels: np.ndarray, max_items: int | None, seed: int) -> np.ndarray:

@@ -24,7 +24,9 @@ def _torchvision(cls_name: str, root: Path, folder: str, **kwargs):
 
     root = Path(root)
     if root.name != folder:
-        raise InputError(f"{cls_name} expects its folder to be named '{folder}' (torchvision layout), got {root}")
+        raise InputError(
+            f"{cls_name} expects its folder to be named '{folder}' (torchvision layout), got {root}"
+        )
     try:
         return getattr(tvd, cls_name)(str(root.parent), download=False, **kwargs)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
@@ -32,6 +34,7 @@ def _torchvision(cls_name: str, root: Path, folder: str, **kwargs):
 
 
 # --- CIFAR-10 / CIFAR-100: python pickled batches -----------------------------------------------------
+
 
 def _unpickle(path: Path) -> dict:
     try:
@@ -49,7 +52,8 @@ def _cifar(root: Path, files: list[str], meta_file: str, names_key: str, labels_
         chunks.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(int(y) for y in batch[labels_key])
     classes = _unpickle(Path(root) / meta_file)[names_key]
-    return ArrayImages(np.ascontiguousarray(np.concatenate(chunks)), labels, classes)
+    keys = [f"{'+'.join(files)}#{i}" for i in range(len(labels))]
+    return ArrayImages(np.ascontiguousarray(np.concatenate(chunks)), labels, classes, keys)
 
 
 def cifar10(root: Path, split: str) -> ArrayImages:
@@ -63,32 +67,39 @@ def cifar100(root: Path, split: str) -> ArrayImages:
 
 # --- torchvision classes ------------------------------------------------------------------------------
 
+
 def food101(root: Path, split: str) -> TorchvisionImages:
     ds = _torchvision("Food101", root, "food-101", split=split)
-    return TorchvisionImages(ds, ds._labels, ds.classes)
+    return TorchvisionImages(ds, ds._labels, ds.classes, ds._image_files)
 
 
 def dtd(root: Path, split: str) -> TorchvisionImages:
     """Fold 1. Our train = the official train1 + val1 (3,760 images); test = test1 (1,880)."""
     import torch.utils.data as tud
 
-    parts = [_torchvision("DTD", root, "dtd", split=s, partition=1) for s in (["train", "val"] if split == "train" else ["test"])]
+    parts = [
+        _torchvision("DTD", root, "dtd", split=s, partition=1)
+        for s in (["train", "val"] if split == "train" else ["test"])
+    ]
     classes = parts[0].classes
     for part in parts[1:]:
         if part.classes != classes:
             raise InputError(f"DTD at {root}: train1.txt and val1.txt list different classes")
     labels = [y for part in parts for y in part._labels]
-    return TorchvisionImages(tud.ConcatDataset(parts), labels, classes)
+    keys = [f for part in parts for f in part._image_files]
+    return TorchvisionImages(tud.ConcatDataset(parts), labels, classes, keys)
 
 
 def pets(root: Path, split: str) -> TorchvisionImages:
-    ds = _torchvision("OxfordIIITPet", root, "oxford-iiit-pet", split="trainval" if split == "train" else "test")
-    return TorchvisionImages(ds, ds._labels, ds.classes)
+    ds = _torchvision(
+        "OxfordIIITPet", root, "oxford-iiit-pet", split="trainval" if split == "train" else "test"
+    )
+    return TorchvisionImages(ds, ds._labels, ds.classes, ds._images)
 
 
 def stanford_cars(root: Path, split: str) -> TorchvisionImages:
     ds = _torchvision("StanfordCars", root, "stanford_cars", split=split)
-    return TorchvisionImages(ds, [y for _, y in ds._samples], ds.classes)
+    return TorchvisionImages(ds, [y for _, y in ds._samples], ds.classes, [p for p, _ in ds._samples])
 
 
 PCAM_CLASSES = ["no metastatic tissue", "metastatic tissue"]
@@ -107,18 +118,18 @@ def pcam(root: Path, split: str) -> TorchvisionImages:
             labels = np.asarray(f["y"]).reshape(-1).astype(np.int64)  # stored as [N, 1, 1, 1]
     except (OSError, KeyError) as exc:
         raise InputError(f"cannot read PCAM labels {targets}: {exc}") from None
-    return TorchvisionImages(ds, labels, PCAM_CLASSES)
+    return TorchvisionImages(ds, labels, PCAM_CLASSES, [f"{split}#{i}" for i in range(len(labels))])
 
 
 EUROSAT_SPLIT = (0.6, 0.2, 0.2)  # VTAB's train / val / test shares; EuroSAT ships no split
-EUROSAT_SPLIT_SEED = 0           # fixed on purpose: every run and every model sees the same split
+EUROSAT_SPLIT_SEED = 0  # fixed on purpose: every run and every model sees the same split
 
 
 def eurosat(root: Path, split: str):
     from evaluation.benchmarks.splits import fixed_split
 
     ds = _torchvision("EuroSAT", root, "eurosat")
-    everything = TorchvisionImages(ds, ds.targets, ds.classes)
+    everything = TorchvisionImages(ds, ds.targets, ds.classes, [p for p, _ in ds.samples])
     train, val, test = fixed_split(everything.labels, EUROSAT_SPLIT, EUROSAT_SPLIT_SEED)
     indices = {"train": train, "val": val, "test": test}[split]
     return _Reindexed(everything, indices)
@@ -128,7 +139,8 @@ class _Reindexed(TorchvisionImages):
     """A fixed subset of a LabelledImages, itself a LabelledImages (so it can be split further)."""
 
     def __init__(self, base, indices):
-        super().__init__(base.dataset, base.labels[indices], base.classes)
+        keys = base.item_keys()
+        super().__init__(base.dataset, base.labels[indices], base.classes, [keys[i] for i in indices])
         self._base, self._indices = base, np.asarray(indices)
 
     def read_image(self, index: int):

@@ -58,15 +58,21 @@ CAMELYON_VAL_CENTER = 1
 
 def camelyon17(root: Path, split: str) -> FileImages:
     root = Path(root)
-    df = _read_csv(root / "metadata.csv", ["patient", "node", "x_coord", "y_coord", "tumor", "center", "split"],
-                   index_col=0, dtype={"patient": "str"})
+    df = _read_csv(
+        root / "metadata.csv",
+        ["patient", "node", "x_coord", "y_coord", "tumor", "center", "split"],
+        index_col=0,
+        dtype={"patient": "str"},
+    )
     center = df["center"].astype(int)
     if split == "train":
         rows = df[(df["split"].astype(int) == 0) & ~center.isin([CAMELYON_TEST_CENTER, CAMELYON_VAL_CENTER])]
     else:
         rows = df[center == CAMELYON_TEST_CENTER]
     paths = []
-    for patient, node, x, y in rows[["patient", "node", "x_coord", "y_coord"]].itertuples(index=False, name=None):
+    for patient, node, x, y in rows[["patient", "node", "x_coord", "y_coord"]].itertuples(
+        index=False, name=None
+    ):
         patient = f"{int(patient):03d}" if str(patient).isdigit() else str(patient)
         folder = f"patient_{patient}_node_{int(node)}"
         paths.append(root / "patches" / folder / f"patch_{folder}_x_{int(x)}_y_{int(y)}.png")
@@ -85,23 +91,78 @@ def rxrx1(root: Path, split: str) -> FileImages:
         rows = df[(df["dataset"] == "train") & (df["site"].astype(int) == 1)]
     else:
         rows = df[df["dataset"] == "test"]
-    paths = [root / "images" / str(e) / f"Plate{int(p)}" / f"{w}_s{int(s)}.png"
-             for e, p, w, s in rows[["experiment", "plate", "well", "site"]].itertuples(index=False, name=None)]
+    paths = [
+        root / "images" / str(e) / f"Plate{int(p)}" / f"{w}_s{int(s)}.png"
+        for e, p, w, s in rows[["experiment", "plate", "well", "site"]].itertuples(index=False, name=None)
+    ]
     return FileImages(paths, rows["sirna_id"].astype(int).tolist(), names)
 
 
 # The 62 fMoW categories in WILDS' label order.
-FMOW_CATEGORIES = (
-    "airport airport_hangar airport_terminal amusement_park aquaculture archaeological_site barn "
-    "border_checkpoint burial_site car_dealership construction_site crop_field dam debris_or_rubble "
-    "educational_institution electric_substation factory_or_powerplant fire_station flooded_road fountain "
-    "gas_station golf_course ground_transportation_station helipad hospital impoverished_settlement "
-    "interchange lake_or_pond lighthouse military_facility multi-unit_residential nuclear_powerplant "
-    "office_building oil_or_gas_facility park parking_lot_or_garage place_of_worship police_station port "
-    "prison race_track railway_bridge recreational_facility road_bridge runway shipyard shopping_mall "
-    "single-unit_residential smokestack solar_farm space_facility stadium storage_tank surface_mine "
-    "swimming_pool toll_booth tower tunnel_opening waste_disposal water_treatment_facility wind_farm zoo"
-).split()
+FMOW_CATEGORIES = [
+    "airport",
+    "airport_hangar",
+    "airport_terminal",
+    "amusement_park",
+    "aquaculture",
+    "archaeological_site",
+    "barn",
+    "border_checkpoint",
+    "burial_site",
+    "car_dealership",
+    "construction_site",
+    "crop_field",
+    "dam",
+    "debris_or_rubble",
+    "educational_institution",
+    "electric_substation",
+    "factory_or_powerplant",
+    "fire_station",
+    "flooded_road",
+    "fountain",
+    "gas_station",
+    "golf_course",
+    "ground_transportation_station",
+    "helipad",
+    "hospital",
+    "impoverished_settlement",
+    "interchange",
+    "lake_or_pond",
+    "lighthouse",
+    "military_facility",
+    "multi-unit_residential",
+    "nuclear_powerplant",
+    "office_building",
+    "oil_or_gas_facility",
+    "park",
+    "parking_lot_or_garage",
+    "place_of_worship",
+    "police_station",
+    "port",
+    "prison",
+    "race_track",
+    "railway_bridge",
+    "recreational_facility",
+    "road_bridge",
+    "runway",
+    "shipyard",
+    "shopping_mall",
+    "single-unit_residential",
+    "smokestack",
+    "solar_farm",
+    "space_facility",
+    "stadium",
+    "storage_tank",
+    "surface_mine",
+    "swimming_pool",
+    "toll_booth",
+    "tower",
+    "tunnel_opening",
+    "waste_disposal",
+    "water_treatment_facility",
+    "wind_farm",
+    "zoo",
+]
 FMOW_TRAIN_BEFORE_YEAR = 2013  # WILDS: the 3 years before the OOD test year are OOD val
 FMOW_TEST_FROM_YEAR = 2016
 

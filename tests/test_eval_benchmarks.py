@@ -1,0 +1,245 @@
+"""The benchmark registry and loaders, on tiny copies of each real offline layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.benchmarks.registry import (
+    BENCHMARKS,
+    DEMO_BENCHMARKS,
+    PAPER_BENCHMARKS,
+    benchmark_root,
+    load_split,
+    missing_reason,
+    resolve_benchmarks,
+)
+from shared.config.root import OpenAIMConfig
+from shared.errors import ConfigError, InputError
+from tests import benchmark_fixtures as fx
+
+
+def _config(tmp_path: Path) -> OpenAIMConfig:
+    cfg = OpenAIMConfig(workdir=tmp_path / "run")
+    cfg.evaluation.data_root = str(tmp_path / "data")
+    return cfg
+
+
+def _check_items(ds, n_classes: int) -> None:
+    """Every item is (RGB PIL image, int label), the label is in range and matches the image's colour."""
+    assert len(ds.labels) == len(ds)
+    for i in range(len(ds)):
+        image, label = ds[i]
+        assert image.mode == "RGB"
+        assert isinstance(label, int) and 0 <= label < n_classes
+        assert label == int(ds.labels[i])
+        red = image.getpixel((image.width // 2, image.height // 2))[0]
+        assert fx.label_from_red(red) == label % 40, (i, red, label)
+
+
+def test_registry_names_and_order():
+    assert PAPER_BENCHMARKS == [
+        "imagenet-1k",
+        "inat-2018",
+        "cifar-10",
+        "cifar-100",
+        "food-101",
+        "dtd",
+        "pets",
+        "cars",
+        "iwildcam",
+        "camelyon17",
+        "pcam",
+        "rxrx1",
+        "eurosat",
+        "fmow",
+        "domainnet-infograph",
+    ]
+    assert DEMO_BENCHMARKS == ["miniweb-shape", "miniweb-color", "miniweb-count", "miniweb-texture", "digits"]
+    assert set(BENCHMARKS) == set(PAPER_BENCHMARKS) | set(DEMO_BENCHMARKS)
+    for name in PAPER_BENCHMARKS:
+        spec = BENCHMARKS[name]
+        assert spec.num_classes and spec.train_size and spec.test_size and spec.default_subdir
+        assert spec.how_to_get and spec.test_split and spec.val_split and spec.required
+    assert [s.name for s in resolve_benchmarks(["all"])] == PAPER_BENCHMARKS + DEMO_BENCHMARKS
+    assert [s.name for s in resolve_benchmarks(["demo", "digits", "cifar-10"])] == DEMO_BENCHMARKS + [
+        "cifar-10"
+    ]
+
+
+def test_unknown_benchmark_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        resolve_benchmarks(["cifar-10", "cifar-1000"])
+    message = str(err.value)
+    assert "cifar-1000" in message and "cifar-100," in message and "\n" not in message
+    with pytest.raises(ConfigError):
+        resolve_benchmarks(["imagefolder:"])
+
+
+@pytest.mark.parametrize("name", PAPER_BENCHMARKS)
+def test_paper_layout_loads(tmp_path, name):
+    cfg = _config(tmp_path)
+    spec = BENCHMARKS[name]
+    root = benchmark_root(spec, cfg)
+    assert root == tmp_path / "data" / spec.default_subdir
+    reason = missing_reason(spec, root)
+    assert reason is not None and str(root) in reason and "get it" in reason and "\n" not in reason
+    expected = fx.PAPER_MAKERS[name](root)
+    assert missing_reason(spec, root) is None
+
+    train = load_split(spec, root, "train", val_fraction=0.25, seed=3)
+    val = load_split(spec, root, "val", val_fraction=0.25, seed=3)
+    test = load_split(spec, root, "test")
+    assert len(test) == expected["test"]
+    if spec.official_val:
+        assert (len(train), len(val)) == (expected["train"], expected["val"])
+    else:
+        assert len(train) + len(val) == expected["train"]
+        assert len(val) == round(expected["train"] * 0.25)
+    assert len(train.classes) == expected["classes"] == len(test.classes)
+    assert train.classes == test.classes
+    for ds in (train, val, test):
+        _check_items(ds, len(train.classes))
+    # val is carved from train: disjoint, deterministic, and never from the test pool
+    train_keys, val_keys, test_keys = (set(ds.item_keys()) for ds in (train, val, test))
+    assert len(train_keys) == len(train) and len(val_keys) == len(val) and len(test_keys) == len(test)
+    assert not train_keys & val_keys and not (train_keys | val_keys) & test_keys
+    again = load_split(spec, root, "val", val_fraction=0.25, seed=3)
+    assert np.array_equal(again.indices, val.indices)
+    if spec.official_val:
+        return
+    other = load_split(spec, root, "val", val_fraction=0.25, seed=4)
+    assert len(other) == len(val)
+    # stratified: every class of a train pool with >= 4 items per class is represented in val
+    counts = np.bincount(np.concatenate([train.labels, val.labels]))
+    if counts[counts > 0].min() >= 4:
+        assert set(val.labels) == set(np.flatnonzero(counts))
+
+
+def test_cap_is_stratified_and_deterministic(tmp_path):
+    root = tmp_path / "data" / "food-101"
+    fx.make_food101(root)
+    spec = BENCHMARKS["food-101"]
+    a = load_split(spec, root, "train", val_fraction=0.25, max_items=6)
+    b = load_split(spec, root, "train", val_fraction=0.25, max_items=6)
+    assert len(a) == 6 and np.array_equal(a.indices, b.indices)
+    assert sorted(np.bincount(a.labels).tolist()) == [2, 2, 2]
+    full = load_split(spec, root, "train", val_fraction=0.25)
+    assert set(a.indices) <= set(full.indices)
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    root = tmp_path / "data" / "food-101"
+    fx.make_food101(root)
+    fx.corrupt(root / "images" / "baklava" / "test1.jpg")
+    (root / "images" / "apple_pie" / "test0.jpg").unlink()  # listed in test.json but gone
+    test = load_split(BENCHMARKS["food-101"], root, "test")
+    items = [test[i] for i in range(len(test))]
+    assert sum(item is None for item in items) == 2
+    assert test.skipped == 2
+    from evaluation.benchmarks.items import collate_skip_none
+
+    (images, labels), dropped = collate_skip_none(items)
+    assert dropped == 2 and len(images) == len(labels) == len(test) - 2
+    # through a DataLoader with tensors: the readable ones are stacked, the dropped ones counted
+    import torch
+    import torchvision.transforms.functional as F
+    from torch.utils.data import DataLoader, Dataset
+
+    class AsTensors(Dataset):
+        def __len__(self):
+            return len(test)
+
+        def __getitem__(self, i):
+            item = test[i]
+            return None if item is None else (F.to_tensor(item[0]), item[1])
+
+    total, kept = 0, 0
+    for batch, n_dropped in DataLoader(AsTensors(), batch_size=4, collate_fn=collate_skip_none):
+        total += n_dropped
+        if batch is not None:
+            assert isinstance(batch[0], torch.Tensor) and batch[0].shape[1:] == (3, fx.SIZE, fx.SIZE)
+            kept += len(batch[1])
+    assert (total, kept) == (2, len(test) - 2)
+
+
+def test_missing_benchmark_raises_input_error_on_load(tmp_path):
+    spec = BENCHMARKS["cifar-10"]
+    root = tmp_path / "nowhere" / spec.default_subdir
+    with pytest.raises(InputError, match="nowhere"):
+        load_split(spec, root, "train")
+    with pytest.raises(ConfigError):
+        load_split(spec, root, "validation")
+
+
+def test_broken_index_is_a_one_line_input_error(tmp_path):
+    root = tmp_path / "data" / "iwildcam_v2.0"
+    fx.make_iwildcam(root)
+    (root / "metadata.csv").write_text("split,filename\ntrain,a.jpg\n")
+    with pytest.raises(InputError, match="missing column"):
+        load_split(BENCHMARKS["iwildcam"], root, "test")
+
+
+def test_miniweb_and_digits(tmp_path):
+    cfg = _config(tmp_path)
+    spec = BENCHMARKS["miniweb-shape"]
+    root = benchmark_root(spec, cfg)
+    assert root == cfg.web_dir / "bench" / "miniweb-shape"
+    assert "miniweb-shape" in missing_reason(spec, root)
+    fx.make_image_folder(root, ["circle", "square", "triangle"], 5, 2)
+    train = load_split(spec, root, "train", val_fraction=0.2)
+    test = load_split(spec, root, "test")
+    assert (len(train), len(test), train.classes) == (12, 6, ["circle", "square", "triangle"])
+    _check_items(test, 3)
+
+    digits = BENCHMARKS["digits"]
+    assert missing_reason(digits, benchmark_root(digits, cfg)) is None
+    tr = load_split(digits, ".", "train", val_fraction=0.1)
+    va = load_split(digits, ".", "val", val_fraction=0.1)
+    te = load_split(digits, ".", "test")
+    assert len(tr) + len(va) + len(te) == 1797 and len(te) == 539
+    keys = [set(ds.item_keys()) for ds in (tr, va, te)]
+    assert len(set.union(*keys)) == 1797
+    image, label = te[0]
+    assert image.mode == "RGB" and image.size == (32, 32) and 0 <= label < 10
+    assert sorted(set(te.labels.tolist())) == list(range(10))
+
+
+def test_generic_image_folder_and_webdataset(tmp_path):
+    folder = tmp_path / "my set"
+    fx.make_image_folder(folder, ["a", "b"], 4, 3, test_dir="val")
+    (folder / "val" / "b").rename(folder / "val" / "b_tmp")  # a test folder missing a class keeps labels
+    (folder / "val" / "b_tmp").rename(folder / "val" / "b")
+    [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
+    assert "/" not in spec.name and spec.name.startswith("imagefolder-my_set-")
+    cfg = _config(tmp_path)
+    root = benchmark_root(spec, cfg)
+    assert missing_reason(spec, root) is None
+    test = load_split(spec, root, "test")
+    assert len(test) == 6 and test.classes == ["a", "b"]
+    _check_items(test, 2)
+
+    wds_root = tmp_path / "wds_cars"
+    expected = fx.make_wds(wds_root)
+    [wspec] = resolve_benchmarks([f"wds:{wds_root}"])
+    assert wspec.name.startswith("webdataset-wds_cars-")
+    wroot = benchmark_root(wspec, cfg)
+    train = load_split(wspec, wroot, "train", val_fraction=0.25)
+    val = load_split(wspec, wroot, "val", val_fraction=0.25)
+    test = load_split(wspec, wroot, "test")
+    assert len(train) + len(val) == expected["train"] and len(test) == expected["test"]
+    assert test.classes == ["cat", "dog", "bird"]
+    for ds in (train, val, test):
+        _check_items(ds, 3)
+    assert missing_reason(wspec, tmp_path / "empty") is not None
+
+
+def test_test_folder_with_unknown_class_is_rejected(tmp_path):
+    folder = tmp_path / "set"
+    fx.make_image_folder(folder, ["a", "b"], 2, 1)
+    fx.write_image(folder / "test" / "zebra" / "0.png", 0)
+    [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
+    with pytest.raises(InputError, match="zebra"):
+        load_split(spec, folder, "test")
