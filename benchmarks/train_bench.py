@@ -1,0 +1,202 @@
+"""Training-step speed of our AIM trunk vs timm's VisionTransformer, and of the prefix-causal
+attention backends vs plain causal SDPA. CPU-sized (about 2 minutes on 2 cores).
+
+    .venv/bin/python benchmarks/train_bench.py [--threads 2] [--steps 5] [--no-write]
+
+Every figure is a ratio against a baseline measured in the same run, with the runs interleaved
+(A, B, A, B, ...) and the median taken, so machine load affects both sides alike. Results go to
+benchmarks/RESULTS.md under "## Training" (other sections of that file are left untouched).
+
+Trunk step = forward + mean-square loss on the trunk output + backward + AdamW step. Our pixel
+head is excluded (timm has no counterpart); timm is built to match our trunk: no CLS token, no
+pooling or classifier, qkv/proj/MLP without biases, a LayerNorm after the patch projection; it
+keeps a learnt position embedding (ours is fixed sin-cos) and runs bidirectional attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SECTION = "## Training"
+
+
+def _median_interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def trunk_step_bench(steps: int) -> tuple[list[tuple[str, float, float]], str]:
+    import torch
+    from functools import partial
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import VisionTransformer
+    from torch import nn
+
+    from shared.config.training import ModelConfig
+    from training.model.aim import build_aim
+    from training.model.prefix import sample_prefix_lengths
+
+    width, depth, heads, img, patch, batch = 384, 6, 6, 224, 14, 8  # 256 tokens
+    cfg = ModelConfig(arch=None, width=width, depth=depth, heads=heads, img_size=img, patch_size=patch,
+                      head_width=64, head_depth=0, attention_backend="sdpa")
+    torch.manual_seed(0)
+    ours = build_aim(cfg)
+    ours.head = None  # excluded from the timing (and from the optimizer)
+    timm_vit = VisionTransformer(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,
+                                 num_classes=0, global_pool="", class_token=False, qkv_bias=False,
+                                 proj_bias=False, mlp_layer=partial(Mlp, bias=False),
+                                 embed_norm_layer=nn.LayerNorm)
+    images = torch.randn(batch, 3, img, img)
+    prefix = sample_prefix_lengths(batch, cfg.num_patches, torch.Generator().manual_seed(0))
+
+    def step_fn(model, forward):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            loss = forward(model, images).float().pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    times = _median_interleaved({
+        "timm": step_fn(timm_vit, lambda m, x: m.forward_features(x)),
+        "ours_bidir": step_fn(ours, lambda m, x: m.forward_trunk(x)),
+        "ours_prefix": step_fn(ours, lambda m, x: m.forward_trunk(x, prefix)),
+    }, repeats=steps)
+    base = times["timm"]
+    rows = [("timm VisionTransformer (bidirectional, baseline)", base, 1.0),
+            ("our trunk, bidirectional", times["ours_bidir"], times["ours_bidir"] / base),
+            ("our trunk, prefix-causal (sdpa + bool mask)", times["ours_prefix"], times["ours_prefix"] / base)]
+    shape = f"width {width}, depth {depth}, heads {heads}, {cfg.num_patches} tokens, batch {batch}"
+    return rows, shape
+
+
+def attention_bench(repeats: int) -> tuple[list[tuple[str, float, float]], str]:
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+
+    from training.model.attention import attention, backend_works, build_prefix_mask
+    from training.model.prefix import sample_prefix_lengths
+
+    B, H, N, Dh = 8, 6, 256, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, Dh, generator=g).requires_grad_() for _ in range(3))
+    prefix = sample_prefix_lengths(B, N, g)
+    grad_out = torch.randn(B, H, N, Dh, generator=g)
+    masks = {b: build_prefix_mask(prefix, N, b) for b in ("sdpa", "naive")}
+
+    def fwd_bwd(fn):
+        def run():
+            out = fn()
+            torch.autograd.grad(out, (q, k, v), grad_out)
+        return run
+
+    fns = {
+        "causal": fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+        "sdpa": fwd_bwd(lambda: attention(q, k, v, masks["sdpa"], "sdpa")),
+        "naive": fwd_bwd(lambda: attention(q, k, v, masks["naive"], "naive")),
+        "mask": lambda: build_prefix_mask(prefix, N, "sdpa"),
+    }
+    times = _median_interleaved(fns, repeats=repeats)
+    base = times["causal"]
+    rows = [("plain causal SDPA, fwd+bwd (baseline)", base, 1.0),
+            ("prefix-causal sdpa (bool mask), fwd+bwd", times["sdpa"], times["sdpa"] / base),
+            ("prefix-causal naive (explicit softmax), fwd+bwd", times["naive"], times["naive"] / base),
+            ("building the mask once per batch (all layers share it)", times["mask"], times["mask"] / base)]
+    if backend_works("flex", "cpu"):
+        masks["flex"] = build_prefix_mask(prefix, N, "flex")
+        t = _median_interleaved({"causal": fns["causal"], "flex": fwd_bwd(lambda: attention(q, k, v, masks["flex"], "flex"))},
+                                repeats=repeats)
+        rows.append(("prefix-causal flex, fwd+bwd", t["flex"], t["flex"] / t["causal"]))
+    else:  # CPU flex has no backward: compare forwards only, against a causal forward
+        qd, kd, vd = q.detach(), k.detach(), v.detach()
+        fmask = build_prefix_mask(prefix, N, "flex")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = _median_interleaved({
+                "causal": lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True),
+                "flex": lambda: attention(qd, kd, vd, fmask, "flex")}, repeats=repeats)
+        rows.append(("prefix-causal flex (eager), forward only vs causal forward", t["flex"], t["flex"] / t["causal"]))
+    rows.append(("xformers", float("nan"), float("nan")) if not backend_works("xformers", "cpu") else
+                ("xformers (unexpectedly runs on CPU)", float("nan"), float("nan")))
+    return rows, f"B {B}, heads {H}, {N} tokens, head dim {Dh}, random per-sample prefixes"
+
+
+def _table(rows) -> str:
+    lines = ["| run | median s | ratio |", "|---|---|---|"]
+    for name, t, r in rows:
+        if t != t:  # NaN: not measurable here
+            lines.append(f"| {name} | n/a (no CPU kernels) | n/a |")
+        else:
+            lines.append(f"| {name} | {t:.4f} | {r:.2f} |")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the "## Training" section of RESULTS.md, keeping every other section."""
+    from shared.atomic import atomic_write_text
+
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    lines = old.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
+    atomic_write_text(RESULTS, new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (after 2 warm-up)")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not update RESULTS.md")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    trunk_rows, trunk_shape = trunk_step_bench(args.steps)
+    print(f"trunk training step ({trunk_shape}):\n{_table(trunk_rows)}\n")
+    attn_rows, attn_shape = attention_bench(args.steps * 2)
+    print(f"attention ({attn_shape}):\n{_table(attn_rows)}\n")
+
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU"
+    text = "\n".join([
+        SECTION, "",
+        f"`benchmarks/train_bench.py` on {machine}; medians of {args.steps} interleaved steps after 2 warm-up.",
+        "Ratios are against the baseline row measured in the same run (lower is faster; target for our",
+        "prefix-causal trunk: <= 1.05 x timm). Our pixel head is excluded from the trunk timing.", "",
+        f"Trunk training step (fwd + bwd + AdamW), {trunk_shape}:", "", _table(trunk_rows), "",
+        f"Attention, {attn_shape}:", "", _table(attn_rows), "",
+        "GPU figures (backend agreement in bf16, AIM-600M images/s and MFU per backend): run",
+        "`bash benchmarks/gpu_check.sh` on an H100/H200; not measured in this session (no GPU).",
+    ])
+    if not args.no_write:
+        write_section(text)
+        print(f"wrote the {SECTION!r} section of {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""benchmarks/gpu_check.sh runs end to end on CPU in its --cpu-smoke mode (aim-tiny, 2 steps)."""
+
+import re
+import subprocess
+import sys
+
+
+def test_gpu_check_cpu_smoke(repo_root):
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], cwd=repo_root, capture_output=True,
+                          text=True, timeout=300, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin",
+                                                      "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    # xformers has no CPU kernels: reported unavailable, not crashed
+    assert re.search(r"^\| xformers \| \(2, 3, 64, 64\) \| unavailable", out, re.M)
+    agreement = re.search(r"^\| sdpa \| \(2, 3, 64, 64\) \| ([0-9.e+-]+) \| ([0-9.e+-]+) \| yes \|", out, re.M)
+    assert agreement and float(agreement.group(1)) < 3e-2
+    row = re.search(r"^\| sdpa \| ([0-9.]+) \| ([0-9.]+) \|.*\| ([0-9.]+) \|$", out, re.M)
+    assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0  # images/s and a finite loss
