@@ -48,7 +48,7 @@ def corrupt(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:20] + b"\x00garbage" * 4)
 
 
-# --- image folders -----------------------------------------------------------------------------------------
+# --- image folders ---
 
 
 def make_image_folder(
@@ -86,7 +86,7 @@ def make_eurosat(root: Path) -> dict:
     return {"train": 30, "val": 10, "test": 10, "classes": 10}
 
 
-# --- json / txt / mat / pickle indexed ------------------------------------------------------------------------
+# --- json / txt / mat / pickle indexed ---
 
 
 def make_inat2018(root: Path) -> dict:
@@ -269,7 +269,7 @@ def make_domainnet(root: Path) -> dict:
     return {"train": 12, "test": 6, "classes": 3}
 
 
-# --- WILDS -------------------------------------------------------------------------------------------------
+# --- WILDS ---
 
 
 def make_iwildcam(root: Path) -> dict:
@@ -404,7 +404,7 @@ def make_fmow(root: Path) -> dict:
     return {"train": 12, "test": 6, "classes": 62}
 
 
-# --- CLIP_benchmark webdataset export ------------------------------------------------------------------------
+# --- CLIP_benchmark webdataset export ---
 
 
 def make_wds(root: Path, n_train: int = 6, n_test: int = 3) -> dict:

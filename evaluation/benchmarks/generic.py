@@ -62,7 +62,7 @@ def imagenet(root: Path, split: str) -> FileImages:
     return scan_image_folder(root / ("train" if split == "train" else "val"), classes)
 
 
-# --- CLIP_benchmark webdataset export -------------------------------------------------------------------
+# --- CLIP_benchmark webdataset export ---
 # <root>/classnames.txt (one name per line, line i = class i) and <root>/<split>/*.tar whose samples
 # carry an image (webp, jpg, png...) and `cls` (the class index as text).
 

@@ -65,7 +65,7 @@ def cifar100(root: Path, split: str) -> ArrayImages:
     return _cifar(root, [split], "meta", "fine_label_names", "fine_labels")
 
 
-# --- torchvision classes ------------------------------------------------------------------------------
+# --- torchvision classes ---
 
 
 def food101(root: Path, split: str) -> TorchvisionImages:
