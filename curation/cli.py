@@ -1,0 +1,42 @@
+"""`openaim build-dataset` and `openaim train-filter`.
+
+    openaim build-dataset --config configs/demo.yaml --set curation.select.fraction=0.3
+    openaim train-filter --config configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="rerun every step, even those whose inputs are unchanged")]
+
+
+def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False, force: ForceOpt = False) -> None:
+    """Curate image-text pairs into webdataset shards: extract, download, score, dedup, safety, select."""
+
+    def body(cfg):
+        from curation.pipeline import build_dataset as run
+
+        manifest = run(cfg, force=force)
+        q = manifest.get("quality") or {}
+        typer.echo(f"kept {manifest['kept']} pairs (threshold {manifest['threshold']:.4f}) -> "
+                   f"{cfg.curation_dir / 'shards'}; ran: {', '.join(manifest['ran']) or 'nothing'}"
+                   + (f"; precision {q['precision']}" if q.get("precision") is not None else ""))
+
+    run_with_config(body, config, set_, debug)
+
+
+def train_filter(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False, force: ForceOpt = False) -> None:
+    """Train our own data filtering network (a small CLIP) on the mini web's high-quality pairs."""
+
+    def body(cfg):
+        from curation.pipeline import train_filter_step
+
+        out = train_filter_step(cfg, force=force)
+        typer.echo(f"filter network: {out}")
+
+    run_with_config(body, config, set_, debug)

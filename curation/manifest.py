@@ -1,0 +1,77 @@
+"""``manifest.json`` of a curated dataset: what went in and out of every step, and how good the result is.
+
+The quality block exists when the pool came from the mini web, whose ``truth.parquet`` says what each link
+really is: we measure the precision of what we kept, duplicates kept per group, benchmark test images
+leaked into the training set, and whether any unsafe URL ever reached the server (its request log).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+GOOD_KINDS = ("match", "near_dup", "exact_dup")
+
+
+def quality_block(web_dir: Path, kept: list[tuple[str, str]]) -> dict | None:
+    """Quality of the kept (url, caption) pairs against the mini web's truth; None without a truth file."""
+    import pyarrow.parquet as pq
+
+    truth_path = web_dir / "truth.parquet"
+    if not truth_path.is_file():
+        return None
+    t = pq.read_table(truth_path).to_pylist()
+    by_pair = {(r["url"], " ".join((r.get("alt") or "").split())): r for r in t}
+    by_url = {r["url"]: r for r in t}
+    kinds: Counter = Counter()
+    groups: Counter = Counter()
+    for url, caption in kept:
+        row = by_pair.get((url, caption)) or by_url.get(url)
+        kind = row["kind"] if row else "unknown"
+        kinds[kind] += 1
+        if row and row.get("group") is not None and kind in GOOD_KINDS:
+            groups[row["group"]] += 1
+    n = len(kept)
+    good = sum(kinds[k] for k in GOOD_KINDS)
+    return {
+        "kept": n,
+        "kept_by_kind": dict(sorted(kinds.items())),
+        "precision": round(good / n, 4) if n else None,
+        "max_kept_per_duplicate_group": max(groups.values(), default=0),
+        "duplicate_groups_kept_twice": sum(1 for v in groups.values() if v > 1),
+        "eval_leak_kept": kinds["eval_leak"],
+        "unsafe_urls_requested": unsafe_requests(web_dir, t),
+    }
+
+
+def unsafe_requests(web_dir: Path, truth_rows: list[dict]) -> int | None:
+    """How many requests in the mini web's ``requests.log`` hit a path only an unsafe URL points at."""
+    log_path = web_dir / "requests.log"
+    if not log_path.is_file():
+        return None
+    unsafe_paths = {urlsplit(r["url"]).path for r in truth_rows
+                    if r["kind"] == "unsafe_url" and r["url"].lower().startswith("http")}
+    safe_paths = {urlsplit(r["url"]).path for r in truth_rows if r["kind"] != "unsafe_url"}
+    unsafe_paths -= safe_paths
+    count = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        path = line.strip().split(" ")[-1] if line.strip() else ""
+        if urlsplit(path).path in unsafe_paths:
+            count += 1
+    return count
+
+
+def build_manifest(*, config_hash: str, steps: dict[str, dict], ran: list[str], reused: list[str],
+                   select: dict, failures: dict, quality: dict | None) -> dict:
+    return {
+        "config_hash": config_hash,
+        "steps": steps,
+        "ran": ran,
+        "reused": reused,
+        "fraction": select.get("fraction"),
+        "threshold": select.get("threshold"),
+        "kept": select.get("kept"),
+        "download_failures": failures,
+        "quality": quality,
+    }

@@ -1,0 +1,341 @@
+"""`openaim build-dataset`: extract -> download -> (train-filter) -> score -> dedup -> safety -> select + write.
+
+Every step is a stage-cache step (shared.stage_cache): it records the config keys, upstream outputs and code
+it was computed from, and is reused when they match. So changing ``select.fraction`` reruns only the select
+step, changing ``dedup.*`` reruns dedup and select, and nothing downstream of a change ever refetches images
+or rescores the pool. ``manifest.json`` lists which steps ran and which were reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from shared.errors import InputError, OpenAIMError
+from shared.stage_cache import StageCache, StepSpec, code_version, hash_json, hash_path
+
+log = logging.getLogger("openaim.curation")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, obj) -> None:
+    from shared.atomic import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def _sources_hash(sources: list[str]) -> str:
+    """Local files by content (a regenerated crawl reruns extraction), URLs by name."""
+    return hash_json([s if s.startswith(("http://", "https://")) else hash_path(s) for s in sources])
+
+
+def eval_image_paths(cfg) -> list[Path]:
+    """Benchmark test images the curated set must not contain. The mini web's benchmark test sets for now;
+    with ``dedup.eval_sets`` only the named ``<web>/bench/<name>`` sets."""
+    bench = cfg.web_dir / "bench"
+    names = cfg.curation.dedup.eval_sets or (sorted(p.name for p in bench.iterdir() if p.is_dir())
+                                              if bench.is_dir() else [])
+    paths: list[Path] = []
+    for name in names:
+        test_dir = bench / name / "test"
+        if not test_dir.is_dir():
+            log.warning("dedup: no test images for eval set %s under %s; not decontaminated against it", name, bench)
+            continue
+        paths += sorted(p for p in test_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return paths
+
+
+def _load_net(cfg, own_dir: Path | None):
+    from curation.filter_network import load_filter_network
+
+    try:
+        return load_filter_network(cfg.curation.filter, own_dir)
+    except OpenAIMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model that cannot load is a user-facing config problem
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise OpenAIMError(f"cannot load filter network {cfg.curation.filter.model!r}: {type(exc).__name__}: {first}") from None
+
+
+class _Steps:
+    """The curation steps over one config; each ``run_*`` runs or reuses one stage-cache step."""
+
+    def __init__(self, cfg, force: bool, progress) -> None:
+        self.cfg, self.force, self.progress = cfg, force, progress
+        self.cur = cfg.curation
+        self.dir = cfg.curation_dir
+        self.cache = StageCache(cfg.workdir)
+        self.ran: list[str] = []
+        self.reused: list[str] = []
+        self._net = None
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _run(self, spec: StepSpec, fn, outputs_hash=None) -> None:
+        did = self.cache.run(spec, fn, force=self.force, outputs_hash=outputs_hash)
+        (self.ran if did else self.reused).append(spec.name)
+        log.info("%-12s %s", spec.name, "done" if did else "reused (config, inputs and code unchanged)")
+
+    def net(self):
+        if self._net is None:
+            own = self.dir / "filter" if self.cur.filter.model == "own" else None
+            self._net = _load_net(self.cfg, own)
+        return self._net
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def extract(self) -> None:
+        from curation import extract
+
+        sources = extract.resolve_sources(self.cur.extract.sources, self.cfg.web_dir / "warc")
+        pairs, stats = self.dir / "pairs.parquet", self.dir / "extract_stats.json"
+
+        def fn() -> None:
+            _write_json(stats, extract.extract_pairs(self.cur.extract, sources, pairs, self.progress))
+
+        self._run(StepSpec("extract", config={"curation.extract": self.cur.extract.model_dump(mode="json")},
+                           inputs={"sources": _sources_hash(sources)}, code=code_version(extract),
+                           outputs=[pairs, stats]), fn)
+
+    def download(self) -> None:
+        from curation import download
+
+        pool, stats = self.dir / "pool", self.dir / "download_stats.json"
+        spec = StepSpec("download", config={"curation.download": self.cur.download.model_dump(mode="json"),
+                                            "curation.extract.allow_hosts": self.cur.extract.allow_hosts},
+                        inputs={"extract": self.cache.outputs_hash("extract")}, code=code_version(download),
+                        outputs=[pool, stats])
+        # A record that no longer matches means a different pool: start it afresh. No record at all means a
+        # killed run: img2dataset's incremental mode resumes it, skipping the finished shards.
+        if pool.exists() and (self.force or (self.cache.load("download") and not self.cache.check(spec).fresh)):
+            shutil.rmtree(pool)
+
+        def fn() -> None:
+            _write_json(stats, download.download_pool(self.cur.download, self.dir / "pairs.parquet", pool,
+                                                      self.cur.extract.allow_hosts))
+
+        # The per-shard status files identify the pool; hashing them is cheap even for big pools.
+        self._run(spec, fn, outputs_hash=lambda: hash_json(
+            [hash_path(p) for p in sorted(pool.glob("[0-9]*.parquet"))]))
+
+    def train_filter(self) -> None:
+        from curation import train_filter
+
+        hq, out = self.cfg.web_dir / "hq", self.dir / "filter"
+        if not hq.is_dir():
+            raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
+        self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json")},
+                           inputs={"hq": hash_path(hq)}, code=code_version(train_filter), outputs=[out]),
+                  lambda: train_filter.train_filter_network(self.cur.train_filter, hq, out))
+
+    def score(self) -> None:
+        from curation import filter_network, score
+
+        out = self.dir / "scores"
+        inputs = {"download": self.cache.outputs_hash("download")}
+        if self.cur.filter.model == "own":
+            inputs["train-filter"] = self.cache.outputs_hash("train-filter")
+        self._run(StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(mode="json")},
+                           inputs=inputs, code=code_version(score, filter_network), outputs=[out]),
+                  lambda: score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size))
+
+    def dedup(self) -> None:
+        from curation import dedup
+
+        out = self.dir / "dedup"
+        bench = eval_image_paths(self.cfg) if self.cur.dedup.decontaminate else []
+        self._run(StepSpec("dedup", config={"curation.dedup": self.cur.dedup.model_dump(mode="json")},
+                           inputs={"score": self.cache.outputs_hash("score"),
+                                   "eval_images": hash_json([hash_path(p) for p in bench])},
+                           code=code_version(dedup, _dedup_masks), outputs=[out / "keep.parquet", out / "stats.json"]),
+                  lambda: _dedup_masks(self, bench, out))
+
+    def safety(self) -> None:
+        from curation import safety
+
+        out = self.dir / "safety"
+        conf = {"concepts": self.cur.safety.concepts, "concept_threshold": self.cur.safety.concept_threshold}
+        self._run(StepSpec("safety", config={"curation.safety": conf},
+                           inputs={"score": self.cache.outputs_hash("score")},
+                           code=code_version(safety, _safety_mask), outputs=[out / "keep.parquet", out / "stats.json"]),
+                  lambda: _safety_mask(self, out))
+
+    def select(self) -> None:
+        from curation import select, write
+
+        conf = {"curation.select": self.cur.select.model_dump(mode="json"),
+                "curation.safety.blur_faces": self.cur.safety.blur_faces}
+        outs = [self.dir / "shards", self.dir / "subset.npy", self.dir / "select_stats.json"]
+        self._run(StepSpec("select", config=conf,
+                           inputs={k: self.cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
+                           code=code_version(select, write, _select_and_write), outputs=outs),
+                  lambda: _select_and_write(self))
+
+
+def _load_scores(steps: _Steps):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(steps.dir / "scores" / "scores.parquet").to_pydict()
+    emb = np.load(steps.dir / "scores" / "embeddings.npy").astype(np.float32)
+    if emb.shape[0] != len(scores["uid"]):
+        raise OpenAIMError("scores/embeddings.npy is not row-aligned with scores.parquet: rerun with --force")
+    return scores, emb
+
+
+def _write_keep(out: Path, uids: list[str], keep, reasons: list[str], stats: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shared.atomic import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "keep.parquet") as tmp:
+        pq.write_table(pa.table({"uid": uids, "keep": [bool(k) for k in keep], "reason": reasons}), tmp)
+    _write_json(out / "stats.json", stats)
+
+
+def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
+    """Exact copies (same sha256), then near copies among the survivors, then benchmark test-image leaks."""
+    import numpy as np
+    from PIL import Image
+
+    from curation import dedup
+
+    cfg = steps.cur.dedup
+    scores, emb = _load_scores(steps)
+    s = np.asarray(scores["score"], dtype=np.float32)
+    n = len(s)
+    reason = np.array([""] * n, dtype=object)
+    keep = np.ones(n, dtype=bool)
+    if cfg.exact:
+        m = np.asarray(dedup.exact_duplicates(np.asarray(scores["sha256"], dtype=object), s), dtype=bool)
+        reason[keep & ~m] = "exact_dup"
+        keep &= m
+    if cfg.near and keep.sum() > 1:
+        idx = np.flatnonzero(keep)
+        m = np.asarray(dedup.near_duplicates(emb[idx], s[idx], cfg.near_threshold, index=cfg.index,
+                                             flat_max=cfg.flat_max), dtype=bool)
+        reason[idx[~m]] = "near_dup"
+        keep[idx[~m]] = False
+    if cfg.decontaminate and bench:
+        images = []
+        for p in bench:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        eval_emb = np.concatenate([steps.net().encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
+        m = np.asarray(dedup.decontaminate(emb, eval_emb.astype(np.float32), cfg.eval_threshold), dtype=bool)
+        reason[keep & ~m] = "eval_leak"
+        keep &= m
+    counts = {r: int((reason == r).sum()) for r in ("exact_dup", "near_dup", "eval_leak")}
+    _write_keep(out, scores["uid"], keep, [str(r) for r in reason],
+                {"in": n, "out": int(keep.sum()), "dropped": counts, "eval_images": len(bench)})
+
+
+def _safety_mask(steps: _Steps, out: Path) -> None:
+    import numpy as np
+
+    scores, emb = _load_scores(steps)
+    n = len(scores["uid"])
+    keep = np.ones(n, dtype=bool)
+    if steps.cur.safety.concepts:
+        from curation.safety import concept_filter
+
+        keep = np.asarray(concept_filter(emb, steps.net(), steps.cur.safety.concepts,
+                                         steps.cur.safety.concept_threshold), dtype=bool)
+    _write_keep(out, scores["uid"], keep, ["" if k else "concept" for k in keep],
+                {"in": n, "out": int(keep.sum()), "dropped": {"concept": int((~keep).sum())}})
+
+
+def _select_and_write(steps: _Steps) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from curation.select import select_mask
+    from curation.write import write_shards, write_subset
+
+    scores = pq.read_table(steps.dir / "scores" / "scores.parquet", columns=["uid", "score"]).to_pydict()
+    uids, s = scores["uid"], np.asarray(scores["score"], dtype=np.float64)
+    survivors = np.ones(len(uids), dtype=bool)
+    for name in ("dedup", "safety"):
+        k = pq.read_table(steps.dir / name / "keep.parquet", columns=["uid", "keep"]).to_pydict()
+        if k["uid"] != uids:
+            raise OpenAIMError(f"{name}/keep.parquet does not match scores.parquet: rerun with --force")
+        survivors &= np.asarray(k["keep"], dtype=bool)
+    mask, threshold = select_mask(s, survivors, steps.cur.select)
+    kept = {u: float(v) for u, v, m in zip(uids, s, mask) if m}
+    if not kept:
+        raise OpenAIMError(f"no sample scores >= the threshold {threshold:.4f}: nothing to write")
+    stats = write_shards(steps.dir / "pool", kept, steps.dir / "shards", steps.cur.select.shard_size,
+                         steps.cur.safety.blur_faces, steps.progress)
+    write_subset(sorted(kept), steps.dir / "subset.npy")
+    _write_json(steps.dir / "select_stats.json", {
+        "in": int(survivors.sum()), "out": len(kept), "threshold": threshold,
+        "fraction": steps.cur.select.fraction if steps.cur.select.threshold is None else None, **stats})
+
+
+def _manifest(steps: _Steps) -> dict:
+    import pyarrow.parquet as pq
+
+    from curation.manifest import build_manifest, quality_block
+
+    d = steps.dir
+    ex, dl, sel = _read_json(d / "extract_stats.json"), _read_json(d / "download_stats.json"), _read_json(d / "select_stats.json")
+    dd, sf = _read_json(d / "dedup" / "stats.json"), _read_json(d / "safety" / "stats.json")
+    step_counts = {
+        "extract": {"in": ex.get("links"), "out": ex.get("kept"), "records": ex.get("records"),
+                    "corrupt_records": ex.get("corrupt_records"), "dropped": ex.get("dropped")},
+        "download": {"in": dl.get("requested"), "out": dl.get("downloaded"),
+                     "refused_before_download": dl.get("refused_before_download")},
+        "score": {"in": dl.get("downloaded"), "out": dd.get("in")},
+        "dedup": dd, "safety": sf,
+        "select": {"in": sel.get("in"), "out": sel.get("out"), "shards": sel.get("shards"),
+                   "faces_blurred": sel.get("faces_blurred")},
+    }
+    pairs = pq.read_table(d / "pairs.parquet", columns=["uid", "url", "caption"]).to_pydict()
+    from curation.select import subset_to_uids
+    import numpy as np
+
+    kept_uids = set(subset_to_uids(np.load(d / "subset.npy")))
+    kept = [(u, c) for uid, u, c in zip(pairs["uid"], pairs["url"], pairs["caption"]) if uid in kept_uids]
+    return build_manifest(config_hash=hash_json(steps.cfg.curation.model_dump(mode="json")), steps=step_counts,
+                          ran=steps.ran, reused=steps.reused, select=sel | {"kept": sel.get("out")},
+                          failures=dl.get("failures", {}), quality=quality_block(steps.cfg.web_dir, kept))
+
+
+def build_dataset(cfg, force: bool = False) -> dict:
+    """Run (or reuse) every curation step and write ``manifest.json``; returns the manifest."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shared.atomic import atomic_write_json
+
+    cfg.curation_dir.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        steps = _Steps(cfg, force, progress)
+        steps.extract()
+        steps.download()
+        if cfg.curation.filter.model == "own":
+            steps.train_filter()
+        steps.score()
+        steps.dedup()
+        steps.safety()
+        steps.select()
+    manifest = _manifest(steps)
+    atomic_write_json(cfg.curation_dir / "manifest.json", manifest)
+    q = manifest.get("quality") or {}
+    log.info("curated %s pairs (threshold %.4f) into %s%s", manifest["kept"], manifest["threshold"],
+             cfg.curation_dir / "shards", f"; precision {q['precision']}" if q.get("precision") is not None else "")
+    return manifest
+
+
+def train_filter_step(cfg, force: bool = False) -> Path:
+    """`openaim train-filter`: the train-filter step alone (cached like inside build-dataset)."""
+    cfg.curation_dir.mkdir(parents=True, exist_ok=True)
+    _Steps(cfg, force, None).train_filter()
+    return cfg.curation_dir / "filter"
