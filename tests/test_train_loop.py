@@ -168,3 +168,26 @@ def test_two_process_torchrun_matches_one_process(tmp_path, parallel):
         assert c[step] == pytest.approx(b[step], abs=1e-6), (step, b, c)
     state = json.loads((tmp_path / "two" / "training" / "final" / "config.json").read_text())
     assert state["width"] == 32
+
+
+def test_activation_checkpointing_same_losses_and_no_resume_keeps_the_old_run(tmp_path, shards):
+    sets = [f"training.data.shards=['{shards}']", "training.steps=4", "training.checkpoint_every=2",
+            "training.global_batch_size=8", "training.data.num_workers=0"]
+    plain = _run(_train_cmd(tmp_path, sets))
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    before = _losses(tmp_path)
+    ac = _run(_train_cmd(tmp_path, sets + ["training.activation_checkpointing=true"], ("--no-resume",)))
+    assert ac.returncode == 0, ac.stderr[-2000:]
+    # Recomputing activations changes memory, not numbers; --no-resume trained from scratch.
+    assert _losses(tmp_path) == before
+    kept = list((tmp_path / "training").glob("previous-*"))
+    assert len(kept) == 1 and (kept[0] / "final" / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "training" / "final" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    with safe_open(str(kept[0] / "final" / "model.safetensors"), "pt") as f:
+        assert names == set(f.keys())  # the checkpoint wrapper leaves no trace in the weight names
+    # A finished run asked again does nothing and says so.
+    again = _run(_train_cmd(tmp_path, sets))
+    assert again.returncode == 0 and "already trained" in again.stderr + again.stdout
