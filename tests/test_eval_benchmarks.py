@@ -243,3 +243,51 @@ def test_test_folder_with_unknown_class_is_rejected(tmp_path):
     [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
     with pytest.raises(InputError, match="zebra"):
         load_split(spec, folder, "test")
+
+
+class _ToTensorItems:
+    """Top-level (picklable) wrapper: (tensor, label) or None, as a feature extractor would use it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as F
+
+        item = self.dataset[i]
+        return None if item is None else (F.to_tensor(item[0]), item[1])
+
+
+def test_datasets_pickle_and_run_in_dataloader_workers(tmp_path):
+    """Datasets survive pickling (spawn-started workers) with an open h5 handle, and corrupt-image counts
+    come back from real worker processes through collate_skip_none."""
+    import pickle
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from evaluation.benchmarks.items import collate_skip_none
+
+    pcam_root = tmp_path / "data" / "pcam"
+    fx.make_pcam(pcam_root)
+    pcam = load_split(BENCHMARKS["pcam"], pcam_root, "train", val_fraction=0.2)
+    first = pcam[0]  # opens the h5 handle in this process
+    clone = pickle.loads(pickle.dumps(pcam))
+    assert clone[0][1] == first[1] and clone[0][0].tobytes() == first[0].tobytes()
+    food_root = tmp_path / "data" / "food-101"
+    fx.make_food101(food_root)
+    fx.corrupt(food_root / "images" / "baklava" / "test1.jpg")
+    food = load_split(BENCHMARKS["food-101"], food_root, "test")
+    for ds, n_bad in ((pcam, 0), (food, 1)):
+        loader = DataLoader(_ToTensorItems(ds), batch_size=3, num_workers=2, collate_fn=collate_skip_none)
+        labels, dropped = [], 0
+        for batch, n_dropped in loader:
+            dropped += n_dropped
+            if batch is not None:
+                labels += batch[1].tolist()
+                assert batch[0].dtype == torch.float32
+        assert dropped == n_bad and len(labels) == len(ds) - n_bad
+        assert sorted(labels) == sorted(int(y) for i, y in enumerate(ds.labels) if ds[i] is not None)

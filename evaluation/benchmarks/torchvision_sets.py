@@ -6,6 +6,7 @@ it ``root.parent`` and check that ``root`` carries the name torchvision expects.
 
 CIFAR is read from its pickled batches directly: torchvision's CIFAR classes refuse any file whose md5
 differs from the release (even with download=False), which would also refuse a re-pickled copy.
+PCAM is read from torchvision's h5 layout with one h5 handle per process (see H5Images).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.benchmarks.items import ArrayImages, TorchvisionImages
+from evaluation.benchmarks.items import ArrayImages, LabelledImages, TorchvisionImages
 from shared.errors import InputError
 
 
@@ -103,22 +104,57 @@ def stanford_cars(root: Path, split: str) -> TorchvisionImages:
 
 
 PCAM_CLASSES = ["no metastatic tissue", "metastatic tissue"]
+PCAM_FILES = {  # torchvision's names (PCAM._FILES), as released
+    split: (f"camelyonpatch_level_2_split_{split}_x.h5", f"camelyonpatch_level_2_split_{split}_y.h5")
+    for split in ("train", "valid", "test")
+}
 
 
-def pcam(root: Path, split: str) -> TorchvisionImages:
+class H5Images(LabelledImages):
+    """PCAM's h5 images ("x": uint8 [N, 96, 96, 3]), read through one handle per process.
+
+    torchvision's PCAM reopens both h5 files for every item (and keeps the h5py module on the instance,
+    which cannot be pickled into DataLoader workers); this keeps its layout and reads it faster."""
+
+    def __init__(self, path: Path, labels: np.ndarray, classes: list[str]):
+        super().__init__(labels, classes)
+        self.path = str(path)
+        self._file = None
+
+    def read_image(self, index: int):
+        import h5py
+        from PIL import Image
+
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return Image.fromarray(self._file["x"][index])
+
+    def item_keys(self) -> list[str]:
+        return [f"{self.path}#{i}" for i in range(len(self))]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None  # every worker opens its own handle
+        return state
+
+
+def pcam(root: Path, split: str) -> H5Images:
     """PatchCamelyon h5 files; the official valid split is not used (val is carved from train)."""
     try:
         import h5py
     except ImportError:
         raise InputError("PCAM needs the h5py package (pip install h5py)") from None
-    ds = _torchvision("PCAM", root, "pcam", split=split)
-    targets = Path(root) / ds._FILES[split]["targets"][0]
+    images, targets = (Path(root) / name for name in PCAM_FILES[split])
     try:
         with h5py.File(targets, "r") as f:
             labels = np.asarray(f["y"]).reshape(-1).astype(np.int64)  # stored as [N, 1, 1, 1]
+        with h5py.File(images, "r") as f:
+            n_images = f["x"].shape[0]
     except (OSError, KeyError) as exc:
-        raise InputError(f"cannot read PCAM labels {targets}: {exc}") from None
-    return TorchvisionImages(ds, labels, PCAM_CLASSES, [f"{split}#{i}" for i in range(len(labels))])
+        raise InputError(f"cannot read PCAM {split} h5 files in {root}: {exc}") from None
+    if n_images != len(labels):
+        raise InputError(f"PCAM {split}: {n_images} images but {len(labels)} labels in {root}")
+    return H5Images(images, labels, PCAM_CLASSES)
 
 
 EUROSAT_SPLIT = (0.6, 0.2, 0.2)  # VTAB's train / val / test shares; EuroSAT ships no split
