@@ -43,6 +43,9 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    if rank > 0:
+        # One voice: only rank 0 logs progress; other ranks still report warnings and errors.
+        logging.getLogger("openaim").setLevel(logging.WARNING)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device
                                 if device.type == "cuda" else None)
@@ -156,6 +159,20 @@ def wrap_model(aim: nn.Module, mode: str, info: DistInfo, dtype: torch.dtype):
         register_fsdp_forward_method(aim, "forward_loss")
         return aim.forward_loss
     return aim.forward_loss
+
+
+def materialize_from_rank0(aim: nn.Module, full_state: dict[str, torch.Tensor] | None, device: torch.device) -> None:
+    """Give a meta-built, fully_shard-ed model real storage and rank 0's full weights, shard by shard.
+
+    Only rank 0 ever holds the whole model (in host memory), as torchtitan does for large models; the
+    other ranks allocate just their shards. Rank 0's weights come from a normally initialised model,
+    so an FSDP run starts from exactly the weights of a single-process run with the same seed.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    aim.to_empty(device=device)
+    set_model_state_dict(aim, full_state if dist.get_rank() == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def autocast_context(mode: str, device: torch.device, dtype: torch.dtype):

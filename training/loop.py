@@ -128,18 +128,29 @@ def _train(cfg, info, resume: bool) -> Path:
     if resume_dir is not None:
         log.info("resuming from %s (step %d of %d)", resume_dir, start_step, tcfg.steps)
 
-    # Model: same init on every rank (seeded), weights from the checkpoint, then AC, compile, sharding.
-    torch.manual_seed(tcfg.seed)
-    aim = build_aim(mcfg, device=info.device)
-    if resume_dir is not None:
-        aim.load_state_dict({k: v.to(info.device) for k, v in ck.read_weights(resume_dir / ck.MODEL_FILE).items()})
+    # Model: the same seeded init as a single process, weights from the checkpoint, then activation
+    # checkpointing, compile, sharding. Under FSDP the model is built on the meta device and only
+    # rank 0 materialises the full weights (host memory), which are then scattered shard by shard.
     mode = dd.resolve_parallel(tcfg.parallel, info)
     dtype = dd.resolve_precision(tcfg.precision, info.device)
+    full_state = None
+    if mode != "fsdp" or info.is_main:
+        torch.manual_seed(tcfg.seed)
+        build_device = "cpu" if mode == "fsdp" else info.device
+        aim = build_aim(mcfg, device=build_device)
+        if resume_dir is not None:
+            aim.load_state_dict(ck.read_weights(resume_dir / ck.MODEL_FILE))
+        full_state = aim.state_dict() if mode == "fsdp" else None
+    if mode == "fsdp":
+        aim = build_aim(mcfg, device="meta")
     if tcfg.activation_checkpointing:
         dd.apply_activation_checkpointing(aim)
     if tcfg.compile:
         dd.apply_compile(aim)
     loss_fn = dd.wrap_model(aim, mode, info, dtype)
+    if mode == "fsdp":
+        dd.materialize_from_rank0(aim, full_state, info.device)
+        del full_state
     aim.train()
     optimizer = build_optimizer(aim, tcfg.optim, tcfg.global_batch_size)
     peak = peak_lr(tcfg.optim, tcfg.global_batch_size)
