@@ -291,3 +291,18 @@ def test_datasets_pickle_and_run_in_dataloader_workers(tmp_path):
                 assert batch[0].dtype == torch.float32
         assert dropped == n_bad and len(labels) == len(ds) - n_bad
         assert sorted(labels) == sorted(int(y) for i, y in enumerate(ds.labels) if ds[i] is not None)
+
+
+def test_registry_import_is_light(repo_root):
+    """Listing and resolving benchmarks (e.g. for --help or missing reports) imports no heavy library."""
+    import subprocess
+    import sys
+
+    code = ("import sys;"
+            "from evaluation.benchmarks.registry import resolve_benchmarks, missing_reason, BENCHMARKS;"
+            "resolve_benchmarks(['all']);"
+            "missing_reason(BENCHMARKS['cifar-10'], '/nonexistent');"
+            "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'PIL', 'h5py') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
