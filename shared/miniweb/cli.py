@@ -1,0 +1,89 @@
+"""`openaim web generate` and `openaim web serve`. Only typer/stdlib/shared.cli_common at module level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="The mini web: a synthetic, deterministic Common Crawl slice with known ground truth.")
+
+OutArg = Annotated[Optional[Path], typer.Argument(help="output folder (default: <workdir>/web)")]
+
+
+def _with_flags(cfg, **flags):
+    """cfg.web with the command-line flags that were given (they override the config file and --set)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    return cfg.web.model_validate({**cfg.web.model_dump(), **given}) if given else cfg.web
+
+
+@app.command()
+def generate(
+    out: OutArg = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (default: web.seed)")] = None,
+    n_images: Annotated[Optional[int], typer.Option("--n-images", help="distinct web images (default: web.n_images)")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port baked into the URLs (default: web.port)")] = None,
+    skip_if_done: Annotated[bool, typer.Option("--skip-if-done", help="do nothing if OUT already holds this web")] = False,
+    config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Generate the mini web: pages, images, WARC/WAT, truth.parquet, hq shards, benchmark sets."""
+
+    def body(cfg):
+        from pydantic import ValidationError
+
+        from shared.errors import ConfigError
+        from shared.miniweb.generate import generate_web
+
+        try:
+            web = _with_flags(cfg, seed=seed, n_images=n_images, port=port)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"web.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        target = out or cfg.web_dir
+        manifest = generate_web(web, target, skip_if_done=skip_if_done)
+        counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+        typer.echo(f"mini web (seed {web.seed}) at {target}: {manifest['n_links']} links on "
+                   f"{manifest['n_pages']} pages ({counts}); serve with `openaim web serve {target}`")
+
+    run_with_config(body, config, set_, debug)
+
+
+@app.command()
+def serve(
+    out: OutArg = None,
+    port: Annotated[Optional[int], typer.Option(help="port (default: the one baked into OUT's URLs)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="address to bind (default: web.host)")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+) -> None:
+    """Serve a generated mini web in the foreground until Ctrl-C."""
+
+    def body(cfg):
+        import json
+        import logging
+        import time
+
+        from shared.miniweb.server import serve_in_background
+
+        target = out or cfg.web_dir
+        baked = None
+        try:
+            baked = json.loads((Path(target) / "manifest.json").read_text())["config"]["port"]
+        except (OSError, ValueError, KeyError):
+            pass
+        bind_port = port if port is not None else (baked if baked is not None else cfg.web.port)
+        if baked is not None and bind_port != baked:
+            logging.getLogger("openaim.web").warning(
+                "serving on port %d but the pages' URLs point at port %d", bind_port, baked)
+        with serve_in_background(target, host=host or cfg.web.host, port=bind_port) as server:
+            typer.echo(f"serving {target} at {server.base_url}/ (Ctrl-C to stop)")
+            try:
+                while True:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                typer.echo("stopped")
+
+    run_with_config(body, config, set_, debug)
