@@ -69,16 +69,17 @@ def serve(
         from shared.miniweb.server import serve_in_background
 
         target = out or cfg.web_dir
-        baked = None
+        baked: dict = {}
         try:
-            baked = json.loads((Path(target) / "manifest.json").read_text())["config"]["port"]
+            baked = json.loads((Path(target) / "manifest.json").read_text())["config"]
         except (OSError, ValueError, KeyError):
-            pass
-        bind_port = port if port is not None else (baked if baked is not None else cfg.web.port)
-        if baked is not None and bind_port != baked:
+            pass  # serve_in_background says what is missing
+        bind_port = port if port is not None else baked.get("port", cfg.web.port)
+        bind_host = host or baked.get("host", cfg.web.host)
+        if "port" in baked and bind_port != baked["port"]:
             logging.getLogger("openaim.web").warning(
-                "serving on port %d but the pages' URLs point at port %d", bind_port, baked)
-        with serve_in_background(target, host=host or cfg.web.host, port=bind_port) as server:
+                "serving on port %d but the pages' URLs point at port %d", bind_port, baked["port"])
+        with serve_in_background(target, host=bind_host, port=bind_port) as server:
             typer.echo(f"serving {target} at {server.base_url}/ (Ctrl-C to stop)")
             try:
                 while True:
