@@ -106,10 +106,22 @@ def test_corrupt_and_missing_shards_are_skipped_and_counted(tmp_path, shards):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file" * 100)
     missing = str(tmp_path / "missing.tar")
-    cfg = _cfg(tmp_path, [str(bad), missing, shards[0]])
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(Path(shards[1]).read_bytes()[:5000])  # cut inside a member
+    cfg = _cfg(tmp_path, [str(bad), missing, str(truncated), shards[0]])
     batches = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 6)
     assert sum(b["bad"] for b in batches) >= 1
     assert all(b["images"].shape[0] == 8 for b in batches)
+
+
+def test_unreadable_folder_image_is_replaced_deterministically(tmp_path):
+    folder = write_image_folder(tmp_path / "imnet", n_classes=2, per_class=4, size=40)
+    (folder / "class000" / "0001.jpg").write_bytes(b"not a jpeg")
+    cfg = _cfg(tmp_path, [], [str(folder)], mix=(0.0, 1.0))
+    first = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 2)
+    second = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 2)
+    assert sum(b["bad"] for b in first) >= 1
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(first, second))
 
 
 def test_only_unreadable_shards_is_one_error(tmp_path):

@@ -204,6 +204,21 @@ class TrainBatches(IterableDataset):
     def _sample_rng(self, *where: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, *where])
 
+    def _folder_image(self, index: int, counter: BadSampleCounter):
+        """The image at a global index; an unreadable file is counted and the next index taken
+        (a deterministic substitute, so resumed runs still agree)."""
+        from PIL import Image
+
+        for attempt in range(len(self.in_folder.files)):
+            path = self.in_folder.path(index + attempt)
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    return img.copy()
+            except Exception as exc:  # noqa: BLE001
+                counter(InputError(f"{path}: {exc}"))
+        raise InputError(f"no readable image in the ImageNet folder(s) {self.in_folder.files[0].parent}")
+
     def __iter__(self):
         from training.augment import augment
 
@@ -246,15 +261,12 @@ class TrainBatches(IterableDataset):
                     images.append(augment(img, self.img_size, rng, self.scale, self.jitter_p))
                     taken += 1
             if self.in_folder is not None:
-                from PIL import Image
-
                 base = (step * self.world + self.rank) * self.n_in
                 for j in range(self.n_in):
                     index = base + j
-                    with Image.open(self.in_folder.path(index)) as img:
-                        img.load()
-                        images.append(augment(img, self.img_size, self._sample_rng(IMAGENET, index),
-                                              self.scale, self.jitter_p))
+                    img = self._folder_image(index, counter)
+                    images.append(augment(img, self.img_size, self._sample_rng(IMAGENET, index),
+                                          self.scale, self.jitter_p))
             yield {"images": torch.stack(images), "step": step, "stream": stream,
                    "position": {k: list(v) for k, v in pos.items()}, "bad": counter.count - reported_bad}
             reported_bad = counter.count

@@ -185,6 +185,8 @@ def _train(cfg, info, resume: bool) -> Path:
     num_patches = mcfg.num_patches
 
     def save(step_done: int) -> None:
+        # The open log window (steps since the last metrics line), so a resumed run logs the same means.
+        window = {"loss_sum": float(dd.all_reduce_mean(loss_sum)), "steps": steps_in_window}
         model_state = dd.full_model_state(aim, mode)
         optim_state = dd.full_optimizer_state(aim, optimizer, mode)
         rngs = dd.all_gather_object(ck.rng_state())
@@ -196,7 +198,11 @@ def _train(cfg, info, resume: bool) -> Path:
                 "scheduler": {"kind": "warmup_cosine", "step": step_done, "peak_lr": peak,
                               "total_steps": tcfg.steps},
                 "rng": rngs,
-                "prefix_generator": {"kind": "seeded per step", "seed": tcfg.seed},
+                # Prefix lengths are drawn per step from a generator seeded by (seed, step); the model's
+                # own generator (used only when no lengths are given) is kept for completeness.
+                "prefix_generator": {"kind": "seeded per step", "seed": tcfg.seed,
+                                     "model_generator": aim.prefix_generator.get_state()},
+                "metrics_window": window,
                 "data": {"world_size": world, "num_streams": num_streams, "positions": all_positions,
                          "global_batch_size": tcfg.global_batch_size, "bad_samples": bad_samples},
             })
@@ -206,6 +212,10 @@ def _train(cfg, info, resume: bool) -> Path:
     data_iter = iter(loader)
     loss_sum = torch.zeros((), device=info.device)
     steps_in_window, window_start = 0, time.perf_counter()
+    if state is not None:
+        loss_sum += state["metrics_window"]["loss_sum"]
+        steps_in_window = int(state["metrics_window"]["steps"])
+        aim.prefix_generator.set_state(state["prefix_generator"]["model_generator"])
     try:
         for step in range(start_step, tcfg.steps):
             batch = next(data_iter)
