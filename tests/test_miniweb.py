@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urljoin
 
 import pyarrow.parquet as pq
@@ -38,8 +39,8 @@ def free_port() -> int:
 
 
 def small_config(port: int, seed: int = 7, **kw) -> WebConfig:
-    values = dict(seed=seed, n_images=200, images_per_page=6, image_size=48, port=port, hq_size=40,
-                  bench_train_per_class=3, bench_test_per_class=2, slow_seconds=1.5)
+    values = {"seed": seed, "n_images": 200, "images_per_page": 6, "image_size": 48, "port": port, "hq_size": 40,
+              "bench_train_per_class": 3, "bench_test_per_class": 2, "slow_seconds": 1.5}
     values.update(kw)
     return WebConfig(**values)
 
@@ -54,12 +55,12 @@ def web(tmp_path_factory):
     out = tmp_path_factory.mktemp("web") / "web"
     cfg = small_config(free_port())
     manifest = generate_web(cfg, out)
-    return out, cfg, manifest
+    return SimpleNamespace(out=out, cfg=cfg, manifest=manifest)
 
 
 @pytest.fixture(scope="module")
 def truth(web):
-    return pq.read_table(web[0] / "truth.parquet").to_pylist()
+    return pq.read_table(web.out / "truth.parquet").to_pylist()
 
 
 class _Imgs(HTMLParser):
@@ -84,7 +85,7 @@ def _warc_records(paths, record_type):
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(web, tmp_path):
-    out, cfg, _ = web
+    out, cfg = web.out, web.cfg
     again = tmp_path / "again"
     generate_web(cfg, again)
     first, second = tree_hashes(out), tree_hashes(again)
@@ -99,10 +100,9 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(web, tmp_path)
 
 
 def test_kinds_fractions_and_groups(web, truth):
-    out, cfg, manifest = web
     kinds = Counter(r["kind"] for r in truth)
     assert set(kinds) == set(KINDS)
-    assert manifest["counts"] == {k: kinds[k] for k in KINDS}
+    assert web.manifest["counts"] == {k: kinds[k] for k in KINDS}
     assert 0.30 <= kinds["match"] / len(truth) <= 0.40
     assert {r["reason"] for r in truth if r["kind"] == "broken"} == set(BROKEN_REASONS)
     assert {r["reason"] for r in truth if r["kind"] == "unsafe_url"} == set(UNSAFE_REASONS)
@@ -130,11 +130,10 @@ def test_kinds_fractions_and_groups(web, truth):
 
 
 def test_warc_html_holds_every_truth_link(web, truth):
-    out, cfg, _ = web
     found: set[tuple[str, str]] = set()
     pages = set()
     styles = Counter()
-    for record, body in _warc_records(sorted((out / "warc").glob("*.warc.gz")), "response"):
+    for record, body in _warc_records(sorted((web.out / "warc").glob("*.warc.gz")), "response"):
         page_url = record.rec_headers.get_header("WARC-Target-URI")
         assert record.http_headers.get_statuscode() == "200"
         assert record.rec_headers.get_header("WARC-Date").startswith("2024-")
@@ -148,13 +147,12 @@ def test_warc_html_holds_every_truth_link(web, truth):
     assert styles["absolute"] and styles["root"] and styles["relative"]
     assert found == {(r["url"], r["alt"]) for r in truth}
     assert pages == {r["page_url"] for r in truth}
-    assert all(p.startswith(f"http://127.0.0.1:{cfg.port}/pages/") for p in pages)
+    assert all(p.startswith(f"http://127.0.0.1:{web.cfg.port}/pages/") for p in pages)
 
 
 def test_wat_metadata_matches_truth(web, truth):
-    out, _, _ = web
     found = set()
-    for record, body in _warc_records(sorted((out / "wat").glob("*.warc.wat.gz")), "metadata"):
+    for record, body in _warc_records(sorted((web.out / "wat").glob("*.warc.wat.gz")), "metadata"):
         assert record.rec_headers.get_header("Content-Type") == "application/json"
         page_url = record.rec_headers.get_header("WARC-Target-URI")
         meta = json.loads(body)
@@ -167,7 +165,7 @@ def test_wat_metadata_matches_truth(web, truth):
 
 
 def test_site_files_match_truth_hashes(web, truth):
-    out, _, _ = web
+    out = web.out
     routes = json.loads((out / "routes.json").read_text())
     for r in truth:
         if r["kind"] in ("match", "mismatch", "junk", "near_dup", "exact_dup", "eval_leak"):
@@ -184,7 +182,7 @@ def test_site_files_match_truth_hashes(web, truth):
 
 
 def test_eval_leaks_copy_benchmark_test_images(web, truth):
-    out, _, _ = web
+    out = web.out
     leaks = [r for r in truth if r["kind"] == "eval_leak"]
     assert leaks
     for r in leaks:
@@ -199,9 +197,9 @@ def test_eval_leaks_copy_benchmark_test_images(web, truth):
 def test_hq_shards_read_with_webdataset(web, truth):
     import webdataset as wds
 
-    out, cfg, manifest = web
+    out, cfg = web.out, web.cfg
     shards = sorted(str(p) for p in (out / "hq").glob("hq-*.tar"))
-    assert [Path(s).relative_to(out).as_posix() for s in shards] == manifest["hq_shards"]
+    assert [Path(s).relative_to(out).as_posix() for s in shards] == web.manifest["hq_shards"]
     samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
     assert len(samples) == cfg.hq_size
     web_hashes = {r["sha256"] for r in truth if r["sha256"]}
@@ -217,7 +215,7 @@ def test_hq_shards_read_with_webdataset(web, truth):
 
 
 def test_bench_folders_have_every_class(web):
-    out, cfg, manifest = web
+    out, cfg = web.out, web.cfg
     for task, (_, classes) in BENCH_TASKS.items():
         for split, per_class in (("train", cfg.bench_train_per_class), ("test", cfg.bench_test_per_class)):
             root = out / "bench" / task / split
@@ -226,11 +224,11 @@ def test_bench_folders_have_every_class(web):
                 files = sorted((root / cls).glob("*.png"))
                 assert len(files) == per_class
                 assert Image.open(files[0]).size == (cfg.image_size, cfg.image_size)
-    assert sorted(manifest["bench"]["miniweb-count"]) == sorted(NUMBER_WORDS.values())
+    assert sorted(web.manifest["bench"]["miniweb-count"]) == sorted(NUMBER_WORDS.values())
 
 
 def test_skip_if_done_and_refuses_foreign_folder(web, tmp_path):
-    out, cfg, manifest = web
+    out, cfg, manifest = web.out, web.cfg, web.manifest
     assert is_complete(out, cfg)
     before = (out / "truth.parquet").stat().st_mtime_ns
     t0 = time.perf_counter()
@@ -247,7 +245,7 @@ def test_skip_if_done_and_refuses_foreign_folder(web, tmp_path):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, check=False,
                           timeout=timeout, cwd=ROOT)
 
 
@@ -269,10 +267,9 @@ def test_cli_generate_and_bad_set(tmp_path):
 
 
 def test_cli_serve_says_when_port_is_busy(tmp_path, web):
-    out, cfg, _ = web
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        res = _cli("web", "serve", str(out), "--port", str(blocker.getsockname()[1]), timeout=60)
+        res = _cli("web", "serve", str(web.out), "--port", str(blocker.getsockname()[1]), timeout=60)
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "busy" in res.stderr

@@ -12,16 +12,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from test_miniweb import free_port, small_config
 
 from shared.errors import OpenAIMError
 from shared.miniweb.generate import generate_web
 from shared.miniweb.server import serve_in_background
-from test_miniweb import free_port, small_config
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def served(tmp_path_factory):
     generate_web(cfg, out)
     truth = pq.read_table(out / "truth.parquet").to_pylist()
     with serve_in_background(out, host=cfg.host) as server:
-        yield out, cfg, truth, server
+        yield SimpleNamespace(out=out, cfg=cfg, truth=truth, server=server)
 
 
 def _get(url: str, timeout: float = 5.0):
@@ -51,38 +52,34 @@ def _one(truth, reason):
 
 
 def test_binds_the_port_baked_into_the_urls(served):
-    out, cfg, truth, server = served
-    assert server.port == cfg.port
-    assert server.base_url == f"http://127.0.0.1:{cfg.port}"
-    status, headers, body = _get(server.base_url + "/")
+    assert served.server.port == served.cfg.port
+    assert served.server.base_url == f"http://127.0.0.1:{served.cfg.port}"
+    status, _, body = _get(served.server.base_url + "/")
     assert status == 200 and b"/pages/00000.html" in body
 
 
 def test_images_and_pages_serve_the_truth_bytes(served):
-    out, cfg, truth, server = served
-    good = [r for r in truth if r["kind"] in ("match", "mismatch", "junk", "near_dup", "exact_dup", "eval_leak")]
+    good = [r for r in served.truth if r["kind"] in ("match", "mismatch", "junk", "near_dup", "exact_dup", "eval_leak")]
     for r in good:
         status, headers, body = _get(r["url"])
         assert status == 200 and headers["Content-Type"] == "image/jpeg"
         assert hashlib.sha256(body).hexdigest() == r["sha256"]
-    for page_url in sorted({r["page_url"] for r in truth})[:5]:
+    for page_url in sorted({r["page_url"] for r in served.truth})[:5]:
         status, headers, body = _get(page_url)
         assert status == 200 and headers["Content-Type"].startswith("text/html") and b"<img" in body
 
 
 def test_error_statuses(served):
-    out, cfg, truth, server = served
-    assert _get(_one(truth, "404")["url"])[0] == 404
-    assert _get(_one(truth, "500")["url"])[0] == 500
-    storm = [r for r in truth if r["reason"] == "storm_503"]
+    assert _get(_one(served.truth, "404")["url"])[0] == 404
+    assert _get(_one(served.truth, "500")["url"])[0] == 500
+    storm = [r for r in served.truth if r["reason"] == "storm_503"]
     for _ in range(3):  # it never recovers
         assert all(_get(r["url"])[0] == 503 for r in storm)
-    assert _get(server.base_url + "/../../etc/passwd")[0] == 404
+    assert _get(served.server.base_url + "/../../etc/passwd")[0] == 404
 
 
 def test_redirect_loop(served):
-    out, cfg, truth, server = served
-    url = _one(truth, "redirect_loop")["url"]
+    url = _one(served.truth, "redirect_loop")["url"]
     status, headers, _ = _get(url)
     assert status == 302
     hop = urllib.parse.urljoin(url, headers["Location"])
@@ -94,16 +91,15 @@ def test_redirect_loop(served):
 
 
 def test_odd_bodies(served):
-    out, cfg, truth, server = served
-    status, headers, body = _get(_one(truth, "truncated")["url"])
+    status, headers, body = _get(_one(served.truth, "truncated")["url"])
     assert status == 200 and int(headers["Content-Length"]) == len(body)
     with pytest.raises(OSError):
         Image.open(io.BytesIO(body)).load()
-    status, headers, body = _get(_one(truth, "html_as_image")["url"])
+    status, headers, body = _get(_one(served.truth, "html_as_image")["url"])
     assert headers["Content-Type"] == "image/jpeg" and body.lstrip().lower().startswith(b"<!doctype html")
-    status, headers, body = _get(_one(truth, "wrong_content_type")["url"])
+    status, headers, body = _get(_one(served.truth, "wrong_content_type")["url"])
     assert status == 200 and not headers["Content-Type"].startswith("image/")
-    bomb = _one(truth, "bomb")
+    bomb = _one(served.truth, "bomb")
     status, headers, body = _get(bomb["url"])
     assert hashlib.sha256(body).hexdigest() == bomb["sha256"] and len(body) < 10_000
     with pytest.raises(Image.DecompressionBombError):
@@ -111,8 +107,7 @@ def test_odd_bodies(served):
 
 
 def test_reset_mid_body(served):
-    out, cfg, truth, server = served
-    parts = urlsplit(_one(truth, "reset")["url"])
+    parts = urlsplit(_one(served.truth, "reset")["url"])
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     conn.request("GET", parts.path)
     resp = conn.getresponse()
@@ -125,27 +120,25 @@ def test_reset_mid_body(served):
 
 
 def test_slow_response_stalls_then_answers(served):
-    out, cfg, truth, server = served
-    slow = _one(truth, "slow")
+    slow = _one(served.truth, "slow")
     with pytest.raises((TimeoutError, socket.timeout)):
         _get(slow["url"], timeout=0.4)
     t0 = time.perf_counter()
-    status, _, body = _get(slow["url"], timeout=cfg.slow_seconds + 10)
-    assert time.perf_counter() - t0 >= cfg.slow_seconds * 0.9
+    status, _, body = _get(slow["url"], timeout=served.cfg.slow_seconds + 10)
+    assert time.perf_counter() - t0 >= served.cfg.slow_seconds * 0.9
     assert status == 200 and hashlib.sha256(body).hexdigest() == slow["sha256"]
 
 
 def test_request_log_records_paths(served):
-    out, cfg, truth, server = served
-    junk = next(r for r in truth if r["kind"] == "junk")
+    junk = next(r for r in served.truth if r["kind"] == "junk")
     _get(junk["url"])
     path = urlsplit(junk["url"]).path
-    assert path in server.request_log
-    lines = (out / "requests.log").read_text().splitlines()
+    assert path in served.server.request_log
+    lines = (served.out / "requests.log").read_text().splitlines()
     assert f"GET {path}" in lines
     # the unsafe localhost URLs point at our own server; nothing above asked for them
-    secret = [urlsplit(r["url"]).path for r in truth if r["reason"] == "localhost"]
-    assert secret and not set(secret) & set(server.request_log)
+    secret = [urlsplit(r["url"]).path for r in served.truth if r["reason"] == "localhost"]
+    assert secret and not set(secret) & set(served.server.request_log)
 
 
 def test_shutdown_does_not_wait_for_stalled_handlers(tmp_path):
@@ -180,11 +173,8 @@ def test_shutdown_does_not_wait_for_stalled_handlers(tmp_path):
 
 
 def test_busy_port_is_one_line_error(served):
-    out, cfg, truth, server = served
-    with pytest.raises(OpenAIMError, match="busy"):
-        with serve_in_background(out, port=cfg.port):
-            pass
-    with pytest.raises(OpenAIMError, match="no mini web"):
-        with serve_in_background(out / "nowhere", port=0):
-            pass
-    assert json.loads((out / "manifest.json").read_text())["config"]["port"] == cfg.port
+    with pytest.raises(OpenAIMError, match="busy"), serve_in_background(served.out, port=served.cfg.port):
+        pass
+    with pytest.raises(OpenAIMError, match="no mini web"), serve_in_background(served.out / "nowhere", port=0):
+        pass
+    assert json.loads((served.out / "manifest.json").read_text())["config"]["port"] == served.cfg.port

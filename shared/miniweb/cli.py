@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The mini web: a synthetic, deterministic Common Crawl slice with known ground truth.")
 
-OutArg = Annotated[Optional[Path], typer.Argument(help="output folder (default: <workdir>/web)")]
+OutArg = Annotated[Path | None, typer.Argument(help="output folder (default: <workdir>/web)")]
 
 
 def _with_flags(cfg, **flags):
@@ -24,9 +24,9 @@ def _with_flags(cfg, **flags):
 @app.command()
 def generate(
     out: OutArg = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed (default: web.seed)")] = None,
-    n_images: Annotated[Optional[int], typer.Option("--n-images", help="distinct web images (default: web.n_images)")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port baked into the URLs (default: web.port)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: web.seed)")] = None,
+    n_images: Annotated[int | None, typer.Option("--n-images", help="distinct web images (default: web.n_images)")] = None,
+    port: Annotated[int | None, typer.Option(help="port baked into the URLs (default: web.port)")] = None,
     skip_if_done: Annotated[bool, typer.Option("--skip-if-done", help="do nothing if OUT already holds this web")] = False,
     config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
 ) -> None:
@@ -55,8 +55,8 @@ def generate(
 @app.command()
 def serve(
     out: OutArg = None,
-    port: Annotated[Optional[int], typer.Option(help="port (default: the one baked into OUT's URLs)")] = None,
-    host: Annotated[Optional[str], typer.Option(help="address to bind (default: web.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: the one baked into OUT's URLs)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default: web.host)")] = None,
     config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Serve a generated mini web in the foreground until Ctrl-C."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from shared.atomic import atomic_dir
 from shared.config.web import WebConfig
 from shared.errors import OpenAIMError
-from shared.miniweb.datasets import write_bench, write_hq
+from shared.miniweb.datasets import BENCH_TASKS, write_bench, write_hq
 from shared.miniweb.links import KINDS, Link, kind_counts, plan_links
 from shared.miniweb.warc import Page, write_warc, write_wat
 
@@ -164,13 +164,15 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
         raise OpenAIMError(f"{out_dir} is not empty and holds no mini web (no manifest.json); choose another folder")
 
     counts = kind_counts(cfg.n_images)
-    n_bench = 21 * (cfg.bench_train_per_class + cfg.bench_test_per_class)  # 6 + 6 + 4 + 5 classes
-    total = n_bench + cfg.hq_size + cfg.n_images + counts["broken"]
+    n_classes = sum(len(classes) for _, classes in BENCH_TASKS.values())
+    n_bench = n_classes * (cfg.bench_train_per_class + cfg.bench_test_per_class)
+    n_drawn = sum(counts[k] for k in ("match", "mismatch", "junk", "broken"))  # the others copy these
+    total = n_bench + cfg.hq_size + n_drawn
     with atomic_dir(out_dir) as tmp, Progress(
             TextColumn("[bold]mini web[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             transient=True) as progress:
         bar = progress.add_task("benchmark sets", total=total)
-        step = lambda: progress.advance(bar)  # noqa: E731
+        step = lambda: progress.advance(bar)
 
         bench = write_bench(tmp, cfg.seed, cfg.image_size, cfg.bench_train_per_class, cfg.bench_test_per_class, step)
         progress.update(bar, description="high-quality pairs")

@@ -6,6 +6,7 @@ URLs are opaque hashes, so no curation step can read the kind off a URL.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 import zlib
@@ -15,7 +16,16 @@ import numpy as np
 
 from shared.miniweb.captions import describe, junk_alt
 from shared.miniweb.datasets import PLAN, WEB, BenchImage, stream
-from shared.miniweb.scenes import NEAR_DUP_VARIANTS, Scene, draw_scene, encode, near_duplicate, sample_scene
+from shared.miniweb.scenes import (
+    COLORS,
+    NEAR_DUP_VARIANTS,
+    SHAPES,
+    Scene,
+    draw_scene,
+    encode,
+    near_duplicate,
+    sample_scene,
+)
 
 # Shares of n_images (distinct image records); `match` gets the rest. With the broken and unsafe links
 # added on top, about 35% of all links are matches, so keeping the top 15% is a meaningful target.
@@ -112,7 +122,11 @@ def plan_links(seed: int, n_images: int, side: int, host: str, port: int, slow_s
         image_id, scene, img, rng = new_image()
         # another image's caption, chosen to differ in shape and colour so it is unambiguously wrong
         others = [s for _, s, _ in originals if s.shape != scene.shape and s.color != scene.color]
-        other = others[int(rng.integers(len(others)))] if others else sample_scene(rng, shape="star" if scene.shape != "star" else "circle")
+        if others:
+            other = others[int(rng.integers(len(others)))]
+        else:
+            other = sample_scene(rng, shape=next(s for s in SHAPES if s != scene.shape),
+                                 color=next(c for c in COLORS if c != scene.color))
         links.append(image_link("mismatch", image_id, scene, encode(img), describe(other, rng), image_id))
 
     for _ in range(counts["junk"]):
@@ -201,7 +215,7 @@ def _unsafe_link(seed: int, j: int, reason: str, host: str, port: int, plan: np.
     elif reason == "ftp":
         url = f"ftp://{host}/pub/{name}"
     elif reason == "data":
-        url = "data:image/png;base64," + __import__("base64").b64encode(encode(draw_scene(scene, 16), "PNG")).decode()
+        url = "data:image/png;base64," + base64.b64encode(encode(draw_scene(scene, 16), "PNG")).decode()
     elif reason == "metadata_ip":
         url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/" + name
     elif reason == "private_10":

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import math
-from functools import lru_cache
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw

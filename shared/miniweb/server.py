@@ -15,9 +15,9 @@ import mimetypes
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import InputError, OpenAIMError
@@ -75,7 +75,7 @@ class MiniWebHandler(BaseHTTPRequestHandler):
     server_version = "miniweb/1"
     protocol_version = "HTTP/1.0"
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - quiet: the request log is ours
+    def log_message(self, format, *args) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
 
     def do_HEAD(self) -> None:
@@ -121,10 +121,9 @@ class MiniWebHandler(BaseHTTPRequestHandler):
 
     def _route(self, route: dict, head: bool) -> None:
         status = int(route.get("status", 200))
-        if route.get("stall_seconds"):
-            # a very slow host: nothing at all until the stall ends (or the server stops)
-            if self.server.stop_event.wait(float(route["stall_seconds"])):
-                return
+        # a very slow host: nothing at all until the stall ends (or the server stops)
+        if route.get("stall_seconds") and self.server.stop_event.wait(float(route["stall_seconds"])):
+            return
         if status in (301, 302, 303, 307, 308):
             self._send(status, b"", "text/plain", head, {"Location": route["location"]})
             return

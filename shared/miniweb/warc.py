@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-CRAWL_START = dt.datetime(2024, 1, 15, tzinfo=dt.timezone.utc)  # fixed: dates must not depend on when we run
+CRAWL_START = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)  # fixed: dates must not depend on when we run
 SOFTWARE = "openaim-miniweb"
 
 
