@@ -14,7 +14,8 @@ from training.model.mlaim_compat import export_mlaim_state_dict, load_mlaim_chec
 torch.set_num_threads(2)
 
 # Small enough for 2 cores: 16 patches of 8x8, 3 blocks.
-SMALL = dict(arch=None, img_size=32, patch_size=8, width=64, depth=3, heads=4, head_width=32, head_depth=2)
+SMALL = {"arch": None, "img_size": 32, "patch_size": 8, "width": 64, "depth": 3, "heads": 4, "head_width": 32,
+         "head_depth": 2}
 
 
 def small_model(seed=0, **overrides):

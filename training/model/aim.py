@@ -128,7 +128,7 @@ class AIM(nn.Module):
         """[B, C, H, W] -> normalised trunk output [B, N, D]; prefix-causal if `prefix_len` [B] is
         given, bidirectional otherwise."""
         backend = self.attention_backend(images.device)
-        x, grid_hw = self._embed(images)
+        x, _ = self._embed(images)
         mask = None if prefix_len is None else build_prefix_mask(prefix_len.to(images.device), x.shape[1], backend)
         x, _ = self._run_blocks(x, mask, backend)
         return self.post_trunk_norm(x)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ def _probe(backend: str, device: torch.device) -> bool:
             log.warning("attention backend %s gives wrong results on %s", backend, device)
             return False
         return True
-    except Exception as err:  # any failure (no kernel, no backward, import error) means unusable
+    except Exception as err:  # noqa: BLE001 - any failure (no kernel, no backward, import error) means unusable
         log.debug("attention backend %s unusable on %s: %s", backend, device, str(err).splitlines()[0][:200])
         return False
 

@@ -98,8 +98,8 @@ def infer_model_config(state_dict: dict, img_size: int = 224) -> ModelConfig:
     arch = next((name for name, p in AIM_PRESETS.items()
                  if p["width"] == width and p["depth"] == depth and p["patch_size"] == patch), None)
     heads = AIM_PRESETS[arch]["heads"] if arch else max(1, width // 64)
-    fields = dict(width=width, depth=depth, heads=heads, patch_size=patch, in_chans=in_chans,
-                  mlp_ratio=hidden / width, norm_eps=1e-6)
+    fields = {"width": width, "depth": depth, "heads": heads, "patch_size": patch, "in_chans": in_chans,
+              "mlp_ratio": hidden / width, "norm_eps": 1e-6}
     if arch:
         return ModelConfig(arch=arch, **fields)
     size = img_size - img_size % patch
@@ -117,7 +117,7 @@ def load_mlaim_checkpoint(path: str | Path, model_cfg: ModelConfig | None = None
         raise InputError(f"ml-aim checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
         raise InputError(f"{path}: cannot read as a torch checkpoint ({type(err).__name__})") from None
     for key in ("model", "state_dict"):  # some releases nest the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):

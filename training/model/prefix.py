@@ -31,6 +31,6 @@ def prefix_causal_mask(prefix_len: torch.Tensor, num_tokens: int) -> torch.Tenso
     attention inside the prefix bidirectional).
     """
     idx = torch.arange(num_tokens, device=prefix_len.device)
-    causal = idx[None, :, None] >= idx[None, None, :]  # [1, N, N]
-    in_prefix = idx[None, None, :] < prefix_len[:, None, None]  # [B, 1, N]
-    return causal | in_prefix
+    # One comparison instead of (causal | prefix): query i sees keys up to max(i, S - 1).
+    last_visible = torch.maximum(idx[None, :, None], prefix_len[:, None, None] - 1)  # [B, N, 1]
+    return idx[None, None, :] <= last_visible  # [B, N, N]
