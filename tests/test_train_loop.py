@@ -141,17 +141,29 @@ def _torchrun(workdir: Path, sets: list[str], nproc: int) -> subprocess.Complete
     return _run(cmd, timeout=150)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_process_torchrun_matches_one_process(tmp_path, parallel):
-    folder = write_image_folder(tmp_path / "imnet", n_classes=4, per_class=8, size=40)
-    sets = [f"training.data.imagenet=['{folder}']", "training.data.mix=[0.0, 1.0]", "training.steps=6",
+def _parity_sets(folder: Path, parallel: str) -> list[str]:
+    return [f"training.data.imagenet=['{folder}']", "training.data.mix=[0.0, 1.0]", "training.steps=6",
             "training.checkpoint_every=3", "training.global_batch_size=8", "training.data.num_workers=0",
             f"training.parallel={parallel}"]
-    one = _run(_train_cmd(tmp_path / "one", sets))
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory) -> tuple[Path, dict[int, float]]:
+    """The 1-process reference for the torchrun tests (the ImageNet-style folder and its losses)."""
+    root = tmp_path_factory.mktemp("parity")
+    folder = write_image_folder(root / "imnet", n_classes=4, per_class=8, size=40)
+    one = _run(_train_cmd(root / "one", _parity_sets(folder, "none")))
     assert one.returncode == 0, one.stderr[-2000:]
+    return folder, _losses(root / "one")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_process_torchrun_matches_one_process(tmp_path, parallel, one_process_run):
+    folder, a = one_process_run
+    sets = _parity_sets(folder, parallel)
     two = _torchrun(tmp_path / "two", sets, 2)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
-    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    b = _losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     # Same images, same prefixes, same init, and each rank's loss weighted by its share of counted
     # patches: only fp32 summation order differs (matmuls over half the batch, gloo's gradient sum).
@@ -164,6 +176,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path, parallel):
     shutil.rmtree(run / "final")
     again = _torchrun(tmp_path / "two", sets, 2)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
     c = _losses(tmp_path / "two")
     assert sorted(c) == list(range(1, 7))
     for step in a:
