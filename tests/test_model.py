@@ -242,3 +242,20 @@ def test_mlaim_bad_inputs_are_input_errors(tmp_path):
     wrong = export_mlaim_state_dict(small_model(width=128, heads=4))
     with pytest.raises(InputError):
         small_model().load_trunk_state_dict(wrong)
+
+
+def test_pos_embed_formula():
+    from training.model.pos_embed import sincos_pos_embed_2d
+
+    emb = sincos_pos_embed_2d(2, 3, 8)  # 6 patches, 8 channels: 4 for the column, 4 for the row
+    assert emb.shape == (6, 8)
+    omega = torch.tensor([1.0, 10000 ** -0.5])  # w_k = 10000^(-k / (D/4)), D/4 = 2
+    row, col = 1, 2  # patch 5 in raster order
+    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)])
+    torch.testing.assert_close(emb[5], expected)
+
+
+def test_xformers_request_falls_back_on_cpu():
+    model = small_model(attention_backend="xformers")
+    assert model.attention_backend(torch.device("cpu")) == "sdpa"
+    assert torch.isfinite(model.forward_loss(images(2), torch.tensor([2, 7])))

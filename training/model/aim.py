@@ -77,7 +77,7 @@ class AIM(nn.Module):
         return self._backend_by_device[key]
 
     def no_weight_decay_names(self) -> set[str]:
-        """Biases and LayerNorm parameters (the position embeddings are fixed buffers-free tensors)."""
+        """Biases and LayerNorm parameters (the sin-cos position embeddings are computed, not learnt)."""
         norms = {name for name, m in self.named_modules() if isinstance(m, nn.LayerNorm)}
         return {name for name, p in self.named_parameters()
                 if name.endswith(".bias") or name.rsplit(".", 1)[0] in norms}
