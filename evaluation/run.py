@@ -9,7 +9,6 @@ unchanged weights, data and probe config trains nothing.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -102,29 +101,16 @@ def _registry():
     return registry
 
 
-def _call(fn, **kwargs):
-    """Call a registry function with the keyword arguments it accepts."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
 def _benchmarks(cfg, registry) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
-    """(present [(spec, root)], missing entries) for cfg.evaluation.benchmarks."""
-    try:
-        specs = _call(registry.resolve_benchmarks, names=cfg.evaluation.benchmarks, cfg=cfg)
-    except ConfigError:
-        raise
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"evaluation.benchmarks: {exc}") from exc
+    """(present [(spec, root)], missing entries) for cfg.evaluation.benchmarks; unknown names raise."""
+    specs = registry.resolve_benchmarks(cfg.evaluation.benchmarks)  # ConfigError on an unknown name
     present, missing = [], []
     for spec in specs:
-        root = Path(_call(registry.benchmark_root, spec=spec, cfg=cfg, data_root=cfg.evaluation.data_root))
-        reason = _call(registry.missing_reason, spec=spec, root=root)
+        root = Path(registry.benchmark_root(spec, cfg))
+        reason = registry.missing_reason(spec, root)
         if reason:
-            missing.append({"benchmark": spec.name, "title": getattr(spec, "title", spec.name), "path": str(root),
-                            "how_to_get": str(reason)})
+            missing.append({"benchmark": spec.name, "title": spec.title, "path": str(root),
+                            "how_to_get": spec.how_to_get, "reason": reason})
         else:
             present.append((spec, root))
     return present, missing
@@ -136,9 +122,9 @@ def _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, bloc
     from evaluation.features import extract_split_features, feature_path
 
     ev = cfg.evaluation
-    out, skipped, paths = {}, 0, {}
+    out, skipped, paths, classes = {}, 0, {}, 0
     for split in ("train", "val", "test"):
-        max_items = ev.max_train_per_benchmark if split != "test" else None
+        max_items = ev.max_train_per_benchmark if split == "train" else None
         dataset = registry.load_split(spec, root, split, ev.probe.val_fraction, ev.seed, max_items)
         data_key = {"benchmark": spec.name, "split": split, "val_fraction": ev.probe.val_fraction, "seed": ev.seed,
                     "max_items": max_items, "n": len(dataset)}
@@ -147,9 +133,10 @@ def _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, bloc
             model, dataset, path, blocks, img_size, ev.batch_size, ev.num_workers,
             description=f"{spec.name}/{split} features", progress=progress,
             metadata={"benchmark": spec.name, "split": split, "checkpoint_hash": ckpt_hash})
-        skipped += n_skipped + int(getattr(dataset, "skipped_corrupt", 0) or 0)
+        skipped += n_skipped  # counted by our collate (the dataset's own counters live in workers)
         out[split], paths[split] = feats, path
-    return out, skipped, paths
+        classes = max(classes, len(dataset.classes))
+    return out, skipped, paths, classes
 
 
 def _probe_kinds(cfg) -> list[str]:
@@ -167,7 +154,7 @@ def evaluate_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec
     from evaluation.results import read_result, result_path, write_result
 
     start = time.perf_counter()
-    splits, skipped, paths = _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks,
+    splits, skipped, paths, n_classes = _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks,
                                              img_size, progress)
     if dist_info()[0] != 0:
         return None
@@ -181,7 +168,7 @@ def evaluate_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec
     if cache.check(step).fresh and (cached := read_result(out)) is not None:
         return cached
     cache.invalidate(step.name)
-    num_classes = int(spec.num_classes)
+    num_classes = int(spec.num_classes or n_classes)
     record: dict[str, Any] = {
         "checkpoint": entry.name, "checkpoint_path": str(entry.path) if entry.path else None,
         "checkpoint_hash": ckpt_hash, "step": entry.step, "benchmark": spec.name, "blocks": blocks,

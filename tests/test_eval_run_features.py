@@ -23,37 +23,15 @@ torch.set_num_threads(2)
 
 
 def tiny_aim(seed: int = 0):
+    """A small real AIM trunk (random weights)."""
     from shared.config.training import ModelConfig
 
     torch.manual_seed(seed)
     cfg = ModelConfig(arch="aim-tiny", width=48, depth=3, heads=2, head_width=32, head_depth=1, img_size=32,
                       patch_size=8)
-    try:
-        from training.model.aim import build_aim
-    except ImportError:  # STAND-IN until training.model.aim lands
-        return _StandIn(cfg).eval(), cfg
+    from training.model.aim import build_aim
+
     return build_aim(cfg).eval(), cfg
-
-
-class _StandIn(torch.nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.patch = torch.nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, 0.0, batch_first=True,
-                                             norm_first=True) for _ in range(cfg.depth))
-
-    def best_blocks(self):
-        return [1, 2]
-
-    def extract_features(self, images, blocks):
-        x = self.patch(images).flatten(2).transpose(1, 2)
-        outs = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x)
-            if i in blocks:
-                outs.append(x)
-        return torch.stack(outs).mean(0)
 
 
 class ImageList(torch.utils.data.Dataset):
