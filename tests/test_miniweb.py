@@ -273,3 +273,23 @@ def test_cli_serve_says_when_port_is_busy(tmp_path, web):
         res = _cli("web", "serve", str(web.out), "--port", str(blocker.getsockname()[1]), timeout=60)
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1 and "busy" in res.stderr
+
+
+def test_cli_serve_runs_in_the_foreground_until_interrupted(web):
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "web", "serve", str(web.out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the port is bound
+        assert f"http://127.0.0.1:{web.cfg.port}/" in line, (line, proc.stderr.read() if proc.poll() else "")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{web.cfg.port}/pages/00000.html", timeout=5).read()
+        assert b"<img" in page
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "GET /pages/00000.html" in (web.out / "requests.log").read_text().splitlines()
