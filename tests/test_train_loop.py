@@ -40,7 +40,8 @@ def _train_cmd(workdir: Path, sets: list[str], extra: tuple[str, ...] = ()) -> l
 
 
 def _run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def _losses(workdir: Path) -> dict[int, float]:

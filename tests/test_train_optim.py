@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -46,8 +47,8 @@ def test_warmup_then_cosine_to_zero():
     assert lr_at(mid, total, 1e-3, cfg) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 487 / 975)))
     assert lr_at(total, total, 1e-3, cfg) == pytest.approx(0.0, abs=1e-12)
     lrs = [lr_at(s, total, 1e-3, cfg) for s in range(total)]
-    assert all(a <= b for a, b in zip(lrs[:warm], lrs[1:warm + 1]))
-    assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1:]))
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:warm + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[warm:]))
 
 
 def test_linear_lr_scaling_when_configured():

@@ -25,8 +25,9 @@ from __future__ import annotations
 import glob
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def mix_counts(local_batch: int, mix: tuple[float, float], have_imagenet: bool) 
     """(curated, imagenet) images per local batch."""
     if not have_imagenet:
         return local_batch, 0
-    n_in = int(round(local_batch * mix[1] / (mix[0] + mix[1])))
+    n_in = round(local_batch * mix[1] / (mix[0] + mix[1]))
     return local_batch - n_in, n_in
 
 

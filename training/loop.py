@@ -52,8 +52,8 @@ def _set_aside_previous_run(out: Path) -> None:
 
 
 def _final_from(out: Path, ckpt_dir: Path) -> Path:
-    from training.checkpoint import COMPLETE, CONFIG_FILE, MODEL_FILE
     from shared.atomic import atomic_dir
+    from training.checkpoint import COMPLETE, CONFIG_FILE, MODEL_FILE
 
     final = out / "final"
     with atomic_dir(final) as tmp:

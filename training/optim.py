@@ -50,7 +50,7 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, global_batch_size:
 
 
 def warmup_steps(optim_cfg: OptimConfig, total_steps: int) -> int:
-    return int(round(optim_cfg.warmup_fraction * total_steps))
+    return round(optim_cfg.warmup_fraction * total_steps)
 
 
 def lr_at(step: int, total_steps: int, peak: float, optim_cfg: OptimConfig) -> float:
