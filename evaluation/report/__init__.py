@@ -1,0 +1,111 @@
+"""`openaim report`: the benchmark report as one self-contained HTML page and a Markdown file with PNGs.
+
+    path = report_from_config(cfg)    # cfg.report_dir/report.html (+ report.md and the PNGs beside it)
+
+Reads this run's outputs (eval results, missing benchmarks, training metrics, curation manifest) and those
+of every run directory in cfg.report.compare, shown side by side. Absent inputs are named in the report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger("openaim.report")
+
+__all__ = ["report_from_config", "collect_runs", "provenance_facts"]
+
+
+def collect_runs(cfg) -> list:
+    """This run first, then each directory of cfg.report.compare (a missing directory is an InputError)."""
+    from evaluation.report.collect import load_compare_run, load_run
+
+    runs = [load_run(cfg.name, cfg.eval_dir, cfg.training_dir, cfg.curation_dir, root=Path(cfg.workdir))]
+    for directory in cfg.report.compare:
+        run = load_compare_run(directory)
+        if any(r.root is not None and run.root is not None and r.root.resolve() == run.root.resolve() for r in runs):
+            continue  # the same directory twice (or this run itself) would only duplicate columns
+        labels = {r.label for r in runs}
+        base, n = run.label, 2
+        while run.label in labels:
+            run.label, n = f"{base} ({n})", n + 1
+        runs.append(run)
+    return runs
+
+
+def git_commit() -> str:
+    """HEAD of the repository this code runs from, or "unknown" (not a git checkout, no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def openaim_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("openaim")
+    except Exception:
+        from shared import __version__
+
+        return __version__
+
+
+def provenance_facts(cfg) -> dict[str, str]:
+    from shared.stage_cache import hash_json
+
+    return {
+        "config sha256": hash_json(cfg.model_dump(mode="json"))[:16],
+        "run name": cfg.name,
+        "workdir": str(cfg.workdir),
+        "git commit": git_commit(),
+        "openaim version": openaim_version(),
+        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def report_from_config(cfg) -> Path:
+    """Write cfg.report_dir/report.html and report.md (+ PNGs); returns the HTML's path."""
+    from rich.progress import Progress
+
+    from evaluation.report import sections
+    from evaluation.report.collect import benchmark_catalog
+    from evaluation.report.html import render_html
+    from evaluation.report.markdown import render_markdown
+    from shared.atomic import atomic_write_bytes, atomic_write_text
+    from shared.errors import OpenAIMError
+
+    out = Path(cfg.report_dir)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("report: reading results", total=4)
+        runs = collect_runs(cfg)
+        catalog = benchmark_catalog(cfg)
+        facts = provenance_facts(cfg)
+        progress.update(task, advance=1, description="report: drawing charts")
+        images: dict[str, bytes] = {}
+        blocks = (sections.summary(runs) + sections.benchmarks(catalog, runs, images)
+                  + sections.accuracy_over_training(catalog, runs, images) + sections.pretraining(runs, images)
+                  + sections.curation(runs, images) + sections.probe_details(runs)
+                  + sections.provenance(cfg, runs, facts))
+        progress.update(task, advance=1, description="report: writing")
+        subtitle = sections.text(f"Run {cfg.name} · {facts['generated']} · commit {facts['git commit'][:10]}")
+        blocks.insert(0, subtitle)
+        try:
+            # PNGs first, then the Markdown that points at them, then the HTML: a reader never sees a
+            # report whose pictures are not there yet; each file is replaced atomically.
+            for name, data in images.items():
+                atomic_write_bytes(out / name, data)
+            atomic_write_text(out / "report.md", render_markdown(cfg.report.title, blocks))
+            progress.update(task, advance=1)
+            html_path = out / "report.html"
+            atomic_write_text(html_path, render_html(cfg.report.title, blocks, images))
+        except OSError as exc:
+            raise OpenAIMError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
+        progress.update(task, advance=1)
+    log.info("report: %s (%d figures)", html_path, len(images))
+    return html_path

@@ -1,0 +1,124 @@
+"""The benchmark table: rows = benchmarks, columns = (run, checkpoint, probe), best per row and probe in bold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, RunData
+from evaluation.report.document import Table
+
+PROBES = ("attentive", "linear")
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Column:
+    run: RunData
+    checkpoint: str
+    probe: str
+
+    def header(self, several_runs: bool) -> str:
+        name = f"{self.run.label}: {self.checkpoint}" if several_runs else self.checkpoint
+        return f"{name} · {self.probe}"
+
+    def value(self, benchmark: str) -> float | None:
+        return self.run.top1(self.checkpoint, benchmark, self.probe)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return DASH if value is None else f"{value:.{digits}f}"
+
+
+def probes_present(runs: list[RunData]) -> list[str]:
+    found = {r.probe for run in runs for r in run.rows}
+    return [p for p in PROBES if p in found] + sorted(found - set(PROBES))
+
+
+def table_columns(runs: list[RunData]) -> list[Column]:
+    """Attentive columns of every run's main checkpoints, then the linear ones (so each probe reads as a block)."""
+    return [Column(run, ckpt, probe) for probe in probes_present(runs) for run in runs
+            for ckpt in run.main_checkpoints()
+            if any(r.checkpoint == ckpt and r.probe == probe for r in run.rows)]
+
+
+def table_benchmarks(catalog: list[BenchmarkInfo], runs: list[RunData]) -> list[BenchmarkInfo]:
+    """The 15 paper benchmarks always; demo/generic ones only when some run has results for them."""
+    with_results = {b for run in runs for b in run.benchmarks()}
+    rows = [b for b in catalog if b.kind == "paper" or b.name in with_results]
+    known = {b.name for b in catalog}
+    rows += [BenchmarkInfo(n, n, "generic", "", "") for n in sorted(with_results - known)]
+    return rows
+
+
+def status(bench: BenchmarkInfo, runs: list[RunData]) -> str:
+    if any(bench.name in run.benchmarks() for run in runs):
+        return "evaluated"
+    if any(bench.name == m.get("benchmark") for run in runs for m in run.missing):
+        return "data missing"
+    return "not evaluated"
+
+
+def _best(values: list[float | None], idx: list[int]) -> set[int]:
+    present = [values[i] for i in idx if values[i] is not None]
+    if len(present) < 2:
+        return set()
+    top = max(present)
+    return {i for i in idx if values[i] is not None and abs(values[i] - top) < 1e-9}
+
+
+def benchmark_table(catalog: list[BenchmarkInfo], runs: list[RunData]) -> Table:
+    columns = table_columns(runs)
+    several = len(runs) > 1
+    headers = ["benchmark", "status"] + [c.header(several) for c in columns]
+    rows, bold = [], set()
+    benches = table_benchmarks(catalog, runs)
+    grid = [[c.value(b.name) for c in columns] for b in benches]
+    by_probe = {p: [j for j, c in enumerate(columns) if c.probe == p] for p in {c.probe for c in columns}}
+    for i, (bench, values) in enumerate(zip(benches, grid)):
+        rows.append([bench.title, status(bench, runs)] + [fmt(v) for v in values])
+        for idx in by_probe.values():
+            bold |= {(i, j + 2) for j in _best(values, idx)}
+    footer = 0
+    if columns:
+        # Averages are comparable only over the same benchmarks: use those every column has.
+        common = [values for values in grid if all(v is not None for v in values)]
+        if common:
+            means = [sum(col) / len(common) for col in zip(*common)]
+            label = f"average over the {len(common)} benchmark(s) with every column"
+        else:
+            means = [_mean([v for v in col if v is not None]) for col in zip(*grid)]
+            label = "average over each column's own benchmarks"
+        i = len(rows)
+        rows.append([label, ""] + [fmt(m) for m in means])
+        for idx in by_probe.values():
+            bold |= {(i, j + 2) for j in _best(means, idx)}
+        footer = 1
+    caption = ("Top-1 accuracy (%) of probes on frozen trunks; best per row and probe in bold; "
+               f"{DASH} = no result.")
+    return Table(headers, rows, bold, caption, footer_rows=footer, text_columns=2)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def pretrained_checkpoint(run: RunData) -> str | None:
+    """The run's headline checkpoint: its '-final' one, else its first main checkpoint that is not random-init."""
+    names = [n for n in run.main_checkpoints() if n != RANDOM_INIT]
+    finals = [n for n in names if n.endswith("-final") or n == "final"]
+    return (finals or names or [None])[0]
+
+
+def pretrained_vs_random(run: RunData) -> tuple[float, int, str, str] | None:
+    """(mean top-1 gap in points, benchmarks compared, probe, checkpoint) of pretrained minus random-init."""
+    ckpt = pretrained_checkpoint(run)
+    if ckpt is None or RANDOM_INIT not in run.checkpoints():
+        return None
+    for probe in probes_present([run]):
+        pairs = [(a, b) for bench in run.benchmarks()
+                 if (a := run.top1(ckpt, bench, probe)) is not None
+                 and (b := run.top1(RANDOM_INIT, bench, probe)) is not None]
+        if pairs:
+            gap = sum(a - b for a, b in pairs) / len(pairs)
+            return gap, len(pairs), probe, ckpt
+    return None

@@ -1,0 +1,230 @@
+"""`openaim report`: fixture runs written with the eval stage's own writers, real PNGs, real HTML parsing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from evaluation.report import report_from_config
+from evaluation.report.references import FALLBACK_PAPER_BENCHMARKS
+from shared.config.root import OpenAIMConfig
+from shared.errors import InputError
+
+PAPER_TITLES = {
+    "imagenet-1k": "ImageNet-1k", "inat-2018": "iNaturalist", "cifar-10": "CIFAR-10", "cifar-100": "CIFAR-100",
+    "food-101": "Food-101", "dtd": "DTD", "pets": "Oxford-IIIT Pets", "cars": "Stanford Cars",
+    "iwildcam": "iWildCam", "camelyon17": "Camelyon17", "pcam": "PCAM", "rxrx1": "RxRx1", "eurosat": "EuroSAT",
+    "fmow": "Functional Map of the World", "domainnet-infograph": "DomainNet Infograph",
+}
+EVALUATED = ["cifar-10", "pets", "miniweb-shape", "digits"]
+
+
+def make_run(workdir: Path, seed: int, name: str = "demo", kept: int = 180) -> dict:
+    """A finished run's outputs in the stages' formats; returns {(ckpt, bench, probe): top1 fraction}."""
+    from evaluation.results import write_missing, write_result, write_results_csv
+
+    rng = random.Random(seed)
+    eval_dir = workdir / "eval"
+    ckpts = [(f"{name}-step_0000100", 100), (f"{name}-step_0000200", 200), (f"{name}-final", 300), ("random-init", 0)]
+    truth, records = {}, []
+    for ckpt, step in ckpts:
+        for bench in EVALUATED:
+            record = {"checkpoint": ckpt, "checkpoint_path": f"/runs/{ckpt}", "checkpoint_hash": f"{seed}{step:04d}ab" * 3,
+                      "step": step, "benchmark": bench, "blocks": [3, 4, 5], "img_size": 64, "n_train": 90,
+                      "n_val": 10, "n_test": 40, "skipped_corrupt": 0, "probes": {}, "seconds": 1.5}
+            for probe in ("attentive", "linear"):
+                top1 = round(0.1 + 0.8 * rng.random() * (0.3 if ckpt == "random-init" else 1.0), 4)
+                truth[(ckpt, bench, probe)] = top1
+                record["probes"][probe] = {"top1": top1, "top5": min(1.0, top1 + 0.1), "mean_per_class_recall": top1,
+                                           "lr": 1e-3, "weight_decay": 1e-4, "val_top1": top1}
+            write_result(eval_dir, record)
+            records.append(record)
+    write_results_csv(eval_dir, records)
+    write_missing(eval_dir, [{"benchmark": b, "title": t, "path": f"/data/bench/{b}-files",
+                              "how_to_get": f"download {b} from its site"}
+                             for b, t in FALLBACK_PAPER_BENCHMARKS if b not in EVALUATED])
+    (workdir / "training").mkdir(parents=True)
+    with open(workdir / "training" / "metrics.jsonl", "w") as f:
+        for step in range(10, 310, 10):
+            f.write(json.dumps({"step": step, "loss": 1.0 / math.sqrt(step) + 0.02 * rng.random(), "lr": 1e-3,
+                                "grad_norm": 0.5, "images_per_s": 120.0, "mfu": 0.01}) + "\n")
+        f.write('{"step": 310, "loss": ')  # torn last line of a killed run
+    (workdir / "curation").mkdir(parents=True)
+    manifest = {"config_hash": "c0ffee" * 4, "ran": ["extract", "download"], "reused": [], "fraction": 0.15,
+                "threshold": 0.2712, "kept": kept, "download_failures": {"timeout": 7, "http 404": 20},
+                "steps": {"extract": {"in": 2000, "out": 1800}, "download": {"in": 1800, "out": 1500},
+                          "score": {"in": 1500, "out": 1500}, "dedup": {"in": 1500, "out": 1300, "dropped": {}},
+                          "safety": {"in": 1300, "out": 1200}, "select": {"in": 1200, "out": kept}},
+                "quality": {"kept": kept, "precision": 0.93, "eval_leak_kept": 0}}
+    (workdir / "curation" / "manifest.json").write_text(json.dumps(manifest))
+    return truth
+
+
+def config(workdir: Path, compare: list[str] | None = None) -> OpenAIMConfig:
+    return OpenAIMConfig(name="demo", workdir=workdir, report={"title": "test report", "compare": compare or []})
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs: list[tuple[str, str, str]] = []  # (tag, attribute, value)
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "data", "poster")]
+
+
+def _markdown_table(md: str) -> tuple[list[str], list[list[str]]]:
+    """The first pipe table after '## Benchmarks': header and rows, bold markers stripped."""
+    section = md.split("## Benchmarks", 1)[1]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    end = next(i for i in range(1, len(lines)) if not lines[i].startswith("|") or i > 1 and lines[i].startswith("| benchmark"))
+    rows = [[c.strip().strip("*") for c in ln.strip("|").split(" | ")] for ln in lines[:end]]
+    return rows[0], rows[2:]
+
+
+def test_report_tables_match_csv_and_name_all_benchmarks(tmp_path):
+    truth = make_run(tmp_path / "run", seed=1)
+    cfg = config(tmp_path / "run")
+    html_path = report_from_config(cfg)
+    md = (cfg.report_dir / "report.md").read_text()
+
+    for name, title in PAPER_TITLES.items():
+        assert title in md, f"{name} not named in the Markdown"
+    for name, _ in FALLBACK_PAPER_BENCHMARKS:
+        if name not in EVALUATED:
+            assert f"/data/bench/{name}-files" in md  # missing benchmark with its path
+    assert "download imagenet-1k from its site" in md
+
+    header, rows = _markdown_table(md)
+    assert header[:2] == ["benchmark", "status"]
+    cols = {h: i for i, h in enumerate(header)}
+    by_title = {r[0]: r for r in rows}
+    from evaluation.benchmarks.registry import BENCHMARKS
+    checked = 0
+    for (ckpt, bench, probe), top1 in truth.items():
+        col = f"{ckpt} · {probe}"
+        if "step_" in ckpt:
+            assert col not in cols  # intermediates go to the accuracy-vs-step section
+            continue
+        assert by_title[BENCHMARKS[bench].title][cols[col]] == f"{100 * top1:.1f}"
+        checked += 1
+    assert checked == 2 * 2 * len(EVALUATED)
+    assert by_title["ImageNet-1k"][1] == "data missing"
+
+    # the average row and the pretrained-vs-random line agree with the CSV
+    average = next(r for r in rows if r[0].startswith("average"))
+    mean = sum(truth[("demo-final", b, "attentive")] for b in EVALUATED) / len(EVALUATED)
+    assert average[cols["demo-final · attentive"]] == f"{100 * mean:.1f}"
+    gap = 100 * sum(truth[("demo-final", b, "attentive")] - truth[("random-init", b, "attentive")]
+                    for b in EVALUATED) / len(EVALUATED)
+    assert f"by {abs(gap):.1f} points average top-1" in md
+
+    # the best attentive number of a row is the bold one
+    line = next(ln for ln in md.splitlines() if ln.startswith("| CIFAR-10 |"))
+    best = max(truth[(c, "cifar-10", "attentive")] for c in ("demo-final", "random-init"))
+    assert f"**{100 * best:.1f}**" in line
+
+    assert "82.4" in md and "84.0" in md and "published AIM-7B" in md  # published references
+    assert "step 100" in md and "step 300" in md  # accuracy vs step table
+    assert html_path == cfg.report_dir / "report.html"
+
+
+def test_html_is_self_contained_and_pngs_are_real(tmp_path):
+    from PIL import Image
+
+    make_run(tmp_path / "run", seed=2)
+    cfg = config(tmp_path / "run")
+    html = report_from_config(cfg).read_text()
+    parser = _Refs()
+    parser.feed(html)
+    for tag, attr, value in parser.refs:
+        if tag == "a" and attr == "href":
+            continue  # text links to sources are fine
+        assert value.startswith("data:image/png;base64,"), (tag, attr, value[:80])
+    assert "<link" not in html and "<script" not in html and "@import" not in html and "url(" not in html
+    embedded = [v for t, a, v in parser.refs if t == "img"]
+    pngs = sorted(cfg.report_dir.glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"top1_per_benchmark.png", "pretraining_loss.png", "curation_funnel.png", "accuracy_vs_step_0.png"} <= names
+    assert len(embedded) == len(pngs)
+    md = (cfg.report_dir / "report.md").read_text()
+    import base64
+    for png in pngs:
+        assert f"]({png.name})" in md  # referenced relatively from the Markdown
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width >= 500 and im.height >= 200
+            assert len(im.convert("L").getcolors(1 << 16)) > 20  # not a blank canvas
+        assert base64.b64encode(png.read_bytes()).decode() in html
+
+
+def test_report_without_any_input_says_what_is_missing(tmp_path):
+    cfg = config(tmp_path / "empty")
+    html = report_from_config(cfg).read_text()
+    md = (cfg.report_dir / "report.md").read_text()
+    for title in PAPER_TITLES.values():
+        assert title in md
+    assert "run `openaim eval`" in md and "run `openaim train`" in md and "run `openaim build-dataset`" in md
+    assert "<img" not in html and not list(cfg.report_dir.glob("*.png"))
+    assert "git commit" in md and re.search(r"config sha256: [0-9a-f]{16}", md)
+
+
+def test_compare_runs_side_by_side(tmp_path):
+    old = make_run(tmp_path / "old", seed=3, kept=120)
+    make_run(tmp_path / "new", seed=4, kept=220)
+    cfg = config(tmp_path / "new", compare=[str(tmp_path / "old")])
+    report_from_config(cfg)
+    md = (cfg.report_dir / "report.md").read_text()
+    header, rows = _markdown_table(md)
+    assert "old: demo-final · attentive" in header and "demo: demo-final · linear" in header
+    col = header.index("old: demo-final · attentive")
+    row = next(r for r in rows if r[0] == "CIFAR-10")
+    assert row[col] == f"{100 * old[('demo-final', 'cifar-10', 'attentive')]:.1f}"
+    funnel_header = next(ln for ln in md.splitlines() if ln.startswith("| pairs |"))
+    assert "demo" in funnel_header and "old" in funnel_header
+    assert "| after select | 220 | 120 |" in md
+
+
+def test_percent_results_and_bad_inputs(tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "eval").mkdir(parents=True)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["checkpoint", "step", "benchmark", "probe", "top1", "top5", "mean_per_class_recall", "lr",
+                "weight_decay", "n_train", "n_test"])
+    w.writerow(["x-final", 5, "cifar-10", "attentive", 87.25, 99.0, 86.0, 0.001, 0.0001, 10, 10])
+    (workdir / "eval" / "results.csv").write_text(buf.getvalue())
+    (workdir / "eval" / "missing.json").write_text("{not json")
+    (workdir / "curation").mkdir()
+    (workdir / "curation" / "manifest.json").write_text("[1, 2")
+    cfg = config(workdir)
+    report_from_config(cfg)
+    md = (cfg.report_dir / "report.md").read_text()
+    assert "| CIFAR-10 | evaluated | 87.2 |" in md or "| CIFAR-10 | evaluated | 87.3 |" in md  # percent kept as is
+    assert "missing.json is unreadable" in md.replace("missing-benchmark list ", "") or "unreadable" in md
+
+    before = (cfg.report_dir / "report.html").read_bytes()
+    with pytest.raises(InputError, match="not a directory"):
+        report_from_config(config(workdir, compare=[str(tmp_path / "nope")]))
+    assert (cfg.report_dir / "report.html").read_bytes() == before  # nothing already written is lost
+
+
+def test_report_cli_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{tmp_path / 'absent'}']\n")
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(cfg)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "not a directory" in out.stderr and "Traceback" not in out.stderr
