@@ -136,3 +136,14 @@ def test_no_shards_is_one_error(tmp_path):
     cfg = _cfg(tmp_path, [])  # empty -> the curation stage's shards, which do not exist here
     with pytest.raises(InputError, match="no training shards found"):
         TrainBatches(cfg, 0, 1, 4, 0, None, 1)
+
+
+def test_imagenet_as_shards_has_its_own_resumable_position(tmp_path, shards):
+    in_shards = write_synthetic_shards(tmp_path / "in", n_shards=2, per_shard=6, size=40, seed=9)
+    cfg = _cfg(tmp_path, shards, [str(tmp_path / "in" / "*.tar")], mix=(0.75, 0.25))
+    full = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 6)
+    assert set(full[0]["position"]) == {"curated", "imagenet"}
+    assert full[0]["position"]["curated"][1] == 6 and full[0]["position"]["imagenet"][1] == 2
+    resumed = _take(TrainBatches(cfg, 0, 1, 8, 3, [full[2]["position"]], 1), 3)
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(full[3:], resumed))
+    assert len(in_shards) == 2
