@@ -218,13 +218,42 @@ def test_percent_results_and_bad_inputs(tmp_path):
     assert (cfg.report_dir / "report.html").read_bytes() == before  # nothing already written is lost
 
 
-def test_report_cli_one_line_error(tmp_path):
+def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{tmp_path / 'absent'}']\n")
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(cfg)], cwd=root,
+    make_run(tmp_path / "w", seed=5)
+    history = tmp_path / "w" / "history" / "run-001"
+    make_run(history, seed=6)
+    (history / "run.json").write_text(json.dumps({"archived_because": ["config changed: curation.select.fraction"]}))
+    good = tmp_path / "good.yaml"
+    good.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{history}']\n")
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(good)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "w" / "report" / "report.md").read_text()
+    assert "history/run-001: demo-final · attentive" in md and "archived: config changed" in md
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{tmp_path / 'absent'}']\n")
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(bad)], cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "not a directory" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_catalog_falls_back_without_registry(tmp_path, monkeypatch):
+    import sys
+
+    from evaluation.report.collect import benchmark_catalog
+
+    monkeypatch.setitem(sys.modules, "evaluation.benchmarks.registry", None)  # import now raises ImportError
+    catalog = benchmark_catalog(config(tmp_path))
+    assert [b.name for b in catalog] == [n for n, _ in FALLBACK_PAPER_BENCHMARKS]
+    assert all(b.path.endswith(b.name) for b in catalog)
+    cfg = config(tmp_path / "run")
+    make_run(tmp_path / "run", seed=7)
+    report_from_config(cfg)
+    md = (cfg.report_dir / "report.md").read_text()
+    assert "DomainNet-Infograph" in md and "| CIFAR-10 | evaluated |" in md

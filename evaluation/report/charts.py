@@ -50,7 +50,7 @@ def top1_bars(benchmarks: Sequence[str], series: Sequence[tuple[str, Sequence[fl
     n_series = len(series)
     group = 0.8
     bar = group / n_series
-    height = max(2.6, 0.5 + len(benchmarks) * (0.28 + 0.2 * n_series))
+    height = min(24.0, max(2.6, 0.8 + len(benchmarks) * (0.28 + 0.18 * n_series)))
     fig = _figure(9.0, height)
     ax = fig.add_subplot()
     for k, (label, values) in enumerate(series):

@@ -23,7 +23,9 @@ a { color: var(--accent); }
 table { border-collapse: collapse; font-size: .9rem; font-variant-numeric: tabular-nums; }
 caption { caption-side: top; text-align: left; color: var(--muted); padding-bottom: .4rem; }
 th, td { border-bottom: 1px solid var(--line); padding: .35rem .7rem; text-align: right; white-space: nowrap; }
-th { background: var(--band); position: sticky; top: 0; }
+th { background: var(--band); white-space: normal; min-width: 5.5em; vertical-align: bottom; }
+nav { color: var(--muted); margin: .5rem 0 1.5rem; font-size: .95rem; }
+nav a { margin-right: 1rem; }
 th.text, td.text { text-align: left; white-space: normal; }
 tbody tr:hover { background: #fafbfc; }
 tr.summary td { border-top: 2px solid var(--fg); font-style: italic; }
@@ -59,6 +61,8 @@ def _table(t: Table) -> str:
 def render_html(title: str, blocks: list[Block], images: dict[str, bytes]) -> str:
     """``images`` maps a Figure's filename to its PNG bytes; a figure without bytes is left out."""
     out = [f"<h1>{escape(title)}</h1>"]
+    sections = [b for b in blocks if isinstance(b, Heading) and b.level == 2 and b.anchor]
+    nav = "".join(f'<a href="#{escape(b.anchor)}">{escape(b.text)}</a>' for b in sections)
     for block in blocks:
         if isinstance(block, Heading):
             anchor = f' id="{escape(block.anchor)}"' if block.anchor else ""
@@ -79,4 +83,4 @@ def render_html(title: str, blocks: list[Block], images: dict[str, bytes]) -> st
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(out) + "\n</main>\n</body>\n</html>\n")
+            + "\n".join(out[:2] + ([f"<nav>{nav}</nav>"] if nav else []) + out[2:]) + "\n</main>\n</body>\n</html>\n")

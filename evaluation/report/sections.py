@@ -31,11 +31,41 @@ def summary(runs: list[RunData]) -> list[Block]:
         if (g := pretrained_vs_random(run)) is not None:
             blocks.append(text(f"{run.label}: pretrained ({g[3]}) vs random: {g[0]:+.1f} points "
                                f"({g[2]} probe, {g[1]} benchmark(s))."))
+    if len(runs) > 1:
+        blocks.append(runs_compared(runs))
     notes = [(run.label, note) for run in runs for note in run.notes]
     if notes:
         blocks.append(text("Notes on the inputs (absent or damaged files; their sections say so too):"))
         blocks.append(Bullets([[f"{label}: {note}"] for label, note in notes]))
     return blocks
+
+
+def runs_compared(runs: list[RunData]) -> Table:
+    """One row per run shown side by side: where it lives and its headline numbers."""
+    rows = []
+    for k, run in enumerate(runs):
+        gap = pretrained_vs_random(run)
+        ckpt = pretrained_checkpoint(run)
+        probe = (probes_present([run]) or ["attentive"])[0]
+        scores = [v for b in run.benchmarks() if ckpt and (v := run.top1(ckpt, b, probe)) is not None]
+        why = _archived_because(run.root)
+        rows.append([run.label, "this run" if k == 0 else (why or "compared run"), str(run.root or "—"),
+                     ckpt or "—", fmt(sum(scores) / len(scores)) if scores else "—", str(len(scores)),
+                     f"{gap[0]:+.1f}" if gap else "—",
+                     f"{run.manifest.get('kept', '—')}" if run.manifest else "—",
+                     f"{float(run.metrics[-1]['loss']):.4f}" if run.metrics else "—"])
+    return Table(["run", "role", "directory", "checkpoint", "mean top-1", "benchmarks", "vs random",
+                  "curated pairs", "last loss"], rows, caption="Runs shown side by side in this report.",
+                 text_columns=4)
+
+
+def _archived_because(root: Path | None) -> str:
+    """History runs (shared.pipeline) say why they were archived in run.json."""
+    try:
+        reasons = json.loads((root / "run.json").read_text()).get("archived_because") if root else None
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return ("archived: " + "; ".join(map(str, reasons)))[:120] if isinstance(reasons, list) and reasons else ""
 
 
 def benchmarks(catalog: list[BenchmarkInfo], runs: list[RunData], images: Images) -> list[Block]:
