@@ -230,7 +230,7 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{history}']\n")
     out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(good)], cwd=root,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     md = (tmp_path / "w" / "report" / "report.md").read_text()
     assert "history/run-001: demo-final · attentive" in md and "archived: config changed" in md
@@ -238,7 +238,7 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{tmp_path / 'absent'}']\n")
     out = subprocess.run([sys.executable, "-m", "shared.cli", "report", "--config", str(bad)], cwd=root,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 1 and "not a directory" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger("openaim.report")
 
-__all__ = ["report_from_config", "collect_runs", "provenance_facts"]
+__all__ = ["collect_runs", "provenance_facts", "report_from_config"]
 
 
 def collect_runs(cfg) -> list:
@@ -39,7 +39,7 @@ def git_commit() -> str:
     """HEAD of the repository this code runs from, or "unknown" (not a git checkout, no git)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -50,7 +50,7 @@ def openaim_version() -> str:
         from importlib.metadata import version
 
         return version("openaim")
-    except Exception:
+    except Exception:  # noqa: BLE001 - not installed as a distribution: use the source tree's version
         from shared import __version__
 
         return __version__
@@ -65,7 +65,7 @@ def provenance_facts(cfg) -> dict[str, str]:
         "workdir": str(cfg.workdir),
         "git commit": git_commit(),
         "openaim version": openaim_version(),
-        "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -6,7 +6,7 @@ Each function returns None when there is nothing to draw, so the caller can say 
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 # Colour-blind-safe palette (Okabe-Ito), in the order checkpoints/runs are listed.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -12,7 +11,7 @@ class Link:
     url: str
 
 
-Inline = Union[str, Link]
+Inline = str | Link
 
 
 @dataclass
@@ -55,7 +54,7 @@ class Code:
     text: str
 
 
-Block = Union[Heading, Paragraph, Bullets, Table, Figure, Code]
+Block = Heading | Paragraph | Bullets | Table | Figure | Code
 
 
 def text(*parts: Inline) -> Paragraph:

@@ -10,8 +10,14 @@ from evaluation.report import charts
 from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, RunData, funnel, is_intermediate, step_of
 from evaluation.report.document import Block, Bullets, Code, Figure, Heading, Link, Paragraph, Table, text
 from evaluation.report.references import AIM_IMAGENET_ATTENTIVE, ML_AIM_README, PAPER
-from evaluation.report.tables import (benchmark_table, fmt, pretrained_checkpoint, pretrained_vs_random,
-                                      probes_present, table_benchmarks)
+from evaluation.report.tables import (
+    benchmark_table,
+    fmt,
+    pretrained_checkpoint,
+    pretrained_vs_random,
+    probes_present,
+    table_benchmarks,
+)
 
 Images = dict[str, bytes]
 
@@ -23,8 +29,9 @@ def summary(runs: list[RunData]) -> list[Block]:
     if gap is not None:
         points, n, probe, ckpt = gap
         verb = "beats" if points >= 0 else "trails"
-        blocks.append(Paragraph([f"Pretrained ({ckpt}) {verb} random by {abs(points):.1f} points average top-1 "
-                                 f"({probe} probe, {n} benchmark(s))."], emphasis=True))
+        line = (f"Pretrained ({ckpt}) {verb} random by {abs(points):.1f} points average top-1 "
+                f"({probe} probe, {n} benchmark(s)).")
+        blocks.append(Paragraph([line], emphasis=True))
     elif this.rows:
         blocks.append(text("No random-init checkpoint was evaluated, so there is no pretrained-vs-random gap."))
     for run in runs[1:]:
@@ -198,8 +205,8 @@ def curation(runs: list[RunData], images: Images) -> list[Block]:
         m = run.manifest
         threshold = m.get("threshold")
         shown = f"{threshold:.4f}" if isinstance(threshold, (int, float)) else "—"
-        facts.append([f"{run.label}: keep fraction {m.get('fraction', '—')}, score threshold {shown}, "
-                      f"kept {m.get('kept', '—')} pairs, config hash {str(m.get('config_hash', '—'))[:12]}"])
+        facts.append([(f"{run.label}: keep fraction {m.get('fraction', '—')}, score threshold {shown}, "
+                       f"kept {m.get('kept', '—')} pairs, config hash {str(m.get('config_hash', '—'))[:12]}")])
         failures = m.get("download_failures") or m.get("failures")
         if isinstance(failures, dict) and failures:
             top = sorted(failures.items(), key=lambda kv: -_num(kv[1]))[:6]
@@ -210,8 +217,8 @@ def curation(runs: list[RunData], images: Images) -> list[Block]:
             facts.append([f"{run.label}: quality vs the mini web's truth: "
                           + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in shown.items())])
         if m.get("ran") is not None or m.get("reused") is not None:
-            facts.append([f"{run.label}: steps ran: {', '.join(m.get('ran') or []) or 'none'}; reused: "
-                          f"{', '.join(m.get('reused') or []) or 'none'}"])
+            ran, reused = ", ".join(m.get("ran") or []) or "none", ", ".join(m.get("reused") or []) or "none"
+            facts.append([f"{run.label}: steps ran: {ran}; reused: {reused}"])
     if facts:
         blocks.append(Bullets(facts))
     return blocks
