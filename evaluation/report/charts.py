@@ -100,10 +100,12 @@ def loss_curves(curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) ->
                 label=label + (f" (moving average of {window})" if window > 1 else ""),
                 marker="o" if len(steps) < 12 else None, markersize=4)
     if log_x:
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 10, 20, 50, 100...: readable steps
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining step" + (" (log scale)" if log_x else ""))
     ax.set_ylabel("next-patch loss (normalised pixels, MSE)")
     ax.set_title("Pretraining loss", loc="left")
