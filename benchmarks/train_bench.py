@@ -1,7 +1,7 @@
 """Training-step speed of our AIM trunk vs timm's VisionTransformer, and of the prefix-causal
 attention backends vs plain causal SDPA. CPU-sized (about 2 minutes on 2 cores).
 
-    .venv/bin/python benchmarks/train_bench.py [--threads 2] [--steps 5] [--no-write]
+    .venv/bin/python benchmarks/train_bench.py [--threads 1] [--steps 7] [--no-write]
 
 Every figure is a ratio against a baseline measured in the same run, with the runs interleaved
 (A, B, A, B, ...) and the best time taken, so machine load affects both sides alike. Results go to
@@ -173,7 +173,8 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="1 by default: on a shared 2-core machine, 2 threads per process thrash")
     parser.add_argument("--steps", type=int, default=7, help="timed steps per variant (after 2 warm-up)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update RESULTS.md")
     args = parser.parse_args()
