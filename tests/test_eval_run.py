@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ("disc", "square", "triangle", "bar")
-PRETRAIN_STEPS = 100  # seconds on 2 idle cores; benchmarks/eval_bench.py --quality trains longer
+PRETRAIN_STEPS = 100  # keeps the fixture to about a minute on 2 idle cores
 
 
 def shape_image(rng: np.random.Generator, shape: str, size: int = 32) -> Image.Image:
@@ -106,8 +106,8 @@ def evaluated(tmp_path_factory):
         f"evaluation.benchmarks=[digits, 'imagefolder:{bench}', cifar-10]",
         f"evaluation.data_root={work / 'nothing-here'}",
         "evaluation.n_blocks=2", "evaluation.batch_size=128", "evaluation.max_train_per_benchmark=400",
-        "evaluation.probe.epochs=10", "evaluation.probe.batch_size=64",
-        "evaluation.probe.lrs=[3e-4, 1e-3, 3e-3, 1e-2]", "evaluation.probe.weight_decays=[1e-4, 1e-2]",
+        "evaluation.probe.epochs=20", "evaluation.probe.batch_size=64",
+        "evaluation.probe.lrs=[1e-3, 3e-3, 1e-2, 3e-2]", "evaluation.probe.weight_decays=[1e-4, 1e-2]",
     ])
     from evaluation.run import evaluate_from_config
 
@@ -137,7 +137,7 @@ def test_result_files_have_the_contracted_fields(evaluated):
     assert rec["n_train"] == 400 and rec["n_test"] == 539 and 100 < rec["n_val"] < 150
     for probe in ("attentive", "linear"):
         res = rec["probes"][probe]
-        assert 0 <= res["top1"] <= res["top5"] <= 1 and res["lr"] in (3e-4, 1e-3, 3e-3, 1e-2)
+        assert 0 <= res["top1"] <= res["top5"] <= 1 and res["lr"] in (1e-3, 3e-3, 1e-2, 3e-2)
         assert res["val_top1"] == max(res["grid_val_top1"])
     shapes = [r for (c, b), r in recs.items() if c == "tiny" and b.startswith("imagefolder-shapes")]
     assert len(shapes) == 1 and shapes[0]["skipped_corrupt"] == 1 and shapes[0]["n_test"] == 40
@@ -158,8 +158,8 @@ def test_result_files_have_the_contracted_fields(evaluated):
 
 def test_probe_quality_on_digits(evaluated):
     """Sanity of the whole chain on a set where frozen features carry the label: well above chance (0.1),
-    and the attentive probe ahead of the linear one. (The trained-vs-random margin needs longer
-    pretraining than a test affords: benchmarks/eval_bench.py --quality measures it.)"""
+    and the attentive probe ahead of the linear one. (A trained-vs-random margin of 10 points needs
+    longer pretraining than a test affords on 2 cores; the figures are printed for the record.)"""
     recs = _records(evaluated["cfg"])
     for ckpt in ("tiny", "random-init"):
         att, lin = (recs[(ckpt, "digits")]["probes"][p]["top1"] for p in ("attentive", "linear"))
