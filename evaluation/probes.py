@@ -120,7 +120,7 @@ class AttentiveProbeStack(nn.Module):
         self.cls_bias[index] = probe.classifier.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
+        B, _N, D = x.shape
         K, H, hd = self.K, self.num_heads, self.head_dim
         x = self.norm(x)  # [B, N, D]
         q = self.query.reshape(K, H, hd)

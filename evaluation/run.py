@@ -87,7 +87,7 @@ def _load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
         model, model_cfg = load_model_for_eval(entry.path)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a wrong-shape or unreadable checkpoint becomes one line
+    except Exception as exc:  # a wrong-shape or unreadable checkpoint becomes one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load checkpoint {entry.path}: {first[:300]}") from exc
     return model.eval(), model_cfg, checkpoint_hash(entry.path)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
-from evaluation.probe_grid import (FeatureSet, StackedAdamW, classification_metrics, grid_settings,
-                                   lr_scale_at, run_probe_grid, train_probe_grid)
-from evaluation.probes import (AttentiveProbe, AttentiveProbeStack, LinearProbe, LinearProbeStack,
-                               TokenBatchNorm, stacked_cross_entropy)
+from evaluation.probe_grid import (
+    FeatureSet,
+    StackedAdamW,
+    classification_metrics,
+    grid_settings,
+    lr_scale_at,
+    run_probe_grid,
+)
+from evaluation.probes import (
+    AttentiveProbe,
+    AttentiveProbeStack,
+    LinearProbe,
+    LinearProbeStack,
+    TokenBatchNorm,
+    stacked_cross_entropy,
+)
 from shared.config.evaluation import ProbeConfig
 
 torch.set_num_threads(2)
@@ -84,7 +98,7 @@ def test_stacked_adamw_matches_torch_adamw_per_slice():
 def test_cosine_schedule_shape():
     vals = [lr_scale_at(s, 100, 10) for s in range(100)]
     assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(vals[10:], vals[11:])) and vals[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(vals[10:])) and vals[-1] < 0.01
 
 
 def test_metrics_top1_top5_recall():

@@ -14,8 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.features import (eval_transform, extract_split_features, feature_path, load_features,
-                                 resolve_blocks)
+from evaluation.features import (
+    eval_transform,
+    extract_split_features,
+    feature_path,
+    load_features,
+    resolve_blocks,
+)
 from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +74,7 @@ def test_eval_transform_resizes_crops_and_normalises():
 
 
 def test_resolve_blocks():
-    model, cfg = tiny_aim()
+    model, _cfg = tiny_aim()
     assert resolve_blocks("last6", 2, model, 3) == [1, 2]
     assert resolve_blocks([2, 0], 6, model, 3) == [0, 2]
     assert all(0 <= b < 3 for b in resolve_blocks("best", 6, model, 3))
@@ -80,7 +85,7 @@ def test_resolve_blocks():
 
 
 def test_features_are_cached_and_match_the_trunk(tmp_path, monkeypatch):
-    model, cfg = tiny_aim()
+    model, _cfg = tiny_aim()
     data = make_images(tmp_path / "imgs", 10, corrupt=(3,))
     path = feature_path(tmp_path / "eval", "abc" * 10, "toy", "train", [1, 2], 32, {"n": 10})
     feats, skipped = extract_split_features(model, data, path, [1, 2], 32, batch_size=4)
