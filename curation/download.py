@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -109,7 +110,11 @@ def _spark_session(processes: int):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active, False
+    # Local workers must run this interpreter (the venv with img2dataset), not whatever python3 is on PATH;
+    # pyspark takes the worker interpreter from the environment when the context starts.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (SparkSession.builder.master(f"local[{processes}]").appName("openaim-download")
+             .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
              .config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
              .config("spark.task.maxFailures", "10").getOrCreate())
     return spark, True

@@ -1,0 +1,189 @@
+"""Download with img2dataset from a real HTTP server on 127.0.0.1: safety, failure histogram, pyspark, kill -9 resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curation.download import download_pool, failure_histogram, iter_pool, normalise_error
+from curation.extract import pair_uid
+from shared.config.curation import DownloadConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = b"TOP-SECRET-LOCAL-FILE-CONTENT"
+
+
+def _jpeg(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    arr = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+    arr[: 10 + i % 20] = (i * 37) % 255
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _png_bomb(side: int = 30000) -> bytes:
+    """A small PNG whose header declares side x side pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+class TinyImageServer:
+    """Serves /img/<i>.jpg (optionally slowly), 404 for /missing/*, a bomb at /bomb.png, a secret at /secret."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.request_log: list[str] = []
+        self.delay = delay
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                outer.request_log.append(self.path)
+                if self.path.startswith("/img/"):
+                    time.sleep(outer.delay)
+                    body, ctype = _jpeg(int(self.path.split("/")[-1].split(".")[0])), "image/jpeg"
+                elif self.path == "/bomb.png":
+                    body, ctype = _png_bomb(), "image/png"
+                elif self.path == "/secret":
+                    body, ctype = SECRET, "image/jpeg"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "TinyImageServer":
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def write_pairs(path: Path, urls: list[str]) -> list[str]:
+    captions = [f"caption {i}" for i in range(len(urls))]
+    uids = [pair_uid(u, c) for u, c in zip(urls, captions)]
+    pq.write_table(pa.table({"uid": uids, "url": urls, "caption": captions,
+                             "page_url": [""] * len(urls), "source": ["test"] * len(urls)}), path)
+    return uids
+
+
+def pool_content(pool: Path) -> dict[str, tuple[str, str]]:
+    return {uid: (meta["sha256"], caption) for uid, _, caption, meta in iter_pool(pool)}
+
+
+def test_normalise_error_reasons():
+    assert normalise_error("HTTP Error 404: Not Found") == "http 404"
+    assert normalise_error("<urlopen error timed out>") == "timeout"
+    assert normalise_error("The read operation timed out") == "timeout"
+    assert normalise_error("image area too large") == "image too large"
+    assert normalise_error("Image decoding error") == "not an image"
+    assert normalise_error(None) == "unknown"
+
+
+def test_download_is_safe_and_summarises_failures(tmp_path):
+    with TinyImageServer() as srv:
+        good = [f"{srv.base_url}/img/{i}.jpg" for i in range(12)]
+        unsafe = [f"http://localhost:{srv.port}/secret", "file:///etc/hostname", f"file://{tmp_path}/secret.jpg",
+                  f"http://10.1.2.3:{srv.port}/secret"]
+        (tmp_path / "secret.jpg").write_bytes(SECRET)
+        urls = good + [f"{srv.base_url}/missing/{i}.jpg" for i in range(3)] + [f"{srv.base_url}/bomb.png"] + unsafe
+        uids = write_pairs(tmp_path / "pairs.parquet", urls)
+        cfg = DownloadConfig(processes=1, threads=4, image_size=32, samples_per_shard=8, timeout=5,
+                             max_image_pixels=4_000_000)
+        summary = download_pool(cfg, tmp_path / "pairs.parquet", tmp_path / "pool", allow_hosts=["127.0.0.1"])
+        log = list(srv.request_log)
+    assert summary["downloaded"] == 12 and summary["requested"] == 16  # the 4 unsafe never reach img2dataset
+    assert summary["failures"]["http 404"] == 3
+    assert summary["failures"].get("image too large", 0) + summary["failures"].get("not an image", 0) == 1
+    assert sum(summary["refused_before_download"].values()) == 4
+    assert "/secret" not in log and len([p for p in log if p.startswith("/img/")]) == 12
+    content = pool_content(tmp_path / "pool")
+    assert set(content) == set(uids[:12])
+    for tar in (tmp_path / "pool").glob("*.tar"):
+        assert SECRET not in tar.read_bytes()
+    assert failure_histogram(tmp_path / "pool") == {k: summary[k] for k in ("requested", "downloaded", "failed", "failures")}
+
+
+def test_pyspark_distributor_local_mode(tmp_path):
+    pytest.importorskip("pyspark")
+    with TinyImageServer() as srv:
+        uids = write_pairs(tmp_path / "pairs.parquet", [f"{srv.base_url}/img/{i}.jpg" for i in range(6)])
+        cfg = DownloadConfig(distributor="pyspark", processes=1, threads=2, image_size=32, samples_per_shard=3, timeout=5)
+        summary = download_pool(cfg, tmp_path / "pairs.parquet", tmp_path / "pool", allow_hosts=["127.0.0.1"])
+    assert summary["downloaded"] == 6
+    assert set(pool_content(tmp_path / "pool")) == set(uids)
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from curation.download import download_pool
+from shared.config.curation import DownloadConfig
+cfg = DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6, timeout=10)
+download_pool(cfg, Path({pairs!r}), Path({pool!r}), ["127.0.0.1"])
+"""
+
+
+def test_kill9_during_download_then_resume_refetches_no_finished_shard(tmp_path):
+    n = 30
+    with TinyImageServer(delay=0.15) as srv:
+        urls = [f"{srv.base_url}/img/{i}.jpg" for i in range(n)]
+        write_pairs(tmp_path / "pairs.parquet", urls)
+        pool = tmp_path / "pool"
+        script = _CHILD.format(root=str(ROOT), pairs=str(tmp_path / "pairs.parquet"), pool=str(pool))
+        child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while time.time() < deadline and not list(pool.glob("*_stats.json")):
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)  # the child and img2dataset's worker processes
+        child.wait()
+        done_before = sorted(pool.glob("*_stats.json"))
+        assert done_before and len(done_before) < 5, "the kill must land mid-run"
+        finished_urls = set()
+        for stats in done_before:
+            shard = pq.read_table(str(stats).replace("_stats.json", ".parquet")).to_pydict()
+            finished_urls |= set(shard["url"])
+        srv.request_log.clear()
+        summary = download_pool(DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6,
+                                               timeout=10), tmp_path / "pairs.parquet", pool, ["127.0.0.1"])
+        refetched = {srv.base_url + p for p in srv.request_log} & finished_urls
+        # an uninterrupted run for comparison
+        summary_ref = download_pool(DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6,
+                                                   timeout=10), tmp_path / "pairs.parquet", tmp_path / "ref", ["127.0.0.1"])
+    assert not refetched
+    assert summary["downloaded"] == summary_ref["downloaded"] == n
+    assert pool_content(pool) == pool_content(tmp_path / "ref")
+    assert json.loads(done_before[0].read_text())["successes"] >= 1
