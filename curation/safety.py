@@ -1,0 +1,62 @@
+"""Safety filters: blur faces in kept images, drop images close to configured concepts.
+
+Faces: OpenCV's bundled Haar cascade (frontal face), each detection blurred with a strong Gaussian.
+Concepts: the filter network embeds each text prompt; an image whose cosine similarity to any prompt
+exceeds the threshold is dropped.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def _face_detector():
+    import cv2
+
+    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    detector = cv2.CascadeClassifier(path)
+    if detector.empty():
+        raise RuntimeError(f"OpenCV face detector not found at {path}")
+    return detector
+
+
+def detect_faces(image) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) boxes of frontal faces in a PIL image."""
+    import cv2
+
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    min_side = max(16, min(gray.shape) // 20)
+    boxes = _face_detector().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    return [tuple(int(v) for v in b) for b in boxes]
+
+
+def blur_faces(image):
+    """Return (image with every detected face blurred, number of faces). The input is not modified."""
+    import cv2
+    from PIL import Image
+
+    boxes = detect_faces(image)
+    if not boxes:
+        return image, 0
+    arr = np.asarray(image.convert("RGB")).copy()
+    for x, y, w, h in boxes:
+        # Pad the box a little: detections are tight around eyes-mouth, hair and chin still identify.
+        px, py = w // 8, h // 8
+        x0, y0 = max(0, x - px), max(0, y - py)
+        x1, y1 = min(arr.shape[1], x + w + px), min(arr.shape[0], y + h + py)
+        k = max(3, (max(x1 - x0, y1 - y0) // 3) | 1)
+        arr[y0:y1, x0:x1] = cv2.GaussianBlur(arr[y0:y1, x0:x1], (k, k), 0)
+    return Image.fromarray(arr), len(boxes)
+
+
+def concept_filter(emb: np.ndarray, net, concepts: list[str], threshold: float) -> np.ndarray:
+    """Keep mask: False for images whose cosine to any concept prompt is above ``threshold``."""
+    emb = np.asarray(emb, dtype=np.float32)
+    if not concepts or len(emb) == 0:
+        return np.ones(len(emb), dtype=bool)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    text = np.asarray(net.encode_texts(list(concepts)), dtype=np.float32)  # [c, d], normalised
+    return (emb @ text.T).max(axis=1) <= threshold
