@@ -92,7 +92,8 @@ def _range_pairs(index, queries: np.ndarray, radius: float) -> tuple[np.ndarray,
     out_i, out_j = [], []
     for start in range(0, len(queries), SEARCH_CHUNK):
         lims, _, ids = index.range_search(queries[start:start + SEARCH_CHUNK], radius)
-        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+        lims = lims.astype(np.int64)  # faiss returns uint64 offsets; np.repeat wants signed counts
+        rows = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims))
         upper = ids > rows
         out_i.append(rows[upper])
         out_j.append(ids[upper])

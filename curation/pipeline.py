@@ -145,14 +145,14 @@ class _Steps:
                   lambda: score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size))
 
     def dedup(self) -> None:
-        from curation import dedup
+        from curation import copy_detection, dedup
 
         out = self.dir / "dedup"
         bench = eval_image_paths(self.cfg) if self.cur.dedup.decontaminate else []
         self._run(StepSpec("dedup", config={"curation.dedup": self.cur.dedup.model_dump(mode="json")},
                            inputs={"score": self.cache.outputs_hash("score"),
                                    "eval_images": hash_json([hash_path(p) for p in bench])},
-                           code=code_version(dedup, _dedup_masks), outputs=[out / "keep.parquet", out / "stats.json"]),
+                           code=code_version(dedup, copy_detection, _dedup_masks), outputs=[out / "keep.parquet", out / "stats.json"]),
                   lambda: _dedup_masks(self, bench, out))
 
     def safety(self) -> None:
@@ -188,6 +188,15 @@ def _load_scores(steps: _Steps):
     return scores, emb
 
 
+def _load_copy_descriptors(steps: _Steps, n: int):
+    import numpy as np
+
+    copies = np.load(steps.dir / "scores" / "copy.npy").astype(np.float32)
+    if copies.shape[0] != n:
+        raise OpenAIMError("scores/copy.npy is not row-aligned with scores.parquet: rerun with --force")
+    return copies
+
+
 def _write_keep(out: Path, uids: list[str], keep, reasons: list[str], stats: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -207,8 +216,12 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
 
     from curation import dedup
 
+    from curation.copy_detection import copy_descriptors, dedup_vectors
+
     cfg = steps.cur.dedup
-    scores, emb = _load_scores(steps)
+    scores, clip_emb = _load_scores(steps)
+    # Copies are searched on filter embedding + copy descriptor together (see curation.copy_detection).
+    emb = dedup_vectors(clip_emb, _load_copy_descriptors(steps, len(clip_emb)))
     s = np.asarray(scores["score"], dtype=np.float32)
     n = len(s)
     reason = np.array([""] * n, dtype=object)
@@ -228,8 +241,9 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
         for p in bench:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        eval_emb = np.concatenate([steps.net().encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
-        m = np.asarray(dedup.decontaminate(emb, eval_emb.astype(np.float32), cfg.eval_threshold), dtype=bool)
+        eval_clip = np.concatenate([steps.net().encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
+        eval_emb = dedup_vectors(eval_clip, copy_descriptors(images))
+        m = np.asarray(dedup.decontaminate(emb, eval_emb, cfg.eval_threshold), dtype=bool)
         reason[keep & ~m] = "eval_leak"
         keep &= m
     counts = {r: int((reason == r).sum()) for r in ("exact_dup", "near_dup", "eval_leak")}

@@ -1,9 +1,10 @@
 """Score every downloaded pair with the data filtering network: cosine(image, caption).
 
 Per pool shard, the image embeddings (kept as float16 for dedup) and the scores are written atomically
-to ``out_dir/parts/<shard>.npz``; a rerun skips the shards whose part exists, so a killed scoring run
+(plus a copy-detection descriptor, see curation.copy_detection) to ``out_dir/parts/<shard>.npz``; a rerun skips the shards whose part exists, so a killed scoring run
 resumes where it stopped. When every shard is done the parts are assembled, in shard order, into
-``scores.parquet`` (uid, url, caption, score, sha256, shard, key) and the row-aligned ``embeddings.npy``.
+``scores.parquet`` (uid, url, caption, score, sha256, shard, key) and the row-aligned ``embeddings.npy``
+and ``copy.npy``.
 
 Decoding runs in a DataLoader over shards (one worker per shard stream) while the main process runs the
 model, so JPEG decoding overlaps with the forward pass.
@@ -52,17 +53,21 @@ class _ShardBatches:
         import torch
         from PIL import Image
 
+        from curation.copy_detection import copy_descriptor
+
         rows: list[dict] = []
         images: list = []
         for key, jpg, caption, meta in _samples(self.shard):
             try:
                 with Image.open(io.BytesIO(jpg)) as im:
-                    images.append(self.preprocess(im.convert("RGB")))
+                    rgb = im.convert("RGB")
+                    images.append(self.preprocess(rgb))
+                    copy = copy_descriptor(rgb)
             except Exception as exc:  # noqa: BLE001 - a bad image in the pool is skipped, never fatal
                 log.warning("score: skipping undecodable image %s in %s (%s)", key, self.shard.name, exc)
                 continue
             rows.append({"uid": meta.get("uid"), "url": meta.get("url", ""), "caption": caption,
-                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key})
+                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key, "copy": copy})
             if len(rows) == self.batch_size:
                 yield rows, torch.stack(images)
                 rows, images = [], []
@@ -70,29 +75,34 @@ class _ShardBatches:
             yield rows, torch.stack(images)
 
 
-def score_shard(shard: Path, net, batch_size: int) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Score one shard in the current process: (rows, scores [n], image embeddings [n, d] float16)."""
+def score_shard(shard: Path, net, batch_size: int) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
+    """Score one shard in the current process:
+    (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, 768] float16)."""
+    from curation.copy_detection import DIM
+
     rows: list[dict] = []
-    scores, embs = [], []
+    scores, embs, copies = [], [], []
     for batch_rows, images in _ShardBatches(shard, net.preprocess, batch_size):
         img = net.encode_image_tensor(images)
         txt = net.encode_texts([r["caption"] for r in batch_rows])
+        copies.append(np.stack([r.pop("copy") for r in batch_rows]).astype(np.float16))
         rows += batch_rows
         scores.append((img * txt).sum(axis=1))
         embs.append(img.astype(np.float16))
     d = net.embed_dim
     return (rows, np.concatenate(scores) if scores else np.zeros(0, np.float32),
-            np.concatenate(embs) if embs else np.zeros((0, d), np.float16))
+            np.concatenate(embs) if embs else np.zeros((0, d), np.float16),
+            np.concatenate(copies) if copies else np.zeros((0, DIM), np.float16))
 
 
 def _part_path(out_dir: Path, shard: Path) -> Path:
     return out_dir / "parts" / f"{shard.stem}.npz"
 
 
-def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray) -> None:
+def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray, copies: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, scores=scores.astype(np.float32), embeddings=embs,
+            np.savez(f, scores=scores.astype(np.float32), embeddings=embs, copies=copies,
                      rows=np.array([json.dumps(r, sort_keys=True) for r in rows], dtype=object))
 
 
@@ -114,8 +124,7 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
     task = progress.add_task("score", total=len(shards), completed=len(shards) - len(todo)) if progress else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for shard in todo:
-        rows, scores, embs = score_shard(shard, net, batch_size)
-        _write_part(_part_path(out_dir, shard), rows, scores, embs)
+        _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size))
         if progress:
             progress.advance(task)
     _assemble(shards, out_dir)
@@ -126,16 +135,20 @@ def _assemble(shards: list[Path], out_dir: Path) -> None:
     import pyarrow.parquet as pq
 
     rows: list[dict] = []
-    scores, embs = [], []
+    scores, embs, copies = [], [], []
     for shard in shards:
         with np.load(_part_path(out_dir, shard), allow_pickle=True) as part:
             rows += [json.loads(r) for r in part["rows"]]
             scores.append(part["scores"])
             embs.append(part["embeddings"])
+            copies.append(part["copies"])
     if not rows:
         raise OpenAIMError("the pool has no decodable image: nothing to score")
     table = pa.table({k: [r[k] for r in rows] for k in ("uid", "url", "caption", "sha256", "shard", "key")}
                      | {"score": np.concatenate(scores).astype(np.float32)})
+    with atomic_path(out_dir / "copy.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate(copies).astype(np.float16))
     with atomic_path(out_dir / "embeddings.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.concatenate(embs).astype(np.float16))

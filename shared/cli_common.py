@@ -28,12 +28,13 @@ def fail(message: str, code: int = 1) -> None:
 def setup_logging(debug: bool = False) -> None:
     from rich.logging import RichHandler
 
+    # Libraries (open_clip, faiss, img2dataset) log chatty INFO lines on the root logger: show only their
+    # warnings, and our own "openaim.*" loggers at INFO (DEBUG with --debug).
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format="%(message)s", datefmt="[%X]",
+        level=logging.WARNING, format="%(message)s", datefmt="[%X]",
         handlers=[RichHandler(show_path=debug, rich_tracebacks=debug, markup=False)], force=True,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "py4j", "httpx", "filelock", "numexpr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("openaim").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def guarded(fn: Callable[[], Any], debug: bool) -> Any:

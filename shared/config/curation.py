@@ -56,11 +56,11 @@ class TrainFilterConfig(StrictModel):
 class DedupConfig(StrictModel):
     exact: bool = True
     near: bool = True
-    near_threshold: float = Field(0.92, gt=0, le=1, description="cosine similarity above which two images are copies")
+    near_threshold: float = Field(0.82, gt=0, le=1, description="mean of filter-embedding and copy-descriptor cosines above which two images are copies")
     index: Literal["auto", "flat", "ivf"] = "auto"
     flat_max: int = Field(50_000, ge=1, description="largest pool searched with an exact flat index under 'auto'")
     decontaminate: bool = True
-    eval_threshold: float = Field(0.92, gt=0, le=1)
+    eval_threshold: float = Field(0.85, gt=0, le=1)
     eval_sets: list[str] = Field(default_factory=list, description="benchmark names; empty = the configured evaluation set")
 
 
