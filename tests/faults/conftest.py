@@ -23,8 +23,8 @@ def tiny_overrides(workdir: Path, port: int) -> list[str]:
     """A whole pipeline in about a minute on 2 cores: small web, short trainings, demo benchmarks."""
     return [
         f"workdir={workdir}", f"web.port={port}", "web.n_images=240", "web.hq_size=300",
-        "web.bench_train_per_class=8", "web.bench_test_per_class=4", "web.slow_seconds=4",
-        "curation.download.timeout=1", "curation.download.samples_per_shard=60",
+        "web.bench_train_per_class=8", "web.bench_test_per_class=4", "web.slow_seconds=8",
+        "curation.download.timeout=4", "curation.download.samples_per_shard=60",
         "curation.train_filter.epochs=2", "curation.select.fraction=0.5", "curation.select.shard_size=40",
         "training.steps=24", "training.global_batch_size=16", "training.checkpoint_every=8",
         "training.log_every=4", "training.data.num_workers=1",
