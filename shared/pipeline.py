@@ -114,7 +114,7 @@ def archive_previous_run(cfg, reasons: list[str]) -> Path | None:
 
 
 def _run_cached_stage(cfg, cache: StageCache, stage: Stage, spec: StepSpec, ran: list[str],
-                      reused: list[str], missing: list[str]) -> None:
+                      reused: list[str], missing: list[str], upstream_reasons: list[str]) -> None:
     fn = stage.load()
     if fn is None:
         missing.append(stage.name)
@@ -125,7 +125,7 @@ def _run_cached_stage(cfg, cache: StageCache, stage: Stage, spec: StepSpec, ran:
         reused.append(stage.name)
         return
     if stage is TRAINING and cache.load("train") is not None:
-        archive_previous_run(cfg, state.reasons)
+        archive_previous_run(cfg, state.reasons + upstream_reasons)
     console.rule(f"[bold]{stage.name}")
     cache.invalidate(spec.name)
     fn(cfg)
@@ -140,6 +140,10 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
     reused: list[str] = []
     missing: list[str] = []
 
+    # Why curation steps are stale now (e.g. "select: curation.select.fraction: 0.15 -> 0.3"): recorded
+    # with the archived run so the report can say what changed between the runs.
+    upstream_reasons = [f"{name}: {why}" for name, fresh, reasons in collect_status(cfg)
+                        if not fresh and name not in ("train", "eval") for why in reasons]
     if not cfg.training.data.shards:
         build = CURATION.load()
         if build is None:
@@ -148,8 +152,8 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
             console.rule("[bold]build-dataset")
             build(cfg)
             ran.append(CURATION.name)
-    _run_cached_stage(cfg, cache, TRAINING, train_spec(cfg, cache), ran, reused, missing)
-    _run_cached_stage(cfg, cache, EVALUATION, eval_spec(cfg, cache), ran, reused, missing)
+    _run_cached_stage(cfg, cache, TRAINING, train_spec(cfg, cache), ran, reused, missing, upstream_reasons)
+    _run_cached_stage(cfg, cache, EVALUATION, eval_spec(cfg, cache), ran, reused, missing, upstream_reasons)
 
     report = REPORT.load()
     if report is None:
@@ -208,7 +212,8 @@ def record_staleness(rec: dict[str, Any], cfg_dump: dict[str, Any], records: dic
     for section, old in rec.get("config", {}).items():
         new = _section(cfg_dump, section)
         old_flat, new_flat = _flat(old, section), _flat(new, section)
-        for key in sorted(set(old_flat) | set(new_flat)):
+        # Only the keys the step recorded matter: a step may depend on part of a section.
+        for key in sorted(old_flat):
             if old_flat.get(key) != new_flat.get(key):
                 reasons.append(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}")
     for name, old_hash in rec.get("inputs", {}).items():
@@ -227,6 +232,9 @@ def collect_status(cfg) -> list[tuple[str, bool, list[str]]]:
         if cache.root.is_dir() else {}
     cfg_dump = cfg.model_dump(mode="json")
     order = ["extract", "download", "train-filter", "score", "dedup", "safety", "select"]
+    # Steps whose config is keyed by config sections (stage-internal records, e.g. per-probe caches, are not).
+    records = {n: r for n, r in records.items()
+               if all(k.split(".")[0] in cfg_dump for k in r.get("config", {}))}
     names = [n for n in order if n in records] + sorted(n for n in records if n not in order and
                                                          n not in ("train", "eval"))
     rows: list[tuple[str, bool, list[str]]] = []
@@ -237,9 +245,16 @@ def collect_status(cfg) -> list[tuple[str, bool, list[str]]]:
         if reasons:
             stale.add(name)
         rows.append((name, not reasons, reasons))
+    # The pipeline's own stages: train takes the selected shards, eval the trained model.
+    upstream = {"train": "select", "eval": "train"}
     for spec in (train_spec(cfg, cache), eval_spec(cfg, cache)):
         state = cache.check(spec)
-        rows.append((spec.name, state.fresh, state.reasons))
+        reasons = list(state.reasons)
+        if upstream[spec.name] in stale and not cfg.training.data.shards:
+            reasons.append(f"upstream {upstream[spec.name]} is stale")
+        if reasons:
+            stale.add(spec.name)
+        rows.append((spec.name, not reasons, reasons))
     return rows
 
 
