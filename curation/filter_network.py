@@ -114,6 +114,24 @@ def _resolve(cfg: "FilterNetworkConfig", own_checkpoint_dir: Path | None) -> tup
     return cfg.model, cfg.pretrained, f"{cfg.model}:{cfg.pretrained}" if cfg.pretrained else cfg.model
 
 
+def _check_hub_reachable(model_id: str) -> None:
+    """Fail in seconds, not after the hub client's retries, when an hf-hub model is neither cached nor reachable."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = model_id.removeprefix("hf-hub:").split("@")[0]
+    if isinstance(try_to_load_from_cache(repo, "open_clip_config.json"), str):
+        return  # cached: open_clip loads it without the network
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError as err:
+        raise InputError(f"cannot load filter network {model_id!r}: not in the local Hugging Face cache and "
+                         f"{endpoint.hostname} is unreachable ({_one_line(err)})") from err
+
+
 def load_filter_network(cfg: "FilterNetworkConfig", own_checkpoint_dir: Path | None = None,
                         device: str = "cpu") -> FilterNetwork:
     """Load the filter network named by ``cfg`` with open_clip (see the module docstring for the forms)."""
@@ -126,6 +144,8 @@ def load_filter_network(cfg: "FilterNetworkConfig", own_checkpoint_dir: Path | N
             raise InputError(f"unknown open_clip model {name!r} (see open_clip.list_models())")
         if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(name) and not Path(pretrained).is_file():
             raise InputError(f"unknown pretrained tag {pretrained!r} for open_clip model {name}")
+    if name.startswith("hf-hub:"):
+        _check_hub_reachable(name)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
