@@ -143,7 +143,7 @@ def train_filter_network(cfg: "TrainFilterConfig", hq_dir: Path, out_dir: Path, 
                 sched.step()
                 with torch.no_grad():  # CLIP clamps the temperature so logits stay <= 100
                     model.logit_scale.clamp_(0, math.log(100))
-                running += float(loss)
+                running += float(loss.detach())
                 progress.advance(task)
             history.append({"epoch": epoch, "loss": running / steps_per_epoch})
             log.info("filter epoch %d loss %.4f", epoch, history[-1]["loss"])
