@@ -143,7 +143,8 @@ def _assemble(shards: list[Path], out_dir: Path) -> None:
             embs.append(part["embeddings"])
             copies.append(part["copies"])
     if not rows:
-        raise OpenAIMError("the pool has no decodable image: nothing to score")
+        raise OpenAIMError("the pool is empty: no decodable sample in any shard "
+                          "(every download failed? see the failure histogram)")
     table = pa.table({k: [r[k] for r in rows] for k in ("uid", "url", "caption", "sha256", "shard", "key")}
                      | {"score": np.concatenate(scores).astype(np.float32)})
     with atomic_path(out_dir / "copy.npy") as tmp:
