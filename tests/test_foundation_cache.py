@@ -99,3 +99,13 @@ def test_atomic_dir_swaps_whole_directory(tmp_path):
         (d / "c").write_text("3")
     assert sorted(os.listdir(out)) == ["c"]
     assert sorted(os.listdir(tmp_path)) == ["shards"]
+
+
+def test_atomic_outputs_have_ordinary_permissions(tmp_path):
+    atomic_write_json(tmp_path / "a.json", {})
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
