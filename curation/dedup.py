@@ -23,7 +23,7 @@ Index choice, measured by benchmarks/curation_bench.py on 2 cores (figures in be
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def exact_duplicates(sha256: Sequence[str], scores: np.ndarray) -> np.ndarray:
 
     Rows without a digest (None or "") are never grouped.
     """
-    digests = ["" if d is None or d != d else str(d) for d in sha256]  # d != d: NaN from pandas
+    digests = ["" if d is None or (isinstance(d, float) and np.isnan(d)) else str(d) for d in sha256]  # NaN: pandas
     n = len(digests)
     if len(scores) != n:
         raise ValueError(f"{n} digests but {len(scores)} scores")

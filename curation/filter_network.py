@@ -40,7 +40,7 @@ class FilterNetwork:
     def embed_dim(self) -> int:
         return self._dim()
 
-    def encode_image_tensor(self, images: "torch.Tensor") -> "np.ndarray":
+    def encode_image_tensor(self, images: torch.Tensor) -> np.ndarray:
         """images [n, 3, H, W] already preprocessed -> [n, d] float32, L2-normalised."""
         import torch
 
@@ -48,7 +48,7 @@ class FilterNetwork:
             feats = self.model.encode_image(images.to(self.device), normalize=True)
         return feats.float().cpu().numpy()
 
-    def encode_token_tensor(self, tokens: "torch.Tensor") -> "np.ndarray":
+    def encode_token_tensor(self, tokens: torch.Tensor) -> np.ndarray:
         """tokens [n, context_length] -> [n, d] float32, L2-normalised."""
         import torch
 
@@ -56,7 +56,7 @@ class FilterNetwork:
             feats = self.model.encode_text(tokens.to(self.device), normalize=True)
         return feats.float().cpu().numpy()
 
-    def encode_images(self, images: list["Image.Image"]) -> "np.ndarray":
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         import numpy as np
         import torch
 
@@ -65,7 +65,7 @@ class FilterNetwork:
         batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [n, 3, H, W]
         return self.encode_image_tensor(batch)
 
-    def encode_texts(self, texts: list[str]) -> "np.ndarray":
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 
         if not texts:
@@ -89,7 +89,7 @@ def _one_line(err: BaseException) -> str:
     return text[0][:300] if text else type(err).__name__
 
 
-def _resolve(cfg: "FilterNetworkConfig", own_checkpoint_dir: Path | None) -> tuple[str, str | None, str]:
+def _resolve(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None) -> tuple[str, str | None, str]:
     """(open_clip model name, pretrained tag or file, id for the manifest)."""
     if cfg.model == "own":
         if own_checkpoint_dir is None:
@@ -132,7 +132,7 @@ def _check_hub_reachable(model_id: str) -> None:
                          f"{endpoint.hostname} is unreachable ({_one_line(err)})") from err
 
 
-def load_filter_network(cfg: "FilterNetworkConfig", own_checkpoint_dir: Path | None = None,
+def load_filter_network(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None = None,
                         device: str = "cpu") -> FilterNetwork:
     """Load the filter network named by ``cfg`` with open_clip (see the module docstring for the forms)."""
     import open_clip

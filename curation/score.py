@@ -17,8 +17,8 @@ import io
 import json
 import logging
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -100,10 +100,9 @@ def _part_path(out_dir: Path, shard: Path) -> Path:
 
 
 def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray, copies: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, scores=scores.astype(np.float32), embeddings=embs, copies=copies,
-                     rows=np.array([json.dumps(r, sort_keys=True) for r in rows], dtype=object))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, scores=scores.astype(np.float32), embeddings=embs, copies=copies,
+                 rows=np.array([json.dumps(r, sort_keys=True) for r in rows], dtype=object))
 
 
 def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
@@ -147,11 +146,9 @@ def _assemble(shards: list[Path], out_dir: Path) -> None:
                           "(every download failed? see the failure histogram)")
     table = pa.table({k: [r[k] for r in rows] for k in ("uid", "url", "caption", "sha256", "shard", "key")}
                      | {"score": np.concatenate(scores).astype(np.float32)})
-    with atomic_path(out_dir / "copy.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate(copies).astype(np.float16))
-    with atomic_path(out_dir / "embeddings.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate(embs).astype(np.float16))
+    with atomic_path(out_dir / "copy.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(copies).astype(np.float16))
+    with atomic_path(out_dir / "embeddings.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(embs).astype(np.float16))
     with atomic_path(out_dir / "scores.parquet") as tmp:
         pq.write_table(table, tmp)

@@ -22,6 +22,8 @@ from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from shared.config.curation import TrainFilterConfig
 
 log = logging.getLogger("openaim.curation")
@@ -32,7 +34,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 VOCAB_SIZE = 49408  # open_clip's SimpleTokenizer (BPE) vocabulary
 
 
-def model_config(cfg: "TrainFilterConfig") -> dict:
+def model_config(cfg: TrainFilterConfig) -> dict:
     """The open_clip model_cfg of our small CLIP."""
     head_width = max(16, cfg.vision_width // 4)  # 4 heads in the vision tower
     return {
@@ -44,7 +46,7 @@ def model_config(cfg: "TrainFilterConfig") -> dict:
     }
 
 
-def preprocess_config(cfg: "TrainFilterConfig") -> dict:
+def preprocess_config(cfg: TrainFilterConfig) -> dict:
     return {"size": cfg.image_size, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
             "resize_mode": "shortest"}
 
@@ -70,7 +72,7 @@ def read_pairs(hq_dir: Path) -> tuple[list[bytes], list[str]]:
     return jpgs, caps
 
 
-def _decode(jpgs: list[bytes], transform) -> "torch.Tensor":
+def _decode(jpgs: list[bytes], transform) -> torch.Tensor:
     import io
 
     import torch
@@ -79,7 +81,7 @@ def _decode(jpgs: list[bytes], transform) -> "torch.Tensor":
     return torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpgs])  # [n, 3, S, S]
 
 
-def _augment(images: "torch.Tensor", gen: "torch.Generator", pad: int) -> "torch.Tensor":
+def _augment(images: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
     """Random shift by up to `pad` px (reflect-padded crop) and horizontal flip, per batch."""
     import torch
     import torch.nn.functional as F
@@ -92,7 +94,7 @@ def _augment(images: "torch.Tensor", gen: "torch.Generator", pad: int) -> "torch
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def train_filter_network(cfg: "TrainFilterConfig", hq_dir: Path, out_dir: Path, seed: int = 0) -> Path:
+def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Train the small CLIP on hq_dir's pairs; write an open_clip local-dir folder at out_dir; return it."""
     import math
 
