@@ -6,8 +6,8 @@ resumes where it stopped. When every shard is done the parts are assembled, in s
 ``scores.parquet`` (uid, url, caption, score, sha256, shard, key) and the row-aligned ``embeddings.npy``
 and ``copy.npy``.
 
-Decoding runs in a DataLoader over shards (one worker per shard stream) while the main process runs the
-model, so JPEG decoding overlaps with the forward pass.
+Shards are scored one after the other in this process (torch uses every core for the forward pass);
+across machines, split the pool's shards between processes: each part file is independent.
 """
 
 from __future__ import annotations
