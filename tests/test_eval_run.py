@@ -132,7 +132,7 @@ def test_result_files_have_the_contracted_fields(evaluated):
     for key in ("checkpoint", "checkpoint_path", "checkpoint_hash", "step", "benchmark", "blocks", "n_train",
                 "n_val", "n_test", "skipped_corrupt", "seconds", "probes"):
         assert key in rec, key
-    assert rec["blocks"] == [2, 3] and rec["step"] == 300  # the config's training.steps
+    assert rec["blocks"] == [2, 3] and rec["step"] == cfg.training.steps
     assert recs[(f"tiny-step_{PRETRAIN_STEPS // 4}", "digits")]["step"] == PRETRAIN_STEPS // 4
     assert rec["n_train"] == 400 and rec["n_test"] == 539 and 100 < rec["n_val"] < 150
     for probe in ("attentive", "linear"):
