@@ -24,6 +24,7 @@ SparkSession or start a local one (``local[processes]``). On a real cluster, sta
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -104,6 +105,24 @@ def safe_download_list(pairs_path: Path, out_path: Path, allow_hosts: list[str])
     return len(keep_idx), rejected
 
 
+@contextlib.contextmanager
+def _quiet_library_output():
+    """img2dataset's worker processes import albumentations (which warns and checks PyPI for updates) and draw
+    tqdm bars on stderr: a failed build must end in one error line. Environment set only for the call."""
+    quiet = {"NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1",
+             "PYTHONWARNINGS": "ignore::UserWarning,ignore::DeprecationWarning"}
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _spark_session(processes: int):
     from pyspark.sql import SparkSession
 
@@ -140,24 +159,25 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_image_pixels)
     PIL.Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
 
-    from img2dataset import download
+    with _quiet_library_output():
+        from img2dataset import download
 
-    spark, own_spark = (None, False)
-    if cfg.distributor == "pyspark":
-        spark, own_spark = _spark_session(cfg.processes)
-    try:
-        download(
-            url_list=str(url_list), input_format="parquet", url_col="url", caption_col="caption",
-            save_additional_columns=["uid"], output_folder=str(pool_dir), output_format="webdataset",
-            image_size=cfg.image_size, resize_mode=cfg.resize_mode, processes_count=cfg.processes,
-            thread_count=cfg.threads, number_sample_per_shard=cfg.samples_per_shard, timeout=cfg.timeout,
-            retries=cfg.retries, distributor=cfg.distributor, incremental_mode="incremental",
-            max_image_area=float(cfg.max_image_pixels), compute_hash="sha256", enable_wandb=False,
-            subjob_size=1000, oom_shard_count=5,
-        )
-    finally:
-        if own_spark and spark is not None:
-            spark.stop()
+        spark, own_spark = (None, False)
+        if cfg.distributor == "pyspark":
+            spark, own_spark = _spark_session(cfg.processes)
+        try:
+            download(
+                url_list=str(url_list), input_format="parquet", url_col="url", caption_col="caption",
+                save_additional_columns=["uid"], output_folder=str(pool_dir), output_format="webdataset",
+                image_size=cfg.image_size, resize_mode=cfg.resize_mode, processes_count=cfg.processes,
+                thread_count=cfg.threads, number_sample_per_shard=cfg.samples_per_shard, timeout=cfg.timeout,
+                retries=cfg.retries, distributor=cfg.distributor, incremental_mode="incremental",
+                max_image_area=float(cfg.max_image_pixels), compute_hash="sha256", enable_wandb=False,
+                subjob_size=1000, oom_shard_count=5,
+            )
+        finally:
+            if own_spark and spark is not None:
+                spark.stop()
     summary = failure_histogram(pool_dir)
     summary["refused_before_download"] = dict(rejected)
     if summary["downloaded"] == 0:
