@@ -192,21 +192,26 @@ def pool_shards(pool_dir: Path) -> list[Path]:
             if Path(p[:-4] + "_stats.json").is_file()]
 
 
-def iter_pool(pool_dir: Path, uids: set[str] | None = None):
-    """Yield (uid, jpg bytes, caption, meta dict) for each sample of the pool (only ``uids`` if given)."""
+def shard_samples(shard: Path):
+    """Yield (key, jpg bytes, caption, meta dict) for every complete sample of one pool tar, in tar order."""
     import tarfile
 
+    with tarfile.open(shard) as tar:
+        pending: dict[str, dict[str, bytes]] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.rpartition(".")
+            entry = pending.setdefault(key, {})
+            entry[ext] = tar.extractfile(member).read()
+            if {"jpg", "txt", "json"} <= entry.keys():
+                del pending[key]
+                yield key, entry["jpg"], entry["txt"].decode("utf-8"), json.loads(entry["json"])
+
+
+def iter_pool(pool_dir: Path, uids: set[str] | None = None):
+    """Yield (uid, jpg bytes, caption, meta dict) for each sample of the pool (only ``uids`` if given)."""
     for shard in pool_shards(pool_dir):
-        with tarfile.open(shard) as tar:
-            current: dict[str, dict[str, bytes]] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition(".")
-                current.setdefault(key, {})[ext] = tar.extractfile(member).read()
-                entry = current[key]
-                if {"jpg", "txt", "json"} <= entry.keys():
-                    meta = json.loads(entry["json"])
-                    del current[key]
-                    if uids is None or meta.get("uid") in uids:
-                        yield meta.get("uid"), entry["jpg"], entry["txt"].decode("utf-8"), meta
+        for _, jpg, caption, meta in shard_samples(shard):
+            if uids is None or meta.get("uid") in uids:
+                yield meta.get("uid"), jpg, caption, meta

@@ -16,8 +16,6 @@ import hashlib
 import io
 import json
 import logging
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +24,6 @@ from shared.atomic import atomic_path
 from shared.errors import OpenAIMError
 
 log = logging.getLogger("openaim.curation")
-
-
-def _samples(shard: Path) -> Iterator[tuple[str, bytes, str, dict]]:
-    """(key, jpg bytes, caption, meta) for every complete sample of one img2dataset tar, in tar order."""
-    with tarfile.open(shard) as tar:
-        pending: dict[str, dict[str, bytes]] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.rpartition(".")
-            entry = pending.setdefault(key, {})
-            entry[ext] = tar.extractfile(member).read()
-            if {"jpg", "txt", "json"} <= entry.keys():
-                del pending[key]
-                yield key, entry["jpg"], entry["txt"].decode("utf-8"), json.loads(entry["json"])
 
 
 class _ShardBatches:
@@ -54,10 +37,11 @@ class _ShardBatches:
         from PIL import Image
 
         from curation.copy_detection import copy_descriptor
+        from curation.download import shard_samples
 
         rows: list[dict] = []
         images: list = []
-        for key, jpg, caption, meta in _samples(self.shard):
+        for key, jpg, caption, meta in shard_samples(self.shard):
             try:
                 with Image.open(io.BytesIO(jpg)) as im:
                     rgb = im.convert("RGB")

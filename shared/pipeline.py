@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.atomic import atomic_write_json
-from shared.stage_cache import StageCache, StepSpec, hash_path
+from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
 
 log = logging.getLogger("openaim.pipeline")
 console = Console()
@@ -62,8 +62,6 @@ def curated_shards_hash(cfg, cache: StageCache) -> str:
 
 
 def _hash_json_list(items: list[str]) -> str:
-    from shared.stage_cache import hash_json
-
     return hash_json(sorted(items))
 
 
