@@ -60,7 +60,8 @@ if args.cpu_smoke:
 else:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --cpu-smoke to check the script on CPU")
-    device, arch, batch, steps, warmup = torch.device("cuda"), "aim-600m", args.batch, args.steps, 3
+    device = torch.device("cuda", torch.cuda.current_device())  # the device the inputs report
+    arch, batch, steps, warmup = "aim-600m", args.batch, args.steps, 3
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
@@ -140,6 +141,9 @@ for b in backends:
         for _ in range(steps):
             loss = step()
         loss = loss.item()  # syncs
+        used = model.attention_backend(images.device)
+        if used != b:  # a silent fallback would mislabel the row
+            raise RuntimeError(f"ran {used}, not {b}")
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps

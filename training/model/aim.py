@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from shared.config.training import ModelConfig
-from training.model.attention import PrefixMask, build_prefix_mask, select_backend
+from training.model.attention import PrefixMask, build_prefix_mask, canonical_device, select_backend
 from training.model.blocks import Block
 from training.model.head import AIMHead
 from training.model.loss import next_patch_loss
@@ -71,7 +71,7 @@ class AIM(nn.Module):
     def attention_backend(self, device: torch.device) -> str:
         """The backend for inputs on `device` (resolved once per device: the model may be built on
         meta or CPU and moved afterwards)."""
-        key = str(device)
+        key = str(canonical_device(device))
         if key not in self._backend_by_device:
             self._backend_by_device[key] = select_backend(self.cfg.attention_backend, device)
         return self._backend_by_device[key]

@@ -180,16 +180,31 @@ def _dense_bias(allowed: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.
 
 # ------------------------------------------------------------------------------------- choice
 _probe_results: dict[tuple[str, str], bool] = {}
+_probe_errors: dict[tuple[str, str], str] = {}
 _logged: set[tuple[str, str, str]] = set()
+
+
+def canonical_device(device: torch.device | str) -> torch.device:
+    """"cuda" and "cuda:0" are one device: give CUDA devices their index so probes and choices
+    are cached once per physical device (a model built on "cuda" runs its inputs on "cuda:0")."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def backend_works(backend: str, device: torch.device | str) -> bool:
     """Probe a backend with a tiny prefix-causal forward + backward on `device` (cached)."""
-    device = torch.device(device)
+    device = canonical_device(device)
     key = (backend, str(device))
     if key not in _probe_results:
         _probe_results[key] = _probe(backend, device)
     return _probe_results[key]
+
+
+def probe_error(backend: str, device: torch.device | str) -> str | None:
+    """Why `backend` was found unusable on `device` (None if it works or was never probed)."""
+    return _probe_errors.get((backend, str(canonical_device(device))))
 
 
 def _probe(backend: str, device: torch.device) -> bool:
@@ -205,11 +220,14 @@ def _probe(backend: str, device: torch.device) -> bool:
         ref = naive_attention(q.float(), q.float(), q.float(), prefix_causal_mask(prefix, 16)[:, None])
         out.float().sum().backward()
         if not torch.allclose(out.float(), ref, atol=5e-2, rtol=5e-2):
+            _probe_errors[(backend, str(device))] = "wrong results against the reference"
             log.warning("attention backend %s gives wrong results on %s", backend, device)
             return False
         return True
     except Exception as err:  # noqa: BLE001 - any failure (no kernel, no backward, import error) means unusable
-        log.debug("attention backend %s unusable on %s: %s", backend, device, str(err).splitlines()[0][:200])
+        lines = str(err).strip().splitlines()
+        _probe_errors[(backend, str(device))] = f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+        log.debug("attention backend %s unusable on %s", backend, device, exc_info=True)
         return False
 
 
@@ -217,7 +235,7 @@ def select_backend(requested: str, device: torch.device | str) -> str:
     """The backend to use on `device`: "auto" picks xformers if it really runs there, else flex on
     CUDA, else sdpa. An explicit request that does not run on the device falls back the same way,
     with a warning. The choice is logged once per (request, device)."""
-    device = torch.device(device)
+    device = canonical_device(device)
     if requested not in ("auto", *BACKENDS):
         raise ValueError(f"unknown attention backend {requested!r}; choose auto or one of {', '.join(BACKENDS)}")
     if device.type == "meta":
@@ -227,7 +245,8 @@ def select_backend(requested: str, device: torch.device | str) -> str:
     else:
         candidates = ("xformers", "flex") if device.type == "cuda" else ()
         chosen = next((b for b in candidates if backend_works(b, device)), "sdpa")
-        why = "auto" if requested == "auto" else f"fallback: {requested} does not run on {device.type}"
+        why = "auto" if requested == "auto" else (
+            f"fallback: {requested} does not run on {device.type}: {probe_error(requested, device) or 'unknown'}")
     key = (requested, str(device), chosen)
     if key not in _logged:
         _logged.add(key)
