@@ -2,6 +2,7 @@
 
     openaim build-dataset --config configs/demo.yaml --set curation.select.fraction=0.3
     openaim train-filter --config configs/demo.yaml
+    torchrun --nproc_per_node 4 -m shared.cli build-dataset --config ...   # the score step on 4 processes
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt
     """Curate image-text pairs into webdataset shards: extract, download, score, dedup, safety, select."""
 
     def body(cfg):
+        import os
+
         from curation.pipeline import build_dataset as run
 
+        if int(os.environ.get("RANK", "0")) > 0:
+            # Under torchrun rank 0 runs every step; the other ranks only join its score step (each scores
+            # a share of the pool's shards), see curation.score.
+            from curation.pipeline import _Steps
+
+            _Steps(cfg, force, None).score()
+            return
         manifest = run(cfg, force=force)
         q = manifest.get("quality") or {}
         typer.echo(f"kept {manifest['kept']} pairs (threshold {manifest['threshold']:.4f}) -> "

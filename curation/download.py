@@ -4,6 +4,11 @@ img2dataset writes per shard ``NNNNN.tar`` (successes: jpg + txt + json with our
 (every input row with ``status`` and ``error_message``) and ``NNNNN_stats.json``, whose presence marks the
 shard done: with ``incremental_mode="incremental"`` a killed run resumes and never refetches a finished shard.
 
+The pipeline never downloads into ``pool/`` itself: a new download is fetched into the sibling ``pool.partial/``
+(where a killed run also resumes) and swapped in place of ``pool/`` only once it succeeded (``stage_pool`` then
+``swap_in_pool``). A download that fails, in which every request failed, or that is interrupted leaves the
+previous ``pool/`` as it was.
+
 Safety: img2dataset fetches whatever it is given, ``file://`` included, so every URL is checked again here
 (shared.netsafety, host names resolved) right before the list is handed over. Its default opt-out header
 check (X-Robots-Tag noai/noimageai/noindex/noimageindex) stays on. Decompression bombs: OpenCV (which
@@ -30,12 +35,14 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
 
 from shared.config.curation import DownloadConfig
-from shared.errors import InputError
+from shared.errors import InputError, OpenAIMError
 from shared.netsafety import url_rejection
 
 log = logging.getLogger("openaim.curation")
@@ -159,12 +166,14 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_image_pixels)
     PIL.Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
 
+    done_before = {p.name for p in pool_dir.glob("[0-9]*_stats.json")}
     with _quiet_library_output():
         from img2dataset import download
 
         spark, own_spark = (None, False)
         if cfg.distributor == "pyspark":
             spark, own_spark = _spark_session(cfg.processes)
+        previous_sigint = signal.getsignal(signal.SIGINT)
         try:
             download(
                 url_list=str(url_list), input_format="parquet", url_col="url", caption_col="caption",
@@ -175,15 +184,118 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
                 max_image_area=float(cfg.max_image_pixels), compute_hash="sha256", enable_wandb=False,
                 subjob_size=1000, oom_shard_count=5,
             )
+        except SystemExit:
+            # img2dataset's own Ctrl-C handler cleans up and calls sys.exit(0): an interrupt, not a success.
+            raise KeyboardInterrupt from None
         finally:
+            signal.signal(signal.SIGINT, previous_sigint)  # img2dataset never puts the previous handler back
             if own_spark and spark is not None:
                 spark.stop()
+    _drop_failed_run(pool_dir, done_before)
     summary = failure_histogram(pool_dir)
     summary["refused_before_download"] = dict(rejected)
     if summary["downloaded"] == 0:
         raise InputError(f"empty pool: all {summary['requested']} downloads failed "
                          f"({', '.join(f'{k}: {v}' for k, v in list(summary['failures'].items())[:3])})")
     return summary
+
+
+def _drop_failed_run(pool_dir: Path, done_before: set[str]) -> None:
+    """If every request of the shards this call fetched failed (server down, network gone), remove those
+    shards and raise: kept, they would count as done, and a resume would never fetch them again."""
+    import pyarrow.parquet as pq
+
+    new = [p for p in sorted(pool_dir.glob("[0-9]*_stats.json")) if p.name not in done_before]
+    if not new or any(json.loads(p.read_text()).get("successes", 0) for p in new):
+        return
+    hist: Counter = Counter()
+    for stats in new:
+        shard = Path(str(stats)[: -len("_stats.json")])
+        parquet = shard.with_name(shard.name + ".parquet")
+        if parquet.is_file():
+            hist.update(normalise_error(e) for e in pq.read_table(parquet, columns=["error_message"])
+                        .column("error_message").to_pylist())
+        for suffix in ("_stats.json", ".tar", ".parquet"):  # the stats file first: it marks the shard done
+            shard.with_name(shard.name + suffix).unlink(missing_ok=True)
+    raise InputError(f"download failed: all {sum(hist.values())} requests of this run failed "
+                     f"({', '.join(f'{k}: {v}' for k, v in hist.most_common(3))})")
+
+
+# The state of a staged download. Not named *.json: img2dataset's resume reads every *.json as a shard's stats.
+_STATE = ".openaim-download.state"
+
+
+def staging_dir(pool_dir: Path) -> Path:
+    """Where a new pool is downloaded (and a killed download resumes) before it replaces ``pool_dir``."""
+    return pool_dir.with_name(pool_dir.name + ".partial")
+
+
+def _old_dir(pool_dir: Path) -> Path:
+    return pool_dir.with_name(pool_dir.name + ".old")
+
+
+def _state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / _STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _finish_interrupted_swap(pool_dir: Path) -> None:
+    """A run killed mid-swap: put the previous pool back if the new one never arrived, else drop it."""
+    old = _old_dir(pool_dir)
+    if old.exists():
+        if pool_dir.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(pool_dir)
+
+
+def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str],
+               fingerprint: str, restart: bool = False) -> None:
+    """Get a finished download for ``fingerprint`` (the download step's fingerprint) ready to swap in, without
+    touching ``pool_dir``: download it into ``staging_dir(pool_dir)``, resuming a killed download of the same
+    fingerprint there (unless ``restart``). Nothing to do if ``pool_dir`` already holds it (its step record
+    was lost). Raises InputError, ``pool_dir`` untouched, when no image could be downloaded."""
+    from shared.atomic import atomic_write_json
+
+    _finish_interrupted_swap(pool_dir)
+    if not restart and _state(pool_dir).get("fingerprint") == fingerprint:
+        return
+    stage = staging_dir(pool_dir)
+    state = _state(stage)
+    if stage.exists() and (restart or state.get("fingerprint") != fingerprint):
+        shutil.rmtree(stage)  # an abandoned download of other settings (or --force): start afresh
+        state = {}
+    if state.get("complete"):
+        return
+    stage.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": False})
+    try:
+        summary = download_pool(cfg, pairs_path, stage, allow_hosts)
+    except InputError as exc:
+        kept = f"{pool_dir.name}/ was kept as it was" if pool_dir.exists() else f"no {pool_dir.name}/ was made"
+        raise InputError(f"{exc}; {kept}") from None
+    atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": True, "summary": summary})
+
+
+def swap_in_pool(pool_dir: Path, fingerprint: str) -> dict:
+    """Put the finished staged download in place of ``pool_dir`` (rename the old one away, the new one in,
+    delete the old one) and return its download summary. Each rename is atomic, and a run killed between
+    them is repaired by the next ``stage_pool``."""
+    _finish_interrupted_swap(pool_dir)
+    stage, old = staging_dir(pool_dir), _old_dir(pool_dir)
+    state = _state(stage)
+    if state.get("complete") and state.get("fingerprint") == fingerprint:
+        if pool_dir.exists():
+            pool_dir.rename(old)
+        stage.rename(pool_dir)
+        if old.exists():
+            shutil.rmtree(old)
+    state = _state(pool_dir)
+    if not (state.get("complete") and state.get("fingerprint") == fingerprint):
+        raise OpenAIMError(f"no finished download to put in place of {pool_dir}: rerun to download it")
+    return state["summary"]
 
 
 def pool_shards(pool_dir: Path) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -52,11 +53,19 @@ def eval_image_paths(cfg) -> list[Path]:
     return paths
 
 
+def _filter_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
 def _load_net(cfg, own_dir: Path | None):
     from curation.filter_network import load_filter_network
 
     try:
-        return load_filter_network(cfg.curation.filter, own_dir)
+        return load_filter_network(cfg.curation.filter, own_dir, device=_filter_device(cfg.curation.filter.device))
     except OpenAIMError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model that cannot load is a user-facing config problem
@@ -110,14 +119,15 @@ class _Steps:
                                             "curation.extract.allow_hosts": self.cur.extract.allow_hosts},
                         inputs={"extract": self.cache.outputs_hash("extract")}, code=code_version(download),
                         outputs=[pool, stats])
-        # A record that no longer matches means a different pool: start it afresh. No record at all means a
-        # killed run: img2dataset's incremental mode resumes it, skipping the finished shards.
-        if pool.exists() and (self.force or (self.cache.load("download") and not self.cache.check(spec).fresh)):
-            shutil.rmtree(pool)
+        # A new pool is fetched into pool.partial/ (where a killed run of the same settings resumes, skipping
+        # finished shards) before this step's record is touched, and swapped in place of pool/ only once it
+        # succeeded: a failed, empty or interrupted download leaves pool/ and the record as they were.
+        if self.force or not self.cache.check(spec).fresh:
+            download.stage_pool(self.cur.download, self.dir / "pairs.parquet", pool, self.cur.extract.allow_hosts,
+                                spec.fingerprint, restart=self.force)
 
         def fn() -> None:
-            _write_json(stats, download.download_pool(self.cur.download, self.dir / "pairs.parquet", pool,
-                                                      self.cur.extract.allow_hosts))
+            _write_json(stats, download.swap_in_pool(pool, spec.fingerprint))
 
         # The per-shard status files identify the pool; hashing them is cheap even for big pools.
         self._run(spec, fn, outputs_hash=lambda: hash_json(
@@ -129,20 +139,39 @@ class _Steps:
         hq, out = self.cfg.web_dir / "hq", self.dir / "filter"
         if not hq.is_dir():
             raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
-        self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json")},
+        self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json", exclude={"threads"})},
                            inputs={"hq": hash_path(hq)}, code=code_version(train_filter), outputs=[out]),
                   lambda: train_filter.train_filter_network(self.cur.train_filter, hq, out))
 
     def score(self) -> None:
-        from curation import filter_network, score
+        """The score step. Under torchrun every rank calls this: rank 0 (which ran the steps before) reads
+        and writes the stage cache and tells the others whether the step reruns; if so, all score."""
+        from curation import copy_detection, filter_network, score
 
         out = self.dir / "scores"
+
+        def fn() -> None:
+            score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size,
+                             num_workers=self.cur.filter.num_workers)
+
+        rank, world = score.dist_rank_world()
+        if rank != 0:
+            if score.broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
+                fn()
+            return
         inputs = {"download": self.cache.outputs_hash("download")}
         if self.cur.filter.model == "own":
             inputs["train-filter"] = self.cache.outputs_hash("train-filter")
-        self._run(StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(mode="json")},
-                           inputs=inputs, code=code_version(score, filter_network), outputs=[out]),
-                  lambda: score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size))
+        spec = StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(
+                            mode="json", exclude={"num_workers", "device"})},
+                        inputs=inputs, code=code_version(score, filter_network, copy_detection), outputs=[out])
+        # Finished parts from another model, pool or scoring code are not resumable work: start afresh.
+        # (No record at all means a killed run, whose parts are resumed.)
+        if (out / "parts").exists() and (self.force or (self.cache.load("score") and not self.cache.check(spec).fresh)):
+            shutil.rmtree(out / "parts")
+        if world > 1:
+            score.broadcast_from_rank0(self.force or not self.cache.check(spec).fresh)
+        self._run(spec, fn)
 
     def dedup(self) -> None:
         from curation import copy_detection, dedup
@@ -192,8 +221,8 @@ def _load_copy_descriptors(steps: _Steps, n: int):
     import numpy as np
 
     copies = np.load(steps.dir / "scores" / "copy.npy").astype(np.float32)
-    if copies.shape[0] != n:
-        raise OpenAIMError("scores/copy.npy is not row-aligned with scores.parquet: rerun with --force")
+    if copies.shape[0] != n or copies.ndim != 3:
+        raise OpenAIMError("scores/copy.npy is not row-aligned [n, views, 768] with scores.parquet: rerun with --force")
     return copies
 
 
@@ -220,8 +249,11 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
 
     cfg = steps.cur.dedup
     scores, clip_emb = _load_scores(steps)
-    # Copies are searched on filter embedding + copy descriptor together (see curation.copy_detection).
-    emb = dedup_vectors(clip_emb, _load_copy_descriptors(steps, len(clip_emb)))
+    copies = _load_copy_descriptors(steps, len(clip_emb))  # [n, views, 768]
+    # Copies are searched on the copy descriptor (optionally mixed with the filter embedding), with the
+    # zoomed views as extra queries so cropped copies match (see curation.copy_detection).
+    w = cfg.filter_weight
+    emb = dedup_vectors(clip_emb, copies[:, 0], w)
     s = np.asarray(scores["score"], dtype=np.float32)
     n = len(s)
     reason = np.array([""] * n, dtype=object)
@@ -232,8 +264,9 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
         keep &= m
     if cfg.near and keep.sum() > 1:
         idx = np.flatnonzero(keep)
+        views = [dedup_vectors(clip_emb[idx], copies[idx, v], w) for v in range(1, copies.shape[1])]
         m = np.asarray(dedup.near_duplicates(emb[idx], s[idx], cfg.near_threshold, index=cfg.index,
-                                             flat_max=cfg.flat_max), dtype=bool)
+                                             flat_max=cfg.flat_max, views=views), dtype=bool)
         reason[idx[~m]] = "near_dup"
         keep[idx[~m]] = False
     if cfg.decontaminate and bench:
@@ -241,8 +274,10 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
         for p in bench:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        eval_clip = np.concatenate([steps.net().encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
-        eval_emb = dedup_vectors(eval_clip, copy_descriptors(images))
+        eval_clip = np.concatenate([steps.net().encode_images(images[i:i + 256]) for i in range(0, len(images), 256)]) \
+            if w > 0 else np.zeros((len(images), 1), np.float32)  # the filter network is not needed at weight 0
+        eval_copies = copy_descriptors(images)  # [m, views, 768]: a cropped copy in the pool matches a zoomed view
+        eval_emb = np.concatenate([dedup_vectors(eval_clip, eval_copies[:, v], w) for v in range(eval_copies.shape[1])])
         m = np.asarray(dedup.decontaminate(emb, eval_emb, cfg.eval_threshold), dtype=bool)
         reason[keep & ~m] = "eval_leak"
         keep &= m

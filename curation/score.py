@@ -4,10 +4,14 @@ Per pool shard, the image embeddings (kept as float16 for dedup) and the scores 
 (plus a copy-detection descriptor, see curation.copy_detection) to ``out_dir/parts/<shard>.npz``; a rerun skips the shards whose part exists, so a killed scoring run
 resumes where it stopped. When every shard is done the parts are assembled, in shard order, into
 ``scores.parquet`` (uid, url, caption, score, sha256, shard, key) and the row-aligned ``embeddings.npy``
-and ``copy.npy``.
+and ``copy.npy`` ([n, views, 768]: each image's copy descriptor and its zoomed views).
 
-Shards are scored one after the other in this process (torch uses every core for the forward pass);
-across machines, split the pool's shards between processes: each part file is independent.
+Shards are scored one after the other; within a shard a torch DataLoader with ``num_workers`` > 1
+processes decodes the JPEGs (each worker a strided share of the batches) while this process runs the
+forward pass. Under torchrun rank r scores shards r::world (each part file is independent), then rank 0
+assembles them. For build-dataset that is
+    torchrun --nproc_per_node N -m shared.cli build-dataset --config ...
+(rank 0 runs every step; the other ranks wait for it at the score step, score their shards and exit).
 """
 
 from __future__ import annotations
@@ -16,18 +20,53 @@ import hashlib
 import io
 import json
 import logging
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
 from shared.atomic import atomic_path
 from shared.errors import OpenAIMError
 
 log = logging.getLogger("openaim.curation")
+# Rank 0 may download for hours before the other ranks' first collective (the score step's barrier).
+_WAIT_FOR_RANK0 = timedelta(days=2)
 
 
-class _ShardBatches:
-    """An iterable over one shard yielding preprocessed batches; picklable for DataLoader workers."""
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun, joining its process group (gloo: only small objects travel)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=_WAIT_FOR_RANK0)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def broadcast_from_rank0(value):
+    """Rank 0's ``value`` on every rank (a no-op without torchrun); the other ranks wait here for rank 0."""
+    rank, world = dist_rank_world()
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _ShardBatches(IterableDataset):
+    """An iterable over one shard yielding preprocessed batches; picklable for DataLoader workers.
+
+    A batch is the decodable samples among ``batch_size`` consecutive ones of the shard, whoever decodes
+    it, so the batches (and so the scores, bit for bit) do not depend on the number of workers. With W
+    DataLoader workers, worker w decodes batches w, w+W, ... (every worker reads the tar, only its own
+    batches are decoded) and yields one item per batch, an empty one when nothing in it decodes: the
+    loader takes one item from each worker in turn, so the batches come out in shard order.
+    """
 
     def __init__(self, shard: Path, preprocess, batch_size: int):
         self.shard, self.preprocess, self.batch_size = shard, preprocess, batch_size
@@ -35,38 +74,58 @@ class _ShardBatches:
     def __iter__(self):
         import torch
         from PIL import Image
+        from torch.utils.data import get_worker_info
 
-        from curation.copy_detection import copy_descriptor
+        from curation.copy_detection import copy_views
         from curation.download import shard_samples
 
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rows: list[dict] = []
         images: list = []
-        for key, jpg, caption, meta in shard_samples(self.shard):
+        block = 0
+        for n, (key, jpg, caption, meta) in enumerate(shard_samples(self.shard)):
+            if n // self.batch_size != block:
+                if block % workers == worker:
+                    yield rows, torch.stack(images) if images else None
+                rows, images, block = [], [], n // self.batch_size
+            if block % workers != worker:
+                continue
             try:
                 with Image.open(io.BytesIO(jpg)) as im:
                     rgb = im.convert("RGB")
-                    images.append(self.preprocess(rgb))
-                    copy = copy_descriptor(rgb)
+                    image, copy = self.preprocess(rgb), copy_views(rgb)
             except Exception as exc:  # noqa: BLE001 - a bad image in the pool is skipped, never fatal
                 log.warning("score: skipping undecodable image %s in %s (%s)", key, self.shard.name, exc)
                 continue
+            images.append(image)
             rows.append({"uid": meta.get("uid"), "url": meta.get("url", ""), "caption": caption,
                          "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key, "copy": copy})
-            if len(rows) == self.batch_size:
-                yield rows, torch.stack(images)
-                rows, images = [], []
-        if rows:
+        if rows and block % workers == worker:
             yield rows, torch.stack(images)
 
 
-def score_shard(shard: Path, net, batch_size: int) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
-    """Score one shard in the current process:
-    (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, 768] float16)."""
-    from curation.copy_detection import DIM
+def _as_is(batch):
+    return batch  # the batches are built by _ShardBatches: no collation (and numpy stays numpy)
 
+
+def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
+                ) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
+    """Score one shard: (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, views, 768]
+    float16). ``num_workers`` > 1 decodes in that many DataLoader worker processes; 0 or 1 in this one."""
+    from torch.utils.data import DataLoader
+
+    from curation.copy_detection import DIM, VIEWS
+
+    batches = _ShardBatches(shard, net.preprocess, batch_size)
+    workers = num_workers if num_workers > 1 else 0
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        prefetch_factor=2 if workers else None)
     rows: list[dict] = []
     scores, embs, copies = [], [], []
-    for batch_rows, images in _ShardBatches(shard, net.preprocess, batch_size):
+    for batch_rows, images in loader:
+        if not batch_rows:
+            continue  # nothing in this batch decoded
         img = net.encode_image_tensor(images)
         txt = net.encode_texts([r["caption"] for r in batch_rows])
         copies.append(np.stack([r.pop("copy") for r in batch_rows]).astype(np.float16))
@@ -76,7 +135,7 @@ def score_shard(shard: Path, net, batch_size: int) -> tuple[list[dict], np.ndarr
     d = net.embed_dim
     return (rows, np.concatenate(scores) if scores else np.zeros(0, np.float32),
             np.concatenate(embs) if embs else np.zeros((0, d), np.float16),
-            np.concatenate(copies) if copies else np.zeros((0, DIM), np.float16))
+            np.concatenate(copies) if copies else np.zeros((0, VIEWS, DIM), np.float16))
 
 
 def _part_path(out_dir: Path, shard: Path) -> Path:
@@ -91,26 +150,39 @@ def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarr
 
 def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
                progress=None) -> None:
-    """Score every finished pool shard (resumable per shard), then assemble scores.parquet + embeddings.npy."""
+    """Score every finished pool shard (resumable per shard), then assemble scores.parquet + embeddings.npy.
+
+    Under torchrun every rank must call this: rank r scores shards r::world, rank 0 assembles; every rank
+    returns once the assembled files exist. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
+    """
     import torch
 
     from curation.download import pool_shards
 
+    rank, world = dist_rank_world()
     shards = pool_shards(Path(pool_dir))
     if not shards:
         raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed (see the failure histogram)")
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
-    todo = [s for s in shards if not _part_path(out_dir, s).is_file()]
-    if len(todo) < len(shards):
-        log.info("score: %d of %d shards already scored, resuming", len(shards) - len(todo), len(shards))
-    task = progress.add_task("score", total=len(shards), completed=len(shards) - len(todo)) if progress else None
+    mine = shards[rank::world]
+    todo = [s for s in mine if not _part_path(out_dir, s).is_file()]
+    if len(todo) < len(mine):
+        log.info("score: %d of %d shards already scored, resuming", len(mine) - len(todo), len(mine))
+    task = progress.add_task("score", total=len(mine), completed=len(mine) - len(todo)) if progress else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for shard in todo:
-        _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size))
+        _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
         if progress:
             progress.advance(task)
-    _assemble(shards, out_dir)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every part is written
+    if rank == 0:
+        _assemble(shards, out_dir)
+    if world > 1:
+        dist.barrier()  # the assembled files exist before any rank returns
 
 
 def _assemble(shards: list[Path], out_dir: Path) -> None:

@@ -14,7 +14,6 @@ random crop + flip keeps the image tower from memorising.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +60,9 @@ def read_pairs(hq_dir: Path) -> tuple[list[bytes], list[str]]:
     jpgs: list[bytes] = []
     caps: list[str] = []
     try:
-        for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False):
+        # nodesplitter=None: this one process reads every shard, even as rank 0 of a torchrun build-dataset
+        for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
+                                     nodesplitter=None):
             if "jpg" in sample and "txt" in sample:
                 jpgs.append(sample["jpg"])
                 caps.append(sample["txt"].decode("utf-8", "replace").strip())
@@ -105,7 +106,8 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if cfg.threads:  # otherwise torch's default, which follows OMP_NUM_THREADS when it is set
+        torch.set_num_threads(cfg.threads)
     jpgs, caps = read_pairs(Path(hq_dir))
     mcfg = model_config(cfg)
     model = open_clip.CLIP(**mcfg)

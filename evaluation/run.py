@@ -5,11 +5,16 @@ intermediate ones under training_dir/checkpoints/ named "<run>-step_N", plus (ra
 random-weights trunk of the same architecture named "random-init". Missing benchmarks are listed in
 missing.json and never fail the run. Features and per-benchmark probe results are cached: a rerun with
 unchanged weights, data and probe config trains nothing.
+
+Under torchrun (``torchrun --nproc_per_node N -m shared.cli eval --config ...``) each split's features are
+extracted in shards across the ranks, then the probe jobs (checkpoint x benchmark x probe kind) are dealt
+out round-robin; rank 0 gathers the results and writes every file, the same files a single process writes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,14 +149,25 @@ def _probe_kinds(cfg) -> list[str]:
     return ["attentive", "linear"] if kind == "both" else [kind]
 
 
-def evaluate_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec, root, model, model_cfg,
-                                     ckpt_hash: str, blocks: list[int], img_size: int, cache: StageCache,
-                                     progress) -> dict[str, Any] | None:
-    """Features (cached) then the probe grids (cached); rank 0 returns the result record."""
+@dataclass
+class ProbeTask:
+    """One checkpoint x benchmark whose probes must be (re)trained: its feature files and its record so far."""
+
+    step: StepSpec
+    record: dict[str, Any]
+    paths: dict[str, Path]  # split -> cached features
+    num_classes: int
+    num_heads: int
+
+
+def features_for_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec, root, model, model_cfg,
+                                         ckpt_hash: str, blocks: list[int], img_size: int, cache: StageCache,
+                                         progress) -> dict[str, Any] | ProbeTask | None:
+    """Features (cached; sharded across ranks under torchrun). Then, on rank 0: the cached result record
+    when the probe step is fresh, else the ProbeTask to train; None on the other ranks."""
     from evaluation import probe_grid, probes
     from evaluation.features import dist_info
-    from evaluation.probe_grid import run_probe_grid
-    from evaluation.results import read_result, result_path, write_result
+    from evaluation.results import read_result, result_path
 
     start = time.perf_counter()
     splits, skipped, paths, n_classes = _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks,
@@ -167,26 +183,89 @@ def evaluate_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec
         code=code_version(probes, probe_grid), outputs=[out])
     if cache.check(step).fresh and (cached := read_result(out)) is not None:
         return cached
-    cache.invalidate(step.name)
-    num_classes = int(spec.num_classes or n_classes)
     record: dict[str, Any] = {
         "checkpoint": entry.name, "checkpoint_path": str(entry.path) if entry.path else None,
         "checkpoint_hash": ckpt_hash, "step": entry.step, "benchmark": spec.name, "blocks": blocks,
         "img_size": img_size, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
-        "n_test": len(splits["test"]), "skipped_corrupt": skipped, "probes": {}}
-    for kind in _probe_kinds(cfg):
-        task = progress.add_task(f"{entry.name} {spec.name} {kind} probes", total=None)
-        res = run_probe_grid(kind, splits["train"], splits["val"], splits["test"], num_classes,
-                             model_cfg.heads, cfg.evaluation.probe,
-                             on_step=lambda s, total, task=task: progress.update(task, completed=s, total=total))
-        progress.remove_task(task)
-        record["probes"][kind] = res
-        log.info("%s %s %s: top-1 %.3f (lr %g, wd %g)", entry.name, spec.name, kind, res["top1"], res["lr"],
-                 res["weight_decay"])
-    record["seconds"] = time.perf_counter() - start
-    write_result(cfg.eval_dir, record)
-    cache.record(step)
-    return record
+        "n_test": len(splits["test"]), "skipped_corrupt": skipped, "probes": {},
+        "seconds": time.perf_counter() - start}  # the probes' own seconds are added as they finish
+    return ProbeTask(step, record, paths, int(spec.num_classes or n_classes), model_cfg.heads)
+
+
+def _probe_job(cfg, task: ProbeTask, kind: str, progress) -> dict[str, float]:
+    """Train one probe grid of ``kind`` on a task's cached features (the same seed whichever rank runs it)."""
+    from evaluation import probe_grid
+    from evaluation.features import load_features
+
+    splits = {}
+    for split, path in task.paths.items():
+        loaded = load_features(path)
+        if loaded is None:
+            raise InputError(f"feature cache {path} vanished or is unreadable: rerun `openaim eval`")
+        splits[split] = loaded[0]
+    label = f"{task.record['checkpoint']} {task.record['benchmark']} {kind} probes"
+    bar = progress.add_task(label, total=None)
+    res = probe_grid.run_probe_grid(kind, splits["train"], splits["val"], splits["test"], task.num_classes,
+                                    task.num_heads, cfg.evaluation.probe,
+                                    on_step=lambda s, total: progress.update(bar, completed=s, total=total))
+    progress.remove_task(bar)
+    return res
+
+
+def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> list[dict[str, Any]]:
+    """Train every task's probe grids; returns the finished records (on rank 0; [] elsewhere).
+
+    One job = one task x one probe kind. Under torchrun job i runs on rank i % world: the ranks train a
+    round of ``world`` jobs at once, then rank 0 gathers the round's results and writes (and records in
+    the stage cache) each task whose kinds are all in, so a killed run keeps its finished results. One
+    process is the same loop with rounds of one job; the results do not depend on the number of ranks.
+    """
+    from evaluation.features import dist_info
+    from evaluation.results import write_result
+
+    rank, world = dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [tasks if rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)  # rank 0 read the stage cache: it says what is stale
+        tasks = shared[0]
+    if rank == 0:
+        for task in tasks:
+            cache.invalidate(task.step.name)  # a stale record must not survive a crash mid-step
+    kinds = _probe_kinds(cfg)
+    jobs = [(t, kind) for t in range(len(tasks)) for kind in kinds]
+    done: list[dict[str, Any]] = []
+    for first in range(0, len(jobs), world):
+        mine = first + rank
+        res = None
+        if mine < len(jobs):
+            t, kind = jobs[mine]
+            if world > 1:
+                log.info("rank %d of %d trains %s %s %s probes", rank, world, tasks[t].record["checkpoint"],
+                         tasks[t].record["benchmark"], kind)
+            res = _probe_job(cfg, tasks[t], kind, progress)
+        results = [res]
+        if world > 1:
+            import torch.distributed as dist
+
+            results = [None] * world if rank == 0 else None
+            dist.gather_object(res, results, dst=0)
+        if rank != 0:
+            continue
+        for offset, res in enumerate(results[:len(jobs) - first]):
+            t, kind = jobs[first + offset]
+            task = tasks[t]
+            task.record["probes"][kind] = res
+            task.record["seconds"] += res["seconds"]
+            log.info("%s %s %s: top-1 %.3f (lr %g, wd %g)", task.record["checkpoint"], task.record["benchmark"],
+                     kind, res["top1"], res["lr"], res["weight_decay"])
+            if len(task.record["probes"]) == len(kinds):
+                task.record["probes"] = {k: task.record["probes"][k] for k in kinds}  # the config's order
+                write_result(cfg.eval_dir, task.record)
+                cache.record(task.step)
+                done.append(task.record)
+    return done
 
 
 def evaluate_from_config(cfg) -> Path:
@@ -211,11 +290,17 @@ def evaluate_from_config(cfg) -> Path:
     cache = StageCache(cfg.workdir)
     records: list[dict[str, Any]] = []
     arch_cfg = cfg.training.model
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cpu"
+    if torch.cuda.is_available():  # one GPU per rank under torchrun
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(device)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    tasks: list[ProbeTask] = []
     with Progress(*columns, disable=rank != 0) as progress:
-        overall = progress.add_task("eval", total=len(entries) * len(present))
-        # Real checkpoints first, so the random baseline takes their architecture.
+        overall = progress.add_task("features", total=len(entries) * len(present))
+        # First every trunk's features (each split sharded across ranks), then the probes of every stale
+        # checkpoint x benchmark (the jobs spread across ranks). Real checkpoints first, so the random
+        # baseline takes their architecture.
         for entry in entries:
             model, model_cfg, ckpt_hash = _load_trunk(entry, arch_cfg, ev.seed)
             if entry.path is not None:
@@ -224,13 +309,17 @@ def evaluate_from_config(cfg) -> Path:
             blocks = resolve_blocks(ev.blocks, ev.n_blocks, model, model_cfg.depth)
             img_size = ev.img_size or model_cfg.img_size
             for spec, root in present:
-                progress.update(overall, description=f"eval {entry.name} / {spec.name}")
-                rec = evaluate_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model, model_cfg,
-                                                       ckpt_hash, blocks, img_size, cache, progress)
-                if rec is not None:
-                    records.append(rec)
+                progress.update(overall, description=f"features {entry.name} / {spec.name}")
+                got = features_for_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model, model_cfg,
+                                                           ckpt_hash, blocks, img_size, cache, progress)
+                if isinstance(got, ProbeTask):
+                    tasks.append(got)
+                elif got is not None:
+                    records.append(got)  # probes unchanged since the last run: its cached record
                 progress.advance(overall)
             del model
+        progress.remove_task(overall)
+        records += train_probes(cfg, tasks, cache, progress)
     path = cfg.eval_dir / "results.csv"
     if rank == 0:
         write_results_csv(cfg.eval_dir, records)

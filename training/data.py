@@ -59,7 +59,7 @@ def expand_shards(patterns: list[str]) -> list[str]:
 
 
 def curated_shard_list(cfg) -> list[str]:
-    patterns = cfg.training.data.shards or [str(cfg.curation_dir / "shards" / "*.tar")]
+    patterns = [cfg.expand_path(p) for p in cfg.training.data.shards] or [str(cfg.curation_dir / "shards" / "*.tar")]
     shards = expand_shards(patterns)
     if not shards:
         raise InputError(f"no training shards found at {', '.join(patterns)} (run `openaim build-dataset` "
@@ -186,12 +186,13 @@ class TrainBatches(IterableDataset):
         self.in_folder: ImageFolderIndex | None = None
         self.in_urls: list[str] = []
         if self.n_in:
-            if all(Path(p).is_dir() for p in data.imagenet):
-                self.in_folder = ImageFolderIndex(list(data.imagenet), self.seed)
+            imagenet = [cfg.expand_path(p) for p in data.imagenet]
+            if all(Path(p).is_dir() for p in imagenet):
+                self.in_folder = ImageFolderIndex(imagenet, self.seed)
             else:
-                self.in_urls = self._node_split(expand_shards(list(data.imagenet)))
+                self.in_urls = self._node_split(expand_shards(imagenet))
                 if not self.in_urls:
-                    raise InputError(f"no ImageNet shards found at {', '.join(data.imagenet)}")
+                    raise InputError(f"no ImageNet shards found at {', '.join(imagenet)}")
 
     def _node_split(self, urls: list[str]) -> list[str]:
         import webdataset as wds

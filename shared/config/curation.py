@@ -35,6 +35,9 @@ class FilterNetworkConfig(StrictModel):
     pretrained: str | None = None
     checkpoint: str | None = None
     batch_size: int = Field(128, ge=1)
+    # How scoring runs; neither changes a score, so neither is part of the score step's cache key.
+    num_workers: int = Field(1, ge=0, description="image-decoding processes per scoring rank (0/1: in the scoring process)")
+    device: str = Field("auto", description="'auto' (cuda:LOCAL_RANK when CUDA is present, else cpu), 'cpu' or 'cuda[:i]'")
 
 
 class TrainFilterConfig(StrictModel):
@@ -51,16 +54,19 @@ class TrainFilterConfig(StrictModel):
     batch_size: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads while training (default: torch's "
+                                "choice, which follows OMP_NUM_THREADS)")
 
 
 class DedupConfig(StrictModel):
     exact: bool = True
     near: bool = True
-    near_threshold: float = Field(0.82, gt=0, le=1, description="mean of filter-embedding and copy-descriptor cosines above which two images are copies")
+    near_threshold: float = Field(0.9, gt=0, le=1, description="cosine (best over zoomed views) above which two images are copies")
+    filter_weight: float = Field(0.0, ge=0, le=1, description="share of the filter-embedding cosine in the copy similarity (0: copy descriptor only)")
     index: Literal["auto", "flat", "ivf"] = "auto"
     flat_max: int = Field(50_000, ge=1, description="largest pool searched with an exact flat index under 'auto'")
     decontaminate: bool = True
-    eval_threshold: float = Field(0.85, gt=0, le=1)
+    eval_threshold: float = Field(0.9, gt=0, le=1, description="copy similarity to any evaluation image above which a pool image goes")
     eval_sets: list[str] = Field(default_factory=list, description="benchmark names; empty = the configured evaluation set")
 
 

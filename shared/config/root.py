@@ -23,6 +23,12 @@ class OpenAIMConfig(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+    def expand_path(self, pattern: str) -> str:
+        """A configured path with `{workdir}` / `{web_dir}` replaced by this run's folders, so a config
+        can point at its own artifacts (the demo mixes in the mini web's clean set) under any workdir.
+        Other braces (webdataset's "{00000..00009}") are left alone."""
+        return pattern.replace("{workdir}", str(self.workdir)).replace("{web_dir}", str(self.web_dir))
+
     # Where each stage writes; one place so the stages agree.
     @property
     def web_dir(self) -> Path:

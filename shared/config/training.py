@@ -67,7 +67,8 @@ class ModelConfig(StrictModel):
 class DataConfig(StrictModel):
     # Webdataset shards (globs or brace patterns). Empty = the curation stage's output shards.
     shards: list[str] = Field(default_factory=list)
-    # ImageNet-style labelled set: an image folder or webdataset shards; empty = none.
+    # ImageNet-style labelled set: image folder(s) or webdataset shards; empty = none. Paths may use
+    # {workdir} and {web_dir} (see OpenAIMConfig.expand_path).
     imagenet: list[str] = Field(default_factory=list)
     # Sampling weights (curated, imagenet): 0.8/0.2 is "DFN-2B+". Ignored when imagenet is empty.
     mix: tuple[float, float] = (0.8, 0.2)

@@ -67,7 +67,7 @@ def reference_run(served_web, tmp_path_factory):
 
 # Each kill point: a file that shows the stage is under way.
 KILL_POINTS = [
-    ("download", lambda w: any((w / "curation" / "pool").glob("*_stats.json"))),
+    ("download", lambda w: any((w / "curation" / "pool.partial").glob("*_stats.json"))),
     ("scoring", lambda w: (w / "curation" / "scores").exists()),
     ("training", lambda w: (w / "training" / "metrics.jsonl").exists()
      and len((w / "training" / "metrics.jsonl").read_text().splitlines()) >= 2),
