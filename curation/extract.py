@@ -20,10 +20,10 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urljoin
 
 from shared.config.curation import ExtractConfig
@@ -208,7 +208,7 @@ def _open_source(src: str, allow_hosts: list[str], tmp: Path) -> str:
         raise InputError(f"refusing to fetch source {src}: {why}")
     dest = tmp / hashlib.sha1(src.encode()).hexdigest()
     try:
-        with urllib.request.urlopen(src, timeout=60) as r, open(dest, "wb") as f:  # noqa: S310 - checked above
+        with urllib.request.urlopen(src, timeout=60) as r, open(dest, "wb") as f:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
     except Exception as exc:  # noqa: BLE001

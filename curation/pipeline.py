@@ -244,7 +244,6 @@ def _dedup_masks(steps: _Steps, bench: list[Path], out: Path) -> None:
     from PIL import Image
 
     from curation import dedup
-
     from curation.copy_detection import copy_descriptors, dedup_vectors
 
     cfg = steps.cur.dedup
@@ -347,8 +346,9 @@ def _manifest(steps: _Steps) -> dict:
                    "faces_blurred": sel.get("faces_blurred")},
     }
     pairs = pq.read_table(d / "pairs.parquet", columns=["uid", "url", "caption"]).to_pydict()
-    from curation.select import subset_to_uids
     import numpy as np
+
+    from curation.select import subset_to_uids
 
     kept_uids = set(subset_to_uids(np.load(d / "subset.npy")))
     kept = [(u, c) for uid, u, c in zip(pairs["uid"], pairs["url"], pairs["caption"]) if uid in kept_uids]

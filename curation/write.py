@@ -73,6 +73,5 @@ def write_subset(uids: list[str], path: Path) -> None:
     from curation.select import uid_subset
 
     arr = uid_subset(uids)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a key: --set training.steps=100")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: --set training.steps=100")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show full tracebacks")]
 
 
@@ -49,14 +50,14 @@ def guarded(fn: Callable[[], Any], debug: bool) -> Any:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
-    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into a line
+    except Exception as exc:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
-def run_with_config(body: Callable[[Any], Any], config: Optional[Path], overrides: Optional[list[str]],
+def run_with_config(body: Callable[[Any], Any], config: Path | None, overrides: list[str] | None,
                     debug: bool) -> Any:
     """Validate the whole config up front (writing nothing on error), then run ``body(cfg)``."""
     from shared.config.loading import load_config

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 from urllib.parse import urlsplit
 
 SAFE_SCHEMES = ("http", "https")

@@ -18,10 +18,11 @@ import hashlib
 import inspect
 import json
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from shared.atomic import atomic_write_json
 

@@ -81,7 +81,7 @@ class TinyImageServer:
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "TinyImageServer":
+    def __enter__(self) -> TinyImageServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 

@@ -78,10 +78,9 @@ def test_outputs_hash_feeds_downstream(tmp_path):
 def test_atomic_open_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "data.json"
     atomic_write_json(target, {"v": 1})
-    with pytest.raises(ZeroDivisionError):
-        with atomic_open(target, "w") as f:
-            f.write("partial")
-            1 / 0
+    with pytest.raises(ZeroDivisionError), atomic_open(target, "w") as f:
+        f.write("partial")
+        1 / 0
     assert target.read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["data.json"]
 
@@ -90,10 +89,9 @@ def test_atomic_dir_swaps_whole_directory(tmp_path):
     out = tmp_path / "shards"
     with atomic_dir(out) as d:
         (d / "a").write_text("1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out) as d:
-            (d / "b").write_text("2")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_dir(out) as d:
+        (d / "b").write_text("2")
+        raise RuntimeError
     assert sorted(os.listdir(out)) == ["a"]
     with atomic_dir(out) as d:
         (d / "c").write_text("3")

@@ -82,7 +82,7 @@ class SelectConfig(StrictModel):
     shard_size: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
-    def _one_rule(self) -> "SelectConfig":
+    def _one_rule(self) -> SelectConfig:
         if self.fraction is None and self.threshold is None:
             raise ValueError("set either fraction or threshold")
         return self

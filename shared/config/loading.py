@@ -5,8 +5,9 @@ Every problem becomes a `ConfigError` whose message is one line naming the key a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError

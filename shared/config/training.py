@@ -38,7 +38,7 @@ class ModelConfig(StrictModel):
     head_identity_attn: bool = True
 
     @model_validator(mode="after")
-    def _fill_and_check(self) -> "ModelConfig":
+    def _fill_and_check(self) -> ModelConfig:
         if self.arch is not None:
             if self.arch not in AIM_PRESETS:
                 raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(AIM_PRESETS)}")
@@ -78,7 +78,7 @@ class DataConfig(StrictModel):
     shuffle_buffer: int = Field(500, ge=0)
 
     @model_validator(mode="after")
-    def _check_mix(self) -> "DataConfig":
+    def _check_mix(self) -> DataConfig:
         if min(self.mix) < 0 or sum(self.mix) <= 0:
             raise ValueError("mix weights must be non-negative and not all zero")
         lo, hi = self.crop_scale
