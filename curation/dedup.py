@@ -23,11 +23,15 @@ Index choice, measured by benchmarks/curation_bench.py on 2 shared cores (figure
   Step (4) is the change that pays: faiss's IVF range search computes one inner product at a time per
   query, whereas in a self-join every list's queries are known up front, so one BLAS product per list
   does the same work ~6x faster (10^6 rows, nprobe 2, load ~7: 40 s for the faiss scan, 7 s for ours).
-  On the benchmark's 10^6 x 512 clustered vectors with 10^4 planted copies this takes ~28 s at load 5-7
-  on 2 cores (planted-pair recall 1.0), against ~120 s for the previous PCA-128 + IndexIVFFlat
-  (2 sqrt(n) lists, nprobe 4) range search. nprobe 4 rather than 2 (~22 s, recall 0.9997) because
+  On the benchmark's 10^6 x 512 clustered vectors with 10^4 planted copies `near_duplicates` takes
+  37.6 s at load 3.9 on 2 cores (40.2 s at load 4.6; planted-pair recall 1.0), against 107.5 s (92.8 s)
+  for the previous PCA-128 + IndexIVFFlat (2 sqrt(n) lists, nprobe 4) range search in the same runs.
+  The PCA is trained with one BLAS thread: faiss's OpenMP threads otherwise spin-wait through the
+  eigendecomposition on a loaded machine (10.6 s instead of 0.2 s at load 4). nprobe 4 rather than 2
+  (ivf_pairs alone at 10^6, one run, load ~7: 28.9 s vs 21.8 s, recall 1.0 vs 0.9997) because
   unclustered data is the hard case for any IVF: on 20k isotropic random 512-d vectors nprobe 2 found
-  0.93-0.95 of the copies, 3 found 0.98, 4 found 0.99.
+  0.93-0.95 of the copies, 3 found 0.98, 4 found 0.99. The margin 0.05 found as many planted pairs as
+  0.08 with 9x fewer candidates to verify.
   HNSW was rejected: building a graph over 10^6 x 512 vectors alone takes several minutes on 2 cores.
 """
 
@@ -162,7 +166,7 @@ def _scan_lists(base: np.ndarray, order: np.ndarray, starts: np.ndarray, queries
     nlist = len(starts) - 1
     rows = np.repeat(np.arange(len(queries), dtype=np.int64), probes.shape[1])
     lists = probes.ravel()
-    rows, lists = rows[lists >= 0], lists[lists >= 0]  # faiss pads with -1 when there are fewer lists than probes
+    rows, lists = rows[lists >= 0], lists[lists >= 0]  # faiss pads with -1 when nlist < nprobe
     by_list = np.argsort(lists, kind="stable")
     rows = rows[by_list]
     q_starts = np.searchsorted(lists[by_list], np.arange(nlist + 1))
@@ -182,7 +186,7 @@ def _scan_lists(base: np.ndarray, order: np.ndarray, starts: np.ndarray, queries
         return out
 
     # Each product is small (~10^3 x 10^3 x 64): one BLAS thread per product and the lists spread over
-    # `workers` threads (numpy drops the GIL in matmul); BLAS's own threads would meet at a barrier per product.
+    # `workers` threads (numpy drops the GIL in matmul); BLAS's own threads would sync at every product.
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max(1, workers)) as pool:
         found = [pair for part in pool.map(scan, range(nlist)) for pair in part]
     if not found:
@@ -193,8 +197,9 @@ def _scan_lists(base: np.ndarray, order: np.ndarray, starts: np.ndarray, queries
 
 def ivf_pairs(x: np.ndarray, threshold: float, seed: int = 0,
               views: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate: candidate pairs from an IVF self-join in PCA space, verified exactly on x (see module doc)."""
+    """Approximate: candidate pairs from an IVF self-join in PCA space, verified exactly on x (module doc)."""
     import faiss
+    from threadpoolctl import threadpool_limits
 
     _set_threads()
     n, d = x.shape
@@ -203,7 +208,10 @@ def ivf_pairs(x: np.ndarray, threshold: float, seed: int = 0,
     reduce = _normalised
     if d > PCA_DIM:
         pca = faiss.PCAMatrix(d, PCA_DIM)
-        pca.train(x[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))])
+        # One BLAS thread: the eigendecomposition is small but made of many short parallel sections, and
+        # on a loaded machine each one waits for a descheduled thread (measured 10.6 s vs 0.2 s at load 4).
+        with threadpool_limits(1, user_api="blas"):
+            pca.train(x[np.sort(rng.choice(n, min(n, PCA_SAMPLE), replace=False))])
         def reduce(v):  # the projection learnt above, applied to the rows and to every view
             return _normalised(pca.apply(np.ascontiguousarray(v, dtype=np.float32)))
         reduced = reduce(x)
