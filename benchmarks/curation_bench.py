@@ -94,7 +94,7 @@ def _untrained_own_filter(out: Path):
     return load_filter_network(FilterNetworkConfig(model=f"local-dir:{out}"))
 
 
-def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]) -> list[list]:
+def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str], workers: int = 0) -> list[list]:
     import shutil
 
     import torch
@@ -129,7 +129,7 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
         def full() -> None:
             out = tmp / "scores"
             shutil.rmtree(out, ignore_errors=True)
-            score.score_pool(pool, net, out, batch_size=batch)
+            score.score_pool(pool, net, out, batch_size=batch, num_workers=workers)
 
         times = {"bare": [], "full": []}
         bare()
@@ -141,6 +141,7 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
                 times[name].append(time.perf_counter() - t0)
         tb, tf = min(times["bare"]), min(times["full"])
         label = "own (demo filter, 64 px)" if model_name == "own" else f"{model_name} (random init, 224 px)"
+        label += f", {workers} decode workers" if workers > 1 else ", decoding in-process"
         rows.append([label, n, f"{n / tb:.0f}", f"{n / tf:.0f}", f"{tb / tf:.2f}"])
         print(f"scoring {label}: bare {n / tb:.0f} img/s, score_pool {n / tf:.0f} img/s, ratio {tb / tf:.2f}", flush=True)
     return rows
@@ -327,6 +328,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--dedup-sizes", type=int, nargs="+", help="(b) at these sizes (default 1e4 1e5 1e6)")
     parser.add_argument("--profile-rerun", action="store_true", help="(c) print a cProfile of the rerun")
+    parser.add_argument("--score-workers", type=int, default=0, help="(a) score_pool's num_workers (0/1: in-process)")
+    parser.add_argument("--score-models", nargs="+", help="(a) filter networks to time (default: own ViT-B-32)")
     parser.add_argument("--no-baseline", action="store_true", help="(b) without the previous ivf_pairs for comparison")
     args = parser.parse_args()
 
@@ -340,10 +343,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="curation-bench-") as tmp:
         tmp = Path(tmp)
         if "score" in parts:
-            score_rows = scoring_bench(tmp / "score", n=256 if args.quick else 1024, batch=128,
-                                       repeats=2 if args.quick else 3, models=["own"])
-            if not args.quick:  # a real-size tower: decoding weighs less against a 224 px ViT-B/32
-                score_rows += scoring_bench(tmp / "score-b32", n=256, batch=128, repeats=2, models=["ViT-B-32"])
+            models = args.score_models or (["own"] if args.quick else ["own", "ViT-B-32"])
+            score_rows = []
+            for model in models:  # ViT-B-32: a real-size tower, against which decoding weighs less
+                own = model == "own"
+                score_rows += scoring_bench(tmp / f"score-{model}", n=1024 if own and not args.quick else 256,
+                                            batch=128, repeats=3 if own and not args.quick else 2, models=[model],
+                                            workers=args.score_workers)
         if "dedup" in parts:
             sizes = args.dedup_sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
             dedup_rows = dedup_bench(sizes, exact_max=10_000 if args.quick else 100_000,

@@ -68,11 +68,20 @@ class _ShardBatches(IterableDataset):
     loader takes one item from each worker in turn, so the batches come out in shard order.
     """
 
-    def __init__(self, shard: Path, preprocess, batch_size: int):
-        self.shard, self.preprocess, self.batch_size = shard, preprocess, batch_size
+    def __init__(self, shard: Path, preprocess, batch_size: int, tokenizer=None):
+        # Captions are tokenised here too (when a tokenizer is given), so that with workers all the
+        # per-sample CPU work overlaps the forward pass.
+        self.shard, self.preprocess, self.batch_size, self.tokenizer = shard, preprocess, batch_size, tokenizer
+
+    def _batch(self, rows: list[dict], images: list):
+        import torch
+
+        if not images:
+            return rows, None, None
+        tokens = self.tokenizer([r["caption"] for r in rows]) if self.tokenizer is not None else None
+        return rows, torch.stack(images), tokens
 
     def __iter__(self):
-        import torch
         from PIL import Image
         from torch.utils.data import get_worker_info
 
@@ -87,7 +96,7 @@ class _ShardBatches(IterableDataset):
         for n, (key, jpg, caption, meta) in enumerate(shard_samples(self.shard)):
             if n // self.batch_size != block:
                 if block % workers == worker:
-                    yield rows, torch.stack(images) if images else None
+                    yield self._batch(rows, images)
                 rows, images, block = [], [], n // self.batch_size
             if block % workers != worker:
                 continue
@@ -102,7 +111,7 @@ class _ShardBatches(IterableDataset):
             rows.append({"uid": meta.get("uid"), "url": meta.get("url", ""), "caption": caption,
                          "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key, "copy": copy})
         if rows and block % workers == worker:
-            yield rows, torch.stack(images)
+            yield self._batch(rows, images)
 
 
 def _as_is(batch):
@@ -117,17 +126,17 @@ def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
 
     from curation.copy_detection import DIM, VIEWS
 
-    batches = _ShardBatches(shard, net.preprocess, batch_size)
+    batches = _ShardBatches(shard, net.preprocess, batch_size, tokenizer=net.tokenizer)
     workers = num_workers if num_workers > 1 else 0
     loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
                         prefetch_factor=2 if workers else None)
     rows: list[dict] = []
     scores, embs, copies = [], [], []
-    for batch_rows, images in loader:
+    for batch_rows, images, tokens in loader:
         if not batch_rows:
             continue  # nothing in this batch decoded
         img = net.encode_image_tensor(images)
-        txt = net.encode_texts([r["caption"] for r in batch_rows])
+        txt = net.encode_token_tensor(tokens)
         copies.append(np.stack([r.pop("copy") for r in batch_rows]).astype(np.float16))
         rows += batch_rows
         scores.append((img * txt).sum(axis=1))
