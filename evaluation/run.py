@@ -64,7 +64,10 @@ def checkpoint_entries(cfg) -> list[CheckpointEntry]:
             raise InputError(f"no trained model in {cfg.training_dir}: run `openaim train` first "
                              "or set evaluation.checkpoints")
         if ev.evaluate_intermediate or not entries:
-            entries += [CheckpointEntry(f"{cfg.name}-step_{step}", d, step) for step, d in intermediate]
+            # the checkpoint at the final step holds the final weights: probing it twice adds nothing
+            final_step = entries[0].step if entries else None
+            entries += [CheckpointEntry(f"{cfg.name}-step_{step}", d, step) for step, d in intermediate
+                        if step != final_step]
     names = [e.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
