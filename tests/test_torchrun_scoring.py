@@ -43,7 +43,7 @@ def reference(pool, tmp_path_factory):
     root, net_dir = pool
     ref = tmp_path_factory.mktemp("tscore_ref")
     subprocess.run([sys.executable, "-c", SCRIPT, str(net_dir), str(root / "pool"), str(ref), "0"], check=True,
-                   env=ENV, cwd=ref, timeout=120)
+                   env=ENV, cwd=ref, timeout=300)
     return ref
 
 
@@ -87,7 +87,7 @@ def test_two_ranks_with_decode_workers_equal_one_in_process_run(pool, reference,
     script.write_text(SCRIPT)
     one, two = reference, tmp_path / "two"
     run_killing_group([*TORCHRUN, str(script), str(net_dir), str(root / "pool"), str(two), "2"], env=ENV,
-                      cwd=tmp_path, timeout=180)
+                      cwd=tmp_path, timeout=300)
     for name in OUTPUTS:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     copies = np.load(two / "copy.npy")
@@ -100,7 +100,7 @@ def test_two_ranks_with_decode_workers_equal_one_in_process_run(pool, reference,
 
     # A rerun resumes from the parts: no rank scores anything again, the outputs are unchanged.
     run_killing_group([*TORCHRUN, str(script), str(net_dir), str(root / "pool"), str(two), "2"], env=ENV,
-                      cwd=tmp_path, timeout=180)
+                      cwd=tmp_path, timeout=300)
     assert [json.loads((two / f"rank{r}.json").read_text())["scored"] for r in (0, 1)] == [[], []]
     for name in OUTPUTS:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
@@ -138,7 +138,7 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
     shutil.copytree(net_dir, work / "curation" / "filter")
     script = tmp_path / "step.py"
     script.write_text(STEP_SCRIPT)
-    run_killing_group([*TORCHRUN, str(script), str(work)], env=ENV, cwd=tmp_path, timeout=180)
+    run_killing_group([*TORCHRUN, str(script), str(work)], env=ENV, cwd=tmp_path, timeout=300)
     assert json.loads((work / "rank0.json").read_text()) == {"world": 2, "ran": ["score"], "reused": []}
     assert json.loads((work / "rank1.json").read_text()) == {"world": 2, "ran": [], "reused": []}
     assert json.loads((work / ".steps" / "score.json").read_text())["step"] == "score"
@@ -149,6 +149,6 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
         assert (scores / name).read_bytes() == (reference / name).read_bytes(), name
 
     record = (work / ".steps" / "score.json").read_text()
-    run_killing_group([*TORCHRUN, str(script), str(work)], env=ENV, cwd=tmp_path, timeout=180)
+    run_killing_group([*TORCHRUN, str(script), str(work)], env=ENV, cwd=tmp_path, timeout=300)
     assert json.loads((work / "rank0.json").read_text())["reused"] == ["score"]
     assert (work / ".steps" / "score.json").read_text() == record
