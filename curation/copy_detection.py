@@ -29,27 +29,42 @@ ZOOMS = (1.0, 1.09, 1.18)  # view 0 is the image itself; the others are central 
 VIEWS = len(ZOOMS)
 
 
+def _zoom_box(size: tuple[int, int], zoom: float) -> tuple[float, float, float, float] | None:
+    if zoom == 1.0:
+        return None
+    w, h = size
+    cw, ch = w / zoom, h / zoom
+    return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+
+
+def _unit_thumbnails(thumbs: np.ndarray) -> np.ndarray:
+    """[v, THUMB, THUMB, 3] -> [v, 768] unit vectors, each colour channel centred first (a tint or a
+    brightness shift is not a difference)."""
+    a = thumbs.astype(np.float32)
+    a -= a.mean(axis=(1, 2), keepdims=True)
+    v = a.reshape(len(a), -1)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.where(norms > 1e-6, v / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
+
+
 def copy_descriptor(image, zoom: float = 1.0) -> np.ndarray:
     """PIL image -> float32 [768] unit vector of its central 1/zoom crop."""
     from PIL import Image
 
     image = image.convert("RGB")
-    box = None
-    if zoom != 1.0:
-        w, h = image.size
-        cw, ch = w / zoom, h / zoom
-        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-    small = image.resize((THUMB, THUMB), Image.Resampling.BOX, box=box)
-    a = np.asarray(small, dtype=np.float32)
-    a = a - a.mean(axis=(0, 1), keepdims=True)  # per channel: a tint or brightness shift is not a difference
-    v = a.reshape(-1)
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 1e-6 else np.zeros_like(v)
+    small = image.resize((THUMB, THUMB), Image.Resampling.BOX, box=_zoom_box(image.size, zoom))
+    return _unit_thumbnails(np.asarray(small)[None])[0]
 
 
 def copy_views(image) -> np.ndarray:
-    """PIL image -> float32 [VIEWS, 768]: the descriptor of the image and of its zoomed views."""
-    return np.stack([copy_descriptor(image, z) for z in ZOOMS])
+    """PIL image -> float32 [VIEWS, 768]: the descriptor of the image and of its zoomed views
+    (one colour conversion and one numpy pass for all views: this runs once per pool image)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    thumbs = [np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX, box=_zoom_box(image.size, z)))
+              for z in ZOOMS]
+    return _unit_thumbnails(np.stack(thumbs))
 
 
 def copy_descriptors(images) -> np.ndarray:
