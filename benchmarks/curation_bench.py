@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import socket
-import stat
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from benchmarks.results_md import write_section  # after the path set-up
+
 SECTION = "## Curation"
 KEEP = "### Not measured by this script"
 
@@ -298,26 +298,6 @@ def rerun_bench(tmp: Path, quick: bool, demo: bool = False, profile: bool = Fals
             [f"rerun with fraction 0.3 (ran: {', '.join(second['ran'])})", f"{t_rerun:.2f}", f"{t_rerun / t_full:.3f}"]]
 
 
-def write_section(text: str) -> None:
-    from shared.atomic import atomic_write_text
-
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        # Figures measured by hand (the demo run) sit under KEEP at the end of the section and survive a rewrite.
-        kept = next(([""] + lines[i:end] for i in range(start, end) if lines[i].strip() == KEEP), [])
-        while kept and not kept[-1].strip():
-            kept.pop()
-        tail = ([""] + lines[end:]) if end < len(lines) else []
-        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + kept + tail) + "\n"
-    atomic_write_text(RESULTS, new)
-    os.chmod(RESULTS, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)  # 644: readable by all
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small pool, 1e4 vectors, tiny web")
@@ -378,7 +358,7 @@ def main() -> None:
         "changing `select.fraction`; baseline: the full run. Target <= 0.05:", "",
         _table(["run", "s", "ratio"], rerun_rows),
     ])
-    write_section(text)
+    write_section(SECTION, text, keep=KEEP)
     print(text)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from benchmarks.results_md import RESULTS, write_section  # after the path set-up
+
 SECTION = "## Training"
 
 
@@ -156,21 +157,6 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the "## Training" section of RESULTS.md, keeping every other section."""
-    from shared.atomic import atomic_write_text
-
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    lines = old.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
-    atomic_write_text(RESULTS, new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
@@ -200,7 +186,7 @@ def main() -> None:
         "`bash benchmarks/gpu_check.sh` on an H100/H200; not measured in this session (no GPU).",
     ])
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text, keep="### GPU")
         print(f"wrote the {SECTION!r} section of {RESULTS}")
 
 

@@ -24,12 +24,10 @@ def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt
 
         from curation.pipeline import build_dataset as run
 
-        if int(os.environ.get("RANK", "0")) > 0:
-            # Under torchrun rank 0 runs every step; the other ranks only join its score step (each scores
-            # a share of the pool's shards), see curation.score.
-            from curation.pipeline import _Steps
+        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun the other ranks only join the score step
+            from curation.pipeline import join_scoring
 
-            _Steps(cfg, force, None).score()
+            join_scoring(cfg, force=force)
             return
         manifest = run(cfg, force=force)
         q = manifest.get("quality") or {}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from shared.errors import InputError, OpenAIMError
 from shared.stage_cache import StageCache, StepSpec, code_version, hash_json, hash_path
+from shared.torchrun import broadcast_from_rank0
 
 log = logging.getLogger("openaim.curation")
 
@@ -53,19 +53,14 @@ def eval_image_paths(cfg) -> list[Path]:
     return paths
 
 
-def _filter_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-
-
 def _load_net(cfg, own_dir: Path | None):
     from curation.filter_network import load_filter_network
 
     try:
-        return load_filter_network(cfg.curation.filter, own_dir, device=_filter_device(cfg.curation.filter.device))
+        from shared.torchrun import local_device
+
+        device = cfg.curation.filter.device
+        return load_filter_network(cfg.curation.filter, own_dir, device=local_device() if device == "auto" else device)
     except OpenAIMError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model that cannot load is a user-facing config problem
@@ -154,9 +149,8 @@ class _Steps:
             score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size,
                              num_workers=self.cur.filter.num_workers)
 
-        rank, world = score.dist_rank_world()
-        if rank != 0:
-            if score.broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
+        if score.dist_rank_world()[0] != 0:
+            if broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
                 fn()
             return
         inputs = {"download": self.cache.outputs_hash("download")}
@@ -165,12 +159,12 @@ class _Steps:
         spec = StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(
                             mode="json", exclude={"num_workers", "device"})},
                         inputs=inputs, code=code_version(score, filter_network, copy_detection), outputs=[out])
+        rerun = self.force or not self.cache.check(spec).fresh
         # Finished parts from another model, pool or scoring code are not resumable work: start afresh.
         # (No record at all means a killed run, whose parts are resumed.)
-        if (out / "parts").exists() and (self.force or (self.cache.load("score") and not self.cache.check(spec).fresh)):
+        if rerun and (out / "parts").exists() and (self.force or self.cache.load("score")):
             shutil.rmtree(out / "parts")
-        if world > 1:
-            score.broadcast_from_rank0(self.force or not self.cache.check(spec).fresh)
+        broadcast_from_rank0(rerun)  # the other ranks score with rank 0, or go home
         self._run(spec, fn)
 
     def dedup(self) -> None:
@@ -381,6 +375,12 @@ def build_dataset(cfg, force: bool = False) -> dict:
     log.info("curated %s pairs (threshold %.4f) into %s%s", manifest["kept"], manifest["threshold"],
              cfg.curation_dir / "shards", f"; precision {q['precision']}" if q.get("precision") is not None else "")
     return manifest
+
+
+def join_scoring(cfg, force: bool = False) -> None:
+    """A torchrun rank other than 0 in build-dataset: wait for rank 0 at the score step and score this
+    rank's share of the pool's shards if the step reruns (rank 0 runs every other step)."""
+    _Steps(cfg, force, None).score()
 
 
 def train_filter_step(cfg, force: bool = False) -> Path:

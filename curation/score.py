@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torch.utils.data import IterableDataset
 
 from shared.atomic import atomic_path
 from shared.errors import OpenAIMError
+from shared.torchrun import barrier, rank_world
 
 log = logging.getLogger("openaim.curation")
 # Rank 0 may download for hours before the other ranks' first collective (the score step's barrier).
@@ -36,26 +36,8 @@ _WAIT_FOR_RANK0 = timedelta(days=2)
 
 
 def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) under torchrun, joining its process group (gloo: only small objects travel)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=_WAIT_FOR_RANK0)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def broadcast_from_rank0(value):
-    """Rank 0's ``value`` on every rank (a no-op without torchrun); the other ranks wait here for rank 0."""
-    rank, world = dist_rank_world()
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    """(rank, world size) under torchrun; gloo, since only small objects travel, with a long timeout."""
+    return rank_world("gloo", _WAIT_FOR_RANK0)
 
 
 class _ShardBatches(IterableDataset):
@@ -164,7 +146,6 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
     Under torchrun every rank must call this: rank r scores shards r::world, rank 0 assembles; every rank
     returns once the assembled files exist. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
     """
-    import torch
 
     from curation.download import pool_shards
 
@@ -179,19 +160,14 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
     if len(todo) < len(mine):
         log.info("score: %d of %d shards already scored, resuming", len(mine) - len(todo), len(mine))
     task = progress.add_task("score", total=len(mine), completed=len(mine) - len(todo)) if progress else None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for shard in todo:
         _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
         if progress:
             progress.advance(task)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # every part is written
+    barrier()  # every part is written
     if rank == 0:
         _assemble(shards, out_dir)
-    if world > 1:
-        dist.barrier()  # the assembled files exist before any rank returns
+    barrier()  # the assembled files exist before any rank returns
 
 
 def _assemble(shards: list[Path], out_dir: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from evaluation.probe_grid import FeatureSet
 from shared.atomic import atomic_path
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json, hash_path
+from shared.torchrun import barrier, rank_world
 
 log = logging.getLogger("openaim.eval")
 
@@ -96,22 +96,13 @@ def checkpoint_hash(path: str | Path) -> str:
 # --- distributed helpers -----------------------------------------------------------------------------
 
 def dist_info() -> tuple[int, int]:
-    """(rank, world size); initialises the process group from torchrun's env vars when needed."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    """(rank, world size); joins torchrun's process group when launched by it (nccl on CUDA, else gloo)."""
+    return rank_world()
 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        barrier()
 
 
 # --- extraction ----------------------------------------------------------------------------------------

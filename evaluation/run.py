@@ -14,7 +14,6 @@ out round-robin; rank 0 gathers the results and writes every file, the same file
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import StageCache, StepSpec, code_version, hash_json
+from shared.torchrun import local_device
 
 log = logging.getLogger("openaim.eval")
 
@@ -195,9 +195,8 @@ def features_for_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, 
     return ProbeTask(step, record, paths, int(spec.num_classes or n_classes), model_cfg.heads)
 
 
-def _probe_job(cfg, task: ProbeTask, kind: str, progress) -> dict[str, float]:
-    """Train one probe grid of ``kind`` on a task's cached features (the same seed whichever rank runs it)."""
-    from evaluation import probe_grid
+def _load_task_features(task: ProbeTask) -> dict[str, Any]:
+    """A task's cached feature splits, read back from disk (any rank may train any task's probes)."""
     from evaluation.features import load_features
 
     splits = {}
@@ -206,6 +205,13 @@ def _probe_job(cfg, task: ProbeTask, kind: str, progress) -> dict[str, float]:
         if loaded is None:
             raise InputError(f"feature cache {path} vanished or is unreadable: rerun `openaim eval`")
         splits[split] = loaded[0]
+    return splits
+
+
+def _probe_job(cfg, task: ProbeTask, splits: dict[str, Any], kind: str, progress) -> dict[str, float]:
+    """Train one probe grid of ``kind`` on a task's features (the same seed whichever rank runs it)."""
+    from evaluation import probe_grid
+
     label = f"{task.record['checkpoint']} {task.record['benchmark']} {kind} probes"
     bar = progress.add_task(label, total=None)
     res = probe_grid.run_probe_grid(kind, splits["train"], splits["val"], splits["test"], task.num_classes,
@@ -225,20 +231,17 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
     """
     from evaluation.features import dist_info
     from evaluation.results import write_result
+    from shared.torchrun import broadcast_from_rank0
 
     rank, world = dist_info()
-    if world > 1:
-        import torch.distributed as dist
-
-        shared = [tasks if rank == 0 else None]
-        dist.broadcast_object_list(shared, src=0)  # rank 0 read the stage cache: it says what is stale
-        tasks = shared[0]
+    tasks = broadcast_from_rank0(tasks)  # rank 0 read the stage cache: it says what is stale
     if rank == 0:
         for task in tasks:
             cache.invalidate(task.step.name)  # a stale record must not survive a crash mid-step
     kinds = _probe_kinds(cfg)
     jobs = [(t, kind) for t in range(len(tasks)) for kind in kinds]
     done: list[dict[str, Any]] = []
+    loaded: tuple[int, dict[str, Any]] | None = None  # the last task's features: its next kind reuses them
     for first in range(0, len(jobs), world):
         mine = first + rank
         res = None
@@ -247,7 +250,9 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
             if world > 1:
                 log.info("rank %d of %d trains %s %s %s probes", rank, world, tasks[t].record["checkpoint"],
                          tasks[t].record["benchmark"], kind)
-            res = _probe_job(cfg, tasks[t], kind, progress)
+            if loaded is None or loaded[0] != t:
+                loaded = (t, _load_task_features(tasks[t]))
+            res = _probe_job(cfg, tasks[t], loaded[1], kind, progress)
         results = [res]
         if world > 1:
             import torch.distributed as dist
@@ -293,9 +298,8 @@ def evaluate_from_config(cfg) -> Path:
     cache = StageCache(cfg.workdir)
     records: list[dict[str, Any]] = []
     arch_cfg = cfg.training.model
-    device = "cpu"
-    if torch.cuda.is_available():  # one GPU per rank under torchrun
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    device = local_device()  # one GPU per rank under torchrun
+    if device != "cpu":
         torch.cuda.set_device(device)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     tasks: list[ProbeTask] = []

@@ -1,0 +1,30 @@
+"""Rewriting one "## Section" of benchmarks/RESULTS.md, keeping every other section.
+
+Each benchmark script owns one section. Figures measured by hand (a GPU lease, a demo run) sit under a
+"### <keep heading>" at the end of that section and survive a rewrite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.atomic import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def write_section(section: str, text: str, keep: str | None = None, path: Path = RESULTS) -> None:
+    """Replace (or append) `section` ("## Name") with `text`; with `keep`, the part of the old section from
+    the first line starting with `keep` onwards is carried over below the new text."""
+    old = path.read_text() if path.is_file() else "# Benchmark results\n"
+    lines = old.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == section), None)
+    if start is None:
+        atomic_write_text(path, old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = next(([""] + lines[i:end] for i in range(start, end) if keep and lines[i].startswith(keep)), [])
+    while kept and not kept[-1].strip():
+        kept.pop()
+    tail = ([""] + lines[end:]) if end < len(lines) else []
+    atomic_write_text(path, "\n".join(lines[:start] + text.rstrip("\n").splitlines() + kept + tail) + "\n")
