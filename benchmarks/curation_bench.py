@@ -120,13 +120,13 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
                 images = torch.stack([net.preprocess(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg, _, _ in chunk])
                 batches.append((images, net.tokenizer([cap for _, _, cap, _ in chunk])))
 
-        def bare() -> None:
+        def bare(batches=batches, net=net) -> None:
             for images, tokens in batches:
                 img = net.encode_image_tensor(images)
                 txt = net.encode_token_tensor(tokens)
                 (img * txt).sum(axis=1)
 
-        def full() -> None:
+        def full(net=net) -> None:
             out = tmp / "scores"
             shutil.rmtree(out, ignore_errors=True)
             score.score_pool(pool, net, out, batch_size=batch, num_workers=workers)
@@ -210,7 +210,7 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int], thre
         found = {}
         real_ivf = dedup.ivf_pairs
 
-        def recording(*args, **kw):  # keep the IVF pair list that near_duplicates computes
+        def recording(*args, found=found, real_ivf=real_ivf, **kw):  # keep the IVF pair list that near_duplicates computes
             found["pairs"] = real_ivf(*args, **kw)
             return found["pairs"]
 

@@ -239,19 +239,16 @@ def extract_pairs(cfg: ExtractConfig, sources: list[str], out_path: Path, progre
     seen: set[tuple[str, str]] = set()
     rows: dict[str, list[str]] = {"uid": [], "url": [], "caption": [], "page_url": [], "source": []}
     task = progress.add_task("extract", total=len(sources)) if progress else None
-    opened: list = []
     with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir, contextlib.ExitStack() as closing:
-        closing.callback(lambda: [f.close() for f in opened])
         for src in sources:
             local = _open_source(src, cfg.allow_hosts, Path(tmpdir))
             if local.endswith(".parquet"):
                 links = _parquet_links(local, stats)
             else:
                 try:
-                    stream = open(local, "rb")
+                    stream = closing.enter_context(open(local, "rb"))
                 except OSError as exc:
                     raise InputError(f"cannot read {src}: {exc.strerror}") from None
-                opened.append(stream)
                 links = _warc_links(stream, src, stats, os.path.getsize(local))
             name = Path(src).name
             for url, alt, page_url in links:

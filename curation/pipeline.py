@@ -37,6 +37,27 @@ def _sources_hash(sources: list[str]) -> str:
     return hash_json([s if s.startswith(("http://", "https://")) else hash_path(s) for s in sources])
 
 
+def _source(module: str) -> Path:
+    """A curation module's source file, found without importing it (some import torch or faiss)."""
+    import importlib.util
+
+    return Path(importlib.util.find_spec(f"curation.{module}").origin)
+
+
+def step_code_versions() -> dict[str, str]:
+    """Each curation step's code version: the hash of the modules and functions it runs. The steps record
+    it and `openaim status` compares it, so an edit to e.g. curation/score.py shows the score step stale."""
+    return {
+        "extract": code_version(_source("extract")),
+        "download": code_version(_source("download")),
+        "train-filter": code_version(_source("train_filter")),
+        "score": code_version(_source("score"), _source("filter_network"), _source("copy_detection")),
+        "dedup": code_version(_source("dedup"), _source("copy_detection"), _dedup_masks),
+        "safety": code_version(_source("safety"), _safety_mask),
+        "select": code_version(_source("select"), _source("write"), _select_and_write),
+    }
+
+
 def eval_image_paths(cfg) -> list[Path]:
     """Benchmark test images the curated set must not contain. The mini web's benchmark test sets for now;
     with ``dedup.eval_sets`` only the named ``<web>/bench/<name>`` sets."""
@@ -103,7 +124,7 @@ class _Steps:
             _write_json(stats, extract.extract_pairs(self.cur.extract, sources, pairs, self.progress))
 
         self._run(StepSpec("extract", config={"curation.extract": self.cur.extract.model_dump(mode="json")},
-                           inputs={"sources": _sources_hash(sources)}, code=code_version(extract),
+                           inputs={"sources": _sources_hash(sources)}, code=step_code_versions()["extract"],
                            outputs=[pairs, stats]), fn)
 
     def download(self) -> None:
@@ -112,7 +133,7 @@ class _Steps:
         pool, stats = self.dir / "pool", self.dir / "download_stats.json"
         spec = StepSpec("download", config={"curation.download": self.cur.download.model_dump(mode="json"),
                                             "curation.extract.allow_hosts": self.cur.extract.allow_hosts},
-                        inputs={"extract": self.cache.outputs_hash("extract")}, code=code_version(download),
+                        inputs={"extract": self.cache.outputs_hash("extract")}, code=step_code_versions()["download"],
                         outputs=[pool, stats])
         # A new pool is fetched into pool.partial/ (where a killed run of the same settings resumes, skipping
         # finished shards) before this step's record is touched, and swapped in place of pool/ only once it
@@ -135,13 +156,13 @@ class _Steps:
         if not hq.is_dir():
             raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
         self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json", exclude={"threads"})},
-                           inputs={"hq": hash_path(hq)}, code=code_version(train_filter), outputs=[out]),
+                           inputs={"hq": hash_path(hq)}, code=step_code_versions()["train-filter"], outputs=[out]),
                   lambda: train_filter.train_filter_network(self.cur.train_filter, hq, out))
 
     def score(self) -> None:
         """The score step. Under torchrun every rank calls this: rank 0 (which ran the steps before) reads
         and writes the stage cache and tells the others whether the step reruns; if so, all score."""
-        from curation import copy_detection, filter_network, score
+        from curation import score
 
         out = self.dir / "scores"
 
@@ -158,7 +179,7 @@ class _Steps:
             inputs["train-filter"] = self.cache.outputs_hash("train-filter")
         spec = StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(
                             mode="json", exclude={"num_workers", "device"})},
-                        inputs=inputs, code=code_version(score, filter_network, copy_detection), outputs=[out])
+                        inputs=inputs, code=step_code_versions()["score"], outputs=[out])
         rerun = self.force or not self.cache.check(spec).fresh
         # Finished parts from another model, pool or scoring code are not resumable work: start afresh.
         # (No record at all means a killed run, whose parts are resumed.)
@@ -168,35 +189,29 @@ class _Steps:
         self._run(spec, fn)
 
     def dedup(self) -> None:
-        from curation import copy_detection, dedup
-
         out = self.dir / "dedup"
         bench = eval_image_paths(self.cfg) if self.cur.dedup.decontaminate else []
         self._run(StepSpec("dedup", config={"curation.dedup": self.cur.dedup.model_dump(mode="json")},
                            inputs={"score": self.cache.outputs_hash("score"),
                                    "eval_images": hash_json([hash_path(p) for p in bench])},
-                           code=code_version(dedup, copy_detection, _dedup_masks), outputs=[out / "keep.parquet", out / "stats.json"]),
+                           code=step_code_versions()["dedup"], outputs=[out / "keep.parquet", out / "stats.json"]),
                   lambda: _dedup_masks(self, bench, out))
 
     def safety(self) -> None:
-        from curation import safety
-
         out = self.dir / "safety"
         conf = {"concepts": self.cur.safety.concepts, "concept_threshold": self.cur.safety.concept_threshold}
         self._run(StepSpec("safety", config={"curation.safety": conf},
                            inputs={"score": self.cache.outputs_hash("score")},
-                           code=code_version(safety, _safety_mask), outputs=[out / "keep.parquet", out / "stats.json"]),
+                           code=step_code_versions()["safety"], outputs=[out / "keep.parquet", out / "stats.json"]),
                   lambda: _safety_mask(self, out))
 
     def select(self) -> None:
-        from curation import select, write
-
         conf = {"curation.select": self.cur.select.model_dump(mode="json"),
                 "curation.safety.blur_faces": self.cur.safety.blur_faces}
         outs = [self.dir / "shards", self.dir / "subset.npy", self.dir / "select_stats.json"]
         self._run(StepSpec("select", config=conf,
                            inputs={k: self.cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
-                           code=code_version(select, write, _select_and_write), outputs=outs),
+                           code=step_code_versions()["select"], outputs=outs),
                   lambda: _select_and_write(self))
 
 

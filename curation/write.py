@@ -50,20 +50,20 @@ def write_shards(pool_dir: Path, kept: dict[str, float], out_dir: Path, shard_si
     samples.sort(key=lambda s: (-kept[s[0]], s[0]))
     task = progress.add_task("write shards", total=len(samples)) if progress else None
     faces = 0
-    with atomic_dir(out_dir) as tmp:
-        with wds.ShardWriter(str(tmp / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
-            for i, (uid, jpg, caption, url) in enumerate(samples):
-                if blur_faces:
-                    jpg, n = _blur(jpg)
-                    faces += n
-                sink.write({
-                    "__key__": f"{i:09d}",
-                    "jpg": jpg,
-                    "txt": caption,
-                    "json": json.dumps({"uid": uid, "url": url, "score": round(float(kept[uid]), 6)}),
-                })
-                if progress:
-                    progress.advance(task)
+    with atomic_dir(out_dir) as tmp, \
+            wds.ShardWriter(str(tmp / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        for i, (uid, jpg, caption, url) in enumerate(samples):
+            if blur_faces:
+                jpg, n = _blur(jpg)
+                faces += n
+            sink.write({
+                "__key__": f"{i:09d}",
+                "jpg": jpg,
+                "txt": caption,
+                "json": json.dumps({"uid": uid, "url": url, "score": round(float(kept[uid]), 6)}),
+            })
+            if progress:
+                progress.advance(task)
     n_shards = len(list(out_dir.glob("shard-*.tar")))
     return {"written": len(samples), "shards": n_shards, "faces_blurred": faces}
 

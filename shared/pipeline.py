@@ -201,13 +201,17 @@ def _flat(obj: Any, prefix: str) -> dict[str, Any]:
     return {prefix: obj}
 
 
-def record_staleness(rec: dict[str, Any], cfg_dump: dict[str, Any], records: dict[str, dict]) -> list[str]:
-    """Why a recorded step no longer matches the current config and upstream records.
+def record_staleness(rec: dict[str, Any], cfg_dump: dict[str, Any], records: dict[str, dict],
+                     code: str | None = None) -> list[str]:
+    """Why a recorded step no longer matches the current config, upstream records and code.
 
     Config sections are recorded under their dotted names (``curation.select``); inputs named after an
-    upstream step compare with that step's recorded outputs hash.
+    upstream step compare with that step's recorded outputs hash; ``code`` is the step's current code
+    version (None: not known here, not compared).
     """
     reasons = []
+    if code is not None and rec.get("code") != code:
+        reasons.append("code changed")
     for section, old in rec.get("config", {}).items():
         new = _section(cfg_dump, section)
         old_flat, new_flat = _flat(old, section), _flat(new, section)
@@ -225,6 +229,14 @@ def record_staleness(rec: dict[str, Any], cfg_dump: dict[str, Any], records: dic
     return reasons
 
 
+def _curation_code_versions() -> dict[str, str]:
+    try:
+        from curation.pipeline import step_code_versions
+    except ModuleNotFoundError:  # the curation stage is not installed: its records are judged without code
+        return {}
+    return step_code_versions()
+
+
 def collect_status(cfg) -> list[tuple[str, bool, list[str]]]:
     cache = StageCache(cfg.workdir)
     records = {p.stem: r for p in sorted(cache.root.glob("*.json")) if (r := cache.load(p.stem))} \
@@ -236,10 +248,11 @@ def collect_status(cfg) -> list[tuple[str, bool, list[str]]]:
                if all(k.split(".")[0] in cfg_dump for k in r.get("config", {}))}
     names = [n for n in order if n in records] + sorted(n for n in records if n not in order and
                                                          n not in ("train", "eval"))
+    codes = _curation_code_versions()
     rows: list[tuple[str, bool, list[str]]] = []
     stale: set[str] = set()
     for name in names:
-        reasons = record_staleness(records[name], cfg_dump, records)
+        reasons = record_staleness(records[name], cfg_dump, records, codes.get(name))
         reasons += [f"upstream {u} is stale" for u in records[name].get("inputs", {}) if u in stale]
         if reasons:
             stale.add(name)

@@ -47,7 +47,7 @@ def _cli_args(overrides: list[str]) -> list[str]:
 
 
 def _cli(overrides: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli_args(overrides), cwd=ROOT, capture_output=True, text=True, timeout=900,
+    return subprocess.run(_cli_args(overrides), cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

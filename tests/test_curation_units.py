@@ -74,7 +74,7 @@ def test_exact_duplicates_and_decontamination():
 
     keep = exact_duplicates(["a", "b", "a", "c", "a"], np.array([0.1, 0.5, 0.9, 0.2, 0.3]))
     assert keep.tolist() == [False, True, True, True, False]
-    x, src, dst = _planted(500, 32, 5)
+    x, src, _dst = _planted(500, 32, 5)
     leak = decontaminate(x, x[src[:3]] + 0.001, 0.95)
     assert (~leak).sum() >= 3 and not leak[src[:3]].any()
 

@@ -32,8 +32,8 @@ def test_skips_when_unchanged_and_reruns_on_config_change(tmp_path):
 
 
 @pytest.mark.parametrize("change, reason", [
-    (dict(upstream="def"), "input scores changed"),
-    (dict(code="v2"), "code changed"),
+    ({"upstream": "def"}, "input scores changed"),
+    ({"code": "v2"}, "code changed"),
 ])
 def test_reruns_on_input_or_code_change(tmp_path, change, reason):
     cache = StageCache(tmp_path)
@@ -80,7 +80,7 @@ def test_atomic_open_keeps_old_file_on_error(tmp_path):
     atomic_write_json(target, {"v": 1})
     with pytest.raises(ZeroDivisionError), atomic_open(target, "w") as f:
         f.write("partial")
-        1 / 0
+        raise ZeroDivisionError
     assert target.read_text().strip().startswith("{")
     assert [p.name for p in tmp_path.iterdir()] == ["data.json"]
 
@@ -107,3 +107,29 @@ def test_atomic_outputs_have_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_status_reports_a_curation_step_whose_code_changed(tmp_path):
+    """`openaim status` compares each curation step's recorded code version with the code on disk, so
+    an edit to e.g. curation/select.py shows select (and what depends on it) stale, as the next run will."""
+    from curation.pipeline import step_code_versions
+    from shared.config.loading import load_config
+    from shared.pipeline import collect_status
+
+    cfg = load_config(None, [f"workdir={tmp_path / 'run'}"])
+    cache = StageCache(cfg.workdir)
+    out = tmp_path / "shards"
+    out.mkdir()
+    conf = {"curation.select": cfg.curation.select.model_dump(mode="json")}
+
+    def record(code: str) -> None:
+        cache.record(StepSpec("select", config=conf, code=code, outputs=[out]))
+
+    record(step_code_versions()["select"])
+    rows = {name: (fresh, reasons) for name, fresh, reasons in collect_status(cfg)}
+    assert rows["select"] == (True, [])
+
+    record("code-of-an-older-checkout")
+    rows = {name: (fresh, reasons) for name, fresh, reasons in collect_status(cfg)}
+    assert rows["select"] == (False, ["code changed"])
+    assert "upstream select is stale" in rows["train"][1]

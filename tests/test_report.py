@@ -125,7 +125,13 @@ def test_report_tables_match_csv_and_name_all_benchmarks(tmp_path):
     assert average[cols["demo-final · attentive"]] == f"{100 * mean:.1f}"
     gap = 100 * sum(truth[("demo-final", b, "attentive")] - truth[("random-init", b, "attentive")]
                     for b in EVALUATED) / len(EVALUATED)
-    assert f"by {abs(gap):.1f} points average top-1" in md
+    # one standard error: each top-1 a binomial proportion over its 40 test images
+    var = sum(truth[(c, b, "attentive")] * (1 - truth[(c, b, "attentive")]) / 40
+              for b in EVALUATED for c in ("demo-final", "random-init"))
+    stderr = 100 * math.sqrt(var) / len(EVALUATED)
+    assert f"by {abs(gap):.1f} ± {stderr:.1f} points average top-1" in md
+    assert ("within two standard errors" in md) == (abs(gap) < 2 * stderr)
+    assert "Target:" not in md  # no target configured
 
     # the best attentive number of a row is the bold one
     line = next(ln for ln in md.splitlines() if ln.startswith("| CIFAR-10 |"))
@@ -192,6 +198,19 @@ def test_compare_runs_side_by_side(tmp_path):
     funnel_header = next(ln for ln in md.splitlines() if ln.startswith("| pairs |"))
     assert "demo" in funnel_header and "old" in funnel_header
     assert "| after select | 220 | 120 |" in md
+
+
+@pytest.mark.parametrize("target", [-100.0, 100.0])
+def test_summary_checks_the_configured_target_gap(tmp_path, target):
+    truth = make_run(tmp_path / "run", seed=5)
+    cfg = config(tmp_path / "run")
+    cfg.report.target_gap_points = target
+    report_from_config(cfg)
+    md = (cfg.report_dir / "report.md").read_text()
+    gap = 100 * sum(truth[("demo-final", b, "attentive")] - truth[("random-init", b, "attentive")]
+                    for b in EVALUATED) / len(EVALUATED)
+    verdict = "met" if target < 0 else "NOT met"
+    assert f"at least {target:g} points: {verdict} ({gap:+.1f})." in md
 
 
 def test_percent_results_and_bad_inputs(tmp_path):

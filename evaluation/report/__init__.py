@@ -88,7 +88,7 @@ def report_from_config(cfg) -> Path:
         facts = provenance_facts(cfg)
         progress.update(task, advance=1, description="report: drawing charts")
         images: dict[str, bytes] = {}
-        blocks = (sections.summary(runs) + sections.benchmarks(catalog, runs, images)
+        blocks = (sections.summary(runs, cfg.report.target_gap_points) + sections.benchmarks(catalog, runs, images)
                   + sections.accuracy_over_training(catalog, runs, images) + sections.pretraining(runs, images)
                   + sections.curation(runs, images) + sections.probe_details(runs)
                   + sections.provenance(cfg, runs, facts))

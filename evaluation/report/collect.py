@@ -73,11 +73,15 @@ class RunData:
         names = self.checkpoints()
         return [n for n in names if not is_intermediate(n)] or names
 
-    def top1(self, checkpoint: str, benchmark: str, probe: str) -> float | None:
+    def row(self, checkpoint: str, benchmark: str, probe: str) -> ResultRow | None:
         for r in self.rows:
             if (r.checkpoint, r.benchmark, r.probe) == (checkpoint, benchmark, probe):
-                return r.top1
+                return r
         return None
+
+    def top1(self, checkpoint: str, benchmark: str, probe: str) -> float | None:
+        r = self.row(checkpoint, benchmark, probe)
+        return r.top1 if r is not None else None
 
     def benchmarks(self) -> list[str]:
         return sorted({r.benchmark for r in self.rows})

@@ -22,22 +22,30 @@ from evaluation.report.tables import (
 Images = dict[str, bytes]
 
 
-def summary(runs: list[RunData]) -> list[Block]:
+def summary(runs: list[RunData], target_gap_points: float | None = None) -> list[Block]:
     this = runs[0]
     blocks: list[Block] = [Heading("Summary", anchor="summary")]
     gap = pretrained_vs_random(this)
     if gap is not None:
-        points, n, probe, ckpt = gap
-        verb = "beats" if points >= 0 else "trails"
-        line = (f"Pretrained ({ckpt}) {verb} random by {abs(points):.1f} points average top-1 "
-                f"({probe} probe, {n} benchmark(s)).")
+        verb = "beats" if gap.points >= 0 else "trails"
+        line = (f"Pretrained ({gap.checkpoint}) {verb} random by {abs(gap.points):.1f}{_pm(gap)} points average "
+                f"top-1 ({gap.probe} probe, {gap.benchmarks} benchmark(s)).")
         blocks.append(Paragraph([line], emphasis=True))
+        if gap.stderr is not None:
+            within = abs(gap.points) < 2 * gap.stderr
+            blocks.append(text(
+                f"± is one standard error from the test-set sizes (each top-1 a binomial proportion); the gap is "
+                f"{'within' if within else 'outside'} two standard errors of zero."))
+        if target_gap_points is not None:
+            met = gap.points >= target_gap_points
+            blocks.append(text(f"Target: pretrained ahead of random by at least {target_gap_points:g} points: "
+                               f"{'met' if met else 'NOT met'} ({gap.points:+.1f})."))
     elif this.rows:
         blocks.append(text("No random-init checkpoint was evaluated, so there is no pretrained-vs-random gap."))
     for run in runs[1:]:
         if (g := pretrained_vs_random(run)) is not None:
-            blocks.append(text(f"{run.label}: pretrained ({g[3]}) vs random: {g[0]:+.1f} points "
-                               f"({g[2]} probe, {g[1]} benchmark(s))."))
+            blocks.append(text(f"{run.label}: pretrained ({g.checkpoint}) vs random: {g.points:+.1f}{_pm(g)} points "
+                               f"({g.probe} probe, {g.benchmarks} benchmark(s))."))
     if len(runs) > 1:
         blocks.append(runs_compared(runs))
     notes = [(run.label, note) for run in runs for note in run.notes]
@@ -45,6 +53,10 @@ def summary(runs: list[RunData]) -> list[Block]:
         blocks.append(text("Notes on the inputs (absent or damaged files; their sections say so too):"))
         blocks.append(Bullets([[f"{label}: {note}"] for label, note in notes]))
     return blocks
+
+
+def _pm(gap) -> str:
+    return f" ± {gap.stderr:.1f}" if gap.stderr is not None else ""
 
 
 def runs_compared(runs: list[RunData]) -> Table:
@@ -58,7 +70,7 @@ def runs_compared(runs: list[RunData]) -> Table:
         why = _archived_because(run.root)
         rows.append([run.label, "this run" if k == 0 else (why or "compared run"), str(run.root or "—"),
                      ckpt or "—", fmt(sum(scores) / len(scores)) if scores else "—", str(len(scores)),
-                     f"{gap[0]:+.1f}" if gap else "—",
+                     f"{gap.points:+.1f}{_pm(gap)}" if gap else "—",
                      f"{run.manifest.get('kept', '—')}" if run.manifest else "—",
                      f"{float(run.metrics[-1]['loss']):.4f}" if run.metrics else "—"])
     return Table(["run", "role", "directory", "checkpoint", "mean top-1", "benchmarks", "vs random",

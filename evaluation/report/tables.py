@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, RunData
+from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, ResultRow, RunData
 from evaluation.report.document import Table
 
 PROBES = ("attentive", "linear")
@@ -109,16 +111,40 @@ def pretrained_checkpoint(run: RunData) -> str | None:
     return (finals or names or [None])[0]
 
 
-def pretrained_vs_random(run: RunData) -> tuple[float, int, str, str] | None:
-    """(mean top-1 gap in points, benchmarks compared, probe, checkpoint) of pretrained minus random-init."""
+class Gap(NamedTuple):
+    """Pretrained minus random-init mean top-1, with its standard error from the test-set sizes."""
+
+    points: float
+    benchmarks: int
+    probe: str
+    checkpoint: str
+    stderr: float | None  # None when a result lacks its test-set size
+
+
+def pretrained_vs_random(run: RunData) -> Gap | None:
+    """The gap of the first probe kind that both the pretrained and the random-init trunk have results for.
+
+    The standard error treats each top-1 as a binomial proportion over its test set (the two trunks are
+    scored on the same images, so this errs on the wide side): SE = sqrt(sum_b var_a + var_r) / k.
+    """
     ckpt = pretrained_checkpoint(run)
     if ckpt is None or RANDOM_INIT not in run.checkpoints():
         return None
     for probe in probes_present([run]):
         pairs = [(a, b) for bench in run.benchmarks()
-                 if (a := run.top1(ckpt, bench, probe)) is not None
-                 and (b := run.top1(RANDOM_INIT, bench, probe)) is not None]
+                 if (a := run.row(ckpt, bench, probe)) is not None and a.top1 is not None
+                 and (b := run.row(RANDOM_INIT, bench, probe)) is not None and b.top1 is not None]
         if pairs:
-            gap = sum(a - b for a, b in pairs) / len(pairs)
-            return gap, len(pairs), probe, ckpt
+            gap = sum(a.top1 - b.top1 for a, b in pairs) / len(pairs)
+            variances = [_binomial_variance(r) for a, b in pairs for r in (a, b)]
+            stderr = None if None in variances else math.sqrt(sum(variances)) / len(pairs)
+            return Gap(gap, len(pairs), probe, ckpt, stderr)
     return None
+
+
+def _binomial_variance(row: ResultRow) -> float | None:
+    """Variance (in points squared) of a top-1 measured on row.n_test images."""
+    if not row.n_test or row.top1 is None:
+        return None
+    p = row.top1 / 100.0
+    return 1e4 * p * (1 - p) / row.n_test

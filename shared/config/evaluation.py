@@ -46,3 +46,5 @@ class ReportConfig(StrictModel):
     title: str = "openaim benchmark report"
     # Other run directories to show side by side with this one (e.g. before a filtering change).
     compare: list[str] = Field(default_factory=list)
+    # A pretrained-vs-random margin (points of average top-1) the summary checks this run against.
+    target_gap_points: float | None = None

@@ -105,7 +105,7 @@ def test_kill9_at_each_stage_then_rerun_equals_uninterrupted(served_web, referen
     killed = []
     for stage, reached in KILL_POINTS:
         before = step_records(workdir)
-        if run_and_kill(args, lambda: reached(workdir), rng):
+        if run_and_kill(args, lambda reached=reached: reached(workdir), rng):
             killed.append(stage)
         after = step_records(workdir)
         # A step that had finished before this attempt was not redone by it.
