@@ -1,0 +1,161 @@
+"""Does demo-scale AIM pretraining beat random weights? The baseline (the same trunk, random weights) is
+probed in the same run, with the same probe protocol as `openaim eval`.
+
+Pretraining: `AIM.forward_loss` (prefix-causal, next-patch regression) + AdamW (betas 0.9/0.95, wd 0.05,
+warm-up 2.5% then cosine) on N distinct mini web scenes drawn at the web's size, resized to the model's and JPEG-encoded,
+with the training stage's augmentation (`training.augment.augment`). Probes: the mini web benchmark
+tasks (written by the generator here: the demo's seed, size and train/test per class), features averaged over the
+last `--n-blocks` blocks with bidirectional attention, an attentive-probe grid of 8 (lr x wd) trained
+together, setting chosen on a 10% validation split of train, top-1 on test.
+
+    .venv/bin/python benchmarks/pretrain_vs_random.py [--steps 200] [--evals 200] [--lr 1e-3]
+        [--no-norm-pix] [--width 128 --depth 4 --heads 4 --head-width 128 --head-depth 1]
+
+Prints one line per evaluated step (random weights first) with top-1 per task, the average, and the gap
+to random weights in points. Nothing is written to benchmarks/RESULTS.md: the study there was
+assembled by hand from runs of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TASKS = ("shape", "count", "color", "texture")
+
+
+def scenes(n: int, scene_size: int, side: int, seed: int) -> list:
+    """Pretraining images as the demo's pool holds them: drawn at the web's size, resized to the model's
+    (img2dataset's center_crop of a square is a resize), JPEG-encoded."""
+    import numpy as np
+    from PIL import Image
+
+    from shared.miniweb.scenes import draw_scene, encode, sample_scene
+
+    rng = np.random.default_rng([seed, 99])  # a stream no benchmark image is drawn from
+    out = []
+    for _ in range(n):
+        img = draw_scene(sample_scene(rng), scene_size).resize((side, side), Image.BICUBIC)
+        out.append(Image.open(io.BytesIO(encode(img))).convert("RGB"))
+    return out
+
+
+def load_task(bench: Path, task: str, split: str, transform):
+    import torch
+    from PIL import Image
+
+    root = bench / f"miniweb-{task}" / split
+    classes = sorted(p.name for p in root.iterdir())
+    images, labels = [], []
+    for c, name in enumerate(classes):
+        for f in sorted((root / name).glob("*.png")):
+            images.append(transform(Image.open(f).convert("RGB")))
+            labels.append(c)
+    return torch.stack(images), torch.tensor(labels), len(classes)
+
+
+def probe_top1(model, data: dict, n_blocks: int) -> dict[str, float]:
+    import torch
+
+    from evaluation.probe_grid import FeatureSet, run_probe_grid
+    from shared.config.evaluation import ProbeConfig
+
+    model.eval()
+    blocks = list(range(len(model.blocks) - n_blocks, len(model.blocks)))
+    out = {}
+    for task, ((xtr, ytr, k), (xte, yte, _)) in data.items():
+        ftr, fte = model.extract_features(xtr, blocks), model.extract_features(xte, blocks)
+        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
+        val, train = perm[: len(ytr) // 10], perm[len(ytr) // 10:]
+        res = run_probe_grid("attentive", FeatureSet(ftr[train], ytr[train]), FeatureSet(ftr[val], ytr[val]),
+                             FeatureSet(fte, yte), k, model.cfg.heads, ProbeConfig(epochs=30, batch_size=32))
+        out[task] = res["top1"]
+    model.train()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="aim-tiny")
+    for name in ("width", "depth", "heads", "head-width", "head-depth"):
+        ap.add_argument(f"--{name}", type=int, default=None)
+    ap.add_argument("--images", type=int, default=2000, help="distinct pretraining scenes")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--evals", default="", help="comma-separated steps to probe at (the last step always)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--no-norm-pix", action="store_true", help="regress raw (not per-patch normalised) pixels")
+    ap.add_argument("--n-blocks", type=int, default=3, help="probe the mean of the last N blocks (demo: 3)")
+    ap.add_argument("--train-per-class", type=int, default=40)
+    ap.add_argument("--test-per-class", type=int, default=20)
+    ap.add_argument("--scene-size", type=int, default=96, help="side the scenes are drawn at (web.image_size)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from evaluation.features import eval_transform
+    from shared.config.training import ModelConfig
+    from shared.miniweb.datasets import write_bench
+    from training.augment import augment
+    from training.model.aim import build_aim
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    shape = {k: v for k, v in {"width": args.width, "depth": args.depth, "heads": args.heads,
+                               "head_width": args.head_width, "head_depth": args.head_depth}.items() if v}
+    model_cfg = ModelConfig(arch=args.arch, norm_pix_loss=not args.no_norm_pix, **shape)
+    torch.manual_seed(args.seed)
+    model = build_aim(model_cfg)
+    side = model.cfg.img_size
+    transform = eval_transform(side)
+    with tempfile.TemporaryDirectory(prefix="openaim-pvr-") as tmp:
+        write_bench(Path(tmp), args.seed, args.scene_size, args.train_per_class, args.test_per_class)
+        data = {t: (load_task(Path(tmp) / "bench", t, "train", transform),
+                    load_task(Path(tmp) / "bench", t, "test", transform)) for t in TASKS}
+
+    def report(step: int, seconds: float, res: dict[str, float], baseline: float | None) -> float:
+        avg = sum(res.values()) / len(res)
+        gap = "" if baseline is None else f"  vs random {100 * (avg - baseline):+.1f} points"
+        print(f"step {step:5d} ({seconds:6.0f} s pretraining): "
+              + " ".join(f"{t} {100 * v:5.1f}" for t, v in res.items()) + f"  avg {100 * avg:5.1f}{gap}", flush=True)
+        return avg
+
+    baseline = report(0, 0.0, probe_top1(model, data, args.n_blocks), None)
+    images = scenes(args.images, args.scene_size, side, args.seed)
+    evals = {int(s) for s in args.evals.split(",") if s} | {args.steps}
+    no_decay = model.no_weight_decay_names()
+    params = list(model.named_parameters())
+    opt = torch.optim.AdamW([{"params": [p for n, p in params if n not in no_decay], "weight_decay": 0.05},
+                             {"params": [p for n, p in params if n in no_decay], "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    warmup = max(1, int(0.025 * args.steps))
+    seconds = 0.0
+    for step in range(1, args.steps + 1):
+        t0 = time.perf_counter()
+        progress = (step - 1 - warmup) / max(1, args.steps - warmup)
+        lr = args.lr * step / warmup if step <= warmup else args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        rng = np.random.default_rng([args.seed, step])
+        batch = torch.stack([augment(images[i], side, rng) for i in rng.integers(0, len(images), args.batch)])
+        loss = model.forward_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        seconds += time.perf_counter() - t0
+        if step in evals:
+            report(step, seconds, probe_top1(model, data, args.n_blocks), baseline)
+            print(f"           loss {loss.item():.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
