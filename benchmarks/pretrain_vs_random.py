@@ -48,17 +48,14 @@ def scenes(n: int, scene_size: int, side: int, seed: int) -> list:
 
 
 def load_task(bench: Path, task: str, split: str, transform):
+    """One mini web task through the registry's loader: (images [n, 3, H, W], labels [n], classes)."""
     import torch
-    from PIL import Image
 
-    root = bench / f"miniweb-{task}" / split
-    classes = sorted(p.name for p in root.iterdir())
-    images, labels = [], []
-    for c, name in enumerate(classes):
-        for f in sorted((root / name).glob("*.png")):
-            images.append(transform(Image.open(f).convert("RGB")))
-            labels.append(c)
-    return torch.stack(images), torch.tensor(labels), len(classes)
+    from evaluation.benchmarks.demo_sets import miniweb
+
+    data = miniweb(bench / f"miniweb-{task}", split)
+    images = torch.stack([transform(data.read_image(i).convert("RGB")) for i in range(len(data))])
+    return images, torch.from_numpy(data.labels), len(data.classes)
 
 
 def probe_top1(model, data: dict, n_blocks: int) -> dict[str, float]:

@@ -44,18 +44,30 @@ def _source(module: str) -> Path:
     return Path(importlib.util.find_spec(f"curation.{module}").origin)
 
 
-def step_code_versions() -> dict[str, str]:
-    """Each curation step's code version: the hash of the modules and functions it runs. The steps record
-    it and `openaim status` compares it, so an edit to e.g. curation/score.py shows the score step stale."""
+def _step_code(step: str) -> tuple:
+    """What a curation step runs: its modules (by source file) and this file's functions it calls."""
     return {
-        "extract": code_version(_source("extract")),
-        "download": code_version(_source("download")),
-        "train-filter": code_version(_source("train_filter")),
-        "score": code_version(_source("score"), _source("filter_network"), _source("copy_detection")),
-        "dedup": code_version(_source("dedup"), _source("copy_detection"), _dedup_masks),
-        "safety": code_version(_source("safety"), _safety_mask),
-        "select": code_version(_source("select"), _source("write"), _select_and_write),
-    }
+        "extract": (_source("extract"),),
+        "download": (_source("download"),),
+        "train-filter": (_source("train_filter"),),
+        "score": (_source("score"), _source("filter_network"), _source("copy_detection")),
+        "dedup": (_source("dedup"), _source("copy_detection"), _dedup_masks),
+        "safety": (_source("safety"), _safety_mask),
+        "select": (_source("select"), _source("write"), _select_and_write),
+    }[step]
+
+
+CURATION_STEPS = ("extract", "download", "train-filter", "score", "dedup", "safety", "select")
+
+
+def step_code_version(step: str) -> str:
+    """A curation step's code version: the hash of what it runs. The step records it and `openaim status`
+    compares it, so an edit to e.g. curation/score.py shows the score step stale."""
+    return code_version(*_step_code(step))
+
+
+def step_code_versions() -> dict[str, str]:
+    return {step: step_code_version(step) for step in CURATION_STEPS}
 
 
 def eval_image_paths(cfg) -> list[Path]:
@@ -124,7 +136,7 @@ class _Steps:
             _write_json(stats, extract.extract_pairs(self.cur.extract, sources, pairs, self.progress))
 
         self._run(StepSpec("extract", config={"curation.extract": self.cur.extract.model_dump(mode="json")},
-                           inputs={"sources": _sources_hash(sources)}, code=step_code_versions()["extract"],
+                           inputs={"sources": _sources_hash(sources)}, code=step_code_version("extract"),
                            outputs=[pairs, stats]), fn)
 
     def download(self) -> None:
@@ -133,7 +145,7 @@ class _Steps:
         pool, stats = self.dir / "pool", self.dir / "download_stats.json"
         spec = StepSpec("download", config={"curation.download": self.cur.download.model_dump(mode="json"),
                                             "curation.extract.allow_hosts": self.cur.extract.allow_hosts},
-                        inputs={"extract": self.cache.outputs_hash("extract")}, code=step_code_versions()["download"],
+                        inputs={"extract": self.cache.outputs_hash("extract")}, code=step_code_version("download"),
                         outputs=[pool, stats])
         # A new pool is fetched into pool.partial/ (where a killed run of the same settings resumes, skipping
         # finished shards) before this step's record is touched, and swapped in place of pool/ only once it
@@ -156,7 +168,7 @@ class _Steps:
         if not hq.is_dir():
             raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
         self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json", exclude={"threads"})},
-                           inputs={"hq": hash_path(hq)}, code=step_code_versions()["train-filter"], outputs=[out]),
+                           inputs={"hq": hash_path(hq)}, code=step_code_version("train-filter"), outputs=[out]),
                   lambda: train_filter.train_filter_network(self.cur.train_filter, hq, out))
 
     def score(self) -> None:
@@ -179,7 +191,7 @@ class _Steps:
             inputs["train-filter"] = self.cache.outputs_hash("train-filter")
         spec = StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(
                             mode="json", exclude={"num_workers", "device"})},
-                        inputs=inputs, code=step_code_versions()["score"], outputs=[out])
+                        inputs=inputs, code=step_code_version("score"), outputs=[out])
         rerun = self.force or not self.cache.check(spec).fresh
         # Finished parts from another model, pool or scoring code are not resumable work: start afresh.
         # (No record at all means a killed run, whose parts are resumed.)
@@ -194,7 +206,7 @@ class _Steps:
         self._run(StepSpec("dedup", config={"curation.dedup": self.cur.dedup.model_dump(mode="json")},
                            inputs={"score": self.cache.outputs_hash("score"),
                                    "eval_images": hash_json([hash_path(p) for p in bench])},
-                           code=step_code_versions()["dedup"], outputs=[out / "keep.parquet", out / "stats.json"]),
+                           code=step_code_version("dedup"), outputs=[out / "keep.parquet", out / "stats.json"]),
                   lambda: _dedup_masks(self, bench, out))
 
     def safety(self) -> None:
@@ -202,7 +214,7 @@ class _Steps:
         conf = {"concepts": self.cur.safety.concepts, "concept_threshold": self.cur.safety.concept_threshold}
         self._run(StepSpec("safety", config={"curation.safety": conf},
                            inputs={"score": self.cache.outputs_hash("score")},
-                           code=step_code_versions()["safety"], outputs=[out / "keep.parquet", out / "stats.json"]),
+                           code=step_code_version("safety"), outputs=[out / "keep.parquet", out / "stats.json"]),
                   lambda: _safety_mask(self, out))
 
     def select(self) -> None:
@@ -211,7 +223,7 @@ class _Steps:
         outs = [self.dir / "shards", self.dir / "subset.npy", self.dir / "select_stats.json"]
         self._run(StepSpec("select", config=conf,
                            inputs={k: self.cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
-                           code=step_code_versions()["select"], outputs=outs),
+                           code=step_code_version("select"), outputs=outs),
                   lambda: _select_and_write(self))
 
 
