@@ -77,15 +77,33 @@ def test_patchify_order_and_round_trip():
 def test_init_weights():
     model = small_model()
     qkv = model.blocks[0].attn.qkv
-    assert qkv.bias is None and model.blocks[0].mlp.fc1.bias is None and model.blocks[0].attn.proj.bias is None
-    bound = (6 / (qkv.in_features + qkv.out_features)) ** 0.5
-    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound
+    assert qkv.bias is None and model.blocks[0].mlp.fc1.bias is None
+    assert model.blocks[0].attn.proj.bias is None
+    bound = (6 / (qkv.in_features + qkv.in_features)) ** 0.5  # per q/k/v matrix: fan_in = fan_out = D
+    for part in qkv.weight.chunk(3):
+        assert part.abs().max() <= bound and part.abs().max() > 0.9 * bound
     assert torch.all(model.head.in_proj.bias == 0) and torch.all(model.patch_embed.proj.bias == 0)
     assert torch.all(model.post_trunk_norm.weight == 1) and model.patch_embed.norm.eps == 1e-6
     names = model.no_weight_decay_names()
     assert "patch_embed.proj.bias" in names and "blocks.0.norm_1.weight" in names
     assert "head.norm.weight" in names and "blocks.0.attn.qkv.weight" not in names
     assert "patch_embed.proj.weight" not in names
+
+
+@pytest.mark.parametrize("width", [192, 384, 1536])
+def test_qkv_init_matches_l3m_separate_projections(width):
+    # l3m's AIMv1 trunk (configs/aimv1: GenericAttention, weight_init_style xavier_uniform) has three
+    # nn.Linear(D, D) q/k/v projections, each xavier-uniform: std sqrt(2 / (D + D)) = 1/sqrt(D).
+    torch.manual_seed(0)
+    model = build_aim(ModelConfig(arch=None, width=width, depth=1, heads=width // 64, img_size=32,
+                                  patch_size=8, head_width=32, head_depth=1))
+    reference = [torch.nn.init.xavier_uniform_(torch.nn.Linear(width, width, bias=False).weight)
+                 for _ in "qkv"]
+    for ours, theirs in zip(model.blocks[0].attn.qkv.weight.detach().chunk(3), reference, strict=True):
+        assert abs(ours.std().item() / theirs.std().item() - 1) < 0.02
+        assert abs(ours.std().item() * width**0.5 - 1) < 0.02
+    # the fused matrix's own xavier std would be 1/sqrt(2D): 0.71x, the gap this init closes
+    assert model.blocks[0].attn.qkv.weight.std().item() * width**0.5 > 0.98
 
 
 def test_loss_is_the_documented_reduction():
@@ -154,7 +172,8 @@ def test_extract_features_mean_of_blocks_and_prefix_independent():
     # bidirectional: the first patch's feature depends on the last patch
     changed = x.clone()
     changed[:, :, 24:32, 24:32] += 1.0
-    assert (model.extract_features(changed, [0])[:, 0] - model.extract_features(x, [0])[:, 0]).abs().max() > 1e-4
+    moved = model.extract_features(changed, [0])[:, 0] - model.extract_features(x, [0])[:, 0]
+    assert moved.abs().max() > 1e-4
     with pytest.raises(ValueError):
         model.extract_features(x, [3])
 
@@ -179,7 +198,8 @@ def test_prefix_generator_is_seedable():
 def test_head_quirk_flag_changes_the_head():
     quirk, plain = small_model(), small_model(head_identity_attn=False)
     assert quirk.head.blocks[0].norm_1 is not None and plain.head.blocks[0].norm_1 is None
-    assert sum(p.numel() for p in quirk.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 2 * 32
+    extra = sum(p.numel() for p in quirk.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 2 * 32
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "naive"])
@@ -206,7 +226,7 @@ def test_backends_give_the_same_model_loss_and_grads():
     la.backward()
     lb.backward()
     torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
-    for (n, pa), (_, pb) in zip(ref.named_parameters(), other.named_parameters()):
+    for (n, pa), (_, pb) in zip(ref.named_parameters(), other.named_parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=n)
 
 
@@ -251,7 +271,8 @@ def test_pos_embed_formula():
     assert emb.shape == (6, 8)
     omega = torch.tensor([1.0, 10000 ** -0.5])  # w_k = 10000^(-k / (D/4)), D/4 = 2
     row, col = 1, 2  # patch 5 in raster order
-    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega), torch.sin(row * omega), torch.cos(row * omega)])
+    expected = torch.cat([torch.sin(col * omega), torch.cos(col * omega),
+                          torch.sin(row * omega), torch.cos(row * omega)])
     torch.testing.assert_close(emb[5], expected)
 
 

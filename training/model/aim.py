@@ -30,7 +30,8 @@ from training.model.pos_embed import sincos_pos_embed_2d
 from training.model.prefix import sample_prefix_lengths
 
 # The paper's best 6 blocks for the attentive probe (0-based, inclusive ranges).
-_BEST_BLOCKS = {"aim-600m": range(14, 20), "aim-1b": range(12, 18), "aim-3b": range(12, 18), "aim-7b": range(14, 20)}
+_BEST_BLOCKS = {"aim-600m": range(14, 20), "aim-1b": range(12, 18), "aim-3b": range(12, 18),
+                "aim-7b": range(14, 20)}
 
 
 class AIM(nn.Module):
@@ -40,7 +41,8 @@ class AIM(nn.Module):
         self.patch_size = cfg.patch_size
         self.in_chans = cfg.in_chans
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.width, cfg.patch_size, cfg.norm_eps)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.norm_eps)
+                                    for _ in range(cfg.depth))
         self.post_trunk_norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.head = AIMHead(cfg.width, cfg.head_width, cfg.head_depth, cfg.patch_size**2 * cfg.in_chans,
                             cfg.mlp_ratio, cfg.norm_eps, cfg.head_identity_attn)
@@ -52,7 +54,12 @@ class AIM(nn.Module):
     # ------------------------------------------------------------------------------ setup
     def init_weights(self) -> None:
         """Xavier-uniform linears with zero bias (as l3m), the patch Conv2d initialised like a linear
-        on the flattened patch (as MAE), LayerNorms at ones/zeros."""
+        on the flattened patch (as MAE), LayerNorms at ones/zeros.
+
+        The fused qkv [3D, D] is initialised as three D x D matrices: l3m's trunk (GenericAttention)
+        has separate q_proj/k_proj/v_proj linears, each xavier-uniform with fan_in = fan_out = D
+        (std 1/sqrt(D)); xavier on the fused matrix would see fan_out 3D and start 1/sqrt(2) smaller.
+        """
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -61,6 +68,9 @@ class AIM(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for part in block.attn.qkv.weight.chunk(3, dim=0):  # q, k, v rows: [D, D] views
+                nn.init.xavier_uniform_(part)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
@@ -115,7 +125,8 @@ class AIM(nn.Module):
         pos = sincos_pos_embed_2d(*grid_hw, x.shape[-1], device=x.device, dtype=x.dtype)
         return x + pos, grid_hw
 
-    def _run_blocks(self, x: torch.Tensor, mask: PrefixMask | None, backend: str, last_block: int | None = None):
+    def _run_blocks(self, x: torch.Tensor, mask: PrefixMask | None, backend: str,
+                    last_block: int | None = None):
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x, mask, backend)
@@ -129,7 +140,8 @@ class AIM(nn.Module):
         given, bidirectional otherwise."""
         backend = self.attention_backend(images.device)
         x, _ = self._embed(images)
-        mask = None if prefix_len is None else build_prefix_mask(prefix_len.to(images.device), x.shape[1], backend)
+        mask = (None if prefix_len is None
+                else build_prefix_mask(prefix_len.to(images.device), x.shape[1], backend))
         x, _ = self._run_blocks(x, mask, backend)
         return self.post_trunk_norm(x)
 

@@ -14,12 +14,15 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         # AIM drops the biases of qkv and the output projection (ml-aim: qkv_bias=False, use_bias=False).
+        # One fused [3D, D] matrix as in ml-aim's checkpoints; AIM.init_weights initialises its q, k and v
+        # rows separately, as l3m's separate projections are.
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width, bias=False)
 
     def forward(self, x: torch.Tensor, mask: PrefixMask | None, backend: str) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [3, B, H, N, Dh]
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, N, Dh]
         q, k, v = qkv.unbind(0)
         out = attention(q, k, v, mask, backend)  # [B, H, N, Dh]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))

@@ -38,7 +38,8 @@ class AIMHead(nn.Module):
         super().__init__()
         self.head_width = head_width
         self.in_proj = nn.Linear(width, head_width, bias=True)
-        self.blocks = nn.ModuleList(HeadBlock(head_width, mlp_ratio, norm_eps, identity_attn) for _ in range(depth))
+        self.blocks = nn.ModuleList(HeadBlock(head_width, mlp_ratio, norm_eps, identity_attn)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(head_width, eps=norm_eps)
         self.out_proj = nn.Linear(head_width, out_dim, bias=True)
 

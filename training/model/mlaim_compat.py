@@ -83,7 +83,8 @@ def load_mlaim_trunk(model, state_dict: dict) -> None:
     try:
         model.load_state_dict(trunk, strict=False)
     except RuntimeError as err:
-        raise InputError(f"ml-aim weights do not fit the model: {str(err).splitlines()[-1].strip()}") from None
+        last_line = str(err).splitlines()[-1].strip()
+        raise InputError(f"ml-aim weights do not fit the model: {last_line}") from None
 
 
 def infer_model_config(state_dict: dict, img_size: int = 224) -> ModelConfig:
