@@ -38,10 +38,11 @@ class TokenBatchNorm(nn.Module):
 class AttentiveProbe(nn.Module):
     """One learnable query attends over the tokens; the pooled vector goes to a linear classifier.
 
-    As in ml-aim's attention-pooling classifier: the query is a parameter used directly (no q
-    projection), k and v are bias-free linears, heads = trunk heads, no output projection. The
-    classifier keeps a bias (as in the January 2024 ml-aim code; a bias costs nothing and helps
-    unbalanced classes).
+    ml-aim's AttentionPoolingClassifier (aim-v1, torch backend), parameter for parameter: a BatchNorm
+    without affine over batch x tokens, the query a parameter used directly (no q projection), bias-free
+    k and v linears, heads = trunk heads, softmax(q k^T / sqrt(head dim)) v, no output projection, and a
+    bias-free classifier (their linear_bias=False), so Apple's released heads load exactly
+    (evaluation/mlaim_head.py).
     """
 
     def __init__(self, dim: int, num_heads: int, num_classes: int):
@@ -54,7 +55,7 @@ class AttentiveProbe(nn.Module):
         self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
-        self.classifier = nn.Linear(dim, num_classes)
+        self.classifier = nn.Linear(dim, num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
@@ -106,9 +107,7 @@ class AttentiveProbeStack(nn.Module):
         self.query = nn.Parameter(torch.randn(K, dim) * 0.02)
         self.k_weight = nn.Parameter(_linear_init(K, dim, dim))  # [K, D_in, D_out]
         self.v_weight = nn.Parameter(_linear_init(K, dim, dim))
-        self.cls_weight = nn.Parameter(_linear_init(K, dim, num_classes))  # [K, D, C]
-        bound = 1.0 / math.sqrt(dim)
-        self.cls_bias = nn.Parameter(torch.empty(K, num_classes).uniform_(-bound, bound))
+        self.cls_weight = nn.Parameter(_linear_init(K, dim, num_classes))  # [K, D, C], no bias (as ml-aim)
 
     @torch.no_grad()
     def load_from(self, index: int, probe: AttentiveProbe) -> None:
@@ -117,7 +116,6 @@ class AttentiveProbeStack(nn.Module):
         self.k_weight[index] = probe.k.weight.t()
         self.v_weight[index] = probe.v.weight.t()
         self.cls_weight[index] = probe.classifier.weight.t()
-        self.cls_bias[index] = probe.classifier.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _N, D = x.shape
@@ -131,7 +129,7 @@ class AttentiveProbeStack(nn.Module):
         attn = scores.softmax(dim=-1)
         pooled_in = torch.einsum("kbhn,bnd->kbhd", attn, x)  # [K, B, H, D]
         pooled = torch.einsum("kbhd,kdhe->kbhe", pooled_in, wv).reshape(K, B, D)  # [K, B, D]
-        return torch.baddbmm(self.cls_bias.unsqueeze(1), pooled, self.cls_weight)  # [K, B, C]
+        return torch.bmm(pooled, self.cls_weight)  # [K, B, C]
 
 
 class LinearProbeStack(nn.Module):
@@ -168,7 +166,8 @@ def decay_mask(stack: nn.Module) -> dict[str, bool]:
     return {name: not name.endswith("bias") for name, _ in stack.named_parameters()}
 
 
-def stacked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def stacked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                          label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over the K probes of each probe's mean cross-entropy.
 
     A sum (not a mean) so that each probe's gradient is exactly what it would get trained alone.

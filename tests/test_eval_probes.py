@@ -40,9 +40,9 @@ def test_token_batchnorm_uses_batch_times_token_statistics():
 def test_attentive_probe_matches_ml_aim_layout():
     probe = AttentiveProbe(dim=12, num_heads=3, num_classes=5)
     names = {n: tuple(p.shape) for n, p in probe.named_parameters()}
-    # no q projection, bias-free k/v, classifier with bias, no output projection
+    # no q projection, bias-free k/v, bias-free classifier (ml-aim: linear_bias=False), no output projection
     assert names == {"query": (1, 1, 12), "k.weight": (12, 12), "v.weight": (12, 12),
-                     "classifier.weight": (5, 12), "classifier.bias": (5,)}
+                     "classifier.weight": (5, 12)}
     assert probe.query.std().item() < 0.1
     assert probe(torch.randn(3, 9, 12)).shape == (3, 5)
 
@@ -74,7 +74,7 @@ def test_stacked_loss_gives_each_probe_its_own_gradient():
     stacked_cross_entropy(stack(x), y).backward()
     torch.nn.functional.cross_entropy(b(x), y).backward()
     assert torch.allclose(stack.k_weight.grad[1], b.k.weight.grad.t(), atol=1e-5)
-    assert torch.allclose(stack.cls_bias.grad[1], b.classifier.bias.grad, atol=1e-5)
+    assert torch.allclose(stack.cls_weight.grad[1], b.classifier.weight.grad.t(), atol=1e-5)
 
 
 def test_stacked_adamw_matches_torch_adamw_per_slice():
@@ -102,7 +102,8 @@ def test_cosine_schedule_shape():
 
 
 def test_metrics_top1_top5_recall():
-    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0], [0, 5.0, 1, 0, 0, 0], [0, 1, 5.0, 0, 0, 0], [5.0, 0, 0, 0, 0, 1]])
+    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0], [0, 5.0, 1, 0, 0, 0],
+                           [0, 1, 5.0, 0, 0, 0], [5.0, 0, 0, 0, 0, 1]])
     labels = torch.tensor([0, 2, 2, 5])
     m = classification_metrics(logits, labels, 6)
     assert m["top1"] == pytest.approx(0.5)
