@@ -19,3 +19,9 @@ class InputError(OpenAIMError):
     """An input file or URL is missing, unreadable or corrupt."""
 
     exit_code = 1
+
+
+class PartialFailure(OpenAIMError):
+    """A stage wrote every output it could, but some of its parts failed (named in the message)."""
+
+    exit_code = 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from shared.atomic import atomic_write_json
+from shared.atomic import atomic_write_bytes, atomic_write_json
+from shared.errors import PartialFailure
 from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
 
 log = logging.getLogger("openaim.pipeline")
@@ -91,8 +93,11 @@ def history_runs(cfg) -> list[Path]:
     return sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
 
 
-def archive_previous_run(cfg, reasons: list[str]) -> Path | None:
-    """Move the finished training/eval outputs aside so the new run starts clean and stays comparable."""
+def archive_previous_run(cfg, reasons: list[str], manifest: bytes | None = None) -> Path | None:
+    """Move the finished training/eval outputs aside so the new run starts clean and stays comparable.
+
+    ``manifest``: the curation manifest the finished run was trained on, read before curation reran
+    (run_pipeline); None copies the manifest now on disk."""
     if not (cfg.training_dir / "final").exists():
         return None
     dest = cfg.workdir / "history" / f"run-{len(history_runs(cfg)) + 1:03d}"
@@ -100,10 +105,12 @@ def archive_previous_run(cfg, reasons: list[str]) -> Path | None:
     for src in (cfg.training_dir, cfg.eval_dir):
         if src.exists():
             shutil.move(str(src), str(dest / src.name))
-    manifest = cfg.curation_dir / "manifest.json"
-    if manifest.exists():
-        (dest / "curation").mkdir()
-        shutil.copy2(manifest, dest / "curation" / "manifest.json")
+    if manifest is None:
+        manifest = _read_manifest(cfg)
+    if manifest is not None:
+        atomic_write_bytes(dest / "curation" / "manifest.json", manifest)
+    if (cfg.workdir / "pipeline.json").is_file():  # still the finished run's: stage wall times
+        shutil.copy2(cfg.workdir / "pipeline.json", dest / "pipeline.json")
     atomic_write_json(dest / "run.json", {"archived_because": reasons})
     cache = StageCache(cfg.workdir)
     cache.invalidate("train")
@@ -112,8 +119,16 @@ def archive_previous_run(cfg, reasons: list[str]) -> Path | None:
     return dest
 
 
+def _read_manifest(cfg) -> bytes | None:
+    try:
+        return (cfg.curation_dir / "manifest.json").read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _run_cached_stage(cfg, cache: StageCache, stage: Stage, spec: StepSpec, ran: list[str],
-                      reused: list[str], missing: list[str], upstream_reasons: list[str]) -> None:
+                      reused: list[str], missing: list[str], upstream_reasons: list[str],
+                      seconds: dict[str, float], manifest_before: bytes | None = None) -> None:
     fn = stage.load()
     if fn is None:
         missing.append(stage.name)
@@ -124,10 +139,12 @@ def _run_cached_stage(cfg, cache: StageCache, stage: Stage, spec: StepSpec, ran:
         reused.append(stage.name)
         return
     if stage is TRAINING and cache.load("train") is not None:
-        archive_previous_run(cfg, state.reasons + upstream_reasons)
+        archive_previous_run(cfg, state.reasons + upstream_reasons, manifest_before)
     console.rule(f"[bold]{stage.name}")
     cache.invalidate(spec.name)
+    start = time.perf_counter()
     fn(cfg)
+    seconds[stage.name] = round(time.perf_counter() - start, 1)
     cache.record(spec, outputs_hash=hash_path(spec.outputs[0]) if stage is TRAINING else None)
     ran.append(stage.name)
 
@@ -143,31 +160,50 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
     # with the archived run so the report can say what changed between the runs.
     upstream_reasons = [f"{name}: {why}" for name, fresh, reasons in collect_status(cfg)
                         if not fresh and name not in ("train", "eval") for why in reasons]
+    seconds: dict[str, float] = {}  # wall time of each stage that ran (the report shows it)
+    # The finished run was trained on this manifest; curation is about to rewrite it, and the archive
+    # made when training reruns must keep the run's own curation numbers.
+    manifest_before = _read_manifest(cfg)
     if not cfg.training.data.shards:
         build = CURATION.load()
         if build is None:
             missing.append(CURATION.name)
         else:
             console.rule("[bold]build-dataset")
+            start = time.perf_counter()
             build(cfg)
+            seconds[CURATION.name] = round(time.perf_counter() - start, 1)
             ran.append(CURATION.name)
-    _run_cached_stage(cfg, cache, TRAINING, train_spec(cfg, cache), ran, reused, missing, upstream_reasons)
-    _run_cached_stage(cfg, cache, EVALUATION, eval_spec(cfg, cache), ran, reused, missing, upstream_reasons)
+    partial: PartialFailure | None = None  # e.g. one unreadable benchmark: the report still shows the rest
+    for stage, spec in ((TRAINING, train_spec(cfg, cache)), (EVALUATION, eval_spec(cfg, cache))):
+        try:
+            _run_cached_stage(cfg, cache, stage, spec, ran, reused, missing, upstream_reasons, seconds,
+                              manifest_before)
+        except PartialFailure as exc:
+            partial = exc
 
     report = REPORT.load()
     if report is None:
         missing.append(REPORT.name)
     else:
         console.rule("[bold]report")
+        # the report shows the stages' wall times: this run's so far
+        atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "missing": missing,
+                                                          "seconds": seconds})
         compare = list(cfg.report.compare) + [str(p) for p in history_runs(cfg)[-2:]]
         with_history = cfg.model_copy(deep=True)
         with_history.report.compare = compare
+        start = time.perf_counter()
         path = report(with_history)
+        seconds[REPORT.name] = round(time.perf_counter() - start, 1)
         ran.append(REPORT.name)
         console.print(f"[bold green]report:[/] {path}")
     if missing:
         console.print(f"[yellow]not built yet:[/] {', '.join(missing)}")
-    atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "missing": missing})
+    atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "missing": missing,
+                                                      "seconds": seconds})
+    if partial is not None:
+        raise partial
     return {"ran": ran, "reused": reused, "missing": missing}
 
 

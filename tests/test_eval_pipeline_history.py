@@ -1,0 +1,70 @@
+"""`openaim run` twice on the served mini web with a different selection fraction: the second run archives
+the first, and the archive keeps the first run's own curation manifest (fraction, kept count), not the
+one curation rewrote for the second run; the report's runs table shows both."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The smallest pipeline that still runs every stage for real: a small mini web, our own filter network,
+# a few training steps of a narrow trunk, one bundled benchmark with a one-epoch linear probe.
+SMALL = ["web.n_images=300", "web.hq_size=200", "web.bench_train_per_class=2", "web.bench_test_per_class=2",
+         "web.slow_seconds=2", "curation.download.timeout=2", "curation.download.samples_per_shard=200",
+         "curation.train_filter.epochs=2", "training.model.width=32", "training.model.depth=2",
+         "training.model.heads=2", "training.model.head_width=32", "training.model.head_depth=1",
+         "training.model.img_size=32", "training.steps=4", "training.checkpoint_every=2",
+         "training.global_batch_size=8", "training.log_every=1", "evaluation.benchmarks=[digits]",
+         "evaluation.probe.kind=linear", "evaluation.probe.epochs=1", "evaluation.probe.lrs=[0.001]",
+         "evaluation.probe.weight_decays=[0.0001]", "evaluation.max_train_per_benchmark=100",
+         "evaluation.n_blocks=1", "evaluation.evaluate_intermediate=false"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(overrides: list[str]) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "shared.cli", "run", *[a for o in overrides for a in ("--set", o)]]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
+    from shared.config import load_config
+    from shared.miniweb.generate import generate_web
+    from shared.miniweb.server import serve_in_background
+
+    port = _free_port()
+    workdir = tmp_path / "run"
+    base = [f"workdir={workdir}", f"web.port={port}", *SMALL]
+    cfg = load_config(None, base)
+    generate_web(cfg.web, cfg.web_dir)
+    with serve_in_background(cfg.web_dir, host="127.0.0.1", port=port):
+        first = _run([*base, "curation.select.fraction=0.5"])
+        assert first.returncode == 0, first.stderr[-3000:]
+        first_manifest = json.loads((workdir / "curation" / "manifest.json").read_text())
+        second = _run([*base, "curation.select.fraction=0.3"])
+        assert second.returncode == 0, second.stderr[-3000:]
+    second_manifest = json.loads((workdir / "curation" / "manifest.json").read_text())
+    archived = json.loads((workdir / "history" / "run-001" / "curation" / "manifest.json").read_text())
+    assert first_manifest["fraction"] == 0.5 and second_manifest["fraction"] == 0.3
+    assert archived["fraction"] == 0.5
+    assert archived["kept"] == first_manifest["kept"] > second_manifest["kept"]
+    why = json.loads((workdir / "history" / "run-001" / "run.json").read_text())["archived_because"]
+    assert any("curation.select.fraction" in reason for reason in why)
+    # wall time per stage, this run's and the archived run's
+    assert {"build-dataset", "train", "eval"} <= set(json.loads((workdir / "pipeline.json").read_text())["seconds"])
+    assert "train" in json.loads((workdir / "history" / "run-001" / "pipeline.json").read_text())["seconds"]
+    # the report's runs table: each run with its own fraction and kept count
+    md = (workdir / "report" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "history/run-001" in line]
+    assert rows, md[:3000]
+    assert f"| {first_manifest['kept']} |" in rows[0].replace("**", "") and "0.5" in rows[0]
