@@ -1,15 +1,24 @@
 """The AIM model: shapes, parameter counts, loss masking, feature extraction, training, ml-aim names."""
 
+import json
+
 import pytest
 import torch
 from pydantic import ValidationError
 
 from shared.config.training import ModelConfig
 from shared.errors import InputError
+from training.checkpoint import load_model_for_eval
 from training.model.aim import build_aim
 from training.model.flops import flops_per_image, head_params, trunk_params
 from training.model.loss import next_patch_loss
-from training.model.mlaim_compat import export_mlaim_state_dict, load_mlaim_checkpoint
+from training.model.mlaim_compat import (
+    export_mlaim_state_dict,
+    infer_model_config,
+    load_mlaim_checkpoint,
+    load_mlaim_trunk,
+    save_mlaim_checkpoint,
+)
 
 torch.set_num_threads(2)
 
@@ -242,10 +251,38 @@ def test_mlaim_export_and_load_round_trip(tmp_path):
     x = images(2)
     torch.testing.assert_close(loaded.extract_features(x, [1, 2]), model.extract_features(x, [1, 2]))
     assert set(loaded.mlaim_probe_head) == {"cls_token", "k.weight"} and not loaded.training
-    # shapes are inferred when no config is given (a width that is no preset: head dim 64)
-    inferred = load_mlaim_checkpoint(tmp_path / "aim.pth")
-    assert (inferred.cfg.width, inferred.cfg.depth, inferred.cfg.patch_size) == (64, 3, 8)
-    assert model.trunk_state_dict().keys() == sd.keys()
+    # a width that is no released size, and no config.json beside it: the head count is unknown
+    with pytest.raises(InputError, match="cannot tell the head count"):
+        load_mlaim_checkpoint(tmp_path / "aim.pth")
+
+
+def test_custom_width_mlaim_checkpoint_loads_exactly(tmp_path):
+    # 256 wide with 2 heads (head dim 128, as every ml-aim size): a head-dim-64 guess would say 4 heads
+    model = small_model(width=256, heads=2).eval()
+    save_mlaim_checkpoint(model, tmp_path / "custom_backbone.pth")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["embed_dim"], config["num_blocks"], config["num_heads"]) == (256, 3, 2)
+    loaded, cfg = load_model_for_eval(tmp_path / "custom_backbone.pth")
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.img_size) == (256, 3, 2, 8, 32)
+    x = images(2)
+    assert torch.equal(loaded.extract_features(x, [0, 1, 2]), model.extract_features(x, [0, 1, 2]))
+    four_heads = small_model(width=256, heads=4).eval()
+    load_mlaim_trunk(four_heads, export_mlaim_state_dict(model))  # the same weights, the guessed head count
+    assert not torch.allclose(four_heads.extract_features(x, [2]), model.extract_features(x, [2]), atol=1e-3)
+    # a config.json that does not describe the weights is refused, naming the file
+    (tmp_path / "config.json").write_text('{"embed_dim": 512, "num_blocks": 3, "num_heads": 4}')
+    with pytest.raises(InputError, match="custom_backbone.pth: its config.json .*embed_dim 512 vs 256"):
+        load_model_for_eval(tmp_path / "custom_backbone.pth")
+    (tmp_path / "config.json").write_text('{"embed_dim": 256, "num_heads": 3}')
+    with pytest.raises(InputError, match="num_heads 3 does not divide"):
+        load_model_for_eval(tmp_path / "custom_backbone.pth")
+
+
+def test_released_mlaim_sizes_take_their_preset_head_count():
+    for arch, heads in [("aim-600m", 12), ("aim-1b", 16), ("aim-3b", 24), ("aim-7b", 32)]:
+        sd = export_mlaim_state_dict(build_aim(ModelConfig(arch=arch), device="meta"))
+        cfg = infer_model_config(sd)
+        assert (cfg.arch, cfg.heads, cfg.width // cfg.heads) == (arch, heads, 128)
 
 
 def test_mlaim_bad_inputs_are_input_errors(tmp_path):
@@ -261,7 +298,7 @@ def test_mlaim_bad_inputs_are_input_errors(tmp_path):
         load_mlaim_checkpoint(tmp_path / "partial.pth", model_cfg=ModelConfig(**SMALL))
     wrong = export_mlaim_state_dict(small_model(width=128, heads=4))
     with pytest.raises(InputError):
-        small_model().load_trunk_state_dict(wrong)
+        load_mlaim_trunk(small_model(), wrong)
 
 
 def test_pos_embed_formula():

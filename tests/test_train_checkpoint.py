@@ -13,7 +13,8 @@ from shared.errors import InputError
 from training import checkpoint as ck
 from training.model.aim import build_aim
 
-TINY = ModelConfig(arch=None, width=32, depth=2, heads=2, img_size=32, patch_size=8, head_width=32, head_depth=1)
+TINY = ModelConfig(arch=None, width=32, depth=2, heads=2, img_size=32, patch_size=8, head_width=32,
+                   head_depth=1)
 
 
 def test_checkpoint_roundtrip_and_completeness(tmp_path):
@@ -46,15 +47,15 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
 
 
 def test_load_model_for_eval_reads_an_mlaim_pth(tmp_path):
-    from training.model.mlaim_compat import export_mlaim_state_dict
+    from training.model.mlaim_compat import export_mlaim_state_dict, save_mlaim_checkpoint
 
     torch.manual_seed(1)
     model = build_aim(TINY)
-    torch.save(export_mlaim_state_dict(model), tmp_path / "aim_tiny.pth")
+    save_mlaim_checkpoint(model, tmp_path / "aim_tiny.pth")  # + config.json with the head count
     loaded, cfg = ck.load_model_for_eval(tmp_path / "aim_tiny.pth")
-    assert (cfg.width, cfg.depth) == (32, 2)
+    assert (cfg.width, cfg.depth, cfg.heads) == (32, 2, 2)
     assert not loaded.training
-    # The trunk weights arrive intact (heads cannot be read from weights; the compat layer infers them).
+    # The trunk weights arrive intact (the head count comes from the config.json the exporter wrote).
     ours, theirs = export_mlaim_state_dict(model), export_mlaim_state_dict(loaded)
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 

@@ -31,6 +31,9 @@ class ModelConfig(StrictModel):
     in_chans: int = Field(3, ge=1)
     head_width: int | None = Field(None, ge=8)
     head_depth: int | None = Field(None, ge=0)
+    # LayerNorm eps of every norm (patch embed, blocks, post-trunk, head). 1e-6 is ml-aim's (their
+    # released trunks run with it; ml-aim checkpoints load with it); l3m's AIMv1 training config uses
+    # 1e-5, which the shipped training configs (configs/aim-*.yaml, demo.yaml) set.
     norm_eps: float = Field(1e-6, gt=0)
     norm_pix_loss: bool = True
     attention_backend: Literal["auto", "xformers", "flex", "sdpa", "naive"] = "auto"

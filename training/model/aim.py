@@ -179,19 +179,6 @@ class AIM(nn.Module):
         _, outputs = self._run_blocks(x, None, backend, last_block=max(blocks))
         return torch.stack([outputs[b] for b in blocks], dim=0).mean(dim=0)
 
-    # ----------------------------------------------------------------- ml-aim compatibility
-    def trunk_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trunk's weights under ml-aim's torch-backend names."""
-        from training.model.mlaim_compat import export_mlaim_state_dict
-
-        return export_mlaim_state_dict(self)
-
-    def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load trunk weights given under ml-aim's names (the head is left as it is)."""
-        from training.model.mlaim_compat import load_mlaim_trunk
-
-        load_mlaim_trunk(self, state_dict)
-
 
 def build_aim(model_cfg: ModelConfig, device: torch.device | str | None = None) -> AIM:
     """An initialised AIM on `device` ("meta" builds shapes only, e.g. to count parameters or to
