@@ -27,6 +27,7 @@ from shared.atomic import atomic_path
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json, hash_path
 from shared.torchrun import barrier, rank_world
+from training.checkpoint import resolve_weights
 
 log = logging.getLogger("openaim.eval")
 
@@ -77,20 +78,8 @@ def feature_path(eval_dir: Path, ckpt_hash: str, benchmark: str, split: str, blo
 
 
 def checkpoint_hash(path: str | Path) -> str:
-    """Content hash of a checkpoint's weights (a run dir hashes the weights it would load)."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "model.safetensors", path / "final" / "model.safetensors",
-                          path / "training" / "final" / "model.safetensors"):
-            if candidate.is_file():
-                return hash_path(candidate)
-        from training.checkpoint import latest_checkpoint
-
-        for run in (path, path / "training"):
-            latest = latest_checkpoint(run)
-            if latest is not None:
-                return hash_path(latest / "model.safetensors")
-    return hash_path(path)
+    """Content hash of the weights file that evaluating `path` loads (training.checkpoint's lookup)."""
+    return hash_path(resolve_weights(path)) if Path(path).exists() else hash_path(path)
 
 
 # --- distributed helpers -----------------------------------------------------------------------------

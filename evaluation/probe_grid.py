@@ -7,7 +7,6 @@ weight-decay vector. Deterministic given ``probe_cfg.seed``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 
 from evaluation.probes import build_probe_stack, decay_mask, stacked_cross_entropy
 from shared.config.evaluation import ProbeConfig
+from training.optim import warmup_cosine
 
 
 @dataclass
@@ -55,7 +55,7 @@ class StackedAdamW:
         self.t += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v, decays in zip(self.params, self.m, self.v, self.decay):
+        for p, m, v, decays in zip(self.params, self.m, self.v, self.decay, strict=True):
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast [K] over the rest of the parameter
@@ -69,14 +69,6 @@ class StackedAdamW:
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
-
-
-def lr_scale_at(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 0; the factor that multiplies each probe's base lr."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_probe_grid(kind: str, train: FeatureSet, num_classes: int, num_heads: int, probe_cfg: ProbeConfig,
@@ -108,7 +100,8 @@ def train_probe_grid(kind: str, train: FeatureSet, num_classes: int, num_heads: 
             loss = stacked_cross_entropy(stack(x), labels[idx], probe_cfg.label_smoothing)
             opt.zero_grad()
             loss.backward()
-            opt.step(lr_scale_at(step, total, warmup))
+            # the factor on each probe's base lr: warm-up from 1/warmup of it, then cosine to 0
+            opt.step(warmup_cosine(step, total, warmup, peak=1.0, start=1.0 / max(1, warmup)))
             step += 1
             if on_step:
                 on_step(step, total)

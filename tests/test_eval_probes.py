@@ -12,7 +12,6 @@ from evaluation.probe_grid import (
     StackedAdamW,
     classification_metrics,
     grid_settings,
-    lr_scale_at,
     run_probe_grid,
 )
 from evaluation.probes import (
@@ -24,6 +23,7 @@ from evaluation.probes import (
     stacked_cross_entropy,
 )
 from shared.config.evaluation import ProbeConfig
+from training.optim import warmup_cosine
 
 torch.set_num_threads(2)
 
@@ -96,8 +96,9 @@ def test_stacked_adamw_matches_torch_adamw_per_slice():
 
 
 def test_cosine_schedule_shape():
-    vals = [lr_scale_at(s, 100, 10) for s in range(100)]
-    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    # the probes' factor on their base lr, from training.optim's one warm-up + cosine schedule
+    vals = [warmup_cosine(s, 100, 10, peak=1.0, start=0.1) for s in range(100)]
+    assert vals[0] == pytest.approx(0.1) and vals[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(vals[10:])) and vals[-1] < 0.01
 
 

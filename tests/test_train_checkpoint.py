@@ -30,7 +30,12 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"partial")
     (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").mkdir()
-    assert ck.latest_checkpoint(tmp_path) == ck.step_dir(tmp_path, 5)
+    assert [d for _, d in ck.complete_checkpoints(tmp_path)] == [ck.step_dir(tmp_path, 5)]
+    assert ck.resolve_weights(tmp_path) == ck.step_dir(tmp_path, 5) / "model.safetensors"
+    assert ck.latest_checkpoint(tmp_path) is None  # weights only: nothing to resume from
+    # the trunk also under ml-aim's names
+    trunk = ck.read_weights(ck.step_dir(tmp_path, 5) / "mlaim_trunk.safetensors")
+    assert "trunk.blocks.0.attn.qkv.weight" in trunk and not any(k.startswith("head") for k in trunk)
     ck.remove_partial(tmp_path)
     assert not (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").exists()
 

@@ -11,15 +11,23 @@ import torch
 from shared.config.loading import load_config
 from shared.errors import InputError
 from training.augment import augment, crop_box
-from training.data import TrainBatches, build_loader, mix_counts
+from training.data import TrainBatches, build_loader, curated_shard_list, imagenet_paths, mix_counts
 from training.synthetic import write_image_folder, write_synthetic_shards
 
 
-def _cfg(tmp_path: Path, shards: list[str], imagenet: list[str] = (), mix=(0.8, 0.2), workers: int = 0):
+def _cfg(tmp_path: Path, shards: list[str], imagenet: list[str] = (), mix=(0.8, 0.2), workers: int = 0,
+         extra: list[str] = ()):
     sets = [f"workdir={tmp_path / 'run'}", f"training.data.shards={list(shards)}",
             f"training.data.imagenet={list(imagenet)}", f"training.data.mix={list(mix)}",
-            f"training.data.num_workers={workers}", "training.data.shuffle_buffer=8"]
+            f"training.data.num_workers={workers}", "training.data.shuffle_buffer=8", *extra]
     return load_config(None, sets)
+
+
+def _batches(cfg, rank: int, world: int, batch: int, start: int = 0, positions=None, streams: int = 1):
+    """TrainBatches for a global batch of `batch` * `world` images (the edge resolves the paths)."""
+    tcfg = cfg.training.model_copy(update={"global_batch_size": batch * world})
+    curated = curated_shard_list(cfg) if cfg.training.data.shards else []
+    return TrainBatches(tcfg, curated, imagenet_paths(cfg), rank, world, start, positions, streams)
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +40,18 @@ def _take(dataset, n):
     return list(itertools.islice(iter(dataset), n))
 
 
-def test_mix_counts_are_exact_per_batch():
-    assert mix_counts(64, (0.8, 0.2), True) == (51, 13)
-    assert mix_counts(10, (0.8, 0.2), True) == (8, 2)
-    assert mix_counts(10, (0.8, 0.2), False) == (10, 0)
-    assert mix_counts(8, (0.0, 1.0), True) == (0, 8)
+def test_imagenet_share_is_exact_per_global_batch_at_any_world_size():
+    for world in (1, 2, 3, 4):
+        for local in (1, 3, 5, 7, 9, 13, 64):
+            gb = local * world
+            counts = [mix_counts(gb, world, r, (0.8, 0.2), True) for r in range(world)]
+            assert sum(n_in for _, n_in, _ in counts) == round(gb * 0.2), (world, gb)
+            assert all(cur + n_in == local for cur, n_in, _ in counts)
+            # contiguous, non-overlapping slots of the global ImageNet count
+            assert [off for _, _, off in counts] == [sum(c[1] for c in counts[:r]) for r in range(world)]
+    assert mix_counts(64, 1, 0, (0.8, 0.2), True) == (51, 13, 0)
+    assert mix_counts(10, 1, 0, (0.8, 0.2), False) == (10, 0, 0)
+    assert mix_counts(8, 2, 1, (0.0, 1.0), True) == (0, 4, 4)
 
 
 def test_augment_is_a_function_of_its_seed():
@@ -56,50 +71,52 @@ def test_augment_is_a_function_of_its_seed():
 
 def test_stream_resumes_exactly_from_a_position(tmp_path, shards):
     cfg = _cfg(tmp_path, shards)
-    full = _take(TrainBatches(cfg, 0, 1, 10, 0, None, 1), 8)
+    full = _take(_batches(cfg, 0, 1, 10), 8)
     assert [b["step"] for b in full] == list(range(8))
-    assert all(b["images"].shape == (10, 3, 64, 64) for b in full)
-    # Batches differ from each other, and the stream crosses shard passes (12 samples per shard).
+    assert all(b["images"].shape == (10, 3, 64, 64) and b["images"].dtype == torch.uint8 for b in full)
+    # Batches differ from each other, and the stream crosses shard windows (12 samples per shard).
     assert not torch.equal(full[0]["images"], full[1]["images"])
-    assert full[7]["position"]["curated"][0] >= 3
+    assert full[7]["position"]["curated"]["k"] >= 3
     # Resume after step 4 with the recorded position: the same batches, bit for bit.
-    resumed = _take(TrainBatches(cfg, 0, 1, 10, 5, [full[4]["position"]], 1), 3)
-    for a, b in zip(full[5:], resumed):
+    resumed = _take(_batches(cfg, 0, 1, 10, 5, [full[4]["position"]]), 3)
+    for a, b in zip(full[5:], resumed, strict=True):
         assert a["step"] == b["step"] and torch.equal(a["images"], b["images"])
     # Another seed gives other data.
-    other = _take(TrainBatches(load_config(None, [f"workdir={tmp_path}", f"training.data.shards={shards}",
-                                                  "training.seed=1", "training.data.num_workers=0"]),
-                               0, 1, 10, 0, None, 1), 1)
+    other = _take(_batches(_cfg(tmp_path, shards, extra=["training.seed=1"]), 0, 1, 10), 1)
     assert not torch.equal(other[0]["images"], full[0]["images"])
 
 
 def test_two_workers_round_robin_and_resume(tmp_path, shards):
     cfg = _cfg(tmp_path, shards, workers=2)
-    loader, streams = build_loader(cfg, 0, 1, 6, 0, None)
-    assert streams == 2
+    tcfg = cfg.training.model_copy(update={"global_batch_size": 6})
+    loader = build_loader(tcfg, shards, [], 0, 1, 0, None)
     full = list(itertools.islice(iter(loader), 6))
     assert [b["step"] for b in full] == list(range(6))
     assert [b["stream"] for b in full] == [0, 1, 0, 1, 0, 1]
     positions = [full[2]["position"], full[3]["position"]]  # after step 3
-    loader2, _ = build_loader(cfg, 0, 1, 6, 4, positions)
+    loader2 = build_loader(tcfg, shards, [], 0, 1, 4, positions)
     resumed = list(itertools.islice(iter(loader2), 2))
     assert [b["step"] for b in resumed] == [4, 5]
-    for a, b in zip(full[4:], resumed):
+    for a, b in zip(full[4:], resumed, strict=True):
         assert torch.equal(a["images"], b["images"])
 
 
 def test_imagenet_folder_mix_and_global_indexing(tmp_path, shards):
     folder = write_image_folder(tmp_path / "imnet", n_classes=3, per_class=5, size=40)
     cfg = _cfg(tmp_path, shards, [str(folder)], mix=(0.8, 0.2))
-    batch = _take(TrainBatches(cfg, 0, 1, 10, 0, None, 1), 1)[0]
+    batch = _take(_batches(cfg, 0, 1, 10), 1)[0]
     assert batch["images"].shape[0] == 10 and set(batch["position"]) == {"curated"}
     # ImageNet-only: rank r of 2 with batch 4 sees exactly the slice of a 1-rank batch of 8.
     cfg_in = _cfg(tmp_path, [], [str(folder)], mix=(0.0, 1.0))
-    one = _take(TrainBatches(cfg_in, 0, 1, 8, 0, None, 1), 3)
-    two = [_take(TrainBatches(cfg_in, r, 2, 4, 0, None, 1), 3) for r in range(2)]
+    one = _take(_batches(cfg_in, 0, 1, 8), 3)
+    two = [_take(_batches(cfg_in, r, 2, 4), 3) for r in range(2)]
     for step in range(3):
         joined = torch.cat([two[0][step]["images"], two[1][step]["images"]])
         assert torch.equal(joined, one[step]["images"])
+    # 0.8/0.2 on 3 ranks of 3 images: 2 of the 9 are ImageNet, the slots of a 1-rank batch of 9.
+    cfg_mix = _cfg(tmp_path, shards, [str(folder)], mix=(0.8, 0.2))
+    three = [_batches(cfg_mix, r, 3, 3) for r in range(3)]
+    assert [(b.n_cur, b.n_in) for b in three] == [(2, 1), (2, 1), (3, 0)]
 
 
 def test_corrupt_and_missing_shards_are_skipped_and_counted(tmp_path, shards):
@@ -109,7 +126,7 @@ def test_corrupt_and_missing_shards_are_skipped_and_counted(tmp_path, shards):
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(Path(shards[1]).read_bytes()[:5000])  # cut inside a member
     cfg = _cfg(tmp_path, [str(bad), missing, str(truncated), shards[0]])
-    batches = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 6)
+    batches = _take(_batches(cfg, 0, 1, 8), 6)
     assert sum(b["bad"] for b in batches) >= 1
     assert all(b["images"].shape[0] == 8 for b in batches)
 
@@ -118,10 +135,10 @@ def test_unreadable_folder_image_is_replaced_deterministically(tmp_path):
     folder = write_image_folder(tmp_path / "imnet", n_classes=2, per_class=4, size=40)
     (folder / "class000" / "0001.jpg").write_bytes(b"not a jpeg")
     cfg = _cfg(tmp_path, [], [str(folder)], mix=(0.0, 1.0))
-    first = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 2)
-    second = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 2)
+    first = _take(_batches(cfg, 0, 1, 8), 2)
+    second = _take(_batches(cfg, 0, 1, 8), 2)
     assert sum(b["bad"] for b in first) >= 1
-    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(first, second))
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(first, second, strict=True))
 
 
 def test_only_unreadable_shards_is_one_error(tmp_path):
@@ -129,21 +146,46 @@ def test_only_unreadable_shards_is_one_error(tmp_path):
     bad.write_bytes(b"garbage" * 10)
     cfg = _cfg(tmp_path, [str(bad)])
     with pytest.raises(InputError, match="no readable samples"):
-        _take(TrainBatches(cfg, 0, 1, 4, 0, None, 1), 1)
+        _take(_batches(cfg, 0, 1, 4), 1)
 
 
 def test_no_shards_is_one_error(tmp_path):
     cfg = _cfg(tmp_path, [])  # empty -> the curation stage's shards, which do not exist here
     with pytest.raises(InputError, match="no training shards found"):
-        TrainBatches(cfg, 0, 1, 4, 0, None, 1)
+        curated_shard_list(cfg)
 
 
 def test_imagenet_as_shards_has_its_own_resumable_position(tmp_path, shards):
     in_shards = write_synthetic_shards(tmp_path / "in", n_shards=2, per_shard=6, size=40, seed=9)
     cfg = _cfg(tmp_path, shards, [str(tmp_path / "in" / "*.tar")], mix=(0.75, 0.25))
-    full = _take(TrainBatches(cfg, 0, 1, 8, 0, None, 1), 6)
+    full = _take(_batches(cfg, 0, 1, 8), 6)
     assert set(full[0]["position"]) == {"curated", "imagenet"}
-    assert full[0]["position"]["curated"][1] == 6 and full[0]["position"]["imagenet"][1] == 2
-    resumed = _take(TrainBatches(cfg, 0, 1, 8, 3, [full[2]["position"]], 1), 3)
-    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(full[3:], resumed))
+    assert full[0]["position"]["curated"]["taken"] == 6 and full[0]["position"]["imagenet"]["taken"] == 2
+    resumed = _take(_batches(cfg, 0, 1, 8, 3, [full[2]["position"]]), 3)
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(full[3:], resumed, strict=True))
     assert len(in_shards) == 2
+
+
+def test_shards_are_a_permutation_per_epoch_and_the_shuffle_spans_shards(tmp_path, shards):
+    from training.data import BadSampleCounter, ShardReader, fresh_position, resplit_positions
+
+    more = [str(p) for p in write_synthetic_shards(tmp_path / "more", n_shards=3, per_shard=12, size=16,
+                                                   seed=4)]
+    urls = shards + more  # 6 shards x 12 samples
+    readers = [ShardReader(urls, 0, 1, g, 20, BadSampleCounter()) for g in range(3)]
+    # one epoch = 72 samples; each reader's first window holds 2 shards (>= 20 samples): visits g, g + 3
+    keys, windows = [], set()
+    for g, reader in enumerate(readers):
+        for sample, after, visit in itertools.islice(reader.samples(fresh_position(0, 3)), 24):
+            keys.append((sample["__url__"], sample["__key__"]))
+            windows.add((g, visit, after["next_k"] - after["k"]))
+    assert len(set(keys)) == 72  # every sample of every shard exactly once: no shard drawn twice
+    assert all(span == 2 for _, _, span in windows)  # a window spans two shards
+    epoch0 = [readers[0].shard_at(v) for v in range(6)]
+    assert sorted(epoch0) == sorted(urls) and epoch0 != [readers[0].shard_at(v) for v in range(6, 12)]
+    # Another world size: every new reader starts after every shard any old reader opened.
+    old = [[{"curated": {"base": 0, "readers": 2, "k": 2, "next_k": 4, "taken": 5, "reader": g}}]
+           for g in range(2)]
+    new = resplit_positions(old, 1, 1, ["curated"])
+    assert new[0][0]["curated"]["base"] == 0 + 1 + 3 * 2 + 1 and new[0][0]["curated"]["k"] == 0
+    assert resplit_positions(old, 2, 1, ["curated"]) == old  # unchanged world: exact positions

@@ -61,9 +61,12 @@ def test_paper_configs_load():
         cfg = load_config(ROOT / "configs" / f"aim-{name}.yaml")
         t = cfg.training
         assert (t.model.width, t.model.depth, t.model.heads) == (width, depth, heads)
-        assert (t.model.img_size, t.model.patch_size, t.model.head_width, t.model.head_depth) == (224, 14, 2048, 12)
-        assert (t.global_batch_size, t.steps, t.precision, t.parallel) == (4096, 500_000, "bf16", "fsdp")
-        assert t.compile and t.activation_checkpointing and tuple(t.data.mix) == (0.8, 0.2)
+        shape = (t.model.img_size, t.model.patch_size, t.model.head_width, t.model.head_depth)
+        assert shape == (224, 14, 2048, 12)
+        assert (t.global_batch_size, t.steps, t.precision) == (4096, 500_000, "bf16")
+        assert t.compile and tuple(t.data.mix) == (0.8, 0.2)
+    assert load_config(ROOT / "configs" / "aim-7b.yaml").training.parallel == "hsdp"
+    assert load_config(ROOT / "configs" / "aim-600m.yaml").training.activation_checkpointing == "none"
 
 
 def test_kill9_then_resume_repeats_the_uninterrupted_losses(tmp_path, shards):
@@ -192,7 +195,7 @@ def test_activation_checkpointing_same_losses_and_no_resume_keeps_the_old_run(tm
     plain = _run(_train_cmd(tmp_path, sets))
     assert plain.returncode == 0, plain.stderr[-2000:]
     before = _losses(tmp_path)
-    ac = _run(_train_cmd(tmp_path, sets + ["training.activation_checkpointing=true"], ("--no-resume",)))
+    ac = _run(_train_cmd(tmp_path, sets + ["training.activation_checkpointing=full"], ("--no-resume",)))
     assert ac.returncode == 0, ac.stderr[-2000:]
     # Recomputing activations changes memory, not numbers; --no-resume trained from scratch.
     assert _losses(tmp_path) == before

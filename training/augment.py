@@ -13,7 +13,9 @@ import math
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,21 +46,30 @@ def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def augment(img: Image.Image, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.4, 1.0),
-            jitter_p: float = 0.8) -> torch.Tensor:
-    """PIL image -> normalised float tensor [3, size, size]."""
-    import torchvision.transforms.functional as TF
-    from torchvision.transforms import InterpolationMode
-
+def augment_uint8(img: Image.Image, size: int, rng: np.random.Generator,
+                  scale: tuple[float, float] = (0.4, 1.0), jitter_p: float = 0.8) -> torch.Tensor:
+    """PIL image -> augmented uint8 tensor [3, size, size] (crop, flip, colour jitter; not normalised:
+    batches cross the worker boundary as uint8 and `normalize` runs on the device)."""
     img = img.convert("RGB")
     top, left, h, w = crop_box(img.width, img.height, scale, rng)
     img = TF.resized_crop(img, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
     if rng.random() < 0.5:
         img = TF.hflip(img)
     if rng.random() < jitter_p:
-        factors = (rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1))
+        factors = (rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.2),
+                   rng.uniform(-0.1, 0.1))
         ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
         for i in rng.permutation(4):
             img = ops[i](img, float(factors[i]))
-    x = TF.pil_to_tensor(img).float().div_(255.0)  # [3, size, size]
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return TF.pil_to_tensor(img)  # [3, size, size] uint8
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std, on the images' device."""
+    return TF.normalize(images.float().div_(255.0), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def augment(img: Image.Image, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.4, 1.0),
+            jitter_p: float = 0.8) -> torch.Tensor:
+    """PIL image -> normalised float tensor [3, size, size]."""
+    return normalize(augment_uint8(img, size, rng, scale, jitter_p))

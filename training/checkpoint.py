@@ -1,15 +1,31 @@
-"""Checkpoints: `checkpoints/step_%07d/` (model.safetensors, state.pt, config.json, COMPLETE) and `final/`.
+"""Checkpoints: sharded, resumable on another world size, atomic, with consolidated weights for eval.
 
-A checkpoint directory is built under a temporary name and renamed into place, with a `COMPLETE`
-marker written last inside it: a run killed mid-save leaves only a hidden temp dir, which is ignored
-(and cleaned up) by the next run. state.pt holds only tensors and plain types, so it loads with
-`torch.load(weights_only=True)`.
+    <training_dir>/checkpoints/step_0005000/
+        dcp/                     torch.distributed.checkpoint: {"model", "optim"}, each rank writes its
+                                 own shards (FSDP/HSDP) or rank 0 writes the one copy (DDP, one process)
+        state.pt                 step, per-rank RNG states and data positions, the open metrics window
+        config.json              the model config (shape check on resume, model for eval)
+        model.safetensors        consolidated weights, our names   } only at `keep_checkpoints` steps
+        mlaim_trunk.safetensors  the trunk under ml-aim's names    } and the last step
+        COMPLETE                 written last
+    <training_dir>/final/        model.safetensors, mlaim_trunk.safetensors, config.json, COMPLETE
+
+A save is built in `checkpoints/.step_0005000.tmp/` (every rank writes its DCP shards there), then
+rank 0 writes COMPLETE and renames it into place: a run killed mid-save leaves only the hidden temp
+dir, which the next run removes, and the previous checkpoint stays the latest. DCP reshards on load,
+so model and optimizer resume exactly on any world size and parallelism (DDP, FSDP, HSDP, none).
+The learning-rate schedule is a pure function of the step (training.optim.lr_at), so the step is the
+scheduler's whole state. state.pt holds only tensors and plain types (`torch.load(weights_only=True)`).
+
+The one checkpoint lookup for evaluation is `resolve_weights` (used by `load_model_for_eval` and by
+evaluation.features' cache key, so the key names the weights that are evaluated).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -18,35 +34,61 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from shared.atomic import atomic_dir
+from shared.config.training import ModelConfig
 from shared.errors import InputError
+from training.model.aim import build_aim
+from training.model.mlaim_compat import load_mlaim_checkpoint, to_mlaim_name
 
 log = logging.getLogger("openaim.training")
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
-MODEL_FILE, STATE_FILE, CONFIG_FILE, COMPLETE = "model.safetensors", "state.pt", "config.json", "COMPLETE"
+MODEL_FILE, MLAIM_FILE = "model.safetensors", "mlaim_trunk.safetensors"
+STATE_FILE, CONFIG_FILE, COMPLETE, DCP_DIR = "state.pt", "config.json", "COMPLETE", "dcp"
 
 
 def step_dir(training_dir: Path, step: int) -> Path:
     return Path(training_dir) / "checkpoints" / f"step_{step:07d}"
 
 
-def complete_checkpoints(training_dir: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of every complete checkpoint, oldest first."""
+def tmp_step_dir(training_dir: Path, step: int) -> Path:
+    return Path(training_dir) / "checkpoints" / f".step_{step:07d}.tmp"
+
+
+def _step_dirs(training_dir: Path) -> list[tuple[int, Path]]:
     root = Path(training_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = []
-    for d in root.iterdir():
-        m = STEP_DIR.match(d.name)
-        if m and (d / COMPLETE).is_file() and (d / MODEL_FILE).is_file() and (d / STATE_FILE).is_file():
-            found.append((int(m.group(1)), d))
-    return sorted(found)
+    found = [(int(m.group(1)), d) for d in root.iterdir() if (m := STEP_DIR.match(d.name))]
+    return sorted(d for d in found if (d[1] / COMPLETE).is_file())
+
+
+def resumable_checkpoints(training_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete checkpoint a run can resume from (DCP + state), oldest first."""
+    return [(s, d) for s, d in _step_dirs(training_dir)
+            if (d / DCP_DIR / ".metadata").is_file() and (d / STATE_FILE).is_file()]
+
+
+def complete_checkpoints(training_dir: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of every complete checkpoint with consolidated weights (what evaluation loads):
+    the `keep_checkpoints` steps and the last step, oldest first."""
+    return [(s, d) for s, d in _step_dirs(training_dir) if (d / MODEL_FILE).is_file()]
 
 
 def latest_checkpoint(training_dir: Path) -> Path | None:
-    found = complete_checkpoints(training_dir)
+    """The newest checkpoint to resume from, or None."""
+    found = resumable_checkpoints(training_dir)
     return found[-1][1] if found else None
 
 
@@ -79,27 +121,37 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --- save / load -----------------------------------------------------------------------------------
+# --- consolidated weights ----------------------------------------------------------------------------
 
 def _contiguous_cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage; our own copies never do.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
 
 
-def write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], model_cfg, state: dict | None) -> Path:
-    """Write one checkpoint dir atomically (rank 0 only). `state` None = weights only (final/)."""
-    from safetensors.torch import save_file
+def write_weights(directory: Path, model_state: dict[str, torch.Tensor], model_cfg: ModelConfig) -> None:
+    """model.safetensors (our names, whole model), mlaim_trunk.safetensors (trunk, ml-aim names),
+    config.json into an existing (temporary) directory."""
+    weights = _contiguous_cpu(model_state)
+    save_file(weights, str(directory / MODEL_FILE), metadata={"format": "pt"})
+    trunk = {theirs: t for name, t in weights.items() if (theirs := to_mlaim_name(name)) is not None}
+    save_file(trunk, str(directory / MLAIM_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2) + "\n")
 
+
+def write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                     state: dict[str, Any] | None = None) -> Path:
+    """A checkpoint dir with consolidated weights (final/, or a model for tests and benchmarks) and,
+    when given, a state.pt, atomically. Training's resumable checkpoints come from CheckpointWriter."""
     with atomic_dir(path) as tmp:
-        save_file(_contiguous_cpu(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2) + "\n")
+        write_weights(tmp, model_state, model_cfg)
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
         (tmp / COMPLETE).write_text("ok\n")
@@ -113,9 +165,7 @@ def read_state(ckpt_dir: Path) -> dict[str, Any]:
         raise InputError(f"cannot read {Path(ckpt_dir) / STATE_FILE}: {exc}") from None
 
 
-def read_model_config(ckpt_dir: Path):
-    from shared.config.training import ModelConfig
-
+def read_model_config(ckpt_dir: Path) -> ModelConfig:
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{path} is missing (a checkpoint needs its model config beside the weights)")
@@ -126,8 +176,6 @@ def read_model_config(ckpt_dir: Path):
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as exc:  # noqa: BLE001
@@ -145,48 +193,156 @@ def shape_difference(a, b) -> str | None:
 
 
 def prune_checkpoints(training_dir: Path, keep_last: int, keep_steps: list[int]) -> None:
-    found = complete_checkpoints(training_dir)
+    """Keep the newest `keep_last` resumable checkpoints; of older ones, `keep_steps` keep their
+    consolidated weights (for evaluation) and lose their DCP state; the rest go."""
+    found = _step_dirs(training_dir)
     for step, d in found[:-keep_last] if keep_last else found:
-        if step not in keep_steps:
+        if step in keep_steps:
+            shutil.rmtree(d / DCP_DIR, ignore_errors=True)
+            (d / STATE_FILE).unlink(missing_ok=True)
+        else:
             shutil.rmtree(d, ignore_errors=True)
+
+
+# --- DCP save / load ---------------------------------------------------------------------------------
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class CheckpointWriter:
+    """Saves resumable checkpoints (a collective: every rank calls `save` with the same step).
+
+    With `async_save`, DCP stages the shards to host memory and writes them in a background thread
+    while training goes on; the checkpoint is finalised (COMPLETE + rename) at the next save or at
+    `close()`. A dedicated gloo group carries the save's own collectives, so they never interleave
+    with training's collectives on the default group.
+    """
+
+    def __init__(self, training_dir: Path, model_cfg: ModelConfig, keep_last: int, keep_steps: list[int],
+                 async_save: bool):
+        self.training_dir, self.model_cfg = Path(training_dir), model_cfg
+        self.keep_last, self.keep_steps = keep_last, list(keep_steps)
+        self.async_save = async_save
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self._pending: tuple[Any, Path, Path] | None = None
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             state: dict[str, Any] | None, export_weights: bool) -> None:
+        """`state` (step, RNG, data positions...) is written by rank 0; `export_weights` also writes
+        the consolidated safetensors (a gather of the full model to rank 0)."""
+        self.wait()
+        tmp, final = tmp_step_dir(self.training_dir, step), step_dir(self.training_dir, step)
+        if _is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        if self.async_save:
+            future = dcp.async_save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group)
+        else:
+            dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group,
+                     no_dist=not dist.is_initialized())
+            future = None
+        full = consolidated_state(model) if export_weights else None
+        if _is_main():
+            torch.save(state, tmp / STATE_FILE)
+            config = json.dumps(self.model_cfg.model_dump(mode="json"), indent=2)
+            (tmp / CONFIG_FILE).write_text(config + "\n")
+            if full is not None:
+                write_weights(tmp, full, self.model_cfg)
+        self._pending = (future, tmp, final)
+        if future is None:
+            self.wait()
+
+    def wait(self) -> None:
+        """Finish the save in flight: wait for its shards, then (rank 0) mark it complete and rename."""
+        if self._pending is None:
+            return
+        future, tmp, final = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        # DCP's save ends with rank 0 writing .metadata after every rank reported its shards written.
+        if _is_main():
+            (tmp / COMPLETE).write_text("ok\n")
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            prune_checkpoints(self.training_dir, self.keep_last, self.keep_steps)
+        _barrier()
+
+    def close(self) -> None:
+        self.wait()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def consolidated_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full model state dict on rank 0's host (a collective under FSDP; empty on other ranks)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_resumable(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load model and optimizer from a DCP checkpoint written under any world size or parallelism."""
+    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    try:
+        dcp.load(sharded, checkpoint_id=str(Path(ckpt_dir) / DCP_DIR), no_dist=not dist.is_initialized())
+    except Exception as exc:  # noqa: BLE001 - DCP raises its own CheckpointException with per-rank details
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot resume from {ckpt_dir}: {first[:300]}") from None
+    set_model_state_dict(model, sharded["model"])
+    set_optimizer_state_dict(model, optimizer, sharded["optim"])
 
 
 # --- models for evaluation ---------------------------------------------------------------------------
 
-def _resolve_checkpoint_dir(path: Path) -> Path:
-    """A run dir (with final/ or checkpoints/), a workdir (with training/), or a checkpoint dir."""
-    if (path / MODEL_FILE).is_file():
+def resolve_weights(path: str | Path) -> Path:
+    """The weights file that evaluating `path` loads. Search order: a file is itself; a checkpoint dir
+    holds model.safetensors; a run dir (or a workdir's training/) gives final/, else its newest
+    checkpoint with consolidated weights."""
+    path = Path(path)
+    if path.is_file():
         return path
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
     for run in (path, path / "training"):
         if (run / "final" / MODEL_FILE).is_file():
-            return run / "final"
-        latest = latest_checkpoint(run)
-        if latest is not None:
-            return latest
-    raise InputError(f"no checkpoint found in {path} (expected final/ or checkpoints/step_*/ with {MODEL_FILE})")
+            return run / "final" / MODEL_FILE
+        found = complete_checkpoints(run)
+        if found:
+            return found[-1][1] / MODEL_FILE
+    raise InputError(f"no checkpoint found in {path} (expected final/ or checkpoints/step_*/ with "
+                     f"{MODEL_FILE})")
 
 
 def load_model_for_eval(path: str | Path, device: str | torch.device | None = None):
     """(AIM in eval mode, ModelConfig) from our run dir, checkpoint dir, .safetensors (config.json beside
     it) or an official ml-aim .pth."""
-    from training.model.aim import build_aim
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"checkpoint not found: {path}")
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        from training.model.mlaim_compat import load_mlaim_checkpoint
-
-        loaded = load_mlaim_checkpoint(path)
-        model, model_cfg = loaded if isinstance(loaded, tuple) else (loaded, loaded.cfg)
+    weights_file = resolve_weights(path)
+    if weights_file.suffix in (".pth", ".pt"):
+        model = load_mlaim_checkpoint(weights_file)
+        model_cfg = model.cfg
     else:
-        if path.is_file():
-            if path.suffix != ".safetensors":
-                raise InputError(f"{path}: expected a run dir, a checkpoint dir, .safetensors or an ml-aim .pth")
-            weights_file, cfg_dir = path, path.parent
-        else:
-            ckpt = _resolve_checkpoint_dir(path)
-            weights_file, cfg_dir = ckpt / MODEL_FILE, ckpt
+        if weights_file.suffix != ".safetensors":
+            raise InputError(f"{path}: expected a run dir, a checkpoint dir, .safetensors or an ml-aim .pth")
+        cfg_dir = weights_file.parent
         model_cfg = read_model_config(cfg_dir)
         model = build_aim(model_cfg)
         weights = read_weights(weights_file)

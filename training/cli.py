@@ -17,7 +17,8 @@ ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume",
                                               "(--no-resume moves earlier results aside and starts over)")]
 
 
-def train(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False, resume: ResumeOpt = True) -> None:
+def train(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+          resume: ResumeOpt = True) -> None:
     """Pretrain an AIM model (prefix-causal ViT, next-patch regression) on the curated shards."""
 
     def body(cfg):

@@ -1,23 +1,42 @@
-"""Training data: curated webdataset shards mixed with an ImageNet-style set, exactly per batch.
+"""Training data: curated webdataset shards mixed with an ImageNet-style set, exactly per global batch.
 
-Each local batch of B images holds b_in = round(B * w_in / (w_cur + w_in)) ImageNet images and
-B - b_in curated ones: the two streams are batched separately and concatenated, so every batch has the
-recipe's 80/20 split (webdataset's RandomMix only holds it in expectation).
+The mix. Of the G images of a global batch, round(G * w_in / (w_cur + w_in)) come from ImageNet (20%
+for the recipe's 0.8/0.2), at any world size: the ImageNet count is split over the ranks (the first
+n_in % world ranks take one more) and each rank fills the rest of its G / world images from the
+curated shards (`mix_counts`). The two streams are batched separately and concatenated.
 
-Determinism and resumption (the "data position"):
-- Curated shards are split per node (`wds.split_by_node`) and then per *logical stream*; a rank has one
-  logical stream per DataLoader worker, and the DataLoader hands out batches round-robin, so step k is
-  made by stream k % W. Each stream reads "passes": pass p opens one shard drawn with replacement
-  (resampled, so the stream never ends) by an RNG seeded from (seed, rank, stream, p), and shuffles its
-  samples with a buffer seeded the same way. The position of a stream is (pass, samples taken in it);
-  each batch carries the position after it, the checkpoint stores it, and a resumed stream re-opens
-  that pass and skips the samples already taken without decoding them (at most one shard's worth).
-- Every sample's augmentation is drawn from an RNG seeded by where the sample sits in the stream.
-- An ImageNet image folder is indexed globally: the images of step k on rank r are entries
-  (k * world + r) * b_in ... of a per-epoch seeded permutation, so they do not depend on the number of
-  workers, and a 2-rank run sees exactly the images of a 1-rank run with the same global batch.
-  (ImageNet given as webdataset shards is read like the curated shards.)
-- A corrupt or missing shard, or an undecodable image, is skipped with a warning and counted.
+Readers. A rank has one logical stream per DataLoader worker (at least one); the DataLoader hands out
+batches round-robin, so step k is made by stream k % S. Each stream of each source (curated, ImageNet
+shards) is one *reader*; the world's R = world * S readers are numbered g = rank * S + stream.
+
+Shard order. Shards are visited as a seeded permutation per epoch (without replacement): global
+visit position p opens shard perm_e[p mod n] with e = p // n and perm_e seeded by (seed, source, e).
+Reader g opens positions base + g, base + g + R, base + g + 2R, ...: together the readers consume
+each epoch's permutation in order, so in one epoch every shard is read once by one reader.
+
+Shuffle. A reader reads consecutive shards of its sequence into one *window* until it holds at least
+`shuffle_buffer` samples (at least one shard), and yields the window in a permutation seeded by
+(seed, source, position of its first shard): the shuffle spans shards, and a window is a pure
+function of where it starts. A reader's position is {base, readers, k (first shard of the open
+window, in its own sequence), next_k (first shard after the window), taken (samples yielded from
+the window)}; each batch carries the positions after it and checkpoints store them per rank.
+
+Resume. Same world size and workers: every reader re-reads its open window and skips `taken` samples
+(no decoding): bit-identical batches. Another world size or worker count (`resplit_positions`): the
+new readers start together at the first visit position after every shard any old reader opened
+(base = max over old readers of its last opened position + 1); the unread rest of the old readers'
+windows is skipped (at most one window per old reader), nothing is read twice in that epoch, and
+the new split is a function of the checkpoint alone.
+
+ImageNet as an image folder is indexed globally: step k's ImageNet images are the slots
+k * n_in ... (k + 1) * n_in - 1 of a per-epoch seeded permutation, rank r taking its contiguous
+part, so the images of a step do not depend on the world size or the workers. The index is compact
+(one bytes buffer + offsets, from torchvision's `make_dataset` scanner), cheap to copy to workers.
+
+Every sample's augmentation draws from an RNG seeded by where the sample sits (source, visit
+position, index in window / global slot). Batches leave the workers as uint8 [B, 3, S, S]; the
+loop normalises on the device (`training.augment.normalize`). A corrupt or missing shard, or an
+undecodable image, is skipped with a warning and counted.
 """
 
 from __future__ import annotations
@@ -29,23 +48,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import braceexpand
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from webdataset.tariterators import tarfile_samples
 
+from shared.config.training import TrainingConfig
 from shared.errors import InputError
+from training.augment import augment_uint8
 
 log = logging.getLogger("openaim.training")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-CURATED, IMAGENET = 1, 2  # tags mixed into RNG seeds so the two streams never share draws
+CURATED, IMAGENET = 1, 2  # tags mixed into RNG seeds so the two sources never share draws
+SOURCES = {"curated": CURATED, "imagenet": IMAGENET}
 
 
 def expand_shards(patterns: list[str]) -> list[str]:
     """Globs and brace patterns ("shards/{00000..00009}.tar") -> sorted list of existing paths/URLs."""
-    import braceexpand
-
     out: list[str] = []
     for pattern in patterns:
         for item in braceexpand.braceexpand(pattern):
@@ -59,7 +82,9 @@ def expand_shards(patterns: list[str]) -> list[str]:
 
 
 def curated_shard_list(cfg) -> list[str]:
-    patterns = [cfg.expand_path(p) for p in cfg.training.data.shards] or [str(cfg.curation_dir / "shards" / "*.tar")]
+    """The curated shards of a root config (training.data.shards, or the curation stage's output)."""
+    patterns = ([cfg.expand_path(p) for p in cfg.training.data.shards]
+                or [str(cfg.curation_dir / "shards" / "*.tar")])
     shards = expand_shards(patterns)
     if not shards:
         raise InputError(f"no training shards found at {', '.join(patterns)} (run `openaim build-dataset` "
@@ -67,12 +92,26 @@ def curated_shard_list(cfg) -> list[str]:
     return shards
 
 
-def mix_counts(local_batch: int, mix: tuple[float, float], have_imagenet: bool) -> tuple[int, int]:
-    """(curated, imagenet) images per local batch."""
+def imagenet_paths(cfg) -> list[str]:
+    """training.data.imagenet with {workdir}-style placeholders expanded (image folders or shard patterns)."""
+    return [cfg.expand_path(p) for p in cfg.training.data.imagenet]
+
+
+def global_imagenet_count(global_batch: int, mix: tuple[float, float], have_imagenet: bool) -> int:
     if not have_imagenet:
-        return local_batch, 0
-    n_in = round(local_batch * mix[1] / (mix[0] + mix[1]))
-    return local_batch - n_in, n_in
+        return 0
+    return round(global_batch * mix[1] / (mix[0] + mix[1]))
+
+
+def mix_counts(global_batch: int, world_size: int, rank: int, mix: tuple[float, float],
+               have_imagenet: bool) -> tuple[int, int, int]:
+    """(curated, imagenet, imagenet offset) for `rank`: the ImageNet share is exact per global batch."""
+    local = global_batch // world_size
+    n_in = global_imagenet_count(global_batch, mix, have_imagenet)
+    base, extra = divmod(n_in, world_size)
+    mine = min(local, base + (rank < extra))
+    offset = rank * base + min(rank, extra)
+    return local - mine, mine, offset
 
 
 class BadSampleCounter:
@@ -88,9 +127,7 @@ class BadSampleCounter:
         return True
 
 
-def decode_image(sample: dict[str, Any]):
-    from PIL import Image
-
+def decode_image(sample: dict[str, Any]) -> Image.Image:
     for key in IMAGE_KEYS:
         if key in sample:
             img = Image.open(io.BytesIO(sample[key]))
@@ -99,188 +136,206 @@ def decode_image(sample: dict[str, Any]):
     raise ValueError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_KEYS)})")
 
 
-class ShardStream:
-    """An endless, seeded stream of raw webdataset samples from resampled shards (see module doc)."""
+def fresh_position(base: int, readers: int) -> dict[str, int]:
+    return {"base": base, "readers": readers, "k": 0, "next_k": 0, "taken": 0}
 
-    def __init__(self, urls: list[str], seed: int, tag: int, rank: int, stream: int, shuffle_buffer: int,
+
+class ShardReader:
+    """One reader's endless stream of raw samples over a seeded per-epoch shard permutation (module doc)."""
+
+    def __init__(self, urls: list[str], seed: int, tag: int, reader: int, shuffle_buffer: int,
                  on_error: BadSampleCounter):
-        self.urls, self.seed, self.tag, self.rank, self.stream = urls, seed, tag, rank, stream
-        self.shuffle_buffer = shuffle_buffer
-        self.on_error = on_error
+        self.urls, self.seed, self.tag, self.reader = urls, seed, tag, reader
+        self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
+        self._perm_epoch, self._perm = -1, np.arange(0)
 
-    def _rng(self, pass_index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.tag, self.rank, self.stream, pass_index])
+    def shard_at(self, visit: int) -> str:
+        epoch, offset = divmod(visit, len(self.urls))
+        if epoch != self._perm_epoch:
+            rng = np.random.default_rng([self.seed, self.tag, epoch])
+            self._perm, self._perm_epoch = rng.permutation(len(self.urls)), epoch
+        return self.urls[int(self._perm[offset])]
 
-    def _one_pass(self, pass_index: int) -> Iterator[dict[str, Any]]:
-        from webdataset.tariterators import tarfile_samples
-
-        rng = self._rng(pass_index)
-        url = self.urls[int(rng.integers(len(self.urls)))]
-        raw = tarfile_samples([{"url": url}], handler=self.on_error)
-        buffer: list[dict[str, Any]] = []
-        for sample in raw:
-            if len(buffer) < max(1, self.shuffle_buffer):
-                buffer.append(sample)
-                continue
-            j = int(rng.integers(len(buffer)))
-            buffer[j], sample = sample, buffer[j]
-            yield sample
-        while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
-
-    def samples(self, start: tuple[int, int]) -> Iterator[tuple[dict[str, Any], int, int]]:
-        """Yield (sample, pass, index in pass) from position `start` = (pass, samples already taken)."""
-        pass_index, skip = start
-        empty_passes = 0
+    def samples(self, position: dict[str, int]) -> Iterator[tuple[dict[str, Any], dict[str, int], int]]:
+        """Yield (sample, position after it, visit position of its window) from `position`."""
+        base, readers, k, skip = position["base"], position["readers"], position["k"], position["taken"]
+        empty = 0
         while True:
-            got = False
-            for i, sample in enumerate(self._one_pass(pass_index)):
-                got = True
-                if i >= skip:
-                    yield sample, pass_index, i
-            skip = 0
-            empty_passes = 0 if got else empty_passes + 1
-            if empty_passes > 20 + 2 * len(self.urls):
-                raise InputError(f"no readable samples in {len(self.urls)} shard(s), e.g. {self.urls[0]}")
-            pass_index += 1
+            first_visit = base + self.reader + k * readers
+            window: list[dict[str, Any]] = []
+            next_k = k
+            while len(window) < max(1, self.shuffle_buffer):
+                visit = base + self.reader + next_k * readers
+                before = len(window)
+                window.extend(tarfile_samples([{"url": self.shard_at(visit)}], handler=self.on_error))
+                next_k += 1
+                empty = 0 if len(window) > before else empty + 1
+                if empty > 2 * len(self.urls) + 20:
+                    raise InputError(f"no readable samples in {len(self.urls)} shard(s), e.g. {self.urls[0]}")
+            order = np.random.default_rng([self.seed, self.tag, first_visit]).permutation(len(window))
+            for taken in range(skip, len(window)):
+                after = {"base": base, "readers": readers, "k": k, "next_k": next_k, "taken": taken + 1}
+                yield window[int(order[taken])], after, first_visit
+            k, skip = next_k, 0
 
 
-class ImageFolderIndex:
-    """An image-folder dataset (class sub-folders) addressed by a global, endless sample index."""
+def resplit_positions(saved: list[list[dict]] | None, world_size: int, num_streams: int,
+                      sources: list[str]) -> list[list[dict]]:
+    """Per-rank, per-stream reader positions for this world: the saved ones when the world size and
+    workers are unchanged, else every reader starting at the first visit position after every shard
+    any old reader opened (see the module doc)."""
+    readers = world_size * num_streams
+    if saved and len(saved) == world_size and all(len(r) == num_streams for r in saved):
+        return [[dict(p) for p in r] for r in saved]
+    bases = {}
+    for name in sources:
+        last = []
+        for rank_positions in saved or []:
+            for p in rank_positions:
+                if name in p and p[name]["next_k"] > 0:
+                    q = p[name]
+                    last.append(q["base"] + q["reader"] + (q["next_k"] - 1) * q["readers"])
+        bases[name] = max(last) + 1 if last else 0
+    return [[{name: {**fresh_position(bases[name], readers), "reader": rank * num_streams + s}
+              for name in sources} for s in range(num_streams)] for rank in range(world_size)]
+
+
+class ImageNetIndex:
+    """An image-folder set (class sub-folders, scanned by torchvision's `make_dataset`) addressed by a
+    global, endless slot index through per-epoch seeded permutations. Paths live in one bytes buffer
+    with offsets (no per-file Python objects), so workers copy two arrays."""
 
     def __init__(self, roots: list[str], seed: int):
-        files: list[Path] = []
+        encoded: list[bytes] = []
         for root in roots:
-            files.extend(p for p in sorted(Path(root).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+            classes, class_to_idx = find_classes(root)
+            samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+            encoded.extend(path.encode() for path, _ in samples)
+        if not encoded:
             raise InputError(f"no images found under {', '.join(roots)}")
-        self.files, self.seed = files, seed
-        self._perm_epoch, self._perm = -1, None
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.seed = seed
+        self._perm_epoch, self._perm = -1, np.arange(0)
 
-    def path(self, index: int) -> Path:
-        epoch, offset = divmod(index, len(self.files))
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def file(self, i: int) -> str:
+        return self._blob[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()
+
+    def path(self, slot: int) -> str:
+        epoch, offset = divmod(slot, len(self))
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, IMAGENET, epoch]).permutation(len(self.files))
+            self._perm = np.random.default_rng([self.seed, IMAGENET, epoch]).permutation(len(self))
             self._perm_epoch = epoch
-        return self.files[int(self._perm[offset])]
+        return self.file(int(self._perm[offset]))
 
 
 class TrainBatches(IterableDataset):
-    """Yields this rank's batches for steps start_step, start_step+1, ... (each worker every W-th one).
+    """Yields this rank's batches for steps start_step, start_step+1, ... (each worker every S-th one).
 
-    Each item: {"images": [B,3,S,S] float, "step": int, "stream": int, "position": dict, "bad": int}.
+    Each item: {"images": [B,3,S,S] uint8, "step": int, "stream": int, "position": dict, "bad": int}.
+    `curated` are the curated shard URLs; `imagenet` image folders or shard patterns (resolved paths).
     """
 
-    def __init__(self, cfg, rank: int, world_size: int, local_batch: int, start_step: int,
-                 positions: list[dict] | None, num_streams: int):
-        data = cfg.training.data
-        self.seed, self.rank, self.world = cfg.training.seed, rank, world_size
-        self.img_size = cfg.training.model.img_size
+    def __init__(self, tcfg: TrainingConfig, curated: list[str], imagenet: list[str], rank: int,
+                 world_size: int, start_step: int, positions: list[dict] | None, num_streams: int):
+        data = tcfg.data
+        self.seed, self.rank, self.world = tcfg.seed, rank, world_size
+        self.img_size = tcfg.model.img_size
         self.scale, self.jitter_p = tuple(data.crop_scale), data.color_jitter_p
         self.shuffle_buffer = data.shuffle_buffer
         self.start_step, self.num_streams = start_step, num_streams
-        self.positions = positions or [{} for _ in range(num_streams)]
-        have_in = bool(data.imagenet)
-        self.n_cur, self.n_in = mix_counts(local_batch, tuple(data.mix), have_in)
-        self.cur_urls = self._node_split(curated_shard_list(cfg)) if self.n_cur else []
-        self.in_folder: ImageFolderIndex | None = None
+        self.n_in_global = global_imagenet_count(tcfg.global_batch_size, tuple(data.mix), bool(imagenet))
+        self.n_cur, self.n_in, self.in_offset = mix_counts(tcfg.global_batch_size, world_size, rank,
+                                                           tuple(data.mix), bool(imagenet))
+        if self.n_cur and not curated:
+            raise InputError("no training shards given (training.data.shards)")
+        self.cur_urls = list(curated) if self.n_cur else []
+        self.in_folder: ImageNetIndex | None = None
         self.in_urls: list[str] = []
-        if self.n_in:
-            imagenet = [cfg.expand_path(p) for p in data.imagenet]
+        if self.n_in_global and imagenet:
             if all(Path(p).is_dir() for p in imagenet):
-                self.in_folder = ImageFolderIndex(imagenet, self.seed)
+                self.in_folder = ImageNetIndex(imagenet, self.seed)
             else:
-                self.in_urls = self._node_split(expand_shards(imagenet))
+                self.in_urls = expand_shards(imagenet)
                 if not self.in_urls:
                     raise InputError(f"no ImageNet shards found at {', '.join(imagenet)}")
+        self.sources = [name for name, urls, n in (("curated", self.cur_urls, self.n_cur),
+                                                   ("imagenet", self.in_urls, self.n_in)) if urls and n]
+        if positions is None:
+            positions = resplit_positions(None, world_size, num_streams, self.sources)[rank]
+        self.positions = positions
 
-    def _node_split(self, urls: list[str]) -> list[str]:
-        import webdataset as wds
-
-        # Disjoint shards per node when there are enough of them; otherwise every node resamples all.
-        return list(wds.split_by_node(iter(urls))) if len(urls) >= self.world else urls
-
-    def _stream_urls(self, urls: list[str], stream: int) -> list[str]:
-        return urls[stream::self.num_streams] if len(urls) >= self.num_streams else urls
-
-    def _sample_rng(self, *where: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, *where])
-
-    def _folder_image(self, index: int, counter: BadSampleCounter):
-        """The image at a global index; an unreadable file is counted and the next index taken
+    def _folder_image(self, slot: int, counter: BadSampleCounter) -> Image.Image:
+        """The image at a global slot; an unreadable file is counted and the next slot taken
         (a deterministic substitute, so resumed runs still agree)."""
-        from PIL import Image
-
-        for attempt in range(len(self.in_folder.files)):
-            path = self.in_folder.path(index + attempt)
+        for attempt in range(len(self.in_folder)):
+            path = self.in_folder.path(slot + attempt)
             try:
                 with Image.open(path) as img:
                     img.load()
                     return img.copy()
             except Exception as exc:  # noqa: BLE001
                 counter(InputError(f"{path}: {exc}"))
-        raise InputError(f"no readable image in the ImageNet folder(s) {self.in_folder.files[0].parent}")
+        raise InputError(f"no readable image in the ImageNet folder(s) {self.in_folder.file(0)}")
 
     def __iter__(self):
-        from training.augment import augment
-
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         if info is not None:
             torch.set_num_threads(1)
-        assert n_workers == self.num_streams, "num_streams must equal the DataLoader's workers"
+        if n_workers != self.num_streams:
+            raise RuntimeError("num_streams must equal the DataLoader's workers")
         stream = (self.start_step + worker) % n_workers
         counter = BadSampleCounter()
-        saved = self.positions[stream] if stream < len(self.positions) else {}
+        reader = self.rank * self.num_streams + stream
         streams: dict[str, Iterator] = {}
-        pos: dict[str, list[int]] = {}
-        for name, urls, tag, n in (("curated", self.cur_urls, CURATED, self.n_cur),
-                                   ("imagenet", self.in_urls, IMAGENET, self.n_in)):
-            if n and urls:
-                # A stream with no saved position starts at a pass derived from the step, so a changed
-                # worker count still yields fresh (if no longer bit-identical) data.
-                start = tuple(saved.get(name, (0 if not self.start_step else 1_000_000 + self.start_step, 0)))
-                pos[name] = list(start)
-                streams[name] = ShardStream(self._stream_urls(urls, stream), self.seed, tag, self.rank, stream,
-                                            self.shuffle_buffer, counter).samples(start)
+        pos: dict[str, dict[str, int]] = {}
+        for name in self.sources:
+            urls = self.cur_urls if name == "curated" else self.in_urls
+            start = dict(self.positions[stream][name])
+            start.pop("reader", None)
+            pos[name] = start
+            streams[name] = ShardReader(urls, self.seed, SOURCES[name], reader, self.shuffle_buffer,
+                                        counter).samples(start)
+        counts = {"curated": self.n_cur, "imagenet": self.n_in}
         step = self.start_step + worker
         reported_bad = 0
         while True:
             images: list[torch.Tensor] = []
-            for name, tag, n in (("curated", CURATED, self.n_cur), ("imagenet", IMAGENET, self.n_in)):
-                if name not in streams:
-                    continue
+            for name in self.sources:
                 taken = 0
-                while taken < n:
-                    sample, p, i = next(streams[name])
-                    pos[name] = [p, i + 1]
+                while taken < counts[name]:
+                    sample, after, visit = next(streams[name])
+                    pos[name] = after
                     try:
                         img = decode_image(sample)
                     except Exception as exc:  # noqa: BLE001 - a bad image is skipped, not fatal
                         counter(exc)
                         continue
-                    rng = self._sample_rng(tag, self.rank, stream, p, i)
-                    images.append(augment(img, self.img_size, rng, self.scale, self.jitter_p))
+                    rng = np.random.default_rng([self.seed, SOURCES[name], visit, after["taken"]])
+                    images.append(augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p))
                     taken += 1
             if self.in_folder is not None:
-                base = (step * self.world + self.rank) * self.n_in
-                for j in range(self.n_in):
-                    index = base + j
-                    img = self._folder_image(index, counter)
-                    images.append(augment(img, self.img_size, self._sample_rng(IMAGENET, index),
-                                          self.scale, self.jitter_p))
+                first = step * self.n_in_global + self.in_offset
+                for slot in range(first, first + self.n_in):
+                    img = self._folder_image(slot, counter)
+                    rng = np.random.default_rng([self.seed, IMAGENET, slot])
+                    images.append(augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p))
             yield {"images": torch.stack(images), "step": step, "stream": stream,
-                   "position": {k: list(v) for k, v in pos.items()}, "bad": counter.count - reported_bad}
+                   "position": {k: {**v, "reader": reader} for k, v in pos.items()},
+                   "bad": counter.count - reported_bad}
             reported_bad = counter.count
             step += n_workers
 
 
-def build_loader(cfg, rank: int, world_size: int, local_batch: int, start_step: int,
-                 positions: list[dict] | None, pin_memory: bool = False) -> tuple[DataLoader, int]:
-    """The DataLoader over `TrainBatches`, and its number of logical streams (= max(1, workers))."""
-    workers = cfg.training.data.num_workers
-    num_streams = max(1, workers)
-    dataset = TrainBatches(cfg, rank, world_size, local_batch, start_step, positions, num_streams)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
-    return loader, num_streams
+def build_loader(tcfg: TrainingConfig, curated: list[str], imagenet: list[str], rank: int, world_size: int,
+                 start_step: int, positions: list[dict] | None, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader over `TrainBatches`: max(1, num_workers) streams, pinned batches on CUDA."""
+    workers = tcfg.data.num_workers
+    dataset = TrainBatches(tcfg, curated, imagenet, rank, world_size, start_step, positions, max(1, workers))
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -1,8 +1,17 @@
-"""Parallelism, kept apart from the model code (as torchtitan does): process group set-up, per-block
-activation checkpointing and torch.compile, DDP or FSDP2 wrapping, precision, and full state dicts.
+"""Parallelism, kept apart from the model code (as torchtitan does): the process group and device mesh,
+per-block activation checkpointing and torch.compile, DDP / FSDP2 / HSDP wrapping, precision.
 
-Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment) the process group uses NCCL on CUDA and
-gloo on CPU. "auto" parallelism = FSDP2 on CUDA with more than one process, DDP on CPU, none alone.
+Modes (`training.parallel`):
+- none: one process, no wrapper.
+- ddp: DistributedDataParallel, every rank holds the whole model; gradients all-reduced (bucketed).
+- fsdp: FSDP2 `fully_shard` per block and at the root, on a 1-D mesh over all ranks: parameters,
+  gradients and optimizer state sharded over the world; each block's weights all-gathered for its
+  forward and (with reshard_after_forward) again for its backward; gradients reduce-scattered.
+- hsdp: FSDP2 on a 2-D mesh (replicate x shard): sharded within `fsdp.shard_size` ranks (a node by
+  default), replicated across them; gradients reduce-scattered within the shard group, then
+  all-reduced across replicas. The all-gathers stay inside the node (NVLink).
+Under torchrun the group uses NCCL on CUDA and gloo on CPU, with an explicit timeout; a single
+process asked for fsdp gets a group of one (the shipped aim-600m path on one GPU).
 """
 
 from __future__ import annotations
@@ -11,12 +20,20 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.nn.parallel import DistributedDataParallel
 
+from shared.config.training import FSDPConfig
 from shared.errors import ConfigError
+from shared.torchrun import local_device, rank_world
 
 log = logging.getLogger("openaim.training")
 
@@ -25,7 +42,7 @@ log = logging.getLogger("openaim.training")
 class DistInfo:
     rank: int
     world_size: int
-    local_rank: int
+    local_world_size: int
     device: torch.device
 
     @property
@@ -33,23 +50,24 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Join the torchrun process group if launched by torchrun; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+def init_distributed(parallel: str, timeout_s: int) -> DistInfo:
+    """Join torchrun's process group (if launched by it) with an explicit timeout; pick the device.
+
+    A single process asked for fsdp/hsdp gets a process group of one, so FSDP2 runs as it would on
+    a node (one GPU measures the shipped path)."""
+    device = torch.device(local_device())
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    timeout = timedelta(seconds=timeout_s)
+    rank, world = rank_world(timeout=timeout)
+    if world == 1 and parallel in ("fsdp", "hsdp") and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     if rank > 0:
         # One voice: only rank 0 logs progress; other ranks still report warnings and errors.
         logging.getLogger("openaim").setLevel(logging.WARNING)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device
-                                if device.type == "cuda" else None)
-    return DistInfo(rank, world, local_rank, device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return DistInfo(rank, world, local_world, device)
 
 
 def shutdown() -> None:
@@ -63,10 +81,17 @@ def barrier() -> None:
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
+    if dist.is_initialized() and dist.get_world_size() > 1:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
@@ -79,6 +104,7 @@ def all_gather_object(obj):
 
 
 def broadcast_object(obj):
+    """Rank 0's `obj` on every rank: rank 0 decides (e.g. whether and where to resume)."""
     if not dist.is_initialized():
         return obj
     box = [obj]
@@ -95,28 +121,45 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def resolve_parallel(parallel: str, info: DistInfo) -> str:
     if info.world_size == 1:
-        return "none"
+        return "fsdp" if parallel in ("fsdp", "hsdp") else "none"
     if parallel == "none":
-        raise ConfigError("training.parallel=none cannot run with several processes; use ddp or fsdp")
+        raise ConfigError("training.parallel=none cannot run with several processes; use ddp, fsdp or hsdp")
     if parallel == "auto":
         return "fsdp" if info.device.type == "cuda" else "ddp"
     return parallel
 
 
-def transformer_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent ModuleList, index, block) for every block of every `blocks` ModuleList (trunk and head)."""
+def build_mesh(mode: str, info: DistInfo, fsdp_cfg: FSDPConfig) -> DeviceMesh | None:
+    """1-D ("shard",) mesh for fsdp; 2-D ("replicate", "shard") for hsdp; None otherwise."""
+    if mode == "fsdp":
+        return init_device_mesh(info.device.type, (info.world_size,), mesh_dim_names=("shard",))
+    if mode == "hsdp":
+        shard = fsdp_cfg.shard_size or info.local_world_size
+        if info.world_size % shard:
+            raise ConfigError(f"training.fsdp.shard_size {shard} does not divide the world size "
+                              f"{info.world_size}")
+        return init_device_mesh(info.device.type, (info.world_size // shard, shard),
+                                mesh_dim_names=("replicate", "shard"))
+    return None
+
+
+def transformer_blocks(model: nn.Module, which: str = "full") -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent ModuleList, index, block) for every block of the trunk ("trunk") or of trunk and head
+    ("full"), in forward order."""
     found = []
     for name, module in model.named_modules():
         if name.split(".")[-1] == "blocks" and isinstance(module, nn.ModuleList):
+            if which == "trunk" and name != "blocks":
+                continue
             found.extend((module, str(i), block) for i, block in enumerate(module))
     return found
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in backward instead of storing them."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    for parent, index, block in transformer_blocks(model):
+def apply_activation_checkpointing(model: nn.Module, which: str) -> None:
+    """Recompute the activations of the trunk's blocks ("trunk") or of every block ("full") in backward."""
+    if which == "none":
+        return
+    for parent, index, block in transformer_blocks(model, which):
         parent.register_module(index, checkpoint_wrapper(block, preserve_rng_state=False))
 
 
@@ -137,82 +180,76 @@ class ForwardLoss(nn.Module):
         return self.aim.forward_loss(images, prefix_len)
 
 
-def wrap_model(aim: nn.Module, mode: str, info: DistInfo, dtype: torch.dtype):
-    """DDP or FSDP2 (fully_shard per block, then the root). Returns the callable (images, prefix) -> loss.
+@dataclass
+class Wrapped:
+    """The training callable (images, prefix) -> loss and how to defer gradient sync."""
 
-    `aim` itself stays the module whose (full) state dict we save; under FSDP2 it is sharded in place.
-    """
+    loss_fn: object
+    mode: str
+    module: nn.Module
+
+    def sync_context(self, last_micro_batch: bool):
+        """Around a micro-batch's backward: defer the cross-replica gradient reduction to the last one.
+        DDP skips its all-reduce; HSDP keeps its in-node reduce-scatter (sharded gradients, bounded
+        memory) and skips the cross-node all-reduce; FSDP reduce-scatters every micro-batch."""
+        if self.mode == "ddp" and not last_micro_batch:
+            return self.module.no_sync()
+        if self.mode == "hsdp":
+            self.module.set_requires_all_reduce(last_micro_batch)
+        return contextlib.nullcontext()
+
+
+def wrap_model(aim: nn.Module, mode: str, info: DistInfo, dtype: torch.dtype, fsdp_cfg: FSDPConfig,
+               mesh: DeviceMesh | None) -> Wrapped:
+    """DDP, or FSDP2 fully_shard per block then the root (on `mesh`). `aim` stays the module whose
+    state dict is saved; under FSDP2 it is sharded in place (same parameter names)."""
     if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(ForwardLoss(aim), device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if mode == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-
-        kwargs = {}
-        if info.device.type == "cuda" and dtype == torch.bfloat16:
-            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for _, _, block in transformer_blocks(aim):
-            fully_shard(block, **kwargs)
-        fully_shard(aim, **kwargs)
+        ddp = DistributedDataParallel(ForwardLoss(aim), device_ids=[info.device.index]
+                                      if info.device.type == "cuda" else None)
+        return Wrapped(ddp, mode, ddp)
+    if mode in ("fsdp", "hsdp"):
+        # Parameters gathered in bf16 when training in bf16; activations stay under autocast (see
+        # autocast_context), so the residual stream and the loss keep fp32 as without FSDP.
+        reduce_dtype = torch.bfloat16 if fsdp_cfg.reduce_dtype == "bf16" else torch.float32
+        mp = MixedPrecisionPolicy(param_dtype=dtype if dtype == torch.bfloat16 else None,
+                                  reduce_dtype=reduce_dtype, cast_forward_inputs=False)
+        reshard = True if fsdp_cfg.reshard_after_forward is None else fsdp_cfg.reshard_after_forward
+        blocks = transformer_blocks(aim)
+        for i, (_, _, block) in enumerate(blocks):
+            # The last block's backward comes right after its forward: resharding it would only
+            # gather it again at once (torchtitan does the same).
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard and i < len(blocks) - 1)
+        fully_shard(aim, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
         # The root's unshard/reshard hooks run around forward(); we train through forward_loss().
         register_fsdp_forward_method(aim, "forward_loss")
-        return aim.forward_loss
-    return aim.forward_loss
+        return Wrapped(aim.forward_loss, mode, aim)
+    return Wrapped(aim.forward_loss, mode, aim)
 
 
-def materialize_from_rank0(aim: nn.Module, full_state: dict[str, torch.Tensor] | None, device: torch.device) -> None:
+def materialize_from_rank0(aim: nn.Module, full_state: dict[str, torch.Tensor] | None,
+                           device: torch.device) -> None:
     """Give a meta-built, fully_shard-ed model real storage and rank 0's full weights, shard by shard.
 
     Only rank 0 ever holds the whole model (in host memory), as torchtitan does for large models; the
     other ranks allocate just their shards. Rank 0's weights come from a normally initialised model,
     so an FSDP run starts from exactly the weights of a single-process run with the same seed.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     aim.to_empty(device=device)
     set_model_state_dict(aim, full_state if dist.get_rank() == 0 else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def autocast_context(mode: str, device: torch.device, dtype: torch.dtype):
-    """bf16 autocast, except under FSDP2 whose MixedPrecisionPolicy already casts the parameters."""
-    if dtype == torch.bfloat16 and not (mode == "fsdp" and device.type == "cuda"):
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast when training in bf16 (with or without FSDP's bf16 parameter gathers)."""
+    if dtype == torch.bfloat16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def clip_grad_norm(aim: nn.Module, max_norm: float | None) -> torch.Tensor:
-    """Total gradient norm (before clipping); clips in place when max_norm is set."""
+    """Total gradient norm (before clipping), on the device; clips in place when max_norm is set."""
     params = [p for p in aim.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
     return norm
-
-
-def full_model_state(aim: nn.Module, mode: str) -> dict[str, torch.Tensor]:
-    """The unsharded model state dict (a collective under FSDP: every rank must call it)."""
-    if mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(aim, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in aim.state_dict().items()}
-
-
-def full_optimizer_state(aim: nn.Module, optimizer, mode: str) -> dict:
-    if mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(aim, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(aim: nn.Module, optimizer, mode: str, optim_state: dict) -> None:
-    if mode == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(aim, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
-        return
-    optimizer.load_state_dict(optim_state)

@@ -1,13 +1,28 @@
-"""The training loop of `openaim train`: resumable, exact on CPU, DDP/FSDP2 under torchrun.
+"""The training loop of `openaim train`: resumable, exact on CPU, DDP / FSDP2 / HSDP under torchrun.
 
 What makes a resumed run repeat an uninterrupted one step for step:
 - the lr is a function of the step (training.optim.lr_at);
 - prefix lengths of step k are drawn for the whole *global* batch from a generator seeded by
-  (seed, k) and each rank takes its slice, so they depend neither on history nor on the world size;
-- the data stream is positioned by the checkpoint (see training.data);
-- optimizer moments and RNG states are restored from state.pt.
-Each rank's loss is weighted by its share of the counted (post-prefix) patches, so that DDP's gradient
-mean equals the gradient of the global batch's loss (the loss is a mean over counted patches).
+  (seed, k) and each rank (and micro-batch) takes its slice, so they depend neither on history nor
+  on the world size or the accumulation;
+- the data stream is positioned by the checkpoint (training.data: exact on the same world size,
+  re-split deterministically on another one);
+- model and optimizer come back from the DCP checkpoint, resharded to this world (training.checkpoint).
+
+One optimizer step per global batch: each rank's G / world images run as micro-batches of
+`micro_batch_size` with gradient accumulation. Each micro-batch's loss is weighted by its share of
+the global batch's counted (post-prefix) patches, times the world size (DDP/FSDP average gradients
+over ranks), so the accumulated gradient is the gradient of the global batch's loss (a mean over
+counted patches) for any world size and micro-batch size.
+
+The hot loop does not wait for the device: batches arrive pinned (uint8) and are copied with
+non_blocking, normalised on the device; prefix lengths are drawn on the host and copied pinned; loss,
+gradient norm and the non-finite check stay on the device until a log or checkpoint step.
+
+Non-finite loss or gradient norm: the run stops with an error naming the first such step, at the
+next log or checkpoint step (where the host reads the device anyway), before anything is saved: the
+latest checkpoint holds finite weights from before that step. (Skipping steps instead would hide a
+diverging run.)
 """
 
 from __future__ import annotations
@@ -15,26 +30,48 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
-from shared.errors import ConfigError, InputError
+import numpy as np
+import torch
+
+from shared.atomic import atomic_dir
+from shared.config.training import TrainingConfig
+from shared.errors import ConfigError, InputError, OpenAIMError
+from training import checkpoint as ck
+from training import distributed as dd
+from training.augment import normalize
+from training.data import (
+    build_loader,
+    curated_shard_list,
+    global_imagenet_count,
+    imagenet_paths,
+    resplit_positions,
+)
+from training.metrics import MetricsLog, Progress, mfu, peak_flops, plot_loss
+from training.model.aim import build_aim
+from training.model.flops import flops_per_image
+from training.model.prefix import sample_prefix_lengths
+from training.optim import build_optimizer, lr_at, peak_lr, set_lr
 
 log = logging.getLogger("openaim.training")
 
 
-def prefix_generator_seed(seed: int, step: int) -> int:
-    import numpy as np
+class TrainingDivergedError(OpenAIMError):
+    """A non-finite loss or gradient: the run stops (exit code 3) before saving anything after it."""
 
+    exit_code = 3
+
+
+def prefix_generator_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, 3, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def global_prefix_lengths(seed: int, step: int, global_batch: int, num_patches: int):
+def global_prefix_lengths(seed: int, step: int, global_batch: int, num_patches: int) -> torch.Tensor:
     """Prefix lengths [global_batch] of step `step`, the same on every rank and world size."""
-    import torch
-
-    from training.model.prefix import sample_prefix_lengths
-
     gen = torch.Generator().manual_seed(prefix_generator_seed(seed, step))
     return sample_prefix_lengths(global_batch, num_patches, gen)
 
@@ -52,14 +89,15 @@ def _set_aside_previous_run(out: Path) -> None:
 
 
 def _final_from(out: Path, ckpt_dir: Path) -> Path:
-    from shared.atomic import atomic_dir
-    from training.checkpoint import COMPLETE, CONFIG_FILE, MODEL_FILE
-
+    """final/ = the consolidated weights of the last checkpoint."""
     final = out / "final"
+    if not (ckpt_dir / ck.MODEL_FILE).is_file():
+        raise InputError(f"{ckpt_dir} has no consolidated weights ({ck.MODEL_FILE}) to make final/ from")
     with atomic_dir(final) as tmp:
-        shutil.copy2(ckpt_dir / MODEL_FILE, tmp / MODEL_FILE)
-        shutil.copy2(ckpt_dir / CONFIG_FILE, tmp / CONFIG_FILE)
-        (tmp / COMPLETE).write_text("ok\n")
+        for name in (ck.MODEL_FILE, ck.MLAIM_FILE, ck.CONFIG_FILE):
+            if (ckpt_dir / name).is_file():
+                shutil.copy2(ckpt_dir / name, tmp / name)
+        (tmp / ck.COMPLETE).write_text("ok\n")
     return final
 
 
@@ -68,55 +106,61 @@ def train_from_config(cfg, resume: bool = True) -> Path:
 
     Resumes from the latest complete checkpoint there unless `resume` is False.
     """
-    from training.distributed import init_distributed, shutdown
-
-    info = init_distributed()
+    tcfg = cfg.training
+    n_in = global_imagenet_count(tcfg.global_batch_size, tuple(tcfg.data.mix), bool(tcfg.data.imagenet))
+    # Fail now, in one line, when there is nothing to read.
+    curated = curated_shard_list(cfg) if n_in < tcfg.global_batch_size else []
+    imagenet = imagenet_paths(cfg)
+    info = dd.init_distributed(tcfg.parallel, tcfg.process_group_timeout_s)
     try:
-        return _train(cfg, info, resume)
+        return train(tcfg, Path(cfg.training_dir), curated, imagenet, info, resume)
     finally:
-        shutdown()
+        dd.shutdown()
 
 
-def _train(cfg, info, resume: bool) -> Path:
-    import torch
+def _decide_resume(tcfg: TrainingConfig, out: Path, resume: bool) -> dict:
+    """Rank 0's view of the run dir: where to resume from (and its state), or why not."""
+    out.mkdir(parents=True, exist_ok=True)
+    ck.remove_partial(out)
+    latest = ck.latest_checkpoint(out)
+    if latest is not None and resume:
+        diff = ck.shape_difference(ck.read_model_config(latest), tcfg.model)
+        if diff:
+            return {"error": f"{latest} is a checkpoint of another model ({diff}); use --no-resume or "
+                             "another workdir"}
+        return {"resume_dir": str(latest), "state": ck.read_state(latest)}
+    if latest is not None or (out / "final").exists():
+        _set_aside_previous_run(out)
+    return {"resume_dir": None, "state": None}
 
-    from training import checkpoint as ck
-    from training import distributed as dd
-    from training.data import build_loader, curated_shard_list, mix_counts
-    from training.metrics import MetricsLog, Progress, mfu, peak_flops, plot_loss
-    from training.model.aim import build_aim
-    from training.optim import build_optimizer, lr_at, peak_lr, set_lr
 
-    tcfg, mcfg = cfg.training, cfg.training.model
-    out = Path(cfg.training_dir)
-    world, rank = info.world_size, info.rank
+def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[str], info: dd.DistInfo,
+          resume: bool) -> Path:
+    world, rank, device = info.world_size, info.rank, info.device
     if tcfg.global_batch_size % world:
         raise ConfigError(f"training.global_batch_size {tcfg.global_batch_size} is not divisible by "
                           f"{world} processes")
     local_batch = tcfg.global_batch_size // world
-    n_cur, _ = mix_counts(local_batch, tuple(tcfg.data.mix), bool(tcfg.data.imagenet))
-    if n_cur:
-        curated_shard_list(cfg)  # fail now, in one line, when there is nothing to read
+    micro = tcfg.micro_batch_size or local_batch
+    if local_batch % micro:
+        raise ConfigError(f"training.micro_batch_size {micro} does not divide the {local_batch} images per "
+                          f"process (global batch {tcfg.global_batch_size} over {world})")
+    accum = local_batch // micro
+    mcfg = tcfg.model
+    num_patches = mcfg.num_patches
 
-    # Which checkpoint to resume from; a checkpoint of a differently shaped model stops the run.
+    # Rank 0 decides whether and where to resume, and every rank follows (one view of the filesystem).
+    decision = None
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ck.remove_partial(out)
-    dd.barrier()
-    latest = ck.latest_checkpoint(out)
-    resume_dir = None
-    if latest is not None and resume:
-        diff = ck.shape_difference(ck.read_model_config(latest), mcfg)
-        if diff:
-            raise InputError(f"{latest} is a checkpoint of another model ({diff}); use --no-resume or "
-                             "another workdir")
-        resume_dir = latest
-    elif latest is not None or (out / "final").exists():
-        dd.barrier()
-        if info.is_main:
-            _set_aside_previous_run(out)
-        dd.barrier()
-    state = ck.read_state(resume_dir) if resume_dir else None
+        try:
+            decision = _decide_resume(tcfg, out, resume)
+        except OpenAIMError as exc:
+            decision = {"error": str(exc)}
+    decision = dd.broadcast_object(decision)
+    if decision.get("error"):
+        raise InputError(decision["error"])
+    resume_dir = Path(decision["resume_dir"]) if decision["resume_dir"] else None
+    state = decision["state"]
     start_step = int(state["step"]) if state else 0
     if start_step >= tcfg.steps:
         final = out / "final"
@@ -128,136 +172,145 @@ def _train(cfg, info, resume: bool) -> Path:
     if resume_dir is not None:
         log.info("resuming from %s (step %d of %d)", resume_dir, start_step, tcfg.steps)
 
-    # Model: the same seeded init as a single process, weights from the checkpoint, then activation
-    # checkpointing, compile, sharding. Under FSDP the model is built on the meta device and only
-    # rank 0 materialises the full weights (host memory), which are then scattered shard by shard.
+    # Model: the seeded init of a single process, then activation checkpointing, compile, sharding,
+    # then (on resume) the checkpoint's weights. Under FSDP/HSDP the model is built on the meta device;
+    # a fresh run materialises rank 0's full weights and scatters them shard by shard.
     mode = dd.resolve_parallel(tcfg.parallel, info)
-    dtype = dd.resolve_precision(tcfg.precision, info.device)
+    dtype = dd.resolve_precision(tcfg.precision, device)
+    sharded = mode in ("fsdp", "hsdp")
     full_state = None
-    if mode != "fsdp" or info.is_main:
-        torch.manual_seed(tcfg.seed)
-        build_device = "cpu" if mode == "fsdp" else info.device
-        aim = build_aim(mcfg, device=build_device)
-        if resume_dir is not None:
-            aim.load_state_dict(ck.read_weights(resume_dir / ck.MODEL_FILE))
-        full_state = aim.state_dict() if mode == "fsdp" else None
-    if mode == "fsdp":
+    if sharded:
+        if info.is_main and resume_dir is None:
+            torch.manual_seed(tcfg.seed)
+            full_state = build_aim(mcfg, device="cpu").state_dict()
         aim = build_aim(mcfg, device="meta")
-    if tcfg.activation_checkpointing:
-        dd.apply_activation_checkpointing(aim)
+    else:
+        torch.manual_seed(tcfg.seed)
+        aim = build_aim(mcfg, device=device)
+    dd.apply_activation_checkpointing(aim, tcfg.activation_checkpointing)
     if tcfg.compile:
         dd.apply_compile(aim)
-    loss_fn = dd.wrap_model(aim, mode, info, dtype)
-    if mode == "fsdp":
-        dd.materialize_from_rank0(aim, full_state, info.device)
+    mesh = dd.build_mesh(mode, info, tcfg.fsdp)
+    wrapped = dd.wrap_model(aim, mode, info, dtype, tcfg.fsdp, mesh)
+    if sharded:
+        if resume_dir is None:
+            dd.materialize_from_rank0(aim, full_state, device)
+        else:
+            aim.to_empty(device=device)
         del full_state
     aim.train()
-    optimizer = build_optimizer(aim, tcfg.optim, tcfg.global_batch_size)
+    optimizer = build_optimizer(aim, tcfg.optim, tcfg.global_batch_size, fused=device.type == "cuda")
     peak = peak_lr(tcfg.optim, tcfg.global_batch_size)
-
-    positions = None
-    num_streams = max(1, tcfg.data.num_workers)
-    if state is not None:
-        dd.load_optimizer_state(aim, optimizer, mode, state["optimizer"])
+    if resume_dir is not None:
+        ck.load_resumable(resume_dir, aim, optimizer)
         ck.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-        data_state = state["data"]
-        if (data_state["world_size"], data_state["num_streams"], data_state["global_batch_size"]) == (
-                world, num_streams, tcfg.global_batch_size):
-            positions = data_state["positions"][rank]
-        else:
-            log.warning("world size, workers or batch changed since the checkpoint: the data stream restarts "
-                        "at fresh positions (the run goes on, but not bit-identically)")
 
-    loader, num_streams = build_loader(cfg, rank, world, local_batch, start_step, positions,
-                                       pin_memory=info.device.type == "cuda")
-    positions = [dict(p) for p in positions] if positions else [{} for _ in range(num_streams)]
-    bad_samples = int(state["data"].get("bad_samples", 0)) if state else 0
+    # Data, positioned by the checkpoint (re-split when the world size or workers changed).
+    num_streams = max(1, tcfg.data.num_workers)
+    saved = state["data"] if state else None
+    if saved and (saved["world_size"], saved["num_streams"]) != (world, num_streams):
+        log.warning("world size or workers changed since the checkpoint (%d x %d -> %d x %d): the data "
+                    "readers restart after every shard the old ones opened", saved["world_size"],
+                    saved["num_streams"], world, num_streams)
+    positions = resplit_positions(saved["positions"] if saved else None, world, num_streams,
+                                  ["curated", "imagenet"])[rank]
+    loader = build_loader(tcfg, curated, imagenet, rank, world, start_step, positions,
+                          pin_memory=device.type == "cuda")
+    bad_samples = int(saved.get("bad_samples", 0)) if saved else 0
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if info.is_main else None
-    progress = Progress(tcfg.steps, start_step, enabled=info.is_main)
-    try:
-        from training.model.flops import flops_per_image
+    progress = Progress(tcfg.steps, start_step, enabled=info.is_main and sys.stderr.isatty())
+    flops = float(flops_per_image(mcfg, include_head=True))
+    peak_device = peak_flops(device)
+    writer = ck.CheckpointWriter(out, mcfg, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
+                                 async_save=tcfg.async_checkpoint and world > 1)
+    keep_steps = set(tcfg.keep_checkpoints)
 
-        flops = float(flops_per_image(mcfg))
-    except Exception:  # noqa: BLE001 - MFU is a nicety
-        flops = None
-    peak_device = peak_flops(info.device)
-    num_patches = mcfg.num_patches
-
-    def save(step_done: int) -> None:
-        # The open log window (steps since the last metrics line), so a resumed run logs the same means.
-        window = {"loss_sum": float(dd.all_reduce_mean(loss_sum)), "steps": steps_in_window}
-        model_state = dd.full_model_state(aim, mode)
-        optim_state = dd.full_optimizer_state(aim, optimizer, mode)
-        rngs = dd.all_gather_object(ck.rng_state())
-        all_positions = dd.all_gather_object(positions)
-        if info.is_main:
-            ck.write_checkpoint(ck.step_dir(out, step_done), model_state, mcfg, {
-                "step": step_done,
-                "optimizer": optim_state,
-                "scheduler": {"kind": "warmup_cosine", "step": step_done, "peak_lr": peak,
-                              "total_steps": tcfg.steps},
-                "rng": rngs,
-                # Prefix lengths are drawn per step from a generator seeded by (seed, step); the model's
-                # own generator (used only when no lengths are given) is kept for completeness.
-                "prefix_generator": {"kind": "seeded per step", "seed": tcfg.seed,
-                                     "model_generator": aim.prefix_generator.get_state()},
-                "metrics_window": window,
-                "data": {"world_size": world, "num_streams": num_streams, "positions": all_positions,
-                         "global_batch_size": tcfg.global_batch_size, "bad_samples": bad_samples},
-            })
-            ck.prune_checkpoints(out, keep_last=2, keep_steps=list(tcfg.keep_checkpoints))
-        dd.barrier()
-
-    data_iter = iter(loader)
-    loss_sum = torch.zeros((), device=info.device)
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     steps_in_window, window_start = 0, time.perf_counter()
     if state is not None:
         loss_sum += state["metrics_window"]["loss_sum"]
         steps_in_window = int(state["metrics_window"]["steps"])
-        aim.prefix_generator.set_state(state["prefix_generator"]["model_generator"])
+
+    def check_finite() -> None:
+        bad = int(dd.all_reduce_max(first_bad))
+        if bad >= 0:
+            raise TrainingDivergedError(f"non-finite loss or gradient norm at step {bad + 1} (of {tcfg.steps});"
+                                        " nothing was saved after it: lower training.optim.lr or check the data")
+
+    def save(step_done: int) -> None:
+        check_finite()
+        # The open log window (steps since the last metrics line), so a resumed run logs the same means.
+        window = {"loss_sum": float(dd.all_reduce_mean(loss_sum)), "steps": steps_in_window}
+        rngs = dd.all_gather_object(ck.rng_state())
+        all_positions = dd.all_gather_object(positions)
+        train_state = {
+            "step": step_done, "rng": rngs, "metrics_window": window,
+            "data": {"world_size": world, "num_streams": num_streams, "positions": all_positions,
+                     "global_batch_size": tcfg.global_batch_size, "bad_samples": bad_samples},
+        }
+        writer.save(step_done, aim, optimizer, train_state if info.is_main else None,
+                    export_weights=step_done == tcfg.steps or step_done in keep_steps)
+
+    data_iter = iter(loader)
     try:
         for step in range(start_step, tcfg.steps):
             batch = next(data_iter)
             if batch["step"] != step:
                 raise RuntimeError(f"data stream out of order: got step {batch['step']}, expected {step}")
             positions[batch["stream"]] = batch["position"]
-            bad_samples += int(batch["bad"])
-            images = batch["images"].to(info.device, non_blocking=True)  # [B, 3, S, S]
+            bad_samples += batch["bad"]
+            images = normalize(batch["images"].to(device, non_blocking=True))  # [B, 3, S, S] float
 
             prefix_all = global_prefix_lengths(tcfg.seed, step, tcfg.global_batch_size, num_patches)  # [GB]
-            prefix = prefix_all[rank * local_batch:(rank + 1) * local_batch]  # [B]
-            # Targets at index >= prefix count: N - prefix of them per image.
-            share = (num_patches - prefix).sum().double() * world / (num_patches - prefix_all).sum().double()
-
+            counted_all = float((num_patches - prefix_all).sum())  # targets at index >= prefix, all ranks
             lr = lr_at(step, tcfg.steps, peak, tcfg.optim)
             set_lr(optimizer, lr)
-            with dd.autocast_context(mode, info.device, dtype):
-                loss = loss_fn(images, prefix.to(info.device))
-            weighted = loss.float() * float(share)
-            weighted.backward()
+            step_loss = torch.zeros((), device=device)
+            for m in range(accum):
+                lo = rank * local_batch + m * micro
+                prefix = prefix_all[lo:lo + micro]  # [micro]
+                weight = float((num_patches - prefix).sum()) * world / counted_all
+                if device.type == "cuda":
+                    prefix = prefix.pin_memory().to(device, non_blocking=True)
+                with wrapped.sync_context(last_micro_batch=m == accum - 1):
+                    with dd.autocast_context(device, dtype):
+                        loss = wrapped.loss_fn(images[m * micro:(m + 1) * micro], prefix)
+                    weighted = loss.float() * weight
+                    weighted.backward()
+                step_loss += weighted.detach()
             grad_norm = dd.clip_grad_norm(aim, tcfg.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += weighted.detach()
+            finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+            first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, step))
+            loss_sum += step_loss
             steps_in_window += 1
             done = step + 1
 
             if done % tcfg.log_every == 0 or done == tcfg.steps:
+                check_finite()
                 mean_loss = float(dd.all_reduce_mean(loss_sum)) / steps_in_window
                 elapsed = time.perf_counter() - window_start
                 ips = steps_in_window * tcfg.global_batch_size / max(elapsed, 1e-9)
+                eta = (tcfg.steps - done) * elapsed / steps_in_window
+                row_mfu = mfu(flops, ips, peak_device, world)
                 if metrics is not None:
                     metrics.write({"step": done, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                   "images_per_s": ips, "mfu": mfu(flops, ips, peak_device, world),
-                                   "bad_samples": bad_samples, "time": time.time()})
+                                   "images_per_s": ips, "mfu": row_mfu, "bad_samples": bad_samples,
+                                   "time": time.time()})
+                log.info("step %d/%d  loss %.4f  %.1f img/s%s  ETA %s", done, tcfg.steps, mean_loss, ips,
+                         f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
+                         timedelta(seconds=round(eta)))
                 progress.update(done, f"loss {mean_loss:.4f}  {ips:.0f} img/s")
                 loss_sum.zero_()
                 steps_in_window, window_start = 0, time.perf_counter()
             else:
                 progress.update(done)
-            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or done in keep_steps:
                 save(done)
+        writer.close()
     finally:
         progress.close()
         if metrics is not None:

@@ -42,29 +42,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, global_batch_size: int) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, global_batch_size: int,
+                    fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; `fused` (one kernel for all parameters) is what CUDA runs use."""
     lr = peak_lr(optim_cfg, global_batch_size)
-    # fused/foreach kernels change float summation order between devices; the default is fine here.
     return torch.optim.AdamW(param_groups(model, optim_cfg.weight_decay), lr=lr,
-                             betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+                             betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, fused=fused or None)
 
 
 def warmup_steps(optim_cfg: OptimConfig, total_steps: int) -> int:
     return round(optim_cfg.warmup_fraction * total_steps)
 
 
-def lr_at(step: int, total_steps: int, peak: float, optim_cfg: OptimConfig) -> float:
-    """Linear warm-up from `warmup_start_lr` to `peak` over the first steps, then cosine to 0.
-
-    `step` is 0-based: the lr used by the optimizer update of step `step`.
-    """
-    warm = warmup_steps(optim_cfg, total_steps)
-    if step < warm:
-        start = optim_cfg.warmup_start_lr
-        return start + (peak - start) * step / warm
-    decay_steps = max(1, total_steps - warm)
-    progress = min(1.0, (step - warm) / decay_steps)
+def warmup_cosine(step: int, total_steps: int, warmup: int, peak: float, start: float = 0.0) -> float:
+    """The one warm-up + cosine schedule (pretraining and the probes use it): linear from `start` at
+    step 0 to `peak` at step `warmup`, then cosine to 0 at `total_steps`. `step` is 0-based: the lr
+    of the optimizer update of step `step`."""
+    if step < warmup:
+        return start + (peak - start) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_at(step: int, total_steps: int, peak: float, optim_cfg: OptimConfig) -> float:
+    """The recipe's lr at `step`: warm-up from `warmup_start_lr` over `warmup_fraction`, then cosine."""
+    warmup = warmup_steps(optim_cfg, total_steps)
+    return warmup_cosine(step, total_steps, warmup, peak, optim_cfg.warmup_start_lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

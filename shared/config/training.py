@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config.base import StrictModel
 
@@ -102,17 +102,60 @@ class OptimConfig(StrictModel):
     lr_reference_batch: int | None = Field(None, ge=1)
 
 
+class FSDPConfig(StrictModel):
+    # Free each block's gathered weights after its forward and gather them again in backward (ZeRO-3).
+    # False keeps them until backward (ZeRO-2-like): one all-gather per block per step instead of two,
+    # for the memory of the unsharded weights of every block. None: True under FSDP, and under HSDP
+    # too (the gather stays inside a node, on NVLink).
+    reshard_after_forward: bool | None = None
+    # dtype of the gradient reduce-scatter / all-reduce. bf16 halves the gradient traffic (7B on 512
+    # GPUs: see docs/scale.md); fp32 sums exactly. Parameters are gathered in bf16 either way when
+    # training.precision is bf16.
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # HSDP only: ranks per shard group (the inner mesh dimension; replicas = world / this).
+    # None = the processes of one node (torchrun's LOCAL_WORLD_SIZE).
+    shard_size: int | None = Field(None, ge=1)
+
+
 class TrainingConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    # Images per optimizer step, over all processes.
     global_batch_size: int = Field(64, ge=1)
+    # Images per forward/backward on one process; the global batch is split into
+    # global_batch_size / (world size * micro_batch_size) accumulated micro-batches.
+    # None = global_batch_size / world size (no accumulation).
+    micro_batch_size: int | None = Field(None, ge=1)
+    # Optimizer steps.
     steps: int = Field(300, ge=1)
+    # auto: bf16 on CUDA (where supported), fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # torch.compile each transformer block (trunk and head): one graph for all blocks.
     compile: bool = False
-    activation_checkpointing: bool = False
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    # Recompute activations in backward: none; trunk (the trunk's blocks); full (trunk and head blocks).
+    activation_checkpointing: Literal["none", "trunk", "full"] = "none"
+    # none: one process. ddp: replicated weights, gradient all-reduce. fsdp: FSDP2 over all ranks
+    # (1-D mesh). hsdp: FSDP2 on a 2-D mesh, sharded within `fsdp.shard_size` ranks, replicated across.
+    # auto: fsdp on CUDA with several processes, ddp on CPU, none alone.
+    parallel: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
+    # Save a resumable checkpoint every this many steps (and at the last step).
     checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: list[int] = Field(default_factory=list, description="extra steps whose weights are kept for eval")
+    # Steps whose consolidated weights are kept (for evaluation); checkpoints are also written there.
+    keep_checkpoints: list[int] = Field(default_factory=list)
+    # Write checkpoint shards in a background thread while training goes on (DCP async_save).
+    async_checkpoint: bool = True
+    # A metrics line (loss, img/s, ETA) every this many steps; also where non-finite losses are checked.
     log_every: int = Field(10, ge=1)
+    # Process-group timeout: how long a collective waits for a slow rank (rank 0's checkpoint I/O).
+    process_group_timeout_s: int = Field(1800, ge=10)
     seed: int = 0
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _ac_from_bool(cls, value):
+        # Older configs said true/false.
+        if isinstance(value, bool):
+            return "full" if value else "none"
+        return value
