@@ -17,3 +17,7 @@ def test_gpu_check_cpu_smoke(repo_root):
     assert agreement and float(agreement.group(1)) < 3e-2
     row = re.search(r"^\| sdpa \| ([0-9.]+) \| ([0-9.]+) \|.*\| ([0-9.]+) \|$", out, re.MULTILINE)
     assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0  # images/s and a finite loss
+    # section 3: the shipped training path (loop, FSDP2 on a 1-process group, real loader) ran 3 steps
+    shipped = re.search(r"^\| shipped aim-600m \(steps [0-9]+-3\) \| ([0-9.]+) \|", out, re.MULTILINE)
+    assert shipped and float(shipped.group(1)) > 0, out[-1500:]
+    assert "shipped path MFU (trunk+head)" in out
