@@ -1,11 +1,12 @@
 """Does demo-scale AIM pretraining beat random weights? The baseline (the same trunk, random weights) is
 probed in the same run, with the same probe protocol as `openaim eval`.
 
-Pretraining: `AIM.forward_loss` (prefix-causal, next-patch regression) + AdamW (betas 0.9/0.95, wd 0.05,
-warm-up 2.5% then cosine) on N distinct mini web scenes drawn at the web's size, resized to the model's and JPEG-encoded,
-with the training stage's augmentation (`training.augment.augment`). Probes: the mini web benchmark
-tasks (written by the generator here: the demo's seed, size and train/test per class), features averaged over the
-last `--n-blocks` blocks with bidirectional attention, an attentive-probe grid of 8 (lr x wd) trained
+Pretraining (`pretrain`, shared with benchmarks/ablations.py): `AIM.forward_loss` (prefix-causal,
+next-patch regression) + the training stage's AdamW groups and warm-up + cosine lr (training.optim) on N
+distinct mini web scenes drawn at the web's size, resized to the model's and JPEG-encoded, with the
+training stage's augmentation (`training.augment.augment`). Probes (`probe_top1`): the mini web benchmark
+tasks (written by the generator here: the demo's seed, size and train/test per class), features averaged
+over the last `--n-blocks` blocks with bidirectional attention, an attentive-probe grid of 8 (lr x wd) trained
 together, setting chosen on a 10% validation split of train, top-1 on test.
 
     .venv/bin/python benchmarks/pretrain_vs_random.py [--steps 200] [--evals 200] [--lr 1e-3]
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 import tempfile
 import time
@@ -58,7 +58,10 @@ def load_task(bench: Path, task: str, split: str, transform):
     return images, torch.from_numpy(data.labels), len(data.classes)
 
 
-def probe_top1(model, data: dict, n_blocks: int) -> dict[str, float]:
+def probe_top1(model, data: dict, n_blocks: int, kind: str = "attentive", probe_cfg=None) -> dict[str, float]:
+    """Top-1 per task of a `kind` probe grid on the mean of the last `n_blocks` blocks (bidirectional),
+    setting chosen on a fixed 10% of train (`probe_cfg`, default: 30 epochs, batches of 32).
+    `data`: task -> ((x_train, y_train, classes), (x_test, y_test, _)), images on the model's device."""
     import torch
 
     from evaluation.probe_grid import FeatureSet, run_probe_grid
@@ -69,13 +72,73 @@ def probe_top1(model, data: dict, n_blocks: int) -> dict[str, float]:
     out = {}
     for task, ((xtr, ytr, k), (xte, yte, _)) in data.items():
         ftr, fte = model.extract_features(xtr, blocks), model.extract_features(xte, blocks)
-        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
+        ytr, yte = ytr.to(ftr.device), yte.to(ftr.device)
+        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0)).to(ftr.device)
         val, train = perm[: len(ytr) // 10], perm[len(ytr) // 10:]
-        res = run_probe_grid("attentive", FeatureSet(ftr[train], ytr[train]), FeatureSet(ftr[val], ytr[val]),
-                             FeatureSet(fte, yte), k, model.cfg.heads, ProbeConfig(epochs=30, batch_size=32))
+        res = run_probe_grid(kind, FeatureSet(ftr[train], ytr[train]), FeatureSet(ftr[val], ytr[val]),
+                             FeatureSet(fte, yte), k, model.cfg.heads,
+                             probe_cfg or ProbeConfig(epochs=30, batch_size=32))
         out[task] = res["top1"]
     model.train()
     return out
+
+
+class StepBatches:
+    """Batch `step` (1-based) of pretraining: `batch` of `images` (PIL) drawn with replacement and augmented
+    by `training.augment.augment`, from a generator seeded by (seed, step), so batches do not depend on
+    which process makes them (a DataLoader with workers yields the same batches as a plain loop)."""
+
+    def __init__(self, images: list, side: int, batch: int, seed: int):
+        self.images, self.side, self.batch, self.seed = images, side, batch, seed
+
+    def __getitem__(self, step: int):
+        import numpy as np
+        import torch
+
+        from training.augment import augment
+
+        rng = np.random.default_rng([self.seed, step])
+        picks = rng.integers(0, len(self.images), self.batch)
+        return torch.stack([augment(self.images[i], self.side, rng) for i in picks])
+
+
+def pretrain(model, images: list, steps: int, batch: int, lr: float, seed: int, causal: bool = False,
+             evals: set[int] | frozenset = frozenset(), on_eval=None, workers: int = 0) -> float:
+    """AIM pretraining as the training stage does it: `model.forward_loss` (prefix lengths from the model's
+    generator, or all 1 = plain causal attention when `causal`), AdamW with the recipe's parameter groups
+    and its warm-up + cosine lr (training.optim), grad clip 1.0, batches from `StepBatches` (made by
+    `workers` DataLoader processes when > 0). Calls `on_eval(step, loss, pretraining seconds so far)` at
+    each step in `evals`; returns the pretraining seconds (evals excluded)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from shared.config.training import OptimConfig
+    from training.optim import build_optimizer, lr_at, set_lr
+
+    device = next(model.parameters()).device
+    optim_cfg = OptimConfig(lr=lr)
+    opt = build_optimizer(model, optim_cfg, batch)
+    model.seed_prefix_rng(seed)
+    model.train()
+    batches = DataLoader(StepBatches(images, model.cfg.img_size, batch, seed), batch_size=None,
+                         sampler=range(1, steps + 1), num_workers=workers,
+                         prefetch_factor=4 if workers else None)
+    seconds = 0.0
+    t0 = time.perf_counter()
+    for step, x in enumerate(batches, start=1):
+        set_lr(opt, lr_at(step - 1, steps, lr, optim_cfg))
+        x = x.to(device, non_blocking=True)
+        prefix = torch.ones(batch, dtype=torch.long) if causal else None
+        loss = model.forward_loss(x, prefix)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step in evals and on_eval is not None:
+            seconds += time.perf_counter() - t0
+            on_eval(step, loss.item(), seconds)
+            t0 = time.perf_counter()
+    return seconds + time.perf_counter() - t0
 
 
 def main() -> None:
@@ -88,21 +151,21 @@ def main() -> None:
     ap.add_argument("--evals", default="", help="comma-separated steps to probe at (the last step always)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--no-norm-pix", action="store_true", help="regress raw (not per-patch normalised) pixels")
+    ap.add_argument("--no-norm-pix", action="store_true",
+                    help="regress raw (not per-patch normalised) pixels")
     ap.add_argument("--n-blocks", type=int, default=3, help="probe the mean of the last N blocks (demo: 3)")
     ap.add_argument("--train-per-class", type=int, default=40)
     ap.add_argument("--test-per-class", type=int, default=20)
-    ap.add_argument("--scene-size", type=int, default=96, help="side the scenes are drawn at (web.image_size)")
+    ap.add_argument("--scene-size", type=int, default=96,
+                    help="side the scenes are drawn at (web.image_size)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from evaluation.features import eval_transform
     from shared.config.training import ModelConfig
     from shared.miniweb.datasets import write_bench
-    from training.augment import augment
     from training.model.aim import build_aim
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -122,36 +185,19 @@ def main() -> None:
         avg = sum(res.values()) / len(res)
         gap = "" if baseline is None else f"  vs random {100 * (avg - baseline):+.1f} points"
         print(f"step {step:5d} ({seconds:6.0f} s pretraining): "
-              + " ".join(f"{t} {100 * v:5.1f}" for t, v in res.items()) + f"  avg {100 * avg:5.1f}{gap}", flush=True)
+              + " ".join(f"{t} {100 * v:5.1f}" for t, v in res.items()) + f"  avg {100 * avg:5.1f}{gap}",
+              flush=True)
         return avg
 
     baseline = report(0, 0.0, probe_top1(model, data, args.n_blocks), None)
     images = scenes(args.images, args.scene_size, side, args.seed)
     evals = {int(s) for s in args.evals.split(",") if s} | {args.steps}
-    no_decay = model.no_weight_decay_names()
-    params = list(model.named_parameters())
-    opt = torch.optim.AdamW([{"params": [p for n, p in params if n not in no_decay], "weight_decay": 0.05},
-                             {"params": [p for n, p in params if n in no_decay], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
-    warmup = max(1, int(0.025 * args.steps))
-    seconds = 0.0
-    for step in range(1, args.steps + 1):
-        t0 = time.perf_counter()
-        progress = (step - 1 - warmup) / max(1, args.steps - warmup)
-        lr = args.lr * step / warmup if step <= warmup else args.lr * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        rng = np.random.default_rng([args.seed, step])
-        batch = torch.stack([augment(images[i], side, rng) for i in rng.integers(0, len(images), args.batch)])
-        loss = model.forward_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        seconds += time.perf_counter() - t0
-        if step in evals:
-            report(step, seconds, probe_top1(model, data, args.n_blocks), baseline)
-            print(f"           loss {loss.item():.4f}", flush=True)
+
+    def on_eval(step: int, loss: float, seconds: float) -> None:
+        report(step, seconds, probe_top1(model, data, args.n_blocks), baseline)
+        print(f"           loss {loss:.4f}", flush=True)
+
+    pretrain(model, images, args.steps, args.batch, args.lr, args.seed, evals=evals, on_eval=on_eval)
 
 
 if __name__ == "__main__":
