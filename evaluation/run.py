@@ -282,6 +282,7 @@ def evaluate_from_config(cfg) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evaluation.features import dist_info, resolve_blocks
+    from evaluation.mlaim_head import evaluate_head, head_for
     from evaluation.results import write_missing, write_results_csv
 
     ev = cfg.evaluation
@@ -317,8 +318,14 @@ def evaluate_from_config(cfg) -> Path:
             img_size = ev.img_size or model_cfg.img_size
             for spec, root in present:
                 progress.update(overall, description=f"features {entry.name} / {spec.name}")
-                got = features_for_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model, model_cfg,
-                                                           ckpt_hash, blocks, img_size, cache, progress)
+                head = head_for(ev.heads, entry.path, spec.name)
+                if head is not None:  # a released probe head: applied as it is, nothing to train
+                    got = evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash, head,
+                                        img_size, progress)
+                else:
+                    got = features_for_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model,
+                                                               model_cfg, ckpt_hash, blocks, img_size, cache,
+                                                               progress)
                 if isinstance(got, ProbeTask):
                     tasks.append(got)
                 elif got is not None:

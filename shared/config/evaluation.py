@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.config.base import StrictModel
 
@@ -20,6 +21,19 @@ class ProbeConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
+
+
+class ProbeHeadConfig(StrictModel):
+    """A trained attentive-probe head in ml-aim's layout (Apple's `aim_*_attnprobe_head_*_layers.pth`:
+    head.cls_token, head.k/v.weight, head.linear.weight, head.bn.running_mean/var), applied to one
+    checkpoint's features on one benchmark instead of training probes there (evaluation/mlaim_head.py)."""
+
+    checkpoint: str = Field(description="the evaluation.checkpoints entry the head was trained on")
+    benchmark: str = Field(description="registry name, e.g. imagenet-1k (head classes = its classes)")
+    path: str = Field(description="the head .pth")
+    # Blocks whose mean the head reads: Apple's "best_layers" heads need "best", "last_layers" ones "last6".
+    blocks: Literal["last6", "best"] | list[int] | None = Field(None,
+                                                                description="default: evaluation.blocks")
 
 
 class EvaluationConfig(StrictModel):
@@ -40,6 +54,17 @@ class EvaluationConfig(StrictModel):
     evaluate_intermediate: bool = True
     seed: int = Field(0, description="seed of the random-init baseline and the val split")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    # Released probe heads to apply as they are (no probe training for that checkpoint x benchmark).
+    heads: list[ProbeHeadConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _heads_name_a_checkpoint(self) -> EvaluationConfig:
+        listed = {Path(c) for c in self.checkpoints}
+        for i, head in enumerate(self.heads):
+            if Path(head.checkpoint) not in listed:
+                raise ValueError(f"heads[{i}].checkpoint {head.checkpoint!r} is not in "
+                                 "evaluation.checkpoints")
+        return self
 
 
 class ReportConfig(StrictModel):
