@@ -10,8 +10,9 @@ reference (prefix-causal, normalised pixels), causal (every prefix length 1: pla
 same loss over every target), and raw pixels. Pretraining is `benchmarks.pretrain_vs_random.pretrain`
 (`AIM.forward_loss`, the recipe's AdamW groups and warm-up + cosine lr, `training.augment.augment`) on
 the images of scikit-learn's digits train split (labels unused); probing is its `probe_top1` (eval's
-transform and probe grid: features = mean of the last `n_blocks` blocks, bidirectional; 8 settings of
-lr x wd chosen on 10% of train; top-1 on the digits test split). The loss of relation 1 is the held-out
+transform and probe grid, trained on the CPU: features = mean of the last `n_blocks` blocks,
+bidirectional; 8 settings of lr x wd, 30 epochs of batches of 64, chosen on 10% of train; top-1 on the
+digits test split). The loss of relation 1 is the held-out
 next-patch loss on the test images with fixed prefix lengths, measured at each probed checkpoint.
 
 A difference "holds" when it is above t(0.975, n-1) standard errors (a two-sided 95% paired t-test over
@@ -66,7 +67,7 @@ class Preset:
     n_blocks: int
     workers: int  # DataLoader processes making the augmented batches
     budget_s: float  # no new seed starts once the run could overrun this (>= 3 seeds always run)
-    probe_epochs: int = 30  # pretrain_vs_random's probe protocol; fewer only in the smoke run
+    probe_epochs: int = 30  # eval's probe grid (8 lr x wd settings), batches of 64; fewer only in --smoke
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
 
@@ -77,8 +78,8 @@ PRESETS = {
                   threads=1),  # 1 thread: on 2 cores shared with other jobs, 2 threads ran 5-10x slower
     # aim-tiny's trunk and head at its 64 px / 64 patches, 5 seeds if the time allows
     "cuda": Preset(width=192, depth=6, heads=3, img_size=64, patch_size=8, head_width=256, head_depth=2,
-                   steps=1000, batch=128, lr=1e-3, seeds=5, checkpoints=4, n_blocks=3, workers=12,
-                   budget_s=165),
+                   steps=400, batch=128, lr=1e-3, seeds=5, checkpoints=4, n_blocks=3, workers=12,
+                   budget_s=150),
     "smoke": Preset(width=32, depth=2, heads=2, img_size=16, patch_size=8, head_width=32, head_depth=1,
                     steps=4, batch=8, lr=1e-3, seeds=3, checkpoints=2, n_blocks=1, workers=0, budget_s=600,
                     probe_epochs=1, threads=1),
@@ -121,7 +122,7 @@ def heldout_loss(model, images: torch.Tensor, seed: int = 1234) -> float:
 
 def run_seed(p: Preset, seed: int, device: str, pil, data, xte) -> dict:
     """The three arms of one seed: {arm: top-1}, the linear probe's top-1, and the reference's curve."""
-    probe_cfg = ProbeConfig(epochs=p.probe_epochs, batch_size=32)
+    probe_cfg = ProbeConfig(epochs=p.probe_epochs, batch_size=64)
     every = max(1, p.steps // p.checkpoints)
     evals = {every * (i + 1) for i in range(p.checkpoints - 1)} | {p.steps}
     out: dict = {"curve": []}

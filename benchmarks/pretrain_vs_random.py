@@ -61,7 +61,8 @@ def load_task(bench: Path, task: str, split: str, transform):
 def probe_top1(model, data: dict, n_blocks: int, kind: str = "attentive", probe_cfg=None) -> dict[str, float]:
     """Top-1 per task of a `kind` probe grid on the mean of the last `n_blocks` blocks (bidirectional),
     setting chosen on a fixed 10% of train (`probe_cfg`, default: 30 epochs, batches of 32).
-    `data`: task -> ((x_train, y_train, classes), (x_test, y_test, _)), images on the model's device."""
+    `data`: task -> ((x_train, y_train, classes), (x_test, y_test, _)), images on the model's device,
+    labels on the CPU."""
     import torch
 
     from evaluation.probe_grid import FeatureSet, run_probe_grid
@@ -71,9 +72,9 @@ def probe_top1(model, data: dict, n_blocks: int, kind: str = "attentive", probe_
     blocks = list(range(len(model.blocks) - n_blocks, len(model.blocks)))
     out = {}
     for task, ((xtr, ytr, k), (xte, yte, _)) in data.items():
-        ftr, fte = model.extract_features(xtr, blocks), model.extract_features(xte, blocks)
-        ytr, yte = ytr.to(ftr.device), yte.to(ftr.device)
-        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0)).to(ftr.device)
+        # probes train on the CPU, as `openaim eval` trains them on cached features
+        ftr, fte = model.extract_features(xtr, blocks).cpu(), model.extract_features(xte, blocks).cpu()
+        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
         val, train = perm[: len(ytr) // 10], perm[len(ytr) // 10:]
         res = run_probe_grid(kind, FeatureSet(ftr[train], ytr[train]), FeatureSet(ftr[val], ytr[val]),
                              FeatureSet(fte, yte), k, model.cfg.heads,
