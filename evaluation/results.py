@@ -1,8 +1,10 @@
 """Result files of `openaim eval` (all written atomically):
 
-  <eval_dir>/results/<checkpoint-name>/<benchmark>.json   one record per checkpoint x benchmark
-  <eval_dir>/results.csv                                  one row per checkpoint x benchmark x probe
-  <eval_dir>/missing.json                                 benchmarks not on disk and how to get them
+<eval_dir>/results/<checkpoint-name>/<benchmark>.json   one record per checkpoint x benchmark
+<eval_dir>/results.csv                                  one row per checkpoint x benchmark x probe
+<eval_dir>/missing.json                                 benchmarks not on disk and how to get them
+<eval_dir>/failed.json                                  benchmarks on disk that could not be read, and why
+<eval_dir>/run_info.json                                config, torch version, device, wall time
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ from typing import Any
 
 from shared.atomic import atomic_write_json, atomic_write_text
 
-CSV_COLUMNS = ["checkpoint", "step", "benchmark", "probe", "top1", "top5", "mean_per_class_recall",
-               "lr", "weight_decay", "n_train", "n_test"]
+CSV_COLUMNS = [
+    "checkpoint",
+    "step",
+    "benchmark",
+    "probe",
+    "top1",
+    "top5",
+    "mean_per_class_recall",
+    "lr",
+    "weight_decay",
+    "n_train",
+    "n_test",
+]
 PROBE_KEYS = ["top1", "top5", "mean_per_class_recall", "lr", "weight_decay", "val_top1"]
 
 
@@ -49,10 +62,25 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for rec in records:
         for probe, res in sorted(rec.get("probes", {}).items()):
-            rows.append({"checkpoint": rec["checkpoint"], "step": rec.get("step"), "benchmark": rec["benchmark"],
-                         "probe": probe, **{k: res.get(k) for k in CSV_COLUMNS[4:9]},
-                         "n_train": rec.get("n_train"), "n_test": rec.get("n_test")})
-    rows.sort(key=lambda r: (r["checkpoint"], r["step"] if r["step"] is not None else -1, r["benchmark"], r["probe"]))
+            rows.append(
+                {
+                    "checkpoint": rec["checkpoint"],
+                    "step": rec.get("step"),
+                    "benchmark": rec["benchmark"],
+                    "probe": probe,
+                    **{k: res.get(k) for k in CSV_COLUMNS[4:9]},
+                    "n_train": rec.get("n_train"),
+                    "n_test": rec.get("n_test"),
+                }
+            )
+    rows.sort(
+        key=lambda r: (
+            r["checkpoint"],
+            r["step"] if r["step"] is not None else -1,
+            r["benchmark"],
+            r["probe"],
+        )
+    )
     return rows
 
 
@@ -70,5 +98,12 @@ def write_results_csv(eval_dir: Path, records: Iterable[dict[str, Any]]) -> Path
 def write_missing(eval_dir: Path, entries: list[dict[str, str]]) -> Path:
     """[{benchmark, title, path, how_to_get}]; an empty list when everything was found."""
     path = Path(eval_dir) / "missing.json"
+    atomic_write_json(path, entries)
+    return path
+
+
+def write_failed(eval_dir: Path, entries: list[dict[str, str]]) -> Path:
+    """[{benchmark, title, path, checkpoint, reason}]; an empty list when every benchmark was read."""
+    path = Path(eval_dir) / "failed.json"
     atomic_write_json(path, entries)
     return path

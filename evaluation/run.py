@@ -3,8 +3,11 @@
 Checkpoints: cfg.evaluation.checkpoints, or this run's final model plus (evaluate_intermediate) the
 intermediate ones under training_dir/checkpoints/ named "<run>-step_N", plus (random_baseline) a
 random-weights trunk of the same architecture named "random-init". Missing benchmarks are listed in
-missing.json and never fail the run. Features and per-benchmark probe results are cached: a rerun with
-unchanged weights, data and probe config trains nothing.
+missing.json and never fail the run. A benchmark that is there but cannot be read (a damaged csv, an
+unreadable image list) is recorded in failed.json with its reason; every other benchmark is still
+evaluated and written, then the command ends with a non-zero exit (shared.errors.PartialFailure).
+Features and per-benchmark probe results are cached: a rerun with unchanged weights, data and probe
+config trains nothing. run_info.json records this run's config, torch version, device and wall time.
 
 Under torchrun (``torchrun --nproc_per_node N -m shared.cli eval --config ...``) each split's features are
 extracted in shards across the ranks, then the probe jobs (checkpoint x benchmark x probe kind) are dealt
@@ -14,14 +17,42 @@ out round-robin; rank 0 gathers the results and writes every file, the same file
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError, InputError
+import torch
+import torch.distributed as dist
+import torchvision
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from evaluation import probe_grid, probes
+from evaluation.benchmarks import registry
+from evaluation.features import (
+    checkpoint_hash,
+    dist_info,
+    extract_split_features,
+    feature_path,
+    load_features,
+    resolve_blocks,
+)
+from evaluation.mlaim_head import evaluate_head, head_for
+from evaluation.results import (
+    read_result,
+    result_path,
+    write_failed,
+    write_missing,
+    write_result,
+    write_results_csv,
+)
+from shared.atomic import atomic_write_json
+from shared.errors import ConfigError, InputError, PartialFailure
 from shared.stage_cache import StageCache, StepSpec, code_version, hash_json
-from shared.torchrun import local_device
+from shared.torchrun import broadcast_from_rank0, local_device
+from training.checkpoint import complete_checkpoints, load_model_for_eval
+from training.model.aim import build_aim
 
 log = logging.getLogger("openaim.eval")
 
@@ -53,21 +84,24 @@ def checkpoint_entries(cfg) -> list[CheckpointEntry]:
                 raise InputError(f"evaluation.checkpoints: {path} does not exist")
             entries.append(CheckpointEntry(_name_for(path), path, None))
     else:
-        from training.checkpoint import complete_checkpoints
-
         final = cfg.training_dir / "final"
         intermediate = complete_checkpoints(cfg.training_dir) if cfg.training_dir.is_dir() else []
         if (final / "model.safetensors").is_file():
             last = intermediate[-1][0] if intermediate else None
             entries.append(CheckpointEntry(cfg.name, final, max(cfg.training.steps, last or 0)))
         elif not intermediate:
-            raise InputError(f"no trained model in {cfg.training_dir}: run `openaim train` first "
-                             "or set evaluation.checkpoints")
+            raise InputError(
+                f"no trained model in {cfg.training_dir}: run `openaim train` first "
+                "or set evaluation.checkpoints"
+            )
         if ev.evaluate_intermediate or not entries:
             # the checkpoint at the final step holds the final weights: probing it twice adds nothing
             final_step = entries[0].step if entries else None
-            entries += [CheckpointEntry(f"{cfg.name}-step_{step}", d, step) for step, d in intermediate
-                        if step != final_step]
+            entries += [
+                CheckpointEntry(f"{cfg.name}-step_{step}", d, step)
+                for step, d in intermediate
+                if step != final_step
+            ]
     names = [e.name for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -79,18 +113,15 @@ def checkpoint_entries(cfg) -> list[CheckpointEntry]:
 
 def _load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
     """(model, model_cfg, weights hash) for a checkpoint; random weights get a hash of arch + seed."""
-    import torch
-
     if entry.path is None:
-        from training.model.aim import build_aim
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_aim(arch_cfg)
-        return model.eval(), arch_cfg, hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed})
-    from evaluation.features import checkpoint_hash
-    from training.checkpoint import load_model_for_eval
-
+        return (
+            model.eval(),
+            arch_cfg,
+            hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed}),
+        )
     try:
         model, model_cfg = load_model_for_eval(entry.path)
     except InputError:
@@ -101,15 +132,10 @@ def _load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
     return model.eval(), model_cfg, checkpoint_hash(entry.path)
 
 
-# --- the benchmark registry (another module; adapt to its call shapes in one place) -------------------
-
-def _registry():
-    from evaluation.benchmarks import registry
-
-    return registry
+# --- which benchmarks: present, missing, failed ----------------------------------------------------
 
 
-def _benchmarks(cfg, registry) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
+def _benchmarks(cfg) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
     """(present [(spec, root)], missing entries) for cfg.evaluation.benchmarks; unknown names raise."""
     specs = registry.resolve_benchmarks(cfg.evaluation.benchmarks)  # ConfigError on an unknown name
     present, missing = [], []
@@ -117,30 +143,65 @@ def _benchmarks(cfg, registry) -> tuple[list[tuple[Any, Path]], list[dict[str, s
         root = Path(registry.benchmark_root(spec, cfg))
         reason = registry.missing_reason(spec, root)
         if reason:
-            missing.append({"benchmark": spec.name, "title": spec.title, "path": str(root),
-                            "how_to_get": spec.how_to_get, "reason": reason})
+            missing.append(
+                {
+                    "benchmark": spec.name,
+                    "title": spec.title,
+                    "path": str(root),
+                    "how_to_get": registry.how_to_get(spec, cfg.evaluation.data_root),
+                    "reason": reason,
+                }
+            )
         else:
             present.append((spec, root))
     return present, missing
 
 
+def _failure(spec, root: Path, entry: CheckpointEntry, exc: BaseException) -> dict[str, str]:
+    """A failed-benchmark entry: one line saying what could not be read."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0][:500] if text else ""
+    if not isinstance(exc, InputError):  # a library's own error: say which, so the line can be searched
+        reason = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    return {
+        "benchmark": spec.name,
+        "title": spec.title,
+        "path": str(root),
+        "checkpoint": entry.name,
+        "reason": reason,
+    }
+
+
 # --- one checkpoint x one benchmark -------------------------------------------------------------------
 
-def _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks, img_size, progress):
-    from evaluation.features import extract_split_features, feature_path
 
+def _split_features(cfg, spec, root, model, ckpt_hash, blocks, img_size, progress):
     ev = cfg.evaluation
     out, skipped, paths, classes = {}, 0, {}, 0
     for split in ("train", "val", "test"):
         max_items = ev.max_train_per_benchmark if split == "train" else None
         dataset = registry.load_split(spec, root, split, ev.probe.val_fraction, ev.seed, max_items)
-        data_key = {"benchmark": spec.name, "split": split, "val_fraction": ev.probe.val_fraction, "seed": ev.seed,
-                    "max_items": max_items, "n": len(dataset)}
+        data_key = {
+            "benchmark": spec.name,
+            "split": split,
+            "val_fraction": ev.probe.val_fraction,
+            "seed": ev.seed,
+            "max_items": max_items,
+            "n": len(dataset),
+        }
         path = feature_path(cfg.eval_dir, ckpt_hash, spec.name, split, blocks, img_size, data_key)
         feats, n_skipped = extract_split_features(
-            model, dataset, path, blocks, img_size, ev.batch_size, ev.num_workers,
-            description=f"{spec.name}/{split} features", progress=progress,
-            metadata={"benchmark": spec.name, "split": split, "checkpoint_hash": ckpt_hash})
+            model,
+            dataset,
+            path,
+            blocks,
+            img_size,
+            ev.batch_size,
+            ev.num_workers,
+            description=f"{spec.name}/{split} features",
+            progress=progress,
+            metadata={"benchmark": spec.name, "split": split, "checkpoint_hash": ckpt_hash},
+        )
         skipped += n_skipped  # counted by our collate (the dataset's own counters live in workers)
         out[split], paths[split] = feats, path
         classes = max(classes, len(dataset.classes))
@@ -154,7 +215,8 @@ def _probe_kinds(cfg) -> list[str]:
 
 @dataclass
 class ProbeTask:
-    """One checkpoint x benchmark whose probes must be (re)trained: its feature files and its record so far."""
+    """One checkpoint x benchmark whose probes must be (re)trained: its feature files and its record so
+    far."""
 
     step: StepSpec
     record: dict[str, Any]
@@ -163,42 +225,61 @@ class ProbeTask:
     num_heads: int
 
 
-def features_for_checkpoint_on_benchmark(cfg, registry, entry: CheckpointEntry, spec, root, model, model_cfg,
-                                         ckpt_hash: str, blocks: list[int], img_size: int, cache: StageCache,
-                                         progress) -> dict[str, Any] | ProbeTask | None:
+def features_for_checkpoint_on_benchmark(
+    cfg,
+    entry: CheckpointEntry,
+    spec,
+    root,
+    model,
+    model_cfg,
+    ckpt_hash: str,
+    blocks: list[int],
+    img_size: int,
+    cache: StageCache,
+    progress,
+) -> dict[str, Any] | ProbeTask | None:
     """Features (cached; sharded across ranks under torchrun). Then, on rank 0: the cached result record
     when the probe step is fresh, else the ProbeTask to train; None on the other ranks."""
-    from evaluation import probe_grid, probes
-    from evaluation.features import dist_info
-    from evaluation.results import read_result, result_path
-
     start = time.perf_counter()
-    splits, skipped, paths, n_classes = _split_features(cfg, registry, spec, root, model, model_cfg, ckpt_hash, blocks,
-                                             img_size, progress)
+    splits, skipped, paths, n_classes = _split_features(
+        cfg, spec, root, model, ckpt_hash, blocks, img_size, progress
+    )
     if dist_info()[0] != 0:
         return None
     out = result_path(cfg.eval_dir, entry.name, spec.name)
     step = StepSpec(
         name=f"eval-probe-{entry.name}-{spec.name}",
-        config={"evaluation.probe": cfg.evaluation.probe.model_dump(mode="json"), "kinds": _probe_kinds(cfg),
-                "checkpoint": {"path": str(entry.path), "step": entry.step}},
+        config={
+            "evaluation.probe": cfg.evaluation.probe.model_dump(mode="json"),
+            "kinds": _probe_kinds(cfg),
+            "checkpoint": {"path": str(entry.path), "step": entry.step},
+        },
         inputs={split: str(p.name) + "@" + p.parent.parent.name for split, p in paths.items()},
-        code=code_version(probes, probe_grid), outputs=[out])
+        code=code_version(probes, probe_grid),
+        outputs=[out],
+    )
     if cache.check(step).fresh and (cached := read_result(out)) is not None:
         return cached
     record: dict[str, Any] = {
-        "checkpoint": entry.name, "checkpoint_path": str(entry.path) if entry.path else None,
-        "checkpoint_hash": ckpt_hash, "step": entry.step, "benchmark": spec.name, "blocks": blocks,
-        "img_size": img_size, "n_train": len(splits["train"]), "n_val": len(splits["val"]),
-        "n_test": len(splits["test"]), "skipped_corrupt": skipped, "probes": {},
-        "seconds": time.perf_counter() - start}  # the probes' own seconds are added as they finish
+        "checkpoint": entry.name,
+        "checkpoint_path": str(entry.path) if entry.path else None,
+        "checkpoint_hash": ckpt_hash,
+        "step": entry.step,
+        "benchmark": spec.name,
+        "blocks": blocks,
+        "img_size": img_size,
+        "n_train": len(splits["train"]),
+        "n_val": len(splits["val"]),
+        "n_test": len(splits["test"]),
+        "skipped_corrupt": skipped,
+        "probes": {},
+        "seconds": time.perf_counter() - start,
+    }  # the probes' own seconds are added as they finish
     return ProbeTask(step, record, paths, int(spec.num_classes or n_classes), model_cfg.heads)
 
 
 def _load_task_features(task: ProbeTask) -> dict[str, Any]:
     """A task's cached feature splits, read back from disk (any rank may train any task's probes)."""
-    from evaluation.features import load_features
-
     splits = {}
     for split, path in task.paths.items():
         loaded = load_features(path)
@@ -210,13 +291,18 @@ def _load_task_features(task: ProbeTask) -> dict[str, Any]:
 
 def _probe_job(cfg, task: ProbeTask, splits: dict[str, Any], kind: str, progress) -> dict[str, float]:
     """Train one probe grid of ``kind`` on a task's features (the same seed whichever rank runs it)."""
-    from evaluation import probe_grid
-
     label = f"{task.record['checkpoint']} {task.record['benchmark']} {kind} probes"
     bar = progress.add_task(label, total=None)
-    res = probe_grid.run_probe_grid(kind, splits["train"], splits["val"], splits["test"], task.num_classes,
-                                    task.num_heads, cfg.evaluation.probe,
-                                    on_step=lambda s, total: progress.update(bar, completed=s, total=total))
+    res = probe_grid.run_probe_grid(
+        kind,
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        task.num_classes,
+        task.num_heads,
+        cfg.evaluation.probe,
+        on_step=lambda s, total: progress.update(bar, completed=s, total=total),
+    )
     progress.remove_task(bar)
     return res
 
@@ -229,10 +315,6 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
     the stage cache) each task whose kinds are all in, so a killed run keeps its finished results. One
     process is the same loop with rounds of one job; the results do not depend on the number of ranks.
     """
-    from evaluation.features import dist_info
-    from evaluation.results import write_result
-    from shared.torchrun import broadcast_from_rank0
-
     rank, world = dist_info()
     tasks = broadcast_from_rank0(tasks)  # rank 0 read the stage cache: it says what is stale
     if rank == 0:
@@ -248,26 +330,37 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
         if mine < len(jobs):
             t, kind = jobs[mine]
             if world > 1:
-                log.info("rank %d of %d trains %s %s %s probes", rank, world, tasks[t].record["checkpoint"],
-                         tasks[t].record["benchmark"], kind)
+                log.info(
+                    "rank %d of %d trains %s %s %s probes",
+                    rank,
+                    world,
+                    tasks[t].record["checkpoint"],
+                    tasks[t].record["benchmark"],
+                    kind,
+                )
             if loaded is None or loaded[0] != t:
                 loaded = (t, _load_task_features(tasks[t]))
             res = _probe_job(cfg, tasks[t], loaded[1], kind, progress)
         results = [res]
         if world > 1:
-            import torch.distributed as dist
-
             results = [None] * world if rank == 0 else None
             dist.gather_object(res, results, dst=0)
         if rank != 0:
             continue
-        for offset, res in enumerate(results[:len(jobs) - first]):
+        for offset, res in enumerate(results[: len(jobs) - first]):
             t, kind = jobs[first + offset]
             task = tasks[t]
             task.record["probes"][kind] = res
             task.record["seconds"] += res["seconds"]
-            log.info("%s %s %s: top-1 %.3f (lr %g, wd %g)", task.record["checkpoint"], task.record["benchmark"],
-                     kind, res["top1"], res["lr"], res["weight_decay"])
+            log.info(
+                "%s %s %s: top-1 %.3f (lr %g, wd %g)",
+                task.record["checkpoint"],
+                task.record["benchmark"],
+                kind,
+                res["top1"],
+                res["lr"],
+                res["weight_decay"],
+            )
             if len(task.record["probes"]) == len(kinds):
                 task.record["probes"] = {k: task.record["probes"][k] for k in kinds}  # the config's order
                 write_result(cfg.eval_dir, task.record)
@@ -276,20 +369,33 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
     return done
 
 
+def run_info(cfg, device: str, seconds: float) -> dict[str, Any]:
+    """What the report shows about how this evaluation ran (and the config diff between runs uses)."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "world_size": dist_info()[1],
+        "seconds": round(seconds, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
 def evaluate_from_config(cfg) -> Path:
-    """Run the evaluation stage; returns cfg.eval_dir/results.csv (on rank 0; the same path elsewhere)."""
-    import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the evaluation stage; returns cfg.eval_dir/results.csv (on rank 0; the same path elsewhere).
 
-    from evaluation.features import dist_info, resolve_blocks
-    from evaluation.mlaim_head import evaluate_head, head_for
-    from evaluation.results import write_missing, write_results_csv
-
+    Every readable benchmark is evaluated; those that fail are written to failed.json, and then (after
+    results.csv and every other file is written) PartialFailure names them."""
+    started = time.perf_counter()
     ev = cfg.evaluation
     if ev.threads:
         torch.set_num_threads(ev.threads)
-    registry = _registry()
-    present, missing = _benchmarks(cfg, registry)
+    present, missing = _benchmarks(cfg)
     entries = checkpoint_entries(cfg)
     rank, _ = dist_info()
     if rank == 0:
@@ -298,6 +404,7 @@ def evaluate_from_config(cfg) -> Path:
             log.warning("benchmark %s not found at %s: %s", m["benchmark"], m["path"], m["how_to_get"])
     cache = StageCache(cfg.workdir)
     records: list[dict[str, Any]] = []
+    failed: dict[str, dict[str, str]] = {}  # benchmark -> its failure (the first checkpoint that hit it)
     arch_cfg = cfg.training.model
     device = local_device()  # one GPU per rank under torchrun
     if device != "cpu":
@@ -318,14 +425,25 @@ def evaluate_from_config(cfg) -> Path:
             img_size = ev.img_size or model_cfg.img_size
             for spec, root in present:
                 progress.update(overall, description=f"features {entry.name} / {spec.name}")
+                if spec.name in failed:  # unreadable data stays unreadable for the next trunk
+                    progress.advance(overall)
+                    continue
                 head = head_for(ev.heads, entry.path, spec.name)
-                if head is not None:  # a released probe head: applied as it is, nothing to train
-                    got = evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash, head,
-                                        img_size, progress)
-                else:
-                    got = features_for_checkpoint_on_benchmark(cfg, registry, entry, spec, root, model,
-                                                               model_cfg, ckpt_hash, blocks, img_size, cache,
-                                                               progress)
+                try:
+                    if head is not None:  # a released probe head: applied as it is, nothing to train
+                        got = evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash,
+                                            head, img_size, progress)
+                    else:
+                        got = features_for_checkpoint_on_benchmark(cfg, entry, spec, root, model, model_cfg,
+                                                                   ckpt_hash, blocks, img_size, cache,
+                                                                   progress)
+                except (ConfigError, KeyboardInterrupt):
+                    raise  # the user's config is wrong for every benchmark: stop
+                except Exception as exc:  # noqa: BLE001 - one unreadable benchmark must not stop the others
+                    failed[spec.name] = _failure(spec, root, entry, exc)
+                    log.error("benchmark %s failed at %s: %s", spec.name, root, failed[spec.name]["reason"])
+                    log.debug("benchmark %s failure", spec.name, exc_info=True)
+                    got = None
                 if isinstance(got, ProbeTask):
                     tasks.append(got)
                 elif got is not None:
@@ -337,4 +455,14 @@ def evaluate_from_config(cfg) -> Path:
     path = cfg.eval_dir / "results.csv"
     if rank == 0:
         write_results_csv(cfg.eval_dir, records)
+        write_failed(cfg.eval_dir, list(failed.values()))
+        atomic_write_json(
+            cfg.eval_dir / "run_info.json", run_info(cfg, device, time.perf_counter() - started)
+        )
+    if failed:
+        names = "; ".join(f"{f['benchmark']}: {f['reason']}" for f in failed.values())
+        raise PartialFailure(
+            f"{len(failed)} benchmark(s) could not be read ({names[:600]}); the other results "
+            f"are in {path} and the failures in {cfg.eval_dir / 'failed.json'}"
+        )
     return path

@@ -14,15 +14,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest pipeline that still runs every stage for real: a small mini web, our own filter network,
 # a few training steps of a narrow trunk, one bundled benchmark with a one-epoch linear probe.
-SMALL = ["web.n_images=300", "web.hq_size=200", "web.bench_train_per_class=2", "web.bench_test_per_class=2",
-         "web.slow_seconds=2", "curation.download.timeout=2", "curation.download.samples_per_shard=200",
-         "curation.train_filter.epochs=2", "training.model.width=32", "training.model.depth=2",
-         "training.model.heads=2", "training.model.head_width=32", "training.model.head_depth=1",
-         "training.model.img_size=32", "training.steps=4", "training.checkpoint_every=2",
-         "training.global_batch_size=8", "training.log_every=1", "evaluation.benchmarks=[digits]",
-         "evaluation.probe.kind=linear", "evaluation.probe.epochs=1", "evaluation.probe.lrs=[0.001]",
-         "evaluation.probe.weight_decays=[0.0001]", "evaluation.max_train_per_benchmark=100",
-         "evaluation.n_blocks=1", "evaluation.evaluate_intermediate=false"]
+SMALL = [
+    "web.n_images=300",
+    "web.hq_size=200",
+    "web.bench_train_per_class=2",
+    "web.bench_test_per_class=2",
+    "web.slow_seconds=2",
+    "curation.download.timeout=2",
+    "curation.download.samples_per_shard=200",
+    "curation.train_filter.epochs=2",
+    "training.model.width=32",
+    "training.model.depth=2",
+    "training.model.heads=2",
+    "training.model.head_width=32",
+    "training.model.head_depth=1",
+    "training.model.img_size=32",
+    "training.steps=4",
+    "training.checkpoint_every=2",
+    "training.global_batch_size=8",
+    "training.log_every=1",
+    "evaluation.benchmarks=[digits]",
+    "evaluation.probe.kind=linear",
+    "evaluation.probe.epochs=1",
+    "evaluation.probe.lrs=[0.001]",
+    "evaluation.probe.weight_decays=[0.0001]",
+    "evaluation.max_train_per_benchmark=100",
+    "evaluation.n_blocks=1",
+    "evaluation.evaluate_intermediate=false",
+]
 
 
 def _free_port() -> int:
@@ -33,8 +52,15 @@ def _free_port() -> int:
 
 def _run(overrides: list[str]) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "shared.cli", "run", *[a for o in overrides for a in ("--set", o)]]
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
@@ -61,10 +87,23 @@ def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
     why = json.loads((workdir / "history" / "run-001" / "run.json").read_text())["archived_because"]
     assert any("curation.select.fraction" in reason for reason in why)
     # wall time per stage, this run's and the archived run's
-    assert {"build-dataset", "train", "eval"} <= set(json.loads((workdir / "pipeline.json").read_text())["seconds"])
+    assert {"build-dataset", "train", "eval"} <= set(
+        json.loads((workdir / "pipeline.json").read_text())["seconds"]
+    )
     assert "train" in json.loads((workdir / "history" / "run-001" / "pipeline.json").read_text())["seconds"]
-    # the report's runs table: each run with its own fraction and kept count
+    # the report's runs table: each run with its own keep fraction and kept count
     md = (workdir / "report" / "report.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ") and "history/run-001" in line]
+    rows = [line for line in md.splitlines() if line.startswith("| history/run-001 |")]
     assert rows, md[:3000]
-    assert f"| {first_manifest['kept']} |" in rows[0].replace("**", "") and "0.5" in rows[0]
+    assert f"| 0.5 | {first_manifest['kept']} |" in rows[0]
+    this = next(
+        line
+        for line in md.splitlines()
+        if line.startswith("| run |") is False and line.startswith("| " + cfg.name + " | this run")
+    )
+    assert f"| 0.3 | {second_manifest['kept']} |" in this
+    # this run's scored pool: the histogram with its threshold and the kept/dropped examples
+    assert {"score_histogram.png", "curation_examples.png"} <= {
+        p.name for p in (workdir / "report").glob("*.png")
+    }
+    assert f"threshold {second_manifest['threshold']:.4f}" in md

@@ -115,6 +115,11 @@ def benchmark_root(spec: BenchmarkSpec, cfg: OpenAIMConfig) -> Path:
     return Path(cfg.evaluation.data_root) / spec.default_subdir
 
 
+def how_to_get(spec: BenchmarkSpec, data_root: str | Path) -> str:
+    """spec.how_to_get with the configured data root in place of its ``<data_root>`` placeholder."""
+    return spec.how_to_get.replace("<data_root>", str(data_root))
+
+
 def missing_reason(spec: BenchmarkSpec, root: str | Path) -> str | None:
     """None when the files are there; else one line: the path looked at and how to get the data."""
     root = Path(root)
@@ -124,10 +129,13 @@ def missing_reason(spec: BenchmarkSpec, root: str | Path) -> str | None:
         except ImportError:
             return "digits: scikit-learn is not installed (pip install scikit-learn)"
         return None
-    for rel in spec.required:
-        if not (root / rel).exists():
-            how = spec.how_to_get.replace("<data_root>", str(root.parent))
-            return f"{spec.name}: not found: {root / rel} is missing; get it: {how}"
+    layouts = spec.required if spec.required and isinstance(spec.required[0], tuple) else (spec.required,)
+    absent = [next((root / rel for rel in layout if not (root / rel).exists()), None) for layout in layouts]
+    if all(path is not None for path in absent):
+        how = how_to_get(spec, root.parent)
+        others = ", ".join(map(str, absent[1:]))
+        other = f" (other layout: {others} is missing too)" if others else ""
+        return f"{spec.name}: not found: {absent[0]} is missing{other}; get it: {how}"
     return None
 
 

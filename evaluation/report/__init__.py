@@ -2,8 +2,9 @@
 
     path = report_from_config(cfg)    # cfg.report_dir/report.html (+ report.md and the PNGs beside it)
 
-Reads this run's outputs (eval results, missing benchmarks, training metrics, curation manifest) and those
-of every run directory in cfg.report.compare, shown side by side. Absent inputs are named in the report.
+Reads this run's outputs (eval results, missing and failed benchmarks, eval's run info, stage wall times,
+training metrics, the curation manifest, scores and pool) and those of every run directory in
+cfg.report.compare, shown side by side. Absent inputs are named in the report.
 """
 
 from __future__ import annotations
@@ -11,7 +12,19 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from rich.progress import Progress
+
+from evaluation.report import sections
+from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run, read_curation_samples
+from evaluation.report.html import render_html
+from evaluation.report.markdown import render_markdown
+from shared import __version__
+from shared.atomic import atomic_write_bytes, atomic_write_text
+from shared.errors import OpenAIMError
+from shared.stage_cache import hash_json
 
 log = logging.getLogger("openaim.report")
 
@@ -20,12 +33,13 @@ __all__ = ["collect_runs", "provenance_facts", "report_from_config"]
 
 def collect_runs(cfg) -> list:
     """This run first, then each directory of cfg.report.compare (a missing directory is an InputError)."""
-    from evaluation.report.collect import load_compare_run, load_run
-
     runs = [load_run(cfg.name, cfg.eval_dir, cfg.training_dir, cfg.curation_dir, root=Path(cfg.workdir))]
     for directory in cfg.report.compare:
         run = load_compare_run(directory)
-        if any(r.root is not None and run.root is not None and r.root.resolve() == run.root.resolve() for r in runs):
+        if any(
+            r.root is not None and run.root is not None and r.root.resolve() == run.root.resolve()
+            for r in runs
+        ):
             continue  # the same directory twice (or this run itself) would only duplicate columns
         labels = {r.label for r in runs}
         base, n = run.label, 2
@@ -38,8 +52,14 @@ def collect_runs(cfg) -> list:
 def git_commit() -> str:
     """HEAD of the repository this code runs from, or "unknown" (not a git checkout, no git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
@@ -47,18 +67,12 @@ def git_commit() -> str:
 
 def openaim_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("openaim")
-    except Exception:  # noqa: BLE001 - not installed as a distribution: use the source tree's version
-        from shared import __version__
-
+    except PackageNotFoundError:  # not installed as a distribution: use the source tree's version
         return __version__
 
 
 def provenance_facts(cfg) -> dict[str, str]:
-    from shared.stage_cache import hash_json
-
     return {
         "config sha256": hash_json(cfg.model_dump(mode="json"))[:16],
         "run name": cfg.name,
@@ -71,27 +85,26 @@ def provenance_facts(cfg) -> dict[str, str]:
 
 def report_from_config(cfg) -> Path:
     """Write cfg.report_dir/report.html and report.md (+ PNGs); returns the HTML's path."""
-    from rich.progress import Progress
-
-    from evaluation.report import sections
-    from evaluation.report.collect import benchmark_catalog
-    from evaluation.report.html import render_html
-    from evaluation.report.markdown import render_markdown
-    from shared.atomic import atomic_write_bytes, atomic_write_text
-    from shared.errors import OpenAIMError
-
     out = Path(cfg.report_dir)
     with Progress(transient=True) as progress:
         task = progress.add_task("report: reading results", total=4)
         runs = collect_runs(cfg)
         catalog = benchmark_catalog(cfg)
         facts = provenance_facts(cfg)
+        samples = read_curation_samples(Path(cfg.curation_dir), runs[0].manifest, runs[0].notes)
         progress.update(task, advance=1, description="report: drawing charts")
         images: dict[str, bytes] = {}
-        blocks = (sections.summary(runs, cfg.report.target_gap_points) + sections.benchmarks(catalog, runs, images)
-                  + sections.accuracy_over_training(catalog, runs, images) + sections.pretraining(runs, images)
-                  + sections.curation(runs, images) + sections.probe_details(runs)
-                  + sections.provenance(cfg, runs, facts))
+        blocks = (
+            sections.summary(runs, cfg.report.target_gap_points)
+            + sections.benchmarks(catalog, runs, images)
+            + sections.loss_vs_probe(runs, images)
+            + sections.accuracy_over_training(catalog, runs, images)
+            + sections.pretraining(runs, images)
+            + sections.curation(runs, images, samples)
+            + sections.probe_details(runs)
+            + sections.runtime(runs)
+            + sections.provenance(cfg.training, Path(cfg.training_dir), runs, facts)
+        )
         progress.update(task, advance=1, description="report: writing")
         subtitle = sections.text(f"Run {cfg.name} · {facts['generated']} · commit {facts['git commit'][:10]}")
         blocks.insert(0, subtitle)

@@ -1,4 +1,6 @@
-"""Reading a run's outputs for the report: eval results, missing benchmarks, training metrics, curation manifest.
+"""Reading a run's outputs for the report: eval results, missing and failed benchmarks, the eval run's info
+(config, torch, device), stage wall times, training metrics, the curation manifest, and (this run only) the
+curation's scores and kept/dropped pairs.
 
 Every input may be absent or damaged (a stage not run yet, a killed run): readers never raise for that,
 they return what they could read and add a note saying what was not there, and the report shows the note.
@@ -16,13 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
+
+from curation.download import iter_pool
+from curation.select import subset_to_uids
 from evaluation.report.references import FALLBACK_PAPER_BENCHMARKS
+from shared.errors import InputError
+from shared.stage_cache import hash_file
 
 RANDOM_INIT = "random-init"
 _STEP_SUFFIX = re.compile(r"-step_(\d+)$")
 ACCURACY_COLUMNS = ("top1", "top5", "mean_per_class_recall")
-# Curation steps in pipeline order; the funnel shows how many items are left after each.
-FUNNEL_STEPS = ("extract", "download", "score", "dedup", "safety", "select")
+# Stage wall times as shared.pipeline records them in <workdir>/pipeline.json, in pipeline order.
+STAGES = ("build-dataset", "train", "eval", "report")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class RunData:
     rows: list[ResultRow] = field(default_factory=list)
     details: dict[tuple[str, str], dict] = field(default_factory=dict)  # (checkpoint, benchmark) -> record
     missing: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # benchmarks on disk that could not be read
+    run_info: dict | None = None  # eval's run_info.json: config, torch, device, seconds
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # pipeline.json: wall time per stage
     metrics: list[dict] = field(default_factory=list)
     manifest: dict | None = None
     manifest_hash: str | None = None
@@ -102,6 +114,7 @@ def step_of(checkpoint: str, run: RunData) -> int | None:
 
 # ----------------------------------------------------------------------------------------- readers
 
+
 def _number(text: Any) -> float | None:
     try:
         value = float(text)
@@ -139,11 +152,21 @@ def read_results_csv(path: Path, notes: list[str]) -> list[ResultRow]:
     for r in raw:
         if not r.get("checkpoint") or not r.get("benchmark"):
             continue
-        rows.append(ResultRow(
-            checkpoint=r["checkpoint"], step=_int(r.get("step")), benchmark=r["benchmark"],
-            probe=(r.get("probe") or "attentive").strip(), top1=pct(r.get("top1")), top5=pct(r.get("top5")),
-            mean_per_class_recall=pct(r.get("mean_per_class_recall")), lr=_number(r.get("lr")),
-            weight_decay=_number(r.get("weight_decay")), n_train=_int(r.get("n_train")), n_test=_int(r.get("n_test"))))
+        rows.append(
+            ResultRow(
+                checkpoint=r["checkpoint"],
+                step=_int(r.get("step")),
+                benchmark=r["benchmark"],
+                probe=(r.get("probe") or "attentive").strip(),
+                top1=pct(r.get("top1")),
+                top5=pct(r.get("top5")),
+                mean_per_class_recall=pct(r.get("mean_per_class_recall")),
+                lr=_number(r.get("lr")),
+                weight_decay=_number(r.get("weight_decay")),
+                n_train=_int(r.get("n_train")),
+                n_test=_int(r.get("n_test")),
+            )
+        )
     if not rows:
         notes.append(f"{path} has no result rows")
     return rows
@@ -169,11 +192,20 @@ def read_details(eval_dir: Path, notes: list[str]) -> dict[tuple[str, str], dict
     return details
 
 
-def read_missing(eval_dir: Path, notes: list[str]) -> list[dict]:
-    entries = _read_json(eval_dir / "missing.json", notes, "missing-benchmark list")
+def read_missing(eval_dir: Path, notes: list[str], name: str = "missing.json") -> list[dict]:
+    entries = _read_json(eval_dir / name, notes, "benchmark list")
     if not isinstance(entries, list):
         return []
     return [e for e in entries if isinstance(e, dict) and e.get("benchmark")]
+
+
+def read_stage_seconds(root: Path | None, notes: list[str]) -> dict[str, float]:
+    """{stage: seconds} from <root>/pipeline.json (`openaim run` writes it; lone stages do not)."""
+    record = _read_json(root / "pipeline.json", notes, "pipeline record") if root is not None else None
+    seconds = record.get("seconds") if isinstance(record, dict) else None
+    if not isinstance(seconds, dict):
+        return {}
+    return {k: float(v) for k, v in seconds.items() if _number(v) is not None}
 
 
 def read_metrics(path: Path, notes: list[str]) -> list[dict]:
@@ -193,7 +225,11 @@ def read_metrics(path: Path, notes: list[str]) -> list[dict]:
         except json.JSONDecodeError:
             bad += line.strip() != ""
             continue
-        if isinstance(item, dict) and _number(item.get("step")) is not None and _number(item.get("loss")) is not None:
+        if (
+            isinstance(item, dict)
+            and _number(item.get("step")) is not None
+            and _number(item.get("loss")) is not None
+        ):
             out.append(item)
     if bad:
         notes.append(f"{path}: skipped {bad} unreadable line(s)")
@@ -206,48 +242,173 @@ def read_manifest(path: Path, notes: list[str]) -> tuple[dict | None, str | None
     if not path.is_file():
         notes.append(f"no curation manifest ({path} not found: run `openaim build-dataset`)")
         return None, None
-    from shared.stage_cache import hash_file
-
     manifest = _read_json(path, notes, "curation manifest")
     if not isinstance(manifest, dict):
         return None, None
     return manifest, hash_file(path)
 
 
+def _count(steps: dict, name: str, key: str) -> int | None:
+    counts = steps.get(name)
+    return _int(counts.get(key)) if isinstance(counts, dict) else None
+
+
 def funnel(manifest: dict | None) -> list[tuple[str, int]]:
-    """(label, items) in pipeline order: the pool size, then how many items are left after each step."""
-    if not manifest:
-        return []
-    steps = manifest.get("steps") or {}
+    """(label, pairs) along the curation chain; each count is a subset of the one before, so the funnel
+    never grows. Dedup and safety are two independent masks over the scored pairs (see parallel_filters):
+    the chain shows the pairs that pass both."""
+    steps = (manifest or {}).get("steps")
     if not isinstance(steps, dict):
         return []
-    order = [s for s in FUNNEL_STEPS if s in steps] + [s for s in steps if s not in FUNNEL_STEPS]
-    out: list[tuple[str, int]] = []
-    for name in order:
-        counts = steps.get(name)
-        if not isinstance(counts, dict):
-            continue
-        if not out and (n := _int(counts.get("in"))) is not None:
-            out.append((f"before {name}", n))
-        if (n := _int(counts.get("out", counts.get("kept")))) is not None:
-            out.append((f"after {name}", n))
+    chain = [
+        ("links found", _count(steps, "extract", "in")),
+        ("after extract", _count(steps, "extract", "out")),
+        ("downloaded", _count(steps, "download", "out")),
+        ("scored", _count(steps, "score", "out") or _count(steps, "dedup", "in")),
+        ("pass dedup and safety", _count(steps, "select", "in")),
+        ("selected", _count(steps, "select", "out") or _int((manifest or {}).get("kept"))),
+    ]
+    return [(label, n) for label, n in chain if n is not None]
+
+
+def parallel_filters(manifest: dict | None) -> list[tuple[str, int, int]]:
+    """(filter, pairs it keeps, pairs it looked at) for the masks applied side by side to the scored pairs."""
+    steps = (manifest or {}).get("steps")
+    if not isinstance(steps, dict):
+        return []
+    out = []
+    for name in ("dedup", "safety"):
+        kept, seen = _count(steps, name, "out"), _count(steps, name, "in")
+        if kept is not None and seen is not None:
+            out.append((name, kept, seen))
     return out
 
 
-def load_run(label: str, eval_dir: Path, training_dir: Path, curation_dir: Path, root: Path | None = None) -> RunData:
+@dataclass
+class CurationSamples:
+    """This run's scored pool: every score, the selection threshold, and a few kept and dropped pairs."""
+
+    scores: list[float]
+    kept_scores: list[float]
+    threshold: float | None
+    examples: list[dict]  # {"image": jpg bytes, "caption", "score", "kept": bool, "reason"}
+
+
+def _example_picks(rows: list[dict], per_group: int) -> list[dict]:
+    """Kept pairs (best, middle, just above the threshold) and dropped ones (just below it, the worst, and
+    one per dedup / safety reason): the boundary is where a reader checks the filter."""
+    kept = sorted((r for r in rows if r["kept"]), key=lambda r: -r["score"])
+    by_score = sorted(
+        (r for r in rows if not r["kept"] and r["reason"].startswith("score")), key=lambda r: -r["score"]
+    )
+    masked = [r for r in rows if not r["kept"] and not r["reason"].startswith("score")]
+    picks: list[dict] = []
+
+    def spread(items: list[dict], n: int) -> list[dict]:
+        if len(items) <= n:
+            return items
+        return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)] if n > 1 else items[:1]
+
+    picks += spread(kept, per_group)
+    picks += spread(by_score, max(1, per_group - min(2, len(masked))))
+    seen_reasons: set[str] = set()
+    for r in masked:
+        if r["reason"] not in seen_reasons and len(seen_reasons) < 2:
+            seen_reasons.add(r["reason"])
+            picks.append(r)
+    return picks
+
+
+def read_curation_samples(
+    curation_dir: Path, manifest: dict | None, notes: list[str], per_group: int = 4
+) -> CurationSamples | None:
+    """Scores and example pairs from the curation's own files (scores/scores.parquet, dedup/ and safety/
+    keep.parquet with their reasons, subset.npy, pairs.parquet, pool/*.tar); None when they are absent."""
+    scores_path = curation_dir / "scores" / "scores.parquet"
+    if not scores_path.is_file():
+        return None
+    try:
+        scored = pq.read_table(scores_path, columns=["uid", "score"]).to_pydict()
+        kept_uids = set(subset_to_uids(np.load(curation_dir / "subset.npy")))
+        masks = {}
+        for name in ("dedup", "safety"):
+            path = curation_dir / name / "keep.parquet"
+            if path.is_file():
+                table = pq.read_table(path).to_pydict()
+                masks[name] = {
+                    u: (k, r)
+                    for u, k, r in zip(
+                        table["uid"],
+                        table["keep"],
+                        table.get("reason") or [""] * len(table["uid"]),
+                        strict=True,
+                    )
+                }
+        captions = pq.read_table(curation_dir / "pairs.parquet", columns=["uid", "caption"]).to_pydict()
+    except (OSError, ValueError, KeyError) as exc:
+        notes.append(f"curation files in {curation_dir} are unreadable ({type(exc).__name__}: {exc})")
+        return None
+    threshold = _number((manifest or {}).get("threshold"))
+    caption_of = dict(zip(captions["uid"], captions["caption"], strict=True))
+    rows = []
+    for uid, score in zip(scored["uid"], scored["score"], strict=True):
+        reason = "kept"
+        if uid not in kept_uids:
+            dropped_by = [
+                f"{name}: {mask[uid][1] or 'dropped'}"
+                for name, mask in masks.items()
+                if uid in mask and not mask[uid][0]
+            ]
+            reason = "; ".join(dropped_by) or (
+                f"score below the threshold {threshold:.4f}"
+                if threshold is not None
+                else "score below the threshold"
+            )
+        rows.append(
+            {
+                "uid": uid,
+                "score": float(score),
+                "kept": uid in kept_uids,
+                "reason": reason,
+                "caption": caption_of.get(uid, ""),
+            }
+        )
+    picks = _example_picks(rows, per_group)
+    wanted = {r["uid"]: r for r in picks}
+    images: dict[str, bytes] = {}
+    try:
+        for uid, jpg, _, _ in iter_pool(curation_dir / "pool", set(wanted)):
+            images[uid] = jpg
+    except (OSError, ValueError) as exc:
+        notes.append(f"pool images in {curation_dir / 'pool'} are unreadable ({exc})")
+    examples = [{**r, "image": images[r["uid"]]} for r in picks if r["uid"] in images]
+    return CurationSamples(
+        scores=[r["score"] for r in rows],
+        kept_scores=[r["score"] for r in rows if r["kept"]],
+        threshold=threshold,
+        examples=examples,
+    )
+
+
+def load_run(
+    label: str, eval_dir: Path, training_dir: Path, curation_dir: Path, root: Path | None = None
+) -> RunData:
     run = RunData(label=label, root=root)
     run.rows = read_results_csv(eval_dir / "results.csv", run.notes)
     run.details = read_details(eval_dir, run.notes)
     run.missing = read_missing(eval_dir, run.notes)
+    run.failed = read_missing(eval_dir, run.notes, "failed.json")
+    info = _read_json(eval_dir / "run_info.json", run.notes, "eval run info")
+    run.run_info = info if isinstance(info, dict) else None
+    run.stage_seconds = read_stage_seconds(root, run.notes)
     run.metrics = read_metrics(training_dir / "metrics.jsonl", run.notes)
     run.manifest, run.manifest_hash = read_manifest(curation_dir / "manifest.json", run.notes)
     return run
 
 
 def load_compare_run(directory: str | Path) -> RunData:
-    """A run named in report.compare: a workdir (eval/, training/, curation/) or an archived history/run-NNN."""
-    from shared.errors import InputError
-
+    """A run named in report.compare: a workdir (eval/, training/, curation/) or an archived
+    history/run-NNN."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         raise InputError(f"report.compare: {root} is not a directory (give a run's workdir)")
@@ -258,14 +419,17 @@ def load_compare_run(directory: str | Path) -> RunData:
 
 # ------------------------------------------------------------------------------------ benchmarks
 
+
 def benchmark_catalog(cfg) -> list[BenchmarkInfo]:
     """The paper's 15 benchmarks then the demo ones, from the registry (or a built-in list if it fails)."""
     try:
-        from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root
+        from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
     except Exception:  # noqa: BLE001 - the registry is another stage's code: the report must still write without it
         data_root = Path(cfg.evaluation.data_root)
-        return [BenchmarkInfo(n, t, "paper", str(data_root / n), "see docs for the layout")
-                for n, t in FALLBACK_PAPER_BENCHMARKS]
+        return [
+            BenchmarkInfo(n, t, "paper", str(data_root / n), "see docs for the layout")
+            for n, t in FALLBACK_PAPER_BENCHMARKS
+        ]
     names = list(PAPER_BENCHMARKS) + [n for n in BENCHMARKS if n not in PAPER_BENCHMARKS]
     out = []
     for name in names:
@@ -274,5 +438,7 @@ def benchmark_catalog(cfg) -> list[BenchmarkInfo]:
             path = str(benchmark_root(spec, cfg))
         except Exception:  # noqa: BLE001 - a spec the root rule cannot place still gets a row
             path = str(Path(cfg.evaluation.data_root) / name)
-        out.append(BenchmarkInfo(name, spec.title, spec.kind, path, spec.how_to_get))
+        out.append(
+            BenchmarkInfo(name, spec.title, spec.kind, path, how_to_get(spec, cfg.evaluation.data_root))
+        )
     return out

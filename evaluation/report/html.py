@@ -14,19 +14,23 @@ body { margin: 0; color: var(--fg); background: #fff;
   font: 16px/1.55 -apple-system, "Segoe UI", "Helvetica Neue", Arial, sans-serif; }
 main { max-width: 1100px; margin: 0 auto; padding: 2rem 1.5rem 4rem; }
 h1 { font-size: 2rem; margin: 0 0 .25rem; }
-h2 { font-size: 1.4rem; margin: 2.5rem 0 .75rem; padding-bottom: .3rem; border-bottom: 1px solid var(--line); }
+h2 { font-size: 1.4rem; margin: 2.5rem 0 .75rem; padding-bottom: .3rem;
+  border-bottom: 1px solid var(--line); }
 h3 { font-size: 1.1rem; margin: 1.75rem 0 .5rem; }
 p, li { max-width: 75ch; }
 a { color: var(--accent); }
 .callout { border-left: 4px solid var(--accent); background: #ddf4ff; padding: .6rem 1rem; font-weight: 600; }
 .table-wrap { overflow-x: auto; margin: .75rem 0 1.25rem; }
-table { border-collapse: collapse; font-size: .9rem; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; font-size: .9rem; font-variant-numeric: tabular-nums; max-width: 100%; }
 caption { caption-side: top; text-align: left; color: var(--muted); padding-bottom: .4rem; }
-th, td { border-bottom: 1px solid var(--line); padding: .35rem .7rem; text-align: right; white-space: nowrap; }
-th { background: var(--band); white-space: normal; min-width: 5.5em; vertical-align: bottom; }
+th, td { border-bottom: 1px solid var(--line); padding: .35rem .7rem; text-align: right;
+  white-space: nowrap; }
+th { background: var(--band); white-space: normal; min-width: 4.5em; vertical-align: bottom;
+  overflow-wrap: anywhere; }
 nav { color: var(--muted); margin: .5rem 0 1.5rem; font-size: .95rem; }
 nav a { margin-right: 1rem; }
-th.text, td.text { text-align: left; white-space: normal; }
+/* paths, hashes and config values have no spaces: let them break anywhere rather than widen the table */
+th.text, td.text { text-align: left; white-space: normal; overflow-wrap: anywhere; }
 tbody tr:hover { background: #fafbfc; }
 tr.summary td { border-top: 2px solid var(--fg); font-style: italic; }
 td.best { font-weight: 700; }
@@ -38,8 +42,9 @@ pre { background: var(--band); padding: .8rem 1rem; border-radius: 6px; overflow
 
 
 def _inline(parts: list[Inline]) -> str:
-    return "".join(f'<a href="{escape(p.url)}">{escape(p.text)}</a>' if isinstance(p, Link) else escape(p)
-                   for p in parts)
+    return "".join(
+        f'<a href="{escape(p.url)}">{escape(p.text)}</a>' if isinstance(p, Link) else escape(p) for p in parts
+    )
 
 
 def _table(t: Table) -> str:
@@ -54,8 +59,10 @@ def _table(t: Table) -> str:
         cells = "".join(f"<td{css(i, j)}>{escape(v)}</td>" for j, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
     caption = f"<caption>{escape(t.caption)}</caption>" if t.caption else ""
-    return (f'<div class="table-wrap"><table>{caption}<thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<div class="table-wrap"><table>{caption}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def render_html(title: str, blocks: list[Block], images: dict[str, bytes]) -> str:
@@ -77,10 +84,16 @@ def render_html(title: str, blocks: list[Block], images: dict[str, bytes]) -> st
         elif isinstance(block, Figure) and block.filename in images:
             data = base64.b64encode(images[block.filename]).decode("ascii")
             caption = f"<figcaption>{escape(block.caption)}</figcaption>" if block.caption else ""
-            out.append(f'<figure><img alt="{escape(block.alt)}" src="data:image/png;base64,{data}">{caption}</figure>')
+            out.append(
+                f'<figure><img alt="{escape(block.alt)}" src="data:image/png;base64,{data}">'
+                f"{caption}</figure>"
+            )
         elif isinstance(block, Code):
             out.append(f"<pre><code>{escape(block.text)}</code></pre>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-            + "\n".join(out[:2] + ([f"<nav>{nav}</nav>"] if nav else []) + out[2:]) + "\n</main>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(out[:2] + ([f"<nav>{nav}</nav>"] if nav else []) + out[2:])
+        + "\n</main>\n</body>\n</html>\n"
+    )

@@ -19,7 +19,9 @@ def _table(t: Table) -> list[str]:
     if t.caption:
         lines += [f"*{t.caption}*", ""]
     lines.append("| " + " | ".join(_cell(h, False) for h in t.headers) + " |")
-    lines.append("|" + "|".join(":---" if j < t.text_columns else "---:" for j in range(len(t.headers))) + "|")
+    lines.append(
+        "|" + "|".join(":---" if j < t.text_columns else "---:" for j in range(len(t.headers))) + "|"
+    )
     for i, row in enumerate(t.rows):
         cells = [_cell(v, (i, j) in t.bold) for j, v in enumerate(row)]
         if i >= len(t.rows) - t.footer_rows:

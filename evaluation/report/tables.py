@@ -1,4 +1,5 @@
-"""The benchmark table: rows = benchmarks, columns = (run, checkpoint, probe), best per row and probe in bold."""
+"""The benchmark table: rows = the benchmarks with results, columns = (run, checkpoint, probe), best per row
+and probe in bold. Benchmarks without results are listed in the Missing/Failed table instead."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ class Column:
     run: RunData
     checkpoint: str
     probe: str
+    shared: bool = False  # the same random-init numbers in every run: shown once, not per run
 
     def header(self, several_runs: bool) -> str:
-        name = f"{self.run.label}: {self.checkpoint}" if several_runs else self.checkpoint
+        if self.shared:
+            name = f"{self.checkpoint} (every run)"
+        else:
+            name = f"{self.run.label}: {self.checkpoint}" if several_runs else self.checkpoint
         return f"{name} · {self.probe}"
 
     def value(self, benchmark: str) -> float | None:
@@ -36,28 +41,40 @@ def probes_present(runs: list[RunData]) -> list[str]:
     return [p for p in PROBES if p in found] + sorted(found - set(PROBES))
 
 
+def _random_results(run: RunData, probe: str) -> dict[str, float | None]:
+    return {r.benchmark: r.top1 for r in run.rows if r.checkpoint == RANDOM_INIT and r.probe == probe}
+
+
 def table_columns(runs: list[RunData]) -> list[Column]:
-    """Attentive columns of every run's main checkpoints, then the linear ones (so each probe reads as a block)."""
-    return [Column(run, ckpt, probe) for probe in probes_present(runs) for run in runs
-            for ckpt in run.main_checkpoints()
-            if any(r.checkpoint == ckpt and r.probe == probe for r in run.rows)]
+    """Attentive columns of every run's main checkpoints, then the linear ones (so each probe reads as a
+    block). A random-init column whose numbers another run already shows (same architecture and seed, so
+    the same trunk) appears once."""
+    columns: list[Column] = []
+    for probe in probes_present(runs):
+        shown_random: list[dict[str, float | None]] = []
+        randoms = [_random_results(run, probe) for run in runs]
+        for run, random_results in zip(runs, randoms, strict=True):
+            for ckpt in run.main_checkpoints():
+                if not any(r.checkpoint == ckpt and r.probe == probe for r in run.rows):
+                    continue
+                if ckpt == RANDOM_INIT:
+                    if random_results in shown_random:
+                        continue
+                    shown_random.append(random_results)
+                    shared = len(runs) > 1 and randoms.count(random_results) == len(runs)
+                    columns.append(Column(run, ckpt, probe, shared))
+                else:
+                    columns.append(Column(run, ckpt, probe))
+    return columns
 
 
 def table_benchmarks(catalog: list[BenchmarkInfo], runs: list[RunData]) -> list[BenchmarkInfo]:
-    """The 15 paper benchmarks always; demo/generic ones only when some run has results for them."""
+    """The benchmarks some run has results for, in the catalog's order (the paper's first)."""
     with_results = {b for run in runs for b in run.benchmarks()}
-    rows = [b for b in catalog if b.kind == "paper" or b.name in with_results]
+    rows = [b for b in catalog if b.name in with_results]
     known = {b.name for b in catalog}
     rows += [BenchmarkInfo(n, n, "generic", "", "") for n in sorted(with_results - known)]
     return rows
-
-
-def status(bench: BenchmarkInfo, runs: list[RunData]) -> str:
-    if any(bench.name in run.benchmarks() for run in runs):
-        return "evaluated"
-    if any(bench.name == m.get("benchmark") for run in runs for m in run.missing):
-        return "data missing"
-    return "not evaluated"
 
 
 def _best(values: list[float | None], idx: list[int]) -> set[int]:
@@ -71,33 +88,34 @@ def _best(values: list[float | None], idx: list[int]) -> set[int]:
 def benchmark_table(catalog: list[BenchmarkInfo], runs: list[RunData]) -> Table:
     columns = table_columns(runs)
     several = len(runs) > 1
-    headers = ["benchmark", "status"] + [c.header(several) for c in columns]
+    headers = ["benchmark"] + [c.header(several) for c in columns]
     rows, bold = [], set()
     benches = table_benchmarks(catalog, runs)
     grid = [[c.value(b.name) for c in columns] for b in benches]
     by_probe = {p: [j for j, c in enumerate(columns) if c.probe == p] for p in {c.probe for c in columns}}
-    for i, (bench, values) in enumerate(zip(benches, grid)):
-        rows.append([bench.title, status(bench, runs)] + [fmt(v) for v in values])
+    for i, (bench, values) in enumerate(zip(benches, grid, strict=True)):
+        rows.append([bench.title] + [fmt(v) for v in values])
         for idx in by_probe.values():
-            bold |= {(i, j + 2) for j in _best(values, idx)}
+            bold |= {(i, j + 1) for j in _best(values, idx)}
     footer = 0
     if columns:
         # Averages are comparable only over the same benchmarks: use those every column has.
         common = [values for values in grid if all(v is not None for v in values)]
         if common:
-            means = [sum(col) / len(common) for col in zip(*common)]
+            means = [sum(col) / len(common) for col in zip(*common, strict=True)]
             label = f"average over the {len(common)} benchmark(s) with every column"
         else:
-            means = [_mean([v for v in col if v is not None]) for col in zip(*grid)]
+            means = [_mean([v for v in col if v is not None]) for col in zip(*grid, strict=True)]
             label = "average over each column's own benchmarks"
         i = len(rows)
-        rows.append([label, ""] + [fmt(m) for m in means])
+        rows.append([label] + [fmt(m) for m in means])
         for idx in by_probe.values():
-            bold |= {(i, j + 2) for j in _best(means, idx)}
+            bold |= {(i, j + 1) for j in _best(means, idx)}
         footer = 1
-    caption = ("Top-1 accuracy (%) of probes on frozen trunks; best per row and probe in bold; "
-               f"{DASH} = no result.")
-    return Table(headers, rows, bold, caption, footer_rows=footer, text_columns=2)
+    caption = (
+        f"Top-1 accuracy (%) of probes on frozen trunks; best per row and probe in bold; {DASH} = no result."
+    )
+    return Table(headers, rows, bold, caption, footer_rows=footer, text_columns=1)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -105,7 +123,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def pretrained_checkpoint(run: RunData) -> str | None:
-    """The run's headline checkpoint: its '-final' one, else its first main checkpoint that is not random-init."""
+    """The run's headline checkpoint: its '-final' one, else its first main checkpoint that is not
+    random-init."""
     names = [n for n in run.main_checkpoints() if n != RANDOM_INIT]
     finals = [n for n in names if n.endswith("-final") or n == "final"]
     return (finals or names or [None])[0]
@@ -131,9 +150,14 @@ def pretrained_vs_random(run: RunData) -> Gap | None:
     if ckpt is None or RANDOM_INIT not in run.checkpoints():
         return None
     for probe in probes_present([run]):
-        pairs = [(a, b) for bench in run.benchmarks()
-                 if (a := run.row(ckpt, bench, probe)) is not None and a.top1 is not None
-                 and (b := run.row(RANDOM_INIT, bench, probe)) is not None and b.top1 is not None]
+        pairs = [
+            (a, b)
+            for bench in run.benchmarks()
+            if (a := run.row(ckpt, bench, probe)) is not None
+            and a.top1 is not None
+            and (b := run.row(RANDOM_INIT, bench, probe)) is not None
+            and b.top1 is not None
+        ]
         if pairs:
             gap = sum(a.top1 - b.top1 for a, b in pairs) / len(pairs)
             variances = [_binomial_variance(r) for a, b in pairs for r in (a, b)]
