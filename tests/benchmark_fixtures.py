@@ -66,6 +66,87 @@ def make_imagenet(root: Path) -> dict:
     return make_image_folder(root, [f"n0{i:07d}" for i in range(3)], 4, 2, test_dir="val", ext="JPEG")
 
 
+IMAGENET_VAL_LABELS = [
+    2,
+    0,
+    1,
+    1,
+    2,
+    0,
+    2,
+]  # label of ILSVRC2012_val_0000000<i+1>.JPEG (train's sorted wnids)
+
+
+def make_imagenet_flat_val(root: Path, labels_from: str) -> dict:
+    """ImageNet as the official tars extract: train/<wnid>/ (ILSVRC2012_img_train.tar's per-class tars), a
+    flat val/ (ILSVRC2012_img_val.tar: ILSVRC2012_val_<8 digits>.JPEG), and the labels from
+    ``labels_from``: "kaggle" (LOC_val_solution.csv), "devkit" (ILSVRC2012_devkit_t12/ extracted),
+    "devkit_tar" (ILSVRC2012_devkit_t12.tar.gz as downloaded) or "none"."""
+    import scipy.io
+
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    for label, wnid in enumerate(wnids):
+        for i in range(4):
+            write_image(root / "train" / wnid / f"{wnid}_{i}.JPEG", label, "JPEG")
+    names = [f"ILSVRC2012_val_{i + 1:08d}.JPEG" for i in range(len(IMAGENET_VAL_LABELS))]
+    for name, label in zip(names, IMAGENET_VAL_LABELS, strict=True):
+        write_image(root / "val" / name, label, "JPEG")
+    if labels_from == "kaggle":
+        lines = ["ImageId,PredictionString"]  # rows in no particular order, as Kaggle's file
+        for name, label in sorted(zip(names, IMAGENET_VAL_LABELS, strict=True), key=lambda x: x[0][::-1]):
+            wnid = wnids[label]
+            lines.append(f"{Path(name).stem},{wnid} 10 20 200 180 {wnid} 5 5 60 70 ")
+        (root / "LOC_val_solution.csv").write_text("\n".join(lines) + "\n")
+    elif labels_from in ("devkit", "devkit_tar"):
+        # meta.mat as the devkit ships it: one record per synset, ILSVRC2012_ID 1..1000 for the leaves (not in
+        # wnid order) and higher ids for the inner nodes (num_children > 0), fields in the devkit's order
+        fields = [
+            "ILSVRC2012_ID",
+            "WNID",
+            "words",
+            "gloss",
+            "num_children",
+            "children",
+            "wordnet_height",
+            "num_train_images",
+        ]
+        ids = {wnids[2]: 1, wnids[0]: 2, wnids[1]: 3}
+        synsets = np.zeros((len(wnids) + 1, 1), dtype=[(f, "O") for f in fields])
+        for k, wnid in enumerate(sorted(ids, key=ids.get)):
+            synsets[k, 0] = (
+                np.uint16(ids[wnid]),
+                wnid,
+                f"words of {wnid}, synonym",
+                "a gloss",
+                np.uint8(0),
+                np.zeros((1, 0), dtype=np.uint8),
+                np.uint8(0),
+                np.uint16(1300),
+            )
+        synsets[len(wnids), 0] = (
+            np.uint16(1001),
+            "n00001740",
+            "entity",
+            "the root",
+            np.uint8(3),
+            np.array([[1, 2, 3]], dtype=np.uint16),
+            np.uint8(19),
+            np.uint16(0),
+        )
+        truth = "".join(f"{ids[wnids[label]]}\n" for label in IMAGENET_VAL_LABELS)
+        data = root / "ILSVRC2012_devkit_t12" / "data"
+        data.mkdir(parents=True)
+        scipy.io.savemat(data / "meta.mat", {"synsets": synsets})
+        (data / "ILSVRC2012_validation_ground_truth.txt").write_text(truth)
+        if labels_from == "devkit_tar":
+            with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+                tar.add(root / "ILSVRC2012_devkit_t12", arcname="ILSVRC2012_devkit_t12")
+            import shutil
+
+            shutil.rmtree(root / "ILSVRC2012_devkit_t12")
+    return {"train": 12, "test": len(names), "classes": 3}
+
+
 def make_eurosat(root: Path) -> dict:
     classes = [
         "AnnualCrop",
@@ -89,8 +170,29 @@ def make_eurosat(root: Path) -> dict:
 # --- json / txt / mat / pickle indexed ---
 
 
-def make_inat2018(root: Path) -> dict:
-    cats = [{"id": cid, "name": f"species {cid}", "supercategory": "Plantae"} for cid in (0, 1, 2)]
+INAT_SPECIES = {0: "Quercus alba", 1: "Danaus plexippus", 2: "Amanita muscaria"}
+
+
+def make_inat2018(root: Path, with_categories_json: bool = False) -> dict:
+    """The 2018 release: train2018.json / val2018.json (COCO-style) whose categories carry obfuscated names
+    (the id as text); categories.json, released later, has the real names and taxonomy."""
+    cats = [{"id": cid, "name": str(cid), "supercategory": "Plantae"} for cid in (0, 1, 2)]
+    if with_categories_json:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "categories.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "id": cid,
+                        "name": name,
+                        "kingdom": "Plantae",
+                        "supercategory": "Plantae",
+                        "genus": name.split()[0],
+                    }
+                    for cid, name in INAT_SPECIES.items()
+                ]
+            )
+        )
     splits = {"train": 4, "val": 2}
     image_id = 0
     for split, per_class in splits.items():
@@ -177,8 +279,13 @@ def make_food101(root: Path) -> dict:
     return {"train": 12, "test": 6, "classes": 3}
 
 
-def make_dtd(root: Path) -> dict:
-    data = root / "dtd"
+def make_dtd(root: Path, layout: str = "torchvision") -> dict:
+    """``root`` = <data_root>/dtd. "torchvision": DTD(download=True)'s doubled <root>/dtd/{images,labels};
+    "official": dtd-r1.0.1.tar.gz extracted into <data_root>, i.e. <root>/{images,labels,imdb}."""
+    data = root / "dtd" if layout == "torchvision" else root
+    if layout == "official":
+        (data / "imdb").mkdir(parents=True, exist_ok=True)
+        (data / "imdb" / "imdb.mat").write_bytes(b"MATLAB 5.0 MAT-file placeholder")
     classes = ["banded", "blotchy", "braided"]
     lines = {"train1": [], "val1": [], "test1": []}
     for label, name in enumerate(classes):
@@ -394,12 +501,19 @@ def make_fmow(root: Path) -> dict:
                         "img_height": SIZE,
                         "country_code": "USA",
                         "cloud_cover": 0,
-                        "timestamp": f"{year}-05-0{1 + label}T10:00:00Z",
+                        # the release mixes whole and fractional seconds (WILDS issue #146)
+                        "timestamp": f"{year}-05-0{1 + label}T10:00:17Z"
+                        if idx % 2
+                        else f"{year}-05-0{1 + label}T10:00:56.643Z",
                         "lat": 1.0,
                         "lon": 2.0,
                     }
                 )
     pd.DataFrame(rows).to_csv(root / "rgb_metadata.csv", index=False)
+    # WILDS' reader also maps country codes to regions from this file (not needed for the labels)
+    pd.DataFrame({"alpha-3": ["USA"], "region": ["Americas"]}).to_csv(
+        root / "country_code_mapping.csv", index=False
+    )
     # train = split train before 2013: (2010: 3 + 2012: 1) x 3; test = split test from 2016: 2 x 3
     return {"train": 12, "test": 6, "classes": 62}
 

@@ -298,11 +298,104 @@ def test_registry_import_is_light(repo_root):
     import subprocess
     import sys
 
-    code = ("import sys;"
-            "from evaluation.benchmarks.registry import resolve_benchmarks, missing_reason, BENCHMARKS;"
-            "resolve_benchmarks(['all']);"
-            "missing_reason(BENCHMARKS['cifar-10'], '/nonexistent');"
-            "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'PIL', 'h5py') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys;"
+        "from evaluation.benchmarks.registry import resolve_benchmarks, missing_reason, BENCHMARKS;"
+        "resolve_benchmarks(['all']);"
+        "missing_reason(BENCHMARKS['cifar-10'], '/nonexistent');"
+        "print(sorted(m for m in ('torch', 'numpy', 'pandas', 'PIL', 'h5py') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("labels_from", ["kaggle", "devkit", "devkit_tar"])
+def test_imagenet_flat_val_is_labelled_like_torchvision(tmp_path, monkeypatch, labels_from):
+    """The flat val/ of ILSVRC2012_img_val.tar with Kaggle's LOC_val_solution.csv or the devkit: the labels
+    agree with torchvision's own devkit parser (run on the same devkit, its md5 check switched off)."""
+    import tarfile
+
+    import torch
+    import torchvision.datasets.imagenet as tv_imagenet
+
+    root = tmp_path / "imagenet"
+    expected = fx.make_imagenet_flat_val(root, labels_from)
+    spec = BENCHMARKS["imagenet-1k"]
+    assert missing_reason(spec, root) is None
+    test = load_split(spec, root, "test")
+    assert len(test) == expected["test"] and len(test.classes) == 3
+    _check_items(test, 3)
+    assert [int(y) for y in test.labels] == fx.IMAGENET_VAL_LABELS
+    if labels_from == "devkit_tar":
+        monkeypatch.setattr(tv_imagenet, "_verify_archive", lambda *a, **k: None)
+        tv_imagenet.parse_devkit_archive(str(root))
+        _, val_wnids = torch.load(root / tv_imagenet.META_FILE, weights_only=True)
+        assert [test.classes[int(y)] for y in test.labels] == val_wnids
+        with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+            assert "ILSVRC2012_devkit_t12/data/meta.mat" in tar.getnames()
+    train = load_split(spec, root, "train", val_fraction=0.25)
+    assert train.classes == test.classes
+
+
+def test_imagenet_flat_val_without_labels_names_what_to_add(tmp_path):
+    root = tmp_path / "imagenet"
+    fx.make_imagenet_flat_val(root, "none")
+    with pytest.raises(InputError) as err:
+        load_split(BENCHMARKS["imagenet-1k"], root, "test")
+    assert "LOC_val_solution.csv" in str(err.value) and "ILSVRC2012_devkit_t12" in str(err.value)
+
+
+def test_fmow_fixture_mixes_the_two_timestamp_forms(tmp_path):
+    """The fixture reproduces the release's ugliness (WILDS issue #146): pandas' one-format parse rejects
+    it, while the loader reads every row."""
+    import pandas as pd
+
+    root = tmp_path / "fmow_v1.1"
+    fx.make_fmow(root)
+    stamps = pd.read_csv(root / "rgb_metadata.csv")["timestamp"]
+    assert stamps.str.contains(r"\.\d{3}Z$").any() and stamps.str.contains(r":\d{2}Z$").any()
+    with pytest.raises(ValueError):
+        pd.to_datetime(stamps)
+    assert len(load_split(BENCHMARKS["fmow"], root, "test")) == 6
+
+
+def test_dtd_official_tar_layout_reads_like_torchvision(tmp_path):
+    """DTD from its official tar (<data_root>/dtd/{images,labels}) and from torchvision's download
+    (<data_root>/dtd/dtd/...) give the same items; on the latter our reader agrees with torchvision.DTD."""
+    import torchvision.datasets as tvd
+
+    spec = BENCHMARKS["dtd"]
+    tv_root, official_root = tmp_path / "a" / "dtd", tmp_path / "b" / "dtd"
+    fx.make_dtd(tv_root, "torchvision")
+    fx.make_dtd(official_root, "official")
+    assert "other layout" in missing_reason(spec, tmp_path / "c" / "dtd")
+    splits = {}
+    for root in (tv_root, official_root):
+        assert missing_reason(spec, root) is None
+        pool = spec.pools(root, "test")
+        _check_items(pool, 3)
+        splits[root] = (
+            pool.classes,
+            [int(y) for y in pool.labels],
+            [Path(k).relative_to(root).parts[-2:] for k in pool.item_keys()],
+        )
+    assert splits[tv_root] == splits[official_root]
+    for ours, theirs in (("train", ["train", "val"]), ("test", ["test"])):
+        tv = [tvd.DTD(str(tv_root.parent), split=s, partition=1, download=False) for s in theirs]
+        pool = spec.pools(tv_root, ours)
+        assert pool.classes == tv[0].classes
+        assert [int(y) for y in pool.labels] == [y for d in tv for y in d._labels]
+        assert [Path(k) for k in pool.item_keys()] == [Path(f) for d in tv for f in d._image_files]
+
+
+def test_inat_class_names_come_from_categories_json(tmp_path):
+    spec = BENCHMARKS["inat-2018"]
+    plain, named = tmp_path / "a" / "inat2018", tmp_path / "b" / "inat2018"
+    fx.make_inat2018(plain)
+    fx.make_inat2018(named, with_categories_json=True)
+    assert load_split(spec, plain, "test").classes == ["0", "1", "2"]  # the listings' obfuscated names
+    test = load_split(spec, named, "test")
+    assert test.classes == [fx.INAT_SPECIES[i] for i in range(3)]
+    _check_items(test, 3)

@@ -2,7 +2,8 @@
 
 torchvision's INaturalist reads the 2017-2019 releases from category folders only (every image of the
 version, no train/val lists), so we read the official json lists ourselves. Our test = val2018.json
-(24,426 images), train = train2018.json (437,513); categories.json, when present, gives the names.
+(24,426 images), train = train2018.json (437,513). The lists name categories by obfuscated ids;
+categories.json, when present, gives the species names.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ def _read_json(path: Path) -> dict:
 
 
 def _categories(root: Path, listing: dict) -> tuple[list[int], list[str]]:
-    # train2018.json's categories name every class; fall back to categories.json, then to the id itself
-    cats = listing.get("categories") or []
-    if not cats and (root / "categories.json").exists():
-        cats = _read_json(root / "categories.json")
-    if cats:
-        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
-    else:
+    """(category ids in label order, their names). The 2018 listings name each category by its obfuscated
+    id; categories.json (released after the competition) has the species names, so it wins when present."""
+    by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in listing.get("categories") or []}
+    if not by_id:
         by_id = {int(a["category_id"]): str(a["category_id"]) for a in listing["annotations"]}
+    if (root / "categories.json").exists():
+        named = _read_json(root / "categories.json")
+        try:
+            names = {int(c["id"]): str(c["name"]) for c in named}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{root / 'categories.json'}: expected a list of {{id, name}}: {exc}") from None
+        by_id = {cid: names.get(cid, name) for cid, name in by_id.items()}
     ids = sorted(by_id)
     return ids, [by_id[i] for i in ids]
 

@@ -210,5 +210,5 @@ def collate_skip_none(batch: list) -> tuple[Any, int]:
     except TypeError:  # PIL images: hand back ([images], labels tensor)
         import torch
 
-        images, labels = zip(*kept)
+        images, labels = zip(*kept, strict=True)
         return (list(images), torch.tensor(labels, dtype=torch.long)), dropped

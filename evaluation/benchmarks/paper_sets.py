@@ -60,11 +60,14 @@ PAPER_SPECS: list[BenchmarkSpec] = [
     ),
     _spec(
         "dtd", "Describable Textures (DTD)", 47, (3_760, 1_880), "dtd",
-        "dtd/dtd/labels/{train1,val1,test1}.txt + dtd/dtd/images/<class>/*.jpg",
-        _TV.format(cls="DTD", args=""), "test1.txt (fold 1, 1,880)",
+        "dtd/{labels/{train1,val1,test1}.txt, images/<class>/*.jpg} (the official tar) or torchvision's "
+        "doubled dtd/dtd/{labels,images}",
+        _TV.format(cls="DTD", args="") + " (or extract the official dtd-r1.0.1.tar.gz into <data_root>)",
+        "test1.txt (fold 1, 1,880)",
         "val_fraction of train1+val1 (fold 1, pooled as our train), seeded, stratified",
         loader="torchvision_sets:dtd",
-        required=("dtd/labels/train1.txt", "dtd/labels/val1.txt", "dtd/labels/test1.txt", "dtd/images"),
+        required=tuple(tuple(f"{sub}/{rel}" if sub != "." else rel for rel in (
+            "labels/train1.txt", "labels/val1.txt", "labels/test1.txt", "images")) for sub in ("dtd", ".")),
         notes="fold 1 only; the official val1 is pooled into train (1,880 + 1,880)",
     ),
     _spec(

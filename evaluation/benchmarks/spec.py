@@ -20,8 +20,9 @@ class BenchmarkSpec:
     test_split: str  # which official split is our "test"
     val_split: str  # how "val" is made (always from train, never from test)
     kind: Literal["paper", "demo", "generic"] = "paper"
-    # Paths relative to the root that must exist for the data to count as present.
-    required: tuple[str, ...] = ()
+    # Paths relative to the root that must exist for the data to count as present; a tuple of tuples
+    # lists alternative layouts (present when every path of one of them exists).
+    required: tuple[str, ...] | tuple[tuple[str, ...], ...] = ()
     # True when the layout has a fixed val split of its own (EuroSAT's seeded 60/20/20): the pool
     # loader then answers "val" itself instead of carving val_fraction out of train.
     official_val: bool = False

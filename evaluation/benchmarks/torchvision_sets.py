@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.benchmarks.items import ArrayImages, LabelledImages, TorchvisionImages
+from evaluation.benchmarks.items import ArrayImages, FileImages, LabelledImages, TorchvisionImages
 from shared.errors import InputError
 
 
@@ -74,21 +74,43 @@ def food101(root: Path, split: str) -> TorchvisionImages:
     return TorchvisionImages(ds, ds._labels, ds.classes, ds._image_files)
 
 
-def dtd(root: Path, split: str) -> TorchvisionImages:
-    """Fold 1. Our train = the official train1 + val1 (3,760 images); test = test1 (1,880)."""
-    import torch.utils.data as tud
+DTD_LAYOUTS = ("dtd", ".")  # torchvision's doubled <root>/dtd/{images,labels}, or the official tar's
 
-    parts = [
-        _torchvision("DTD", root, "dtd", split=s, partition=1)
-        for s in (["train", "val"] if split == "train" else ["test"])
-    ]
-    classes = parts[0].classes
-    for part in parts[1:]:
-        if part.classes != classes:
-            raise InputError(f"DTD at {root}: train1.txt and val1.txt list different classes")
-    labels = [y for part in parts for y in part._labels]
-    keys = [f for part in parts for f in part._image_files]
-    return TorchvisionImages(tud.ConcatDataset(parts), labels, classes, keys)
+
+def dtd_folder(root: Path) -> Path:
+    """The folder holding images/ and labels/: <root>/dtd as torchvision's DTD(download=True) leaves it,
+    or <root> itself when dtd-r1.0.1.tar.gz was extracted into the data root (its top folder is dtd/)."""
+    for sub in DTD_LAYOUTS:
+        base = Path(root) / sub
+        if (base / "labels").is_dir() and (base / "images").is_dir():
+            return base
+    raise InputError(f"DTD: no images/ and labels/ in {root} or {Path(root) / 'dtd'}")
+
+
+def dtd(root: Path, split: str) -> FileImages:
+    """Fold 1. Our train = the official train1 + val1 (3,760 images); test = test1 (1,880).
+
+    Read as torchvision's DTD reads it: each line of labels/<split>1.txt is "<class>/<file>", the image is
+    images/<class>/<file>, labels index the sorted class names (here of all three lists, so train and test
+    agree even if a list lacks a class)."""
+    base = dtd_folder(root)
+    listed: dict[str, list[tuple[str, str]]] = {}
+    for name in ("train1", "val1", "test1"):
+        path = base / "labels" / f"{name}.txt"
+        try:
+            lines = path.read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        rows = [tuple(line.split("/", 1)) for line in lines]
+        if any(len(row) != 2 for row in rows):
+            raise InputError(f"{path}: expected '<class>/<file>' lines")
+        listed[name] = rows
+    classes = sorted({cls for rows in listed.values() for cls, _ in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    rows = listed["train1"] + listed["val1"] if split == "train" else listed["test1"]
+    return FileImages(
+        [base / "images" / cls / file for cls, file in rows], [index[cls] for cls, _ in rows], classes
+    )
 
 
 def pets(root: Path, split: str) -> TorchvisionImages:

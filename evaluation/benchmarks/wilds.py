@@ -2,6 +2,15 @@
 
 We mirror the WILDS package's ``official`` split scheme (same columns, same image paths), without
 depending on it. Folders are the WILDS ones: <data_root>/<dataset>_v<version>/.
+
+Which split is our "test" (the choice is made here, for all four sets): WILDS' OOD *test* split. The AIM
+paper's appendix table of the 15 benchmarks could not be read where this was written (no copy of it in the
+reference material; facts.md lists the OOD test sizes), so whether its iWildCam / Camelyon17 / RxRx1 /
+fMoW numbers use the OOD test or the OOD val split is not confirmed here. We keep WILDS' test split: it is
+the split WILDS designates for reporting (val is for model selection), and our probe settings are chosen
+on a val carved from train, so nothing is tuned on it. If the paper's sizes turn out to be the OOD val
+ones (iWildCam 14,961, Camelyon17 34,904, RxRx1 9,854, fMoW 19,915), the non-train branches of the
+four loaders below are what to switch.
 - iWildCam v2.0: metadata.csv (split, filename, y, ...); images in train/<filename> whatever the split.
   Our test = "test" (OOD: unseen camera traps).
 - Camelyon17 v1.0: metadata.csv (patient, node, x_coord, y_coord, tumor, slide, center, split);
@@ -45,7 +54,7 @@ def iwildcam(root: Path, split: str) -> FileImages:
     names = [str(i) for i in range(n_classes)]
     if (root / "categories.csv").exists():  # WILDS ships y -> category name here
         cats = _read_csv(root / "categories.csv", ["y", "name"])
-        for y, name in zip(cats["y"], cats["name"]):
+        for y, name in zip(cats["y"], cats["name"], strict=True):
             if 0 <= int(y) < n_classes:
                 names[int(y)] = str(name)
     rows = df[df["split"] == split]
@@ -85,7 +94,7 @@ def rxrx1(root: Path, split: str) -> FileImages:
     n_classes = int(df["sirna_id"].max()) + 1
     names = [str(i) for i in range(n_classes)]
     if "sirna" in df.columns:
-        for sid, name in zip(df["sirna_id"], df["sirna"]):
+        for sid, name in zip(df["sirna_id"], df["sirna"], strict=True):
             names[int(sid)] = str(name)
     if split == "train":
         rows = df[(df["dataset"] == "train") & (df["site"].astype(int) == 1)]
@@ -173,7 +182,9 @@ def fmow(root: Path, split: str) -> FileImages:
     root = Path(root)
     df = _read_csv(root / "rgb_metadata.csv", ["split", "category", "timestamp"])
     try:
-        year = pd.to_datetime(df["timestamp"], utc=True).dt.year.to_numpy()
+        # WILDS' csv mixes "...T10:00:17Z" and "...T10:00:56.643Z" (WILDS issue #146); one format string
+        # would reject the other, so parse each value as ISO 8601 on its own terms
+        year = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601").dt.year.to_numpy()
     except (ValueError, TypeError) as exc:
         raise InputError(f"{root / 'rgb_metadata.csv'}: unreadable timestamp: {exc}") from None
     if split == "train":
