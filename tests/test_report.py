@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS
 from evaluation.report import report_from_config
-from evaluation.report.references import FALLBACK_PAPER_BENCHMARKS
 from shared.config.root import OpenAIMConfig
 from shared.errors import InputError
 
@@ -94,7 +94,7 @@ def make_run(workdir: Path, seed: int, name: str = "demo", kept: int = 180) -> d
                 "path": f"/data/bench/{b}-files",
                 "how_to_get": f"download {b} from its site",
             }
-            for b, t in FALLBACK_PAPER_BENCHMARKS
+            for b, t in ((name, BENCHMARKS[name].title) for name in PAPER_BENCHMARKS)
             if b not in EVALUATED
         ],
     )
@@ -192,7 +192,7 @@ def test_report_tables_match_csv_and_name_all_benchmarks(tmp_path):
 
     for name, title in PAPER_TITLES.items():
         assert title in md, f"{name} not named in the Markdown"
-    for name, _ in FALLBACK_PAPER_BENCHMARKS:
+    for name in PAPER_BENCHMARKS:
         if name not in EVALUATED:
             assert f"/data/bench/{name}-files" in md  # missing benchmark with its path
     assert "download imagenet-1k from its site" in md
@@ -201,7 +201,6 @@ def test_report_tables_match_csv_and_name_all_benchmarks(tmp_path):
     assert header[0] == "benchmark" and "status" not in header
     cols = {h: i for i, h in enumerate(header)}
     by_title = {r[0]: r for r in rows}
-    from evaluation.benchmarks.registry import BENCHMARKS
 
     checked = 0
     for (ckpt, bench, probe), top1 in truth.items():
@@ -443,19 +442,3 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     )
     assert out.returncode == 1 and "not a directory" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
-
-
-def test_catalog_falls_back_without_registry(tmp_path, monkeypatch):
-    import sys
-
-    from evaluation.report.collect import benchmark_catalog
-
-    monkeypatch.setitem(sys.modules, "evaluation.benchmarks.registry", None)  # import now raises ImportError
-    catalog = benchmark_catalog(config(tmp_path))
-    assert [b.name for b in catalog] == [n for n, _ in FALLBACK_PAPER_BENCHMARKS]
-    assert all(b.path.endswith(b.name) for b in catalog)
-    cfg = config(tmp_path / "run")
-    make_run(tmp_path / "run", seed=7)
-    report_from_config(cfg)
-    md = (cfg.report_dir / "report.md").read_text()
-    assert "DomainNet-Infograph" in md and "| CIFAR-10 |" in md

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from evaluation.benchmarks.generic import image_folder
 from evaluation.benchmarks.items import ArrayImages
+from evaluation.benchmarks.splits import fixed_split
 
 
 def miniweb(root: Path, split: str):
@@ -21,10 +23,6 @@ DIGITS_SIZE = 32  # 8x8 upscaled (nearest) so the patch embedding sees more than
 
 
 def digits(root: Path | None, split: str) -> ArrayImages:
-    from sklearn.datasets import load_digits
-
-    from evaluation.benchmarks.splits import fixed_split
-
     bunch = load_digits()
     # values are 0..16 (ink counts); scale to 0..255 and repeat each pixel 4x4, grey -> RGB
     grey = np.clip(bunch.images * (255.0 / 16.0), 0, 255).astype(np.uint8)

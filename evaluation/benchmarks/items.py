@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
 
 log = logging.getLogger("openaim.eval")
 
 
 def _unreadable_errors() -> tuple[type[BaseException], ...]:
-    from PIL import Image
-
     # PIL raises OSError for truncated/unknown data, SyntaxError/ValueError for some broken headers,
     # DecompressionBombError (not an OSError) for absurd sizes; a missing file is an OSError too.
     return (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -82,8 +82,6 @@ class FileImages(LabelledImages):
         self.paths = [str(p) for p in paths]
 
     def read_image(self, index: int):
-        from PIL import Image
-
         return Image.open(self.paths[index])
 
     def describe(self, index: int) -> str:
@@ -113,8 +111,6 @@ class ArrayImages(LabelledImages):
         return list(self.keys) if self.keys is not None else super().item_keys()
 
     def read_image(self, index: int):
-        from PIL import Image
-
         return Image.fromarray(self.pixels[index])
 
 
@@ -148,8 +144,6 @@ class TarMemberImages(LabelledImages):
         self.members = list(members)  # (tar path, data offset, size)
 
     def read_image(self, index: int):
-        from PIL import Image
-
         path, offset, size = self.members[index]
         with open(path, "rb") as f:
             f.seek(offset)
@@ -199,8 +193,6 @@ def collate_skip_none(batch: list) -> tuple[Any, int]:
 
     Tensors are stacked with torch's default_collate; PIL images (no transform) stay a list.
     """
-    from torch.utils.data import default_collate
-
     kept = [item for item in batch if item is not None]
     dropped = len(batch) - len(kept)
     if not kept:
@@ -208,7 +200,5 @@ def collate_skip_none(batch: list) -> tuple[Any, int]:
     try:
         return default_collate(kept), dropped
     except TypeError:  # PIL images: hand back ([images], labels tensor)
-        import torch
-
         images, labels = zip(*kept, strict=True)
         return (list(images), torch.tensor(labels, dtype=torch.long)), dropped

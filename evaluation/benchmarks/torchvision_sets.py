@@ -14,15 +14,17 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import h5py
 import numpy as np
+import torchvision.datasets as tvd
+from PIL import Image
 
 from evaluation.benchmarks.items import ArrayImages, FileImages, LabelledImages, TorchvisionImages
+from evaluation.benchmarks.splits import fixed_split
 from shared.errors import InputError
 
 
 def _torchvision(cls_name: str, root: Path, folder: str, **kwargs):
-    import torchvision.datasets as tvd
-
     root = Path(root)
     if root.name != folder:
         raise InputError(
@@ -144,9 +146,6 @@ class H5Images(LabelledImages):
         self._file = None
 
     def read_image(self, index: int):
-        import h5py
-        from PIL import Image
-
         if self._file is None:
             self._file = h5py.File(self.path, "r")
         return Image.fromarray(self._file["x"][index])
@@ -162,10 +161,6 @@ class H5Images(LabelledImages):
 
 def pcam(root: Path, split: str) -> H5Images:
     """PatchCamelyon h5 files; the official valid split is not used (val is carved from train)."""
-    try:
-        import h5py
-    except ImportError:
-        raise InputError("PCAM needs the h5py package (pip install h5py)") from None
     images, targets = (Path(root) / name for name in PCAM_FILES[split])
     try:
         with h5py.File(targets, "r") as f:
@@ -184,8 +179,6 @@ EUROSAT_SPLIT_SEED = 0  # fixed on purpose: every run and every model sees the s
 
 
 def eurosat(root: Path, split: str):
-    from evaluation.benchmarks.splits import fixed_split
-
     ds = _torchvision("EuroSAT", root, "eurosat")
     everything = TorchvisionImages(ds, ds.targets, ds.classes, [p for p, _ in ds.samples])
     train, val, test = fixed_split(everything.labels, EUROSAT_SPLIT, EUROSAT_SPLIT_SEED)

@@ -29,14 +29,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from evaluation.benchmarks.items import FileImages
 from shared.errors import InputError
 
 
 def _read_csv(path: Path, columns: list[str], **kwargs):
-    import pandas as pd
-
     try:
         df = pd.read_csv(path, **kwargs)
     except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
@@ -177,8 +176,6 @@ FMOW_TEST_FROM_YEAR = 2016
 
 
 def fmow(root: Path, split: str) -> FileImages:
-    import pandas as pd
-
     root = Path(root)
     df = _read_csv(root / "rgb_metadata.csv", ["split", "category", "timestamp"])
     try:

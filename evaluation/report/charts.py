@@ -6,7 +6,14 @@ Each function returns None when there is nothing to draw, so the caller can say 
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from PIL import Image
 
 # Colour-blind-safe palette (Okabe-Ito), in the order checkpoints/runs are listed.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -28,15 +35,11 @@ def _fit(label: str, width: int = 36) -> str:
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     return fig
 
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, facecolor="white")
@@ -45,8 +48,6 @@ def _png(fig) -> bytes:
 
 def _styled(fn):
     def wrapper(*args, **kwargs):
-        import matplotlib
-
         with matplotlib.rc_context(_STYLE):
             return fn(*args, **kwargs)
 
@@ -129,8 +130,6 @@ def loss_curves(curves: Sequence[tuple[str, Sequence[int], Sequence[float]]]) ->
             markersize=4,
         )
     if log_x:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(
             LogLocator(base=10, subs=(1.0, 2.0, 5.0))
@@ -225,8 +224,6 @@ def curation_funnel(
     ax.set_yticks(range(len(rows)), labels=rows)
     ax.invert_yaxis()
     ax.set_xlim(0, largest * 1.25)
-    from matplotlib.ticker import FuncFormatter
-
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set_xlabel("image-text pairs")
     ax.set_title("Curation funnel: pairs left after each step", loc="left")
@@ -276,10 +273,6 @@ def score_histogram(
 @_styled
 def pair_examples(examples: Sequence[dict], columns: int = 4) -> bytes | None:
     """A grid of pairs: the image, then kept/dropped, the score, the reason and the caption (wrapped)."""
-    import textwrap
-
-    from PIL import Image
-
     if not examples:
         return None
     rows = -(-len(examples) // columns)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from curation.download import iter_pool
 from curation.select import subset_to_uids
-from evaluation.report.references import FALLBACK_PAPER_BENCHMARKS
+from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
 from shared.errors import InputError
 from shared.stage_cache import hash_file
 
@@ -421,24 +421,8 @@ def load_compare_run(directory: str | Path) -> RunData:
 
 
 def benchmark_catalog(cfg) -> list[BenchmarkInfo]:
-    """The paper's 15 benchmarks then the demo ones, from the registry (or a built-in list if it fails)."""
-    try:
-        from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
-    except Exception:  # noqa: BLE001 - the registry is another stage's code: the report must still write without it
-        data_root = Path(cfg.evaluation.data_root)
-        return [
-            BenchmarkInfo(n, t, "paper", str(data_root / n), "see docs for the layout")
-            for n, t in FALLBACK_PAPER_BENCHMARKS
-        ]
+    """The paper's 15 benchmarks then the demo ones, from the registry."""
     names = list(PAPER_BENCHMARKS) + [n for n in BENCHMARKS if n not in PAPER_BENCHMARKS]
-    out = []
-    for name in names:
-        spec = BENCHMARKS[name]
-        try:
-            path = str(benchmark_root(spec, cfg))
-        except Exception:  # noqa: BLE001 - a spec the root rule cannot place still gets a row
-            path = str(Path(cfg.evaluation.data_root) / name)
-        out.append(
-            BenchmarkInfo(name, spec.title, spec.kind, path, how_to_get(spec, cfg.evaluation.data_root))
-        )
-    return out
+    return [BenchmarkInfo(name, BENCHMARKS[name].title, BENCHMARKS[name].kind,
+                          str(benchmark_root(BENCHMARKS[name], cfg)),
+                          how_to_get(BENCHMARKS[name], cfg.evaluation.data_root)) for name in names]

@@ -29,22 +29,3 @@ AIM_IMAGENET_ATTENTIVE: list[PublishedResult] = [
     PublishedResult("AIM-3B", "2.7B", "imagenet-1k", "attentive", 82.2, 83.3, ML_AIM_README),
     PublishedResult("AIM-7B", "6.5B", "imagenet-1k", "attentive", 82.4, 84.0, ML_AIM_README),
 ]
-
-# The paper's 15 benchmarks in its table order, used when the benchmark registry cannot be imported.
-FALLBACK_PAPER_BENCHMARKS: list[tuple[str, str]] = [
-    ("imagenet-1k", "ImageNet-1k"),
-    ("inat-2018", "iNaturalist-2018"),
-    ("cifar-10", "CIFAR-10"),
-    ("cifar-100", "CIFAR-100"),
-    ("food-101", "Food-101"),
-    ("dtd", "DTD"),
-    ("pets", "Oxford-IIIT Pets"),
-    ("cars", "Stanford Cars"),
-    ("iwildcam", "iWildCam"),
-    ("camelyon17", "Camelyon17"),
-    ("pcam", "PCAM"),
-    ("rxrx1", "RxRx1"),
-    ("eurosat", "EuroSAT"),
-    ("fmow", "fMoW"),
-    ("domainnet-infograph", "DomainNet-Infograph"),
-]
