@@ -18,7 +18,7 @@ next-patch loss on the test images with fixed prefix lengths, measured at each p
 A difference "holds" when it is above t(0.975, n-1) standard errors (a two-sided 95% paired t-test over
 n seeds), "reversed" when below minus that, else "within noise".
 
-    .venv/bin/python benchmarks/ablations.py                # the CPU study (RESULTS.md), ~20 min on 2 cores
+    .venv/bin/python benchmarks/ablations.py --write-results  # the CPU study -> RESULTS.md, ~20 min, 2 cores
     .venv/bin/python benchmarks/ablations.py --smoke        # seconds: a tiny run that checks the plumbing
     python benchmarks/ablations.py --device cuda            # the larger GPU preset (<= 3 min on one H100)
 
@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from benchmarks.pretrain_vs_random import pretrain, probe_top1  # noqa: E402
+from benchmarks.results_md import write_section  # noqa: E402
 from evaluation.benchmarks.demo_sets import digits  # noqa: E402
 from evaluation.features import eval_transform  # noqa: E402
 from shared.config.evaluation import ProbeConfig  # noqa: E402
@@ -188,12 +189,34 @@ def summarise(results: list[dict]) -> list[str]:
     return lines
 
 
+def results_section(p: Preset, device: str, results: list[dict], summary: list[str], total: float,
+                    n_test: int) -> str:
+    """The Ablations section of RESULTS.md: what ran, every seed's numbers, the four relations."""
+    shape = (f"{p.width} wide, {p.depth} blocks, {p.heads} heads, {p.img_size} px / patch {p.patch_size}, "
+             f"head {p.head_width} x {p.head_depth}")
+    rows = [f"| {seed} | {100 * r['prefix']:.1f} | {100 * r['causal']:.1f} | {100 * r['raw']:.1f} | "
+            f"{100 * r['linear']:.1f} | " + ", ".join(f"{lo:.4f} / {100 * t:.1f}" for _, lo, t in r["curve"])
+            + " |" for seed, r in enumerate(results)]
+    steps = ", ".join(str(s) for s, _, _ in results[0]["curve"])
+    return "\n".join([
+        "## Ablations", "",
+        f"`benchmarks/ablations.py` on {device} (torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads), {total / 60:.1f} min: trunk {shape}; {p.steps} steps of {p.batch} digits images per run, "
+        f"lr {p.lr:g}; probes on the mean of the last {p.n_blocks} blocks; test = digits test split "
+        f"({n_test} images). Top-1 in %, attentive probe unless named.", "",
+        f"| seed | prefix-causal, norm-pix | causal | raw pixels | linear probe (prefix-causal) | "
+        f"held-out loss / top-1 at steps {steps} |",
+        "|---|---|---|---|---|---|", *rows, "", "```", *summary, "```", ""])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda picks the larger preset)")
     ap.add_argument("--smoke", action="store_true", help="a tiny run that only checks the plumbing")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's pretraining steps")
     ap.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds (>= 3)")
+    ap.add_argument("--write-results", action="store_true",
+                    help="rewrite the Ablations section of benchmarks/RESULTS.md (keeps its ### subsections)")
     args = ap.parse_args()
     device = args.device
     preset = PRESETS["smoke" if args.smoke else "cuda" if device.startswith("cuda") else "cpu"]
@@ -217,9 +240,14 @@ def main() -> None:
                   flush=True)
             break
         results.append(run_seed(preset, seed, device, pil, data, xte))
-    print(f"total {time.perf_counter() - started:.0f} s", flush=True)
-    for line in summarise(results):
+    total = time.perf_counter() - started
+    print(f"total {total:.0f} s", flush=True)
+    summary = summarise(results)
+    for line in summary:
         print(line, flush=True)
+    if args.write_results:
+        section = results_section(preset, device, results, summary, total, len(xte))
+        write_section("## Ablations", section, keep="### ")
 
 
 if __name__ == "__main__":
