@@ -23,7 +23,8 @@ n seeds), "reversed" when below minus that, else "within noise".
     python benchmarks/ablations.py --device cuda            # the larger GPU preset (<= 3 min on one H100)
 
 Needs torch, torchvision + Pillow (eval's transform, the recipe's augmentation), numpy, scipy and
-scikit-learn (digits), pydantic (the configs); nothing else is imported.
+scikit-learn (digits), pydantic and pyyaml (the configs), and safetensors (evaluation.features imports
+training.checkpoint); nothing else (no open_clip, faiss, webdataset, rich).
 """
 
 from __future__ import annotations
