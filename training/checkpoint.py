@@ -23,12 +23,15 @@ evaluation.features' cache key, so the key names the weights that are evaluated)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +249,9 @@ class CheckpointWriter:
         if self.async_save:
             future = dcp.async_save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group)
         else:
-            dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group,
-                     no_dist=not dist.is_initialized())
+            with _single_process_quiet():
+                dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group,
+                         no_dist=not dist.is_initialized())
             future = None
         full = consolidated_state(model) if export_weights else None
         if _is_main():
@@ -283,6 +287,14 @@ class CheckpointWriter:
         self.wait()
 
 
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns that it runs in a single process even when told so (no_dist=True): that is our intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled|unavailable)")
+        yield
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -300,7 +312,8 @@ def load_resumable(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.opti
     """Load model and optimizer from a DCP checkpoint written under any world size or parallelism."""
     sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     try:
-        dcp.load(sharded, checkpoint_id=str(Path(ckpt_dir) / DCP_DIR), no_dist=not dist.is_initialized())
+        with _single_process_quiet():
+            dcp.load(sharded, checkpoint_id=str(Path(ckpt_dir) / DCP_DIR), no_dist=not dist.is_initialized())
     except Exception as exc:  # noqa: BLE001 - DCP raises its own CheckpointException with per-rank details
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot resume from {ckpt_dir}: {first[:300]}") from None

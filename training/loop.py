@@ -236,8 +236,9 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     def check_finite() -> None:
         bad = int(dd.all_reduce_max(first_bad))
         if bad >= 0:
-            raise TrainingDivergedError(f"non-finite loss or gradient norm at step {bad + 1} (of {tcfg.steps});"
-                                        " nothing was saved after it: lower training.optim.lr or check the data")
+            raise TrainingDivergedError(
+                f"non-finite loss or gradient norm at step {bad + 1} (of {tcfg.steps}); nothing was saved "
+                "after it: lower training.optim.lr or check the data")
 
     def save(step_done: int) -> None:
         check_finite()

@@ -11,6 +11,9 @@ Backends:
   flatten the batch to one sequence and make two calls, prefix queries over prefix keys with a
   block-diagonal mask (seqlens S_b) and suffix queries over all keys with a block-diagonal causal
   mask aligned bottom-right (q seqlens N - S_b, kv seqlens N). xformers has no prefix-LM bias class.
+  The tokens of each call are gathered and scattered with row-index tensors made once per batch (no
+  boolean indexing: no per-layer host syncs or graph breaks); the biases need the [B] prefix lengths
+  on the host, read once per batch.
 - "flex": torch.nn.attention.flex_attention with or_masks(prefix, causal); compiled on CUDA.
   On CPU it runs forward only (no backward), so `select_backend` does not pick it there for training.
 - "sdpa": F.scaled_dot_product_attention with an explicit mask (the CPU default), passed as an additive
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +51,7 @@ class PrefixMask:
     dense: torch.Tensor | None = None  # [B, 1, N, N] bool (sdpa, naive, xformers fallback)
     block_mask: Any = None  # flex BlockMask
     xformers_biases: tuple | None = None  # (prefix BlockDiagonalMask, suffix bottom-right causal mask)
+    xformers_index: tuple | None = None  # (prefix rows [sum S], suffix rows [sum N - S]) of the [B*N] tokens
     cache: dict = field(default_factory=dict)
 
     def additive(self, dtype: torch.dtype) -> torch.Tensor:
@@ -68,9 +73,12 @@ def build_prefix_mask(prefix_len: torch.Tensor, num_tokens: int, backend: str) -
     elif backend == "flex":
         mask.block_mask = _flex_block_mask(prefix_len, num_tokens)
     elif backend == "xformers":
-        lengths = prefix_len.tolist()  # one host sync per batch, shared by every layer
+        # xformers' block-diagonal biases take host seqlens: one read of the [B] lengths per batch,
+        # shared by every layer; the layers themselves gather with index tensors (no boolean masks).
+        lengths = prefix_len.tolist()
         if min(lengths) >= 1 and max(lengths) <= num_tokens - 1:
             mask.xformers_biases = _xformers_prefix_biases(lengths, num_tokens, prefix_len.device)
+            mask.xformers_index = _xformers_token_index(lengths, num_tokens, prefix_len.device)
         else:  # an empty prefix or suffix has no block-diagonal form: dense bias instead
             mask.dense = prefix_causal_mask(prefix_len, num_tokens)[:, None]
     else:
@@ -86,7 +94,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if mask is not None and mask.backend != backend:
         raise ValueError(f"mask was built for {mask.backend!r}, not {backend!r}")
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.additive(q.dtype))
+        bias = None if mask is None else mask.additive(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     if backend == "naive":
         return naive_attention(q, k, v, None if mask is None else mask.dense)
     if backend == "flex":
@@ -96,7 +105,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    allowed: torch.Tensor | None) -> torch.Tensor:
     """The reference: softmax(q k^T / sqrt(Dh) masked) v. `allowed` is bool, broadcastable to [B, H, N, N]."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, N, N]
     if allowed is not None:
@@ -145,6 +155,21 @@ def _xformers_prefix_biases(lengths: list[int], num_tokens: int, device):
     return prefix_bias, suffix_bias
 
 
+def _xformers_token_index(lengths: list[int], num_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the flattened [B*N] tokens in the prefix (image by image, position order, matching the
+    block-diagonal seqlens) and in the suffix; built on the host, copied without waiting."""
+    starts = np.arange(len(lengths)) * num_tokens
+    prefix = np.concatenate([s + np.arange(n) for s, n in zip(starts, lengths, strict=True)])
+    suffix = np.concatenate([s + np.arange(n, num_tokens) for s, n in zip(starts, lengths, strict=True)])
+    out = []
+    for rows in (prefix, suffix):
+        t = torch.from_numpy(rows)
+        if torch.device(device).type == "cuda":
+            t = t.pin_memory()
+        out.append(t.to(device, non_blocking=True))
+    return out[0], out[1]
+
+
 def xformers_attention(q, k, v, mask: PrefixMask | None, attn_fn: Callable | None = None) -> torch.Tensor:
     """The two-call exact prefix-LM. `attn_fn(q, k, v, bias)` on [1, M, H, Dh] defaults to
     xformers.ops.memory_efficient_attention (tests pass a reference that materialises the bias)."""
@@ -159,14 +184,15 @@ def xformers_attention(q, k, v, mask: PrefixMask | None, attn_fn: Callable | Non
     if mask.xformers_biases is None:  # dense per-sample bias (slower cutlass kernel)
         return attn_fn(qt, kt, vt, _dense_bias(mask.dense, H, q.dtype)).transpose(1, 2)
     prefix_bias, suffix_bias = mask.xformers_biases
-    in_prefix = torch.arange(N, device=q.device)[None, :] < mask.prefix_len[:, None]  # [B, N]
-    # Boolean indexing keeps (image, position) order, matching the block-diagonal seqlens.
-    out_prefix = attn_fn(qt[in_prefix][None], kt[in_prefix][None], vt[in_prefix][None], prefix_bias)  # [1, sum S, H, Dh]
-    out_suffix = attn_fn(qt[~in_prefix][None], kt.reshape(1, B * N, H, Dh), vt.reshape(1, B * N, H, Dh),
+    prefix_rows, suffix_rows = mask.xformers_index
+    qf, kf, vf = (t.reshape(B * N, H, Dh) for t in (qt, kt, vt))  # [B*N, H, Dh]
+    out_prefix = attn_fn(qf.index_select(0, prefix_rows)[None], kf.index_select(0, prefix_rows)[None],
+                         vf.index_select(0, prefix_rows)[None], prefix_bias)  # [1, sum S, H, Dh]
+    out_suffix = attn_fn(qf.index_select(0, suffix_rows)[None], kf[None], vf[None],
                          suffix_bias)  # [1, sum(N - S), H, Dh]
-    out = qt.new_empty(B, N, H, Dh)
-    out = out.index_put((in_prefix,), out_prefix[0]).index_put((~in_prefix,), out_suffix[0])
-    return out.transpose(1, 2)  # [B, H, N, Dh]
+    out = qf.new_empty(B * N, H, Dh).index_copy(0, prefix_rows, out_prefix[0])
+    out = out.index_copy(0, suffix_rows, out_suffix[0])  # [B*N, H, Dh]
+    return out.view(B, N, H, Dh).transpose(1, 2)  # [B, H, N, Dh]
 
 
 def _dense_bias(allowed: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -237,7 +263,8 @@ def select_backend(requested: str, device: torch.device | str) -> str:
     with a warning. The choice is logged once per (request, device)."""
     device = canonical_device(device)
     if requested not in ("auto", *BACKENDS):
-        raise ValueError(f"unknown attention backend {requested!r}; choose auto or one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown attention backend {requested!r}; choose auto or one of "
+                         f"{', '.join(BACKENDS)}")
     if device.type == "meta":
         chosen, why = ("sdpa" if requested == "auto" else requested), "meta device, no probe"
     elif requested != "auto" and backend_works(requested, device):
@@ -246,7 +273,8 @@ def select_backend(requested: str, device: torch.device | str) -> str:
         candidates = ("xformers", "flex") if device.type == "cuda" else ()
         chosen = next((b for b in candidates if backend_works(b, device)), "sdpa")
         why = "auto" if requested == "auto" else (
-            f"fallback: {requested} does not run on {device.type}: {probe_error(requested, device) or 'unknown'}")
+            f"fallback: {requested} does not run on {device.type}: "
+            f"{probe_error(requested, device) or 'unknown'}")
     key = (requested, str(device), chosen)
     if key not in _logged:
         _logged.add(key)
