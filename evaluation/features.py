@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from rich.progress import Progress
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from evaluation.probe_grid import FeatureSet
 from shared.atomic import atomic_path
@@ -54,8 +59,6 @@ def resolve_blocks(blocks: str | list[int], n_blocks: int, model: Any, depth: in
 
 def eval_transform(img_size: int):
     """Resize (bicubic) to img_size*256/224, center crop img_size, ImageNet mean/std."""
-    from torchvision import transforms as T
-
     return T.Compose([
         T.Resize(round(img_size * RESIZE_RATIO), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(img_size),
@@ -123,7 +126,7 @@ def _collate(items):
     skipped = len(items) - len(kept)
     if not kept:
         return None, None, None, skipped
-    idx, images, labels = zip(*kept)
+    idx, images, labels = zip(*kept, strict=True)
     return torch.tensor(idx), torch.stack(images), torch.tensor(labels), skipped
 
 
@@ -133,8 +136,6 @@ def _extract_indices(model, dataset, indices, blocks, img_size, batch_size, num_
     loader = DataLoader(_TransformedItems(dataset, indices, eval_transform(img_size)), batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, collate_fn=_collate)
     out_idx, out_feats, out_labels, skipped = [], [], [], 0
-    from rich.progress import Progress
-
     own = progress is None  # rich allows one live display: reuse the caller's when there is one
     progress = progress or Progress(disable=not show_progress, transient=True)
     with progress if own else contextlib.nullcontext():
@@ -154,17 +155,14 @@ def _extract_indices(model, dataset, indices, blocks, img_size, batch_size, num_
 
 
 def save_features(path: Path, feats: FeatureSet, metadata: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {"features": feats.feats.to(torch.float16).contiguous(), "labels": feats.labels.long().contiguous()}
+    tensors = {"features": feats.feats.to(torch.float16).contiguous(),
+               "labels": feats.labels.long().contiguous()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
 
 
 def load_features(path: Path) -> tuple[FeatureSet, dict[str, str]] | None:
     """The cached features, or None when absent or unreadable (a damaged cache file is recomputed)."""
-    from safetensors import safe_open
-
     if not Path(path).is_file():
         return None
     try:
@@ -194,8 +192,6 @@ def extract_split_features(model, dataset, path: Path, blocks: list[int], img_si
     idx, feats, labels, skipped = _extract_indices(model, dataset, mine, blocks, img_size, batch_size,
                                                    num_workers, device, rank == 0, description, progress)
     if world > 1:
-        import torch.distributed as dist
-
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((idx, feats, labels, skipped), gathered, dst=0)
         if rank == 0:

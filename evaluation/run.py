@@ -48,6 +48,7 @@ from evaluation.results import (
     write_results_csv,
 )
 from shared.atomic import atomic_write_json
+from shared.config.evaluation import EvaluationConfig, ProbeConfig
 from shared.errors import ConfigError, InputError, PartialFailure
 from shared.stage_cache import StageCache, StepSpec, code_version, hash_json
 from shared.torchrun import broadcast_from_rank0, local_device
@@ -175,8 +176,8 @@ def _failure(spec, root: Path, entry: CheckpointEntry, exc: BaseException) -> di
 # --- one checkpoint x one benchmark -------------------------------------------------------------------
 
 
-def _split_features(cfg, spec, root, model, ckpt_hash, blocks, img_size, progress):
-    ev = cfg.evaluation
+def _split_features(ev: EvaluationConfig, eval_dir: Path, spec, root, model, ckpt_hash, blocks, img_size,
+                    progress):
     out, skipped, paths, classes = {}, 0, {}, 0
     for split in ("train", "val", "test"):
         max_items = ev.max_train_per_benchmark if split == "train" else None
@@ -189,7 +190,7 @@ def _split_features(cfg, spec, root, model, ckpt_hash, blocks, img_size, progres
             "max_items": max_items,
             "n": len(dataset),
         }
-        path = feature_path(cfg.eval_dir, ckpt_hash, spec.name, split, blocks, img_size, data_key)
+        path = feature_path(eval_dir, ckpt_hash, spec.name, split, blocks, img_size, data_key)
         feats, n_skipped = extract_split_features(
             model,
             dataset,
@@ -208,8 +209,8 @@ def _split_features(cfg, spec, root, model, ckpt_hash, blocks, img_size, progres
     return out, skipped, paths, classes
 
 
-def _probe_kinds(cfg) -> list[str]:
-    kind = cfg.evaluation.probe.kind
+def _probe_kinds(probe_cfg: ProbeConfig) -> list[str]:
+    kind = probe_cfg.kind
     return ["attentive", "linear"] if kind == "both" else [kind]
 
 
@@ -226,7 +227,8 @@ class ProbeTask:
 
 
 def features_for_checkpoint_on_benchmark(
-    cfg,
+    ev: EvaluationConfig,
+    eval_dir: Path,
     entry: CheckpointEntry,
     spec,
     root,
@@ -241,17 +243,16 @@ def features_for_checkpoint_on_benchmark(
     """Features (cached; sharded across ranks under torchrun). Then, on rank 0: the cached result record
     when the probe step is fresh, else the ProbeTask to train; None on the other ranks."""
     start = time.perf_counter()
-    splits, skipped, paths, n_classes = _split_features(
-        cfg, spec, root, model, ckpt_hash, blocks, img_size, progress
-    )
+    splits, skipped, paths, n_classes = _split_features(ev, eval_dir, spec, root, model, ckpt_hash, blocks,
+                                                        img_size, progress)
     if dist_info()[0] != 0:
         return None
-    out = result_path(cfg.eval_dir, entry.name, spec.name)
+    out = result_path(eval_dir, entry.name, spec.name)
     step = StepSpec(
         name=f"eval-probe-{entry.name}-{spec.name}",
         config={
-            "evaluation.probe": cfg.evaluation.probe.model_dump(mode="json"),
-            "kinds": _probe_kinds(cfg),
+            "evaluation.probe": ev.probe.model_dump(mode="json"),
+            "kinds": _probe_kinds(ev.probe),
             "checkpoint": {"path": str(entry.path), "step": entry.step},
         },
         inputs={split: str(p.name) + "@" + p.parent.parent.name for split, p in paths.items()},
@@ -289,7 +290,8 @@ def _load_task_features(task: ProbeTask) -> dict[str, Any]:
     return splits
 
 
-def _probe_job(cfg, task: ProbeTask, splits: dict[str, Any], kind: str, progress) -> dict[str, float]:
+def _probe_job(probe_cfg: ProbeConfig, task: ProbeTask, splits: dict[str, Any], kind: str,
+               progress) -> dict[str, float]:
     """Train one probe grid of ``kind`` on a task's features (the same seed whichever rank runs it)."""
     label = f"{task.record['checkpoint']} {task.record['benchmark']} {kind} probes"
     bar = progress.add_task(label, total=None)
@@ -300,14 +302,15 @@ def _probe_job(cfg, task: ProbeTask, splits: dict[str, Any], kind: str, progress
         splits["test"],
         task.num_classes,
         task.num_heads,
-        cfg.evaluation.probe,
+        probe_cfg,
         on_step=lambda s, total: progress.update(bar, completed=s, total=total),
     )
     progress.remove_task(bar)
     return res
 
 
-def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> list[dict[str, Any]]:
+def train_probes(probe_cfg: ProbeConfig, eval_dir: Path, tasks: list[ProbeTask], cache: StageCache,
+                 progress) -> list[dict[str, Any]]:
     """Train every task's probe grids; returns the finished records (on rank 0; [] elsewhere).
 
     One job = one task x one probe kind. Under torchrun job i runs on rank i % world: the ranks train a
@@ -320,7 +323,7 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
     if rank == 0:
         for task in tasks:
             cache.invalidate(task.step.name)  # a stale record must not survive a crash mid-step
-    kinds = _probe_kinds(cfg)
+    kinds = _probe_kinds(probe_cfg)
     jobs = [(t, kind) for t in range(len(tasks)) for kind in kinds]
     done: list[dict[str, Any]] = []
     loaded: tuple[int, dict[str, Any]] | None = None  # the last task's features: its next kind reuses them
@@ -340,7 +343,7 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
                 )
             if loaded is None or loaded[0] != t:
                 loaded = (t, _load_task_features(tasks[t]))
-            res = _probe_job(cfg, tasks[t], loaded[1], kind, progress)
+            res = _probe_job(probe_cfg, tasks[t], loaded[1], kind, progress)
         results = [res]
         if world > 1:
             results = [None] * world if rank == 0 else None
@@ -363,7 +366,7 @@ def train_probes(cfg, tasks: list[ProbeTask], cache: StageCache, progress) -> li
             )
             if len(task.record["probes"]) == len(kinds):
                 task.record["probes"] = {k: task.record["probes"][k] for k in kinds}  # the config's order
-                write_result(cfg.eval_dir, task.record)
+                write_result(eval_dir, task.record)
                 cache.record(task.step)
                 done.append(task.record)
     return done
@@ -434,9 +437,9 @@ def evaluate_from_config(cfg) -> Path:
                         got = evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash,
                                             head, img_size, progress)
                     else:
-                        got = features_for_checkpoint_on_benchmark(cfg, entry, spec, root, model, model_cfg,
-                                                                   ckpt_hash, blocks, img_size, cache,
-                                                                   progress)
+                        got = features_for_checkpoint_on_benchmark(ev, cfg.eval_dir, entry, spec, root, model,
+                                                                   model_cfg, ckpt_hash, blocks, img_size,
+                                                                   cache, progress)
                 except (ConfigError, KeyboardInterrupt):
                     raise  # the user's config is wrong for every benchmark: stop
                 except Exception as exc:  # noqa: BLE001 - one unreadable benchmark must not stop the others
@@ -451,7 +454,7 @@ def evaluate_from_config(cfg) -> Path:
                 progress.advance(overall)
             del model
         progress.remove_task(overall)
-        records += train_probes(cfg, tasks, cache, progress)
+        records += train_probes(ev.probe, cfg.eval_dir, tasks, cache, progress)
     path = cfg.eval_dir / "results.csv"
     if rank == 0:
         write_results_csv(cfg.eval_dir, records)

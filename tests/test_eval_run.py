@@ -149,8 +149,8 @@ def test_result_files_have_the_contracted_fields(evaluated):
 
     with open(evaluated["csv"]) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["checkpoint", "step", "benchmark", "probe", "top1", "top5", "mean_per_class_recall",
-                             "lr", "weight_decay", "n_train", "n_test"]
+    assert list(rows[0]) == ["checkpoint", "step", "benchmark", "probe", "top1", "top5",
+                             "mean_per_class_recall", "lr", "weight_decay", "n_train", "n_test"]
     assert len(rows) == 3 * 2 * 2
     feats = list((cfg.eval_dir / "features").rglob("*.safetensors"))
     assert len(feats) == 3 * 2 * 3  # checkpoints x benchmarks x splits
@@ -202,8 +202,8 @@ def test_rerun_reuses_features_and_probe_results(evaluated, monkeypatch):
 
 def _openaim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], check=False, capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=120)
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], check=False, capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
 
 
 def test_cli_unknown_benchmark_is_a_one_line_config_error(tmp_path):

@@ -138,7 +138,8 @@ SCRIPT = textwrap.dedent("""
 
 def run_killing_group(cmd, timeout: float, **kwargs) -> None:
     """Run a command; on timeout kill its whole process group (torchrun's workers included)."""
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            **kwargs)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
