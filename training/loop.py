@@ -41,6 +41,7 @@ import torch
 from shared.atomic import atomic_dir
 from shared.config.training import TrainingConfig
 from shared.errors import ConfigError, InputError, OpenAIMError
+from shared.torchrun import barrier, broadcast_from_rank0
 from training import checkpoint as ck
 from training import distributed as dd
 from training.augment import normalize
@@ -156,7 +157,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
             decision = _decide_resume(tcfg, out, resume)
         except OpenAIMError as exc:
             decision = {"error": str(exc)}
-    decision = dd.broadcast_object(decision)
+    decision = broadcast_from_rank0(decision)
     if decision.get("error"):
         raise InputError(decision["error"])
     resume_dir = Path(decision["resume_dir"]) if decision["resume_dir"] else None
@@ -166,7 +167,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
         final = out / "final"
         if info.is_main and not (final / ck.COMPLETE).is_file():
             _final_from(out, resume_dir)
-        dd.barrier()
+        barrier()
         log.info("already trained: %s is at step %d of %d", resume_dir, start_step, tcfg.steps)
         return final
     if resume_dir is not None:
@@ -324,5 +325,5 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
         if bad_samples:
             log.warning("skipped %d unreadable shards/samples", bad_samples)
         log.info("trained %d steps; final weights in %s", tcfg.steps, final)
-    dd.barrier()
+    barrier()
     return final

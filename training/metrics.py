@@ -12,6 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from matplotlib.figure import Figure
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
 from shared.atomic import atomic_path, atomic_write_text
 
 # Dense bf16 peak FLOP/s per device, matched by substring of torch.cuda.get_device_name().
@@ -27,8 +32,6 @@ PEAK_BF16_FLOPS: dict[str, float] = {
 
 def peak_flops(device) -> float | None:
     """Peak FLOP/s of one device, or None when unknown (CPU, unlisted GPU)."""
-    import torch
-
     if getattr(device, "type", str(device)) != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -84,16 +87,12 @@ class MetricsLog:
 
 def plot_loss(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> None:
     """loss (and lr) against step, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = read_metrics(metrics_path)
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = Figure(figsize=(6, 3.5), dpi=110)  # no pyplot: no GUI backend, no global figure state
+    ax = fig.subplots()
     ax.plot(steps, [r["loss"] for r in rows], color="tab:blue", label="loss")
     ax.set_xlabel("step")
     ax.set_ylabel("next-patch loss", color="tab:blue")
@@ -104,25 +103,16 @@ def plot_loss(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> No
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 class Progress:
-    """A rich progress bar on rank 0 showing step, loss and throughput; a no-op elsewhere."""
+    """A rich progress bar (rank 0, on a TTY) showing step, loss and throughput; a no-op elsewhere.
+    The loop also logs a plain line (loss, img/s, ETA) every log_every steps, for non-TTY logs."""
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.enabled = enabled
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
-
         self._progress = RichProgress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(),

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
+from PIL import Image
 
 
 def procedural_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -23,8 +25,6 @@ def procedural_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
@@ -33,8 +33,6 @@ def _jpeg(arr: np.ndarray) -> bytes:
 def write_synthetic_shards(out_dir: str | Path, n_shards: int, per_shard: int, size: int = 64,
                            seed: int = 0) -> list[Path]:
     """Write out_dir/shard-%05d.tar; each sample has `jpg`, `txt` and `json` (uid)."""
-    import webdataset as wds
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

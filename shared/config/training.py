@@ -73,11 +73,16 @@ class DataConfig(StrictModel):
     # ImageNet-style labelled set: image folder(s) or webdataset shards; empty = none. Paths may use
     # {workdir} and {web_dir} (see OpenAIMConfig.expand_path).
     imagenet: list[str] = Field(default_factory=list)
-    # Sampling weights (curated, imagenet): 0.8/0.2 is "DFN-2B+". Ignored when imagenet is empty.
+    # Sampling weights (curated, imagenet): 0.8/0.2 is "DFN-2B+". The ImageNet count per global batch
+    # is round(batch * imagenet / sum), exactly, at any world size. Ignored when imagenet is empty.
     mix: tuple[float, float] = (0.8, 0.2)
+    # DataLoader worker processes per rank (0 = in the training process); each is one data stream.
     num_workers: int = Field(1, ge=0)
+    # RandomResizedCrop area range (fraction of the image).
     crop_scale: tuple[float, float] = (0.4, 1.0)
+    # Probability of ColorJitter(0.4, 0.4, 0.2, 0.1) per image.
     color_jitter_p: float = Field(0.8, ge=0, le=1)
+    # Samples per shuffle window: a reader shuffles consecutive shards holding at least this many.
     shuffle_buffer: int = Field(500, ge=0)
 
     @model_validator(mode="after")
@@ -91,11 +96,15 @@ class DataConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
+    # AdamW peak learning rate (scaled by the batch when lr_reference_batch is set).
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
+    # Decoupled weight decay on matrices (none on biases, norms, position embeddings).
     weight_decay: float = Field(0.05, ge=0)
+    # Clip the global gradient norm to this; null = no clipping (the norm is still logged).
     grad_clip: float | None = Field(1.0, gt=0)
+    # Linear warm-up over this fraction of the steps, from warmup_start_lr; then cosine to 0.
     warmup_fraction: float = Field(0.025, ge=0, lt=1)
     warmup_start_lr: float = Field(1e-6, ge=0)
     # When set, lr is scaled linearly: lr * global_batch_size / lr_reference_batch.
