@@ -151,9 +151,11 @@ class TrainingConfig(StrictModel):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     # Save a resumable checkpoint every this many steps (and at the last step).
     checkpoint_every: int = Field(100, ge=1)
-    # Steps whose consolidated weights are kept (for evaluation); checkpoints are also written there.
+    # Steps whose consolidated weights (model.safetensors, mlaim_trunk.safetensors) are written and kept
+    # for evaluation; a checkpoint is also saved there. The last step always gets them.
     keep_checkpoints: list[int] = Field(default_factory=list)
-    # Write checkpoint shards in a background thread while training goes on (DCP async_save).
+    # With several processes, write checkpoint shards in a background thread while training goes on
+    # (DCP async_save; finalised at the next save). One process saves synchronously.
     async_checkpoint: bool = True
     # A metrics line (loss, img/s, ETA) every this many steps; also where non-finite losses are checked.
     log_every: int = Field(10, ge=1)
