@@ -45,6 +45,10 @@ from shared.config.curation import DownloadConfig
 from shared.errors import InputError, OpenAIMError
 from shared.netsafety import url_rejection
 
+# Bump when the downloaded pool change for the same config and inputs: this step and every step after it
+# rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
+VERSION = 1
+
 log = logging.getLogger("openaim.curation")
 
 # Ordered: the first pattern that matches an img2dataset error message names its reason.

@@ -30,6 +30,10 @@ from shared.config.curation import ExtractConfig
 from shared.errors import InputError
 from shared.netsafety import url_rejection
 
+# Bump when the extracted pairs change for the same config and inputs: this step and every step after it
+# rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
+VERSION = 1
+
 log = logging.getLogger("openaim.curation")
 
 IMG_LINK_PATH = "IMG@/src"

@@ -1,7 +1,8 @@
 """`openaim build-dataset`: extract -> download -> (train-filter) -> score -> dedup -> safety -> select + write.
 
-Every step is a stage-cache step (shared.stage_cache): it records the config keys, upstream outputs and code
-it was computed from, and is reused when they match. So changing ``select.fraction`` reruns only the select
+Every step is a stage-cache step (shared.stage_cache): it records the config keys, upstream outputs and
+its module's ``VERSION`` it was computed from, and is reused when they match (``step_specs`` below, which
+`openaim status` reads too). So changing ``select.fraction`` reruns only the select
 step, changing ``dedup.*`` reruns dedup and select, and nothing downstream of a change ever refetches images
 or rescores the pool. ``manifest.json`` lists which steps ran and which were reused.
 """
@@ -13,8 +14,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from curation import dedup, download, extract, safety, score, select, train_filter
 from shared.errors import InputError, OpenAIMError
-from shared.stage_cache import StageCache, StepSpec, code_version, hash_json, hash_path
+from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
 from shared.torchrun import broadcast_from_rank0
 
 log = logging.getLogger("openaim.curation")
@@ -37,39 +39,6 @@ def _sources_hash(sources: list[str]) -> str:
     return hash_json([s if s.startswith(("http://", "https://")) else hash_path(s) for s in sources])
 
 
-def _source(module: str) -> Path:
-    """A curation module's source file, found without importing it (some import torch or faiss)."""
-    import importlib.util
-
-    return Path(importlib.util.find_spec(f"curation.{module}").origin)
-
-
-def _step_code(step: str) -> tuple:
-    """What a curation step runs: its modules (by source file) and this file's functions it calls."""
-    return {
-        "extract": (_source("extract"),),
-        "download": (_source("download"),),
-        "train-filter": (_source("train_filter"),),
-        "score": (_source("score"), _source("filter_network"), _source("copy_detection")),
-        "dedup": (_source("dedup"), _source("copy_detection"), _dedup_masks),
-        "safety": (_source("safety"), _safety_mask),
-        "select": (_source("select"), _source("write"), _select_and_write),
-    }[step]
-
-
-CURATION_STEPS = ("extract", "download", "train-filter", "score", "dedup", "safety", "select")
-
-
-def step_code_version(step: str) -> str:
-    """A curation step's code version: the hash of what it runs. The step records it and `openaim status`
-    compares it, so an edit to e.g. curation/score.py shows the score step stale."""
-    return code_version(*_step_code(step))
-
-
-def step_code_versions() -> dict[str, str]:
-    return {step: step_code_version(step) for step in CURATION_STEPS}
-
-
 def eval_image_paths(cfg) -> list[Path]:
     """Benchmark test images the curated set must not contain. The mini web's benchmark test sets for now;
     with ``dedup.eval_sets`` only the named ``<web>/bench/<name>`` sets."""
@@ -84,6 +53,78 @@ def eval_image_paths(cfg) -> list[Path]:
             continue
         paths += sorted(p for p in test_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return paths
+
+
+
+# -- each step's identity: config keys, inputs, VERSION, outputs ---------------------------------------
+
+def extract_spec(cfg, cache: StageCache) -> StepSpec:
+    try:
+        sources = _sources_hash(extract.resolve_sources(cfg.curation.extract.sources, cfg.web_dir / "warc"))
+    except InputError:  # nothing to extract yet (e.g. no mini web): the step runs, and says why then
+        sources = "missing"
+    d = cfg.curation_dir
+    return StepSpec("extract", config={"curation.extract": cfg.curation.extract.model_dump(mode="json")},
+                    inputs={"sources": sources}, version=extract.VERSION,
+                    outputs=[d / "pairs.parquet", d / "extract_stats.json"])
+
+
+def download_spec(cfg, cache: StageCache) -> StepSpec:
+    cur, d = cfg.curation, cfg.curation_dir
+    return StepSpec("download", config={"curation.download": cur.download.model_dump(mode="json"),
+                                        "curation.extract.allow_hosts": cur.extract.allow_hosts},
+                    inputs={"extract": cache.outputs_hash("extract")}, version=download.VERSION,
+                    outputs=[d / "pool", d / "download_stats.json"])
+
+
+def train_filter_spec(cfg, cache: StageCache) -> StepSpec:
+    conf = cfg.curation.train_filter.model_dump(mode="json", exclude={"threads"})
+    return StepSpec("train-filter", config={"curation.train_filter": conf},
+                    inputs={"hq": hash_path(cfg.web_dir / "hq")}, version=train_filter.VERSION,
+                    outputs=[cfg.curation_dir / "filter"])
+
+
+def score_spec(cfg, cache: StageCache) -> StepSpec:
+    inputs = {"download": cache.outputs_hash("download")}
+    if cfg.curation.filter.model == "own":
+        inputs["train-filter"] = cache.outputs_hash("train-filter")
+    conf = cfg.curation.filter.model_dump(mode="json", exclude={"num_workers", "device"})
+    return StepSpec("score", config={"curation.filter": conf}, inputs=inputs, version=score.VERSION,
+                    outputs=[cfg.curation_dir / "scores"])
+
+
+def dedup_spec(cfg, cache: StageCache) -> StepSpec:
+    out = cfg.curation_dir / "dedup"
+    bench = eval_image_paths(cfg) if cfg.curation.dedup.decontaminate else []
+    return StepSpec("dedup", config={"curation.dedup": cfg.curation.dedup.model_dump(mode="json")},
+                    inputs={"score": cache.outputs_hash("score"),
+                            "eval_images": hash_json([hash_path(p) for p in bench])},
+                    version=dedup.VERSION, outputs=[out / "keep.parquet", out / "stats.json"])
+
+
+def safety_spec(cfg, cache: StageCache) -> StepSpec:
+    out, conf = cfg.curation_dir / "safety", cfg.curation.safety
+    return StepSpec("safety", config={"curation.safety": {"concepts": conf.concepts,
+                                                          "concept_threshold": conf.concept_threshold}},
+                    inputs={"score": cache.outputs_hash("score")}, version=safety.VERSION,
+                    outputs=[out / "keep.parquet", out / "stats.json"])
+
+
+def select_spec(cfg, cache: StageCache) -> StepSpec:
+    d = cfg.curation_dir
+    conf = {"curation.select": cfg.curation.select.model_dump(mode="json"),
+            "curation.safety.blur_faces": cfg.curation.safety.blur_faces}
+    return StepSpec("select", config=conf,
+                    inputs={k: cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
+                    version=select.VERSION, outputs=[d / "shards", d / "subset.npy", d / "select_stats.json"])
+
+
+def step_specs(cfg, cache: StageCache) -> list[StepSpec]:
+    """Every curation step's identity as of now, in run order (what `openaim status` checks)."""
+    fns = [extract_spec, download_spec, train_filter_spec, score_spec, dedup_spec, safety_spec, select_spec]
+    if cfg.curation.filter.model != "own":
+        fns.remove(train_filter_spec)
+    return [fn(cfg, cache) for fn in fns]
 
 
 def _load_net(cfg, own_dir: Path | None):
@@ -117,7 +158,7 @@ class _Steps:
     def _run(self, spec: StepSpec, fn, outputs_hash=None) -> None:
         did = self.cache.run(spec, fn, force=self.force, outputs_hash=outputs_hash)
         (self.ran if did else self.reused).append(spec.name)
-        log.info("%-12s %s", spec.name, "done" if did else "reused (config, inputs and code unchanged)")
+        log.info("%-12s %s", spec.name, "done" if did else "reused (config, inputs and version unchanged)")
 
     def net(self):
         if self._net is None:
@@ -127,26 +168,17 @@ class _Steps:
 
     # -- steps -----------------------------------------------------------------------------------------
     def extract(self) -> None:
-        from curation import extract
-
         sources = extract.resolve_sources(self.cur.extract.sources, self.cfg.web_dir / "warc")
         pairs, stats = self.dir / "pairs.parquet", self.dir / "extract_stats.json"
 
         def fn() -> None:
             _write_json(stats, extract.extract_pairs(self.cur.extract, sources, pairs, self.progress))
 
-        self._run(StepSpec("extract", config={"curation.extract": self.cur.extract.model_dump(mode="json")},
-                           inputs={"sources": _sources_hash(sources)}, code=step_code_version("extract"),
-                           outputs=[pairs, stats]), fn)
+        self._run(extract_spec(self.cfg, self.cache), fn)
 
     def download(self) -> None:
-        from curation import download
-
         pool, stats = self.dir / "pool", self.dir / "download_stats.json"
-        spec = StepSpec("download", config={"curation.download": self.cur.download.model_dump(mode="json"),
-                                            "curation.extract.allow_hosts": self.cur.extract.allow_hosts},
-                        inputs={"extract": self.cache.outputs_hash("extract")}, code=step_code_version("download"),
-                        outputs=[pool, stats])
+        spec = download_spec(self.cfg, self.cache)
         # A new pool is fetched into pool.partial/ (where a killed run of the same settings resumes, skipping
         # finished shards) before this step's record is touched, and swapped in place of pool/ only once it
         # succeeded: a failed, empty or interrupted download leaves pool/ and the record as they were.
@@ -162,20 +194,15 @@ class _Steps:
             [hash_path(p) for p in sorted(pool.glob("[0-9]*.parquet"))]))
 
     def train_filter(self) -> None:
-        from curation import train_filter
-
         hq, out = self.cfg.web_dir / "hq", self.dir / "filter"
         if not hq.is_dir():
             raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
-        self._run(StepSpec("train-filter", config={"curation.train_filter": self.cur.train_filter.model_dump(mode="json", exclude={"threads"})},
-                           inputs={"hq": hash_path(hq)}, code=step_code_version("train-filter"), outputs=[out]),
+        self._run(train_filter_spec(self.cfg, self.cache),
                   lambda: train_filter.train_filter_network(self.cur.train_filter, hq, out))
 
     def score(self) -> None:
         """The score step. Under torchrun every rank calls this: rank 0 (which ran the steps before) reads
         and writes the stage cache and tells the others whether the step reruns; if so, all score."""
-        from curation import score
-
         out = self.dir / "scores"
 
         def fn() -> None:
@@ -186,12 +213,7 @@ class _Steps:
             if broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
                 fn()
             return
-        inputs = {"download": self.cache.outputs_hash("download")}
-        if self.cur.filter.model == "own":
-            inputs["train-filter"] = self.cache.outputs_hash("train-filter")
-        spec = StepSpec("score", config={"curation.filter": self.cur.filter.model_dump(
-                            mode="json", exclude={"num_workers", "device"})},
-                        inputs=inputs, code=step_code_version("score"), outputs=[out])
+        spec = score_spec(self.cfg, self.cache)
         rerun = self.force or not self.cache.check(spec).fresh
         # Finished parts from another model, pool or scoring code are not resumable work: start afresh.
         # (No record at all means a killed run, whose parts are resumed.)
@@ -203,28 +225,14 @@ class _Steps:
     def dedup(self) -> None:
         out = self.dir / "dedup"
         bench = eval_image_paths(self.cfg) if self.cur.dedup.decontaminate else []
-        self._run(StepSpec("dedup", config={"curation.dedup": self.cur.dedup.model_dump(mode="json")},
-                           inputs={"score": self.cache.outputs_hash("score"),
-                                   "eval_images": hash_json([hash_path(p) for p in bench])},
-                           code=step_code_version("dedup"), outputs=[out / "keep.parquet", out / "stats.json"]),
-                  lambda: _dedup_masks(self, bench, out))
+        self._run(dedup_spec(self.cfg, self.cache), lambda: _dedup_masks(self, bench, out))
 
     def safety(self) -> None:
         out = self.dir / "safety"
-        conf = {"concepts": self.cur.safety.concepts, "concept_threshold": self.cur.safety.concept_threshold}
-        self._run(StepSpec("safety", config={"curation.safety": conf},
-                           inputs={"score": self.cache.outputs_hash("score")},
-                           code=step_code_version("safety"), outputs=[out / "keep.parquet", out / "stats.json"]),
-                  lambda: _safety_mask(self, out))
+        self._run(safety_spec(self.cfg, self.cache), lambda: _safety_mask(self, out))
 
     def select(self) -> None:
-        conf = {"curation.select": self.cur.select.model_dump(mode="json"),
-                "curation.safety.blur_faces": self.cur.safety.blur_faces}
-        outs = [self.dir / "shards", self.dir / "subset.npy", self.dir / "select_stats.json"]
-        self._run(StepSpec("select", config=conf,
-                           inputs={k: self.cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
-                           code=step_code_version("select"), outputs=outs),
-                  lambda: _select_and_write(self))
+        self._run(select_spec(self.cfg, self.cache), lambda: _select_and_write(self))
 
 
 def _load_scores(steps: _Steps):

@@ -11,6 +11,11 @@ from functools import lru_cache
 
 import numpy as np
 
+# Bump when the safety masks (this module, pipeline._safety_mask) change for the same config and inputs:
+# this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
+# refactors) need no bump.
+VERSION = 1
+
 
 @lru_cache(maxsize=1)
 def _face_detector():

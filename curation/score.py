@@ -30,6 +30,11 @@ from shared.atomic import atomic_path
 from shared.errors import OpenAIMError
 from shared.torchrun import barrier, rank_world
 
+# Bump when the scores (this module, filter_network.py, copy_detection.py) change for the same config and
+# inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no result
+# (comments, refactors) need no bump.
+VERSION = 1
+
 log = logging.getLogger("openaim.curation")
 # Rank 0 may download for hours before the other ranks' first collective (the score step's barrier).
 _WAIT_FOR_RANK0 = timedelta(days=2)

@@ -12,6 +12,11 @@ import numpy as np
 from shared.config.curation import SelectConfig
 from shared.errors import OpenAIMError
 
+# Bump when the selected subset and its shards (this module, write.py, pipeline._select_and_write) change
+# for the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits
+# that change no result (comments, refactors) need no bump.
+VERSION = 1
+
 
 def selection_threshold(scores: np.ndarray, cfg: SelectConfig) -> float:
     """The score a survivor must reach to be kept."""

@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError
 
+# Bump when the trained filter network change for the same config and inputs: this step and every step after
+# it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
+VERSION = 1
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 

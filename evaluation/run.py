@@ -50,10 +50,15 @@ from evaluation.results import (
 from shared.atomic import atomic_write_json
 from shared.config.evaluation import EvaluationConfig, ProbeConfig
 from shared.errors import ConfigError, InputError, PartialFailure
-from shared.stage_cache import StageCache, StepSpec, code_version, hash_json
+from shared.stage_cache import StageCache, StepSpec, hash_json
 from shared.torchrun import broadcast_from_rank0, local_device
 from training.checkpoint import complete_checkpoints, load_model_for_eval
 from training.model.aim import build_aim
+
+# Bump when the probe results (the whole evaluation/ package) change for the same config and inputs: this
+# step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
+# refactors) need no bump.
+VERSION = 1
 
 log = logging.getLogger("openaim.eval")
 
@@ -256,7 +261,7 @@ def features_for_checkpoint_on_benchmark(
             "checkpoint": {"path": str(entry.path), "step": entry.step},
         },
         inputs={split: str(p.name) + "@" + p.parent.parent.name for split, p in paths.items()},
-        code=code_version(probes, probe_grid),
+        version=VERSION,
         outputs=[out],
     )
     if cache.check(step).fresh and (cached := read_result(out)) is not None:

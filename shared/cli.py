@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluation.cli:evaluate", "Attentive and linear probes of frozen trunks on the benchmarks."),
     "report": ("evaluation.cli:report", "Write the HTML + Markdown benchmark report."),
     "run": ("shared.pipeline_cli:run", "Run the whole pipeline: build-dataset -> train -> eval -> report."),
-    "status": ("shared.pipeline_cli:status", "Show each pipeline step as fresh or stale, and why."),
+    "status": ("shared.pipeline_cli:status", "Show each pipeline step as fresh or would-run, and why."),
     "demo": ("shared.pipeline_cli:demo", "The whole pipeline on the built-in mini web, on this machine."),
 }
 

@@ -14,7 +14,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) 
 
 
 def status(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Print each step as fresh or stale and why (which config key or input changed)."""
+    """Print each step as fresh or would-run and why (which config key, input or VERSION changed)."""
     def body(cfg):
         from shared.pipeline import print_status
         print_status(cfg)

@@ -1,32 +1,33 @@
 """The stage cache: each pipeline step records what it was computed from, and is skipped when that matches.
 
-A step's *fingerprint* is the hash of
+A step's identity (its *fingerprint*) is the hash of
   - its config section (a JSON dict; only the keys the step actually depends on),
-  - its inputs' hashes (files hashed by content, or upstream steps' output hashes),
-  - its code version (the hash of the source files it names).
-The record lives at ``<workdir>/.steps/<step>.json`` with the outputs' hashes, so that a downstream step
+  - its inputs' hashes (files hashed by content, or upstream steps' outputs hashes),
+  - its ``VERSION``: an integer constant in the step's module that its author bumps when the step's
+    results change. Source files are never hashed: a comment or a docstring fix reruns nothing.
+The record lives at ``<workdir>/.steps/<step>.json`` with the outputs hash, so that a downstream step
 can take an upstream step's *outputs hash* as its input without re-reading gigabytes, and so that
-`openaim status` can say exactly which config key or input changed.
+`openaim status` can say exactly which config key, input or version changed. The outputs hash includes
+the step's version: a bumped VERSION declares new results, so the steps downstream rerun too.
 
 The record is written last, atomically, after the outputs are complete: a killed step has no record and
 reruns; a finished one is never redone.
+
+This is the one staleness engine: `openaim run` asks ``StageCache.check`` before each step, and
+`openaim status` asks ``plan`` (the same check over the whole graph, in run order).
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from shared.atomic import atomic_write_json
-
-_CHUNK = 1 << 20
 
 
 def hash_bytes(data: bytes) -> str:
@@ -38,11 +39,8 @@ def hash_json(obj: Any) -> str:
 
 
 def hash_file(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def hash_path(path: str | Path) -> str:
@@ -61,17 +59,6 @@ def hash_path(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def code_version(*objects: ModuleType | Callable | str | Path) -> str:
-    """Hash of the source of the given modules/functions/files: edit the code, the step reruns."""
-    h = hashlib.sha256()
-    for obj in objects:
-        if isinstance(obj, (str, Path)):
-            h.update(Path(obj).read_bytes())
-        else:
-            h.update(inspect.getsource(obj).encode())
-    return h.hexdigest()[:16]
-
-
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, Mapping):
         out: dict[str, Any] = {}
@@ -88,13 +75,14 @@ class StepSpec:
 
     name: str
     config: dict[str, Any] = field(default_factory=dict)
-    inputs: dict[str, str] = field(default_factory=dict)  # input name -> hash
-    code: str = ""
+    # input name -> hash; an input named after another step is that step's outputs hash
+    inputs: dict[str, str] = field(default_factory=dict)
+    version: int = 0  # the step module's VERSION
     outputs: list[Path] = field(default_factory=list)
 
     @property
     def fingerprint(self) -> str:
-        return hash_json({"config": self.config, "inputs": self.inputs, "code": self.code})
+        return hash_json({"config": self.config, "inputs": self.inputs, "version": self.version})
 
 
 @dataclass
@@ -128,13 +116,14 @@ class StageCache:
         old_cfg, new_cfg = _flatten(rec.get("config", {})), _flatten(spec.config)
         for key in sorted(set(old_cfg) | set(new_cfg)):
             if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
-                reasons.append(f"config {key}: {old_cfg.get(key, '<unset>')!r} -> {new_cfg.get(key, '<unset>')!r}")
+                old, new = old_cfg.get(key, "<unset>"), new_cfg.get(key, "<unset>")
+                reasons.append(f"config {key}: {old!r} -> {new!r}")
         old_in = rec.get("inputs", {})
         for key in sorted(set(old_in) | set(spec.inputs)):
             if old_in.get(key) != spec.inputs.get(key):
                 reasons.append(f"input {key} changed")
-        if rec.get("code") != spec.code:
-            reasons.append("code changed")
+        if rec.get("version") != spec.version:
+            reasons.append(f"version {rec.get('version')} -> {spec.version}")
         for out in spec.outputs:
             if not Path(out).exists():
                 reasons.append(f"output {out} is missing")
@@ -145,16 +134,19 @@ class StageCache:
         rec = self.load(name)
         return rec["outputs_hash"] if rec else "missing"
 
-    def record(self, spec: StepSpec, outputs_hash: str | None = None, extra: dict[str, Any] | None = None) -> str:
-        """Mark the step done. ``outputs_hash`` defaults to the content hash of its outputs."""
+    def record(self, spec: StepSpec, outputs_hash: str | None = None,
+               extra: dict[str, Any] | None = None) -> str:
+        """Mark the step done. ``outputs_hash`` (the content hash of its outputs by default) is recorded
+        combined with the step's version."""
         if outputs_hash is None:
             outputs_hash = hash_json([hash_path(p) for p in spec.outputs])
+        outputs_hash = hash_json({"version": spec.version, "outputs": outputs_hash})
         atomic_write_json(self.record_path(spec.name), {
             "step": spec.name,
             "fingerprint": spec.fingerprint,
             "config": spec.config,
             "inputs": spec.inputs,
-            "code": spec.code,
+            "version": spec.version,
             "outputs": [str(p) for p in spec.outputs],
             "outputs_hash": outputs_hash,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -176,5 +168,17 @@ class StageCache:
         return True
 
 
-def steps_status(cache: StageCache, specs: Iterable[StepSpec]) -> list[tuple[str, Freshness]]:
-    return [(s.name, cache.check(s)) for s in specs]
+def plan(cache: StageCache, specs: Iterable[StepSpec]) -> list[tuple[str, Freshness]]:
+    """What the next run does with each step (given in run order): reuse it, or run it and why. A step
+    runs when its own record no longer matches, or when a step it takes as input runs (whose new outputs
+    it then takes). `openaim status` prints this; `openaim run` makes the same ``check`` step by step."""
+    rows: list[tuple[str, Freshness]] = []
+    runs: set[str] = set()
+    for spec in specs:
+        reasons = list(cache.check(spec).reasons)
+        if reasons != ["never ran"]:
+            reasons += [f"upstream {name} would run" for name in spec.inputs if name in runs]
+        if reasons:
+            runs.add(spec.name)
+        rows.append((spec.name, Freshness(not reasons, reasons)))
+    return rows

@@ -1,16 +1,18 @@
-"""The stage cache skips unchanged steps, reruns on config/input/code changes, and survives crashes."""
+"""The stage cache skips unchanged steps, reruns on config/input/version changes, and survives crashes."""
 
 import os
 
 import pytest
 
 from shared.atomic import atomic_dir, atomic_open, atomic_write_json
-from shared.stage_cache import StageCache, StepSpec, hash_path
+from shared.config.loading import load_config
+from shared.pipeline import pipeline_plan
+from shared.stage_cache import StageCache, StepSpec, hash_path, plan
 
 
-def _spec(tmp_path, fraction=0.15, upstream="abc", code="v1"):
+def _spec(tmp_path, fraction=0.15, upstream="abc", version=1):
     return StepSpec(name="select", config={"curation.select": {"fraction": fraction, "threshold": None}},
-                    inputs={"scores": upstream}, code=code, outputs=[tmp_path / "out.txt"])
+                    inputs={"scores": upstream}, version=version, outputs=[tmp_path / "out.txt"])
 
 
 def test_skips_when_unchanged_and_reruns_on_config_change(tmp_path):
@@ -33,9 +35,9 @@ def test_skips_when_unchanged_and_reruns_on_config_change(tmp_path):
 
 @pytest.mark.parametrize("change, reason", [
     ({"upstream": "def"}, "input scores changed"),
-    ({"code": "v2"}, "code changed"),
+    ({"version": 2}, "version 1 -> 2"),
 ])
-def test_reruns_on_input_or_code_change(tmp_path, change, reason):
+def test_reruns_on_input_or_version_change(tmp_path, change, reason):
     cache = StageCache(tmp_path)
     cache.run(_spec(tmp_path), lambda: (tmp_path / "out.txt").write_text("x"))
     assert cache.check(_spec(tmp_path, **change)).reasons == [reason]
@@ -109,27 +111,41 @@ def test_atomic_outputs_have_ordinary_permissions(tmp_path):
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask
 
 
-def test_status_reports_a_curation_step_whose_code_changed(tmp_path):
-    """`openaim status` compares each curation step's recorded code version with the code on disk, so
-    an edit to e.g. curation/select.py shows select (and what depends on it) stale, as the next run will."""
-    from curation.pipeline import step_code_versions
-    from shared.config.loading import load_config
-    from shared.pipeline import collect_status
+def test_a_version_bump_changes_the_outputs_hash_downstream_steps_take(tmp_path):
+    """Bumping VERSION declares new results: even byte-identical outputs give a new outputs hash, so the
+    steps downstream (which take it as input) rerun too."""
+    cache = StageCache(tmp_path)
+    (tmp_path / "scores").mkdir()
+    cache.run(StepSpec(name="score", version=1, outputs=[tmp_path / "scores"]), lambda: None)
+    h1 = cache.outputs_hash("score")
+    cache.run(StepSpec(name="score", version=2, outputs=[tmp_path / "scores"]), lambda: None)
+    assert cache.outputs_hash("score") != h1
 
-    cfg = load_config(None, [f"workdir={tmp_path / 'run'}"])
-    cache = StageCache(cfg.workdir)
-    out = tmp_path / "shards"
-    out.mkdir()
-    conf = {"curation.select": cfg.curation.select.model_dump(mode="json")}
 
-    def record(code: str) -> None:
-        cache.record(StepSpec("select", config=conf, code=code, outputs=[out]))
+def test_plan_marks_the_steps_after_a_rerunning_step(tmp_path):
+    cache = StageCache(tmp_path)
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(name)
+    specs = [StepSpec("a", version=1, outputs=[tmp_path / "a"]),
+             StepSpec("b", inputs={"a": "x"}, outputs=[tmp_path / "b"]),
+             StepSpec("c", inputs={"other": "y"}, outputs=[tmp_path / "c"])]
+    for spec in specs:
+        cache.record(spec)
+    assert [state.fresh for _, state in plan(cache, specs)] == [True, True, True]
+    specs[0].version = 2
+    rows = dict(plan(cache, specs))
+    assert rows["a"].reasons == ["version 1 -> 2"]
+    assert rows["b"].reasons == ["upstream a would run"]
+    assert rows["c"].fresh
 
-    record(step_code_versions()["select"])
-    rows = {name: (fresh, reasons) for name, fresh, reasons in collect_status(cfg)}
-    assert rows["select"] == (True, [])
 
-    record("code-of-an-older-checkout")
-    rows = {name: (fresh, reasons) for name, fresh, reasons in collect_status(cfg)}
-    assert rows["select"] == (False, ["code changed"])
-    assert "upstream select is stale" in rows["train"][1]
+def test_status_on_a_fresh_workdir_lists_every_step_as_would_run(tmp_path):
+    """`openaim status` (pipeline_plan) shows the curation steps too, not only train and eval."""
+    cfg = load_config(None, [f"workdir={tmp_path / 'run'}", "curation.filter.model=own"])
+    rows = pipeline_plan(cfg)
+    assert [name for name, _ in rows] == ["extract", "download", "train-filter", "score", "dedup", "safety",
+                                          "select", "train", "eval"]
+    assert all(not state.fresh and state.reasons == ["never ran"] for _, state in rows)
+    # With the user's own shards, curation is not part of the run.
+    cfg = load_config(None, [f"workdir={tmp_path / 'run'}", f"training.data.shards=[{tmp_path}/x.tar]"])
+    assert [name for name, _ in pipeline_plan(cfg)] == ["train", "eval"]

@@ -58,6 +58,11 @@ from training.model.flops import flops_per_image
 from training.model.prefix import sample_prefix_lengths
 from training.optim import build_optimizer, lr_at, peak_lr, set_lr
 
+# Bump when the trained weights (the whole training/ package) change for the same config and inputs: this
+# step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
+# refactors) need no bump.
+VERSION = 1
+
 log = logging.getLogger("openaim.training")
 
 

@@ -34,10 +34,15 @@ def tiny_overrides(workdir: Path, port: int) -> list[str]:
     ]
 
 
-def openaim(*args: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def openaim(*args: str, timeout: float = 600, check: bool = True, code: Path = ROOT,
+            **kw) -> subprocess.CompletedProcess:
+    """`openaim ARGS` in a subprocess, run from the source tree ``code`` (this checkout by default)."""
+    # A wide console, so that `openaim status`'s table does not wrap the reasons tests look for.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
+    if code != ROOT:
+        env["PYTHONPATH"] = str(code)
     out = subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, check=False,
-                         timeout=timeout, cwd=ROOT, env=env, **kw)
+                         timeout=timeout, cwd=code, env=env, **kw)
     if check and out.returncode != 0:
         raise AssertionError(f"openaim {' '.join(args[:1])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return out
