@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torchvision
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evaluation import probe_grid, probes
+from evaluation import probe_grid
 from evaluation.benchmarks import registry
 from evaluation.features import (
     checkpoint_hash,
