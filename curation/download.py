@@ -4,17 +4,26 @@ img2dataset writes per shard ``NNNNN.tar`` (successes: jpg + txt + json with our
 (every input row with ``status`` and ``error_message``) and ``NNNNN_stats.json``, whose presence marks the
 shard done: with ``incremental_mode="incremental"`` a killed run resumes and never refetches a finished shard.
 
-The pipeline never downloads into ``pool/`` itself: a new download is fetched into the sibling ``pool.partial/``
-(where a killed run also resumes) and swapped in place of ``pool/`` only once it succeeded (``stage_pool`` then
-``swap_in_pool``). A download that fails, in which every request failed, or that is interrupted leaves the
-previous ``pool/`` as it was.
+The pipeline never downloads into ``pool/`` itself: a new download is fetched into the sibling
+``pool.partial/`` (where a killed run also resumes) and swapped in place of ``pool/`` only once it succeeded
+(``stage_pool`` then ``swap_in_pool``). A download that fails, in which every request failed, or that is
+interrupted leaves the previous ``pool/`` as it was.
 
-Safety: img2dataset fetches whatever it is given, ``file://`` included, so every URL is checked again here
-(shared.netsafety, host names resolved) right before the list is handed over. Its default opt-out header
-check (X-Robots-Tag noai/noimageai/noindex/noimageindex) stays on. Decompression bombs: OpenCV (which
-img2dataset decodes with) refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` *before* allocating, which we
-set from ``cfg.max_image_pixels``; ``max_image_area`` repeats the cap, and PIL's MAX_IMAGE_PIXELS covers our
-own later decodes.
+Safety: img2dataset fetches whatever it is given, ``file://`` included, and follows redirects on its own.
+Its worker processes therefore fetch through ``shared.netsafety.guarded_opener`` (installed in each worker by
+``GuardedDownloader``): every connection, redirect hops included, goes only to a checked, pinned address, and
+a refused fetch is recorded as "blocked by policy" with nothing about what lay behind it. URLs that fail the
+textual check are dropped before the list is handed over. Its default opt-out header check (X-Robots-Tag
+noai/noimageai/noindex/noimageindex) stays on. Decompression bombs: OpenCV (which img2dataset decodes with)
+refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` *before* allocating, which we set from
+``cfg.max_image_pixels``; ``max_image_area`` repeats the cap, and PIL's MAX_IMAGE_PIXELS covers our own later
+decodes.
+
+Processes: with the multiprocessing distributor the download runs in a child process in its own session
+(process group) with a watchdog: if build-dataset dies, even by kill -9, the child kills its whole group
+(img2dataset's workers, its logger, the resource tracker). build-dataset kills the group on any exit too. A
+staged download is resumed only after any process left from a previous run (found by the run token in its
+environment) is killed, and only from shards whose files are complete (``verify_shards``).
 
 Distributors: ``multiprocessing`` (default, one machine) or ``pyspark``. With pyspark we reuse the active
 SparkSession or start a local one (``local[processes]``). On a real cluster, start the session yourself:
@@ -30,20 +39,28 @@ SparkSession or start a local one (``local[processes]``). On a real cluster, sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import importlib
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
-from collections import Counter
+import threading
+import time
+import traceback
+import urllib.request
+import uuid
+from collections import Counter, deque
 from pathlib import Path
 
 from shared.config.curation import DownloadConfig
-from shared.errors import InputError, OpenAIMError
-from shared.netsafety import url_rejection
+from shared.errors import DiskFullError, InputError, OpenAIMError, disk_full_as_error, disk_full_message
+from shared.netsafety import BLOCKED, guarded_opener, url_rejection
 
 # Bump when the downloaded pool change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
@@ -53,6 +70,8 @@ log = logging.getLogger("openaim.curation")
 
 # Ordered: the first pattern that matches an img2dataset error message names its reason.
 _REASONS: list[tuple[str, str]] = [
+    (re.escape(BLOCKED), BLOCKED),
+    (r"No space left on device|\[Errno 28\]", "disk full"),
     (r"HTTP Error (\d+)", "http {0}"),
     (r"timed? ?out|timeout", "timeout"),
     (r"Connection refused", "connection refused"),
@@ -66,6 +85,11 @@ _REASONS: list[tuple[str, str]] = [
     (r"unknown url type|unsafe", "unsafe url"),
 ]
 
+# Set in the environment of the download process (and so of every process it starts): a later run finds and
+# kills whatever a killed run left behind by this token, before it resumes from that run's files.
+_RUN_TOKEN_ENV = "OPENAIM_DOWNLOAD_RUN"
+_RUN_FILE = ".openaim-download.run"
+
 
 def normalise_error(message: str | None) -> str:
     """Map an img2dataset error message to a short reason ('http 404', 'timeout', ...)."""
@@ -78,15 +102,25 @@ def normalise_error(message: str | None) -> str:
     return message.strip().splitlines()[0][:60]
 
 
+def finished_shards(pool_dir: Path) -> list[Path]:
+    """Paths without suffix (``pool/00003``) of the shards img2dataset finished (their stats file exists)."""
+    return [Path(p[: -len("_stats.json")]) for p in sorted(glob.glob(str(pool_dir / "[0-9]*_stats.json")))]
+
+
+def _shard_file(shard: Path, suffix: str) -> Path:
+    return shard.with_name(shard.name + suffix)
+
+
 def failure_histogram(pool_dir: Path) -> dict:
-    """Counts of successes and of each normalised failure reason, from img2dataset's per-shard parquet files."""
+    """Counts of successes and of each normalised failure reason, from the finished shards' parquet files."""
     import pyarrow.parquet as pq
 
     hist: Counter = Counter()
     n_ok = n_total = 0
-    for p in sorted(glob.glob(str(pool_dir / "[0-9]*.parquet"))):
-        t = pq.read_table(p, columns=["status", "error_message"])
-        for status, err in zip(t.column("status").to_pylist(), t.column("error_message").to_pylist()):
+    for shard in finished_shards(pool_dir):
+        t = pq.read_table(_shard_file(shard, ".parquet"), columns=["status", "error_message"])
+        statuses, errors = t.column("status").to_pylist(), t.column("error_message").to_pylist()
+        for status, err in zip(statuses, errors, strict=True):
             n_total += 1
             if status == "success":
                 n_ok += 1
@@ -96,8 +130,31 @@ def failure_histogram(pool_dir: Path) -> dict:
             "failures": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
+def verify_shards(pool_dir: Path) -> int:
+    """Drop finished-looking shards whose stats, tar or parquet is unreadable (a write cut short by a kill or
+    a full disk), so a resume fetches them again. Returns how many shards were dropped."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    dropped = 0
+    for shard in finished_shards(pool_dir):
+        try:
+            json.loads(_shard_file(shard, "_stats.json").read_text())
+            pq.read_metadata(_shard_file(shard, ".parquet"))
+            with tarfile.open(_shard_file(shard, ".tar")) as tar:
+                for _ in tar:
+                    pass
+        except Exception:  # noqa: BLE001 - any damage means: fetch this shard again
+            for suffix in ("_stats.json", ".tar", ".parquet"):  # stats first: it marks the shard done
+                _shard_file(shard, suffix).unlink(missing_ok=True)
+            dropped += 1
+    return dropped
+
+
 def safe_download_list(pairs_path: Path, out_path: Path, allow_hosts: list[str]) -> tuple[int, Counter]:
-    """Write img2dataset's input (url, caption, uid) keeping only URLs that pass the safety check now."""
+    """Write img2dataset's input (url, caption, uid) keeping only URLs that pass the textual check. Refusals
+    are counted as "blocked by policy" only. (The binding check: on each connection.)"""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -106,14 +163,43 @@ def safe_download_list(pairs_path: Path, out_path: Path, allow_hosts: list[str])
     t = pq.read_table(pairs_path, columns=["uid", "url", "caption"])
     keep_idx, rejected = [], Counter()
     for i, url in enumerate(t.column("url").to_pylist()):
-        why = url_rejection(url, allow_hosts, resolve=True)
-        if why:
-            rejected[why.split(" ")[0]] += 1
+        if url_rejection(url, allow_hosts):
+            rejected[BLOCKED] += 1
         else:
             keep_idx.append(i)
     with atomic_path(out_path) as tmp:
         pq.write_table(t.take(pa.array(keep_idx, type=pa.int64())), tmp)
     return len(keep_idx), rejected
+
+
+_installed_policy: tuple[str, ...] | None = None
+
+
+def install_guard(allow_hosts: tuple[str, ...]) -> None:
+    """Make this process's ``urllib.request.urlopen`` (what img2dataset fetches with) the guarded opener."""
+    global _installed_policy
+    if _installed_policy != allow_hosts:
+        urllib.request.install_opener(guarded_opener(allow_hosts))
+        _installed_policy = allow_hosts
+
+
+class GuardedDownloader:
+    """img2dataset's Downloader, called with the guarded opener installed in whichever worker process runs it
+    (multiprocessing spawn workers and Spark executors unpickle this object before their first shard)."""
+
+    def __init__(self, downloader, allow_hosts: tuple[str, ...]) -> None:
+        self.downloader = downloader
+        self.allow_hosts = allow_hosts
+
+    def __call__(self, row):
+        install_guard(self.allow_hosts)
+        return self.downloader(row)
+
+
+def _guarded_downloader(allow_hosts: tuple[str, ...], **kwargs) -> GuardedDownloader:
+    from img2dataset.downloader import Downloader
+
+    return GuardedDownloader(Downloader(**kwargs), allow_hosts)
 
 
 @contextlib.contextmanager
@@ -144,42 +230,29 @@ def _spark_session(processes: int):
     # pyspark takes the worker interpreter from the environment when the context starts.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (SparkSession.builder.master(f"local[{processes}]").appName("openaim-download")
-             .config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)
+             .config("spark.pyspark.python", sys.executable)
+             .config("spark.pyspark.driver.python", sys.executable)
              .config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
              .config("spark.task.maxFailures", "10").getOrCreate())
     return spark, True
 
 
-def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str]) -> dict:
-    """Download every safe pair of ``pairs_path`` into ``pool_dir`` (resumes a killed run), return the summary.
-
-    Raises InputError when no image at all could be downloaded (the pool would be empty).
-    """
-    import PIL.Image
-
-    pool_dir.mkdir(parents=True, exist_ok=True)
-    url_list = pool_dir.parent / "download_list.parquet"
-    n_safe, rejected = safe_download_list(pairs_path, url_list, allow_hosts)
-    if rejected:
-        log.warning("download: %d URLs refused by the safety check: %s", sum(rejected.values()), dict(rejected))
-    if n_safe == 0:
-        raise InputError("no downloadable URL: every extracted pair was empty or unsafe")
-
-    # Cap decompression bombs before any pixel buffer is allocated (OpenCV reads this when first used,
-    # and img2dataset's worker processes inherit the environment).
-    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_image_pixels)
-    PIL.Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
-
-    done_before = {p.name for p in pool_dir.glob("[0-9]*_stats.json")}
+def run_img2dataset(cfg: DownloadConfig, url_list: Path, pool_dir: Path, allow_hosts: list[str]) -> None:
+    """Call img2dataset in this process (its workers are its children), every fetch through the guard."""
     with _quiet_library_output():
-        from img2dataset import download
+        # Imported here, not at module top: the environment above must be set before img2dataset loads.
+        # (By module name: the package's attribute ``main`` is its CLI function, not the module.)
+        img2dataset_main = importlib.import_module("img2dataset.main")
 
+        # img2dataset builds its Downloader by this name; ours wraps it so each worker installs the guard.
+        plain_downloader = img2dataset_main.Downloader
+        img2dataset_main.Downloader = functools.partial(_guarded_downloader, tuple(allow_hosts))
         spark, own_spark = (None, False)
         if cfg.distributor == "pyspark":
             spark, own_spark = _spark_session(cfg.processes)
         previous_sigint = signal.getsignal(signal.SIGINT)
         try:
-            download(
+            img2dataset_main.download(
                 url_list=str(url_list), input_format="parquet", url_col="url", caption_col="caption",
                 save_additional_columns=["uid"], output_folder=str(pool_dir), output_format="webdataset",
                 image_size=cfg.image_size, resize_mode=cfg.resize_mode, processes_count=cfg.processes,
@@ -192,11 +265,142 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
             # img2dataset's own Ctrl-C handler cleans up and calls sys.exit(0): an interrupt, not a success.
             raise KeyboardInterrupt from None
         finally:
+            img2dataset_main.Downloader = plain_downloader
             signal.signal(signal.SIGINT, previous_sigint)  # img2dataset never puts the previous handler back
             if own_spark and spark is not None:
                 spark.stop()
-    _drop_failed_run(pool_dir, done_before)
-    summary = failure_histogram(pool_dir)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """In the download process: once build-dataset is gone (even killed by SIGKILL, which runs no cleanup
+    there), kill this whole process group: img2dataset's workers, its logger and the resource tracker."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="openaim-parent-watchdog", daemon=True).start()
+
+
+def download_process_main(args_json: str) -> None:
+    """Entry point of the download process started by ``download_in_own_session``."""
+    args = json.loads(args_json)
+    _watch_parent(args["parent_pid"])
+    try:
+        run_img2dataset(DownloadConfig(**args["cfg"]), Path(args["url_list"]), Path(args["pool_dir"]),
+                        args["allow_hosts"])
+    except BaseException:  # noqa: BLE001 - reported to the parent through the exit status and the output
+        traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def kill_previous_run(pool_dir: Path) -> int:
+    """Kill any process still running from an earlier download into ``pool_dir`` (found by the run token in
+    its environment, so a reused pid is never mistaken for it). Returns how many were killed."""
+    try:
+        token = (pool_dir / _RUN_FILE).read_text().strip()
+    except OSError:
+        return 0
+    needle = f"{_RUN_TOKEN_ENV}={token}".encode()
+    killed = 0
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        except OSError:
+            continue
+    if killed:
+        time.sleep(0.2)  # let the kernel tear them down before their files are inspected
+        log.warning("download: killed %d process(es) left running by an earlier download into %s",
+                    killed, pool_dir)
+    return killed
+
+
+def download_in_own_session(cfg: DownloadConfig, url_list: Path, pool_dir: Path,
+                            allow_hosts: list[str]) -> None:
+    """Run img2dataset in a child process in its own session; kill that whole session whenever we stop."""
+    token = uuid.uuid4().hex
+    (pool_dir / _RUN_FILE).write_text(token)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, _RUN_TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    args = {"cfg": cfg.model_dump(), "url_list": str(url_list), "pool_dir": str(pool_dir),
+            "allow_hosts": list(allow_hosts), "parent_pid": os.getpid()}
+    code = ("import sys; from curation.download import download_process_main; "
+            "download_process_main(sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], env=env, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: deque[str] = deque(maxlen=30)
+    disk_full = threading.Event()
+
+    def pump() -> None:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if normalise_error(line) == "disk full":
+                disk_full.set()
+            tail.append(line)
+            log.debug("img2dataset: %s", line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        next_report = time.monotonic() + 10
+        while proc.poll() is None:
+            time.sleep(0.2)
+            if time.monotonic() >= next_report:
+                log.info("download: %d shards finished", len(finished_shards(pool_dir)))
+                next_report += 10
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the child is gone or interrupted: nothing of it may stay
+        proc.wait()
+        reader.join(timeout=5)
+        (pool_dir / _RUN_FILE).unlink(missing_ok=True)  # nothing of this run is left to find
+    if disk_full.is_set():
+        raise DiskFullError(disk_full_message(pool_dir))
+    if proc.returncode != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "no output")
+        raise OpenAIMError(f"download process failed (exit {proc.returncode}): {last}")
+
+
+def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str]) -> dict:
+    """Download every safe pair of ``pairs_path`` into ``pool_dir`` (resumes a killed run), return a summary.
+
+    Raises InputError when no image at all could be downloaded (the pool would be empty), DiskFullError
+    when the disk fills up.
+    """
+    import PIL.Image
+
+    with disk_full_as_error(pool_dir):
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        kill_previous_run(pool_dir)
+        if verify_shards(pool_dir):
+            log.warning("download: damaged shards of an earlier run in %s will be fetched again", pool_dir)
+        url_list = pool_dir.parent / "download_list.parquet"
+        n_safe, rejected = safe_download_list(pairs_path, url_list, allow_hosts)
+        if rejected:
+            log.warning("download: %d URLs %s", sum(rejected.values()), BLOCKED)
+        if n_safe == 0:
+            raise InputError("no downloadable URL: every extracted pair was empty or unsafe")
+
+        # Cap decompression bombs before any pixel buffer is allocated (OpenCV reads this when first used,
+        # and img2dataset's worker processes inherit the environment).
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_image_pixels)
+        PIL.Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
+
+        done_before = {p.name for p in finished_shards(pool_dir)}
+        if cfg.distributor == "pyspark":
+            run_img2dataset(cfg, url_list, pool_dir, allow_hosts)  # Spark owns its executors' lifetimes
+        else:
+            download_in_own_session(cfg, url_list, pool_dir, allow_hosts)
+        verify_shards(pool_dir)
+        _drop_failed_run(pool_dir, done_before)
+        summary = failure_histogram(pool_dir)
     summary["refused_before_download"] = dict(rejected)
     if summary["downloaded"] == 0:
         raise InputError(f"empty pool: all {summary['requested']} downloads failed "
@@ -209,23 +413,22 @@ def _drop_failed_run(pool_dir: Path, done_before: set[str]) -> None:
     shards and raise: kept, they would count as done, and a resume would never fetch them again."""
     import pyarrow.parquet as pq
 
-    new = [p for p in sorted(pool_dir.glob("[0-9]*_stats.json")) if p.name not in done_before]
-    if not new or any(json.loads(p.read_text()).get("successes", 0) for p in new):
+    new = [s for s in finished_shards(pool_dir) if s.name not in done_before]
+    if not new or any(json.loads(_shard_file(s, "_stats.json").read_text()).get("successes", 0) for s in new):
         return
     hist: Counter = Counter()
-    for stats in new:
-        shard = Path(str(stats)[: -len("_stats.json")])
-        parquet = shard.with_name(shard.name + ".parquet")
+    for shard in new:
+        parquet = _shard_file(shard, ".parquet")
         if parquet.is_file():
             hist.update(normalise_error(e) for e in pq.read_table(parquet, columns=["error_message"])
                         .column("error_message").to_pylist())
         for suffix in ("_stats.json", ".tar", ".parquet"):  # the stats file first: it marks the shard done
-            shard.with_name(shard.name + suffix).unlink(missing_ok=True)
+            _shard_file(shard, suffix).unlink(missing_ok=True)
     raise InputError(f"download failed: all {sum(hist.values())} requests of this run failed "
                      f"({', '.join(f'{k}: {v}' for k, v in hist.most_common(3))})")
 
 
-# The state of a staged download. Not named *.json: img2dataset's resume reads every *.json as a shard's stats.
+# The state of a staged download. Not named *.json: img2dataset's resume reads every *.json as shard stats.
 _STATE = ".openaim-download.state"
 
 
@@ -278,7 +481,8 @@ def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_host
     try:
         summary = download_pool(cfg, pairs_path, stage, allow_hosts)
     except InputError as exc:
-        kept = f"{pool_dir.name}/ was kept as it was" if pool_dir.exists() else f"no {pool_dir.name}/ was made"
+        kept = (f"{pool_dir.name}/ was kept as it was" if pool_dir.exists()
+                else f"no {pool_dir.name}/ was made")
         raise InputError(f"{exc}; {kept}") from None
     atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": True, "summary": summary})
 

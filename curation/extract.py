@@ -1,23 +1,32 @@
-"""Step 1 of curation: Common Crawl WARC/WAT files (or a DataComp-style url/caption parquet) -> image-text pairs.
+"""Step 1 of curation: Common Crawl WARC/WAT files (or DataComp-style url/caption parquet) -> image-text pairs
 
-A WARC *response* record carries a page's raw HTML: we parse its ``<img src alt>`` tags. A WAT *metadata*
-record carries the same links already extracted (``Links[]`` entries with ``path == "IMG@/src"``). Either
-way a pair is (absolute image URL, alt text, page URL). Links that must never be fetched (non-http(s),
-private/loopback/link-local hosts) are dropped here and again right before download.
+A WARC *response* record with an HTML payload carries a page's raw HTML: we parse its ``<img src alt>`` tags,
+decoded with the charset of the HTTP header, else of a ``<meta>`` in the first 1024 bytes, else detected
+(charset-normalizer); an unknown label falls through to the next source, bad bytes become U+FFFD. A WAT
+*metadata* record (``Content-Type: application/json``, an ``Envelope`` object) carries the same links already
+extracted (``Envelope > Payload-Metadata > HTTP-Response-Metadata > HTML-Metadata > Links[]`` entries with
+``path == "IMG@/src"``). Other records (``warcinfo``, ``request``, a WARC's own ``metadata`` records,
+``resource``, ``revisit``, WET ``conversion``) carry no image links and are skipped, not counted corrupt. A
+file with no record of either kind (a WET file, a warcinfo-only file) is an error that says what it holds.
 
-Output: ``pairs.parquet`` with ``uid`` (128-bit hash of url + caption as 32 hex chars, DataComp style),
-``url``, ``caption``, ``page_url``, ``source``.
+A pair is (absolute image URL, alt text, page URL). Links that must never be fetched (non-http(s), internal
+hosts in any spelling a browser accepts: see shared.netsafety) are dropped here; the binding check is made
+when the download connects. Sources given as http(s) URLs are fetched through the same guarded connection.
+
+Output: ``pairs.parquet`` with ``uid`` (the input's DataComp ``uid`` when it has one, else a 128-bit hash of
+url + caption as 32 hex chars, DataComp style), ``url``, ``caption``, ``page_url``, ``source``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import codecs
 import glob
 import gzip
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -26,9 +35,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin
 
+import charset_normalizer
+
 from shared.config.curation import ExtractConfig
-from shared.errors import InputError
-from shared.netsafety import url_rejection
+from shared.errors import InputError, disk_full_as_error
+from shared.netsafety import guarded_opener, is_policy_block, url_rejection
 
 # Bump when the extracted pairs change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
@@ -58,7 +69,7 @@ class ExtractStats:
 
 
 class _ImgTagParser(HTMLParser):
-    """Collects (src, alt) of every <img>; the page's <base href> changes what relative srcs resolve against."""
+    """Collects (src, alt) of every <img>; the page's <base href> changes what relative srcs resolve to."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -84,9 +95,10 @@ def links_from_html(html: str, page_url: str) -> list[tuple[str, str]]:
     return [(urljoin(base, src.strip()), alt) for src, alt in parser.images]
 
 
-def links_from_wat(payload: bytes, page_url: str) -> list[tuple[str, str]]:
-    """(absolute url, alt) of the IMG@/src links of one WAT JSON record."""
-    meta = json.loads(payload)
+def links_from_wat(meta: dict | bytes, page_url: str) -> list[tuple[str, str]]:
+    """(absolute url, alt) of the IMG@/src links of one WAT JSON record (parsed, or its bytes)."""
+    if isinstance(meta, bytes | str):
+        meta = json.loads(meta)
     env = meta.get("Envelope", {})
     page_url = env.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", page_url)
     html_meta = env.get("Payload-Metadata", {}).get("HTTP-Response-Metadata", {}).get("HTML-Metadata", {})
@@ -98,23 +110,94 @@ def links_from_wat(payload: bytes, page_url: str) -> list[tuple[str, str]]:
     return out
 
 
-def _charset(content_type: str | None) -> str:
+_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+# What the HTML standard decodes a few common labels as (a page labelled latin-1 is really windows-1252).
+_LABEL_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252",
+                  "ascii": "cp1252", "x-user-defined": "cp1252"}
+
+
+def _codec(label: str | None) -> str | None:
+    """The Python codec for a charset label, or None when the label is unknown (the next source is tried)."""
+    if not label:
+        return None
+    label = label.strip("\"' ").lower()
+    label = _LABEL_ALIASES.get(label, label)
+    try:
+        name = codecs.lookup(label).name
+    except LookupError:
+        return None
+    return "utf-8" if name.startswith("utf-16") else name  # a <meta> or header can't mean UTF-16 (HTML spec)
+
+
+def header_charset(content_type: str | None) -> str | None:
     for part in (content_type or "").split(";"):
         k, _, v = part.strip().partition("=")
         if k.lower() == "charset" and v:
-            return v.strip("\"' ")
-    return "utf-8"
+            return v
+    return None
+
+
+def decode_html(body: bytes, content_type: str | None) -> str:
+    """Decode a page like a browser: BOM, then the HTTP header's charset, then a ``<meta>`` charset in the
+    first 1024 bytes, then detection; unknown labels are skipped and undecodable bytes become U+FFFD."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return body[len(bom):].decode(name, errors="replace")
+    meta = _META_CHARSET.search(body[:1024])
+    codec = _codec(header_charset(content_type)) or _codec(meta.group(1).decode("ascii") if meta else None)
+    if codec is None:
+        best = charset_normalizer.from_bytes(body[:65536]).best()
+        codec = _codec(best.encoding) if best is not None else None
+    return body.decode(codec or "utf-8", errors="replace")
+
+
+def _is_wat_record(record) -> bool:
+    ctype = (record.rec_headers.get_header("Content-Type") or "").lower()
+    return record.rec_type == "metadata" and "json" in ctype
+
+
+def record_links(record) -> list[tuple[str, str]] | None:
+    """(url, alt) of the image links of one WARC/WAT record, or None for a record that holds none by its
+    kind (warcinfo, request, WARC metadata, non-HTML response, ...). Raises on a damaged record of a parsed
+    kind."""
+    page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
+    if record.rec_type == "response":
+        ctype = record.http_headers.get_header("Content-Type") if record.http_headers else None
+        if record.http_headers is None or (ctype and "html" not in ctype.lower()):
+            return None
+        return links_from_html(decode_html(record.content_stream().read(), ctype), page_url)
+    if _is_wat_record(record):
+        payload = json.loads(record.content_stream().read())
+        if not isinstance(payload, dict) or not isinstance(payload.get("Envelope"), dict):
+            return None  # JSON metadata that is not a WAT envelope
+        return links_from_wat(payload, page_url)
+    return None
+
+
+def _no_records_message(source: str, kinds: Counter) -> str:
+    if not kinds:
+        return f"{source}: no records"
+    held = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    if kinds.get("conversion"):
+        return (f"{source}: a WET file (plain-text 'conversion' records: {held}) has no image links; "
+                "use the WARC or WAT files of the crawl")
+    return (f"{source}: no response or WAT metadata record to take image links from (holds {held}); "
+            "use the WARC or WAT files of the crawl")
 
 
 def _warc_links(stream, source: str, stats: ExtractStats, size: int) -> Iterator[tuple[str, str, str]]:
-    """(url, alt, page_url) of every image link in a WARC or WAT file. Corrupt records are counted and skipped;
-    a stream that breaks mid-file ends that file (warcio cannot resynchronise inside a damaged gzip member)."""
+    """(url, alt, page_url) of every image link in a WARC or WAT file. Corrupt records are counted and
+    skipped; a stream that breaks mid-file ends that file (warcio cannot resynchronise inside a damaged gzip
+    member). A file with no record to take links from raises InputError saying what it holds."""
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
     archive = ArchiveIterator(stream)
     it = iter(archive)
     first = True
+    kinds: Counter = Counter()  # record types seen
+    parsed = 0  # records of a kind that holds links
     while True:
         try:
             record = next(it)
@@ -125,64 +208,106 @@ def _warc_links(stream, source: str, stats: ExtractStats, size: int) -> Iterator
                 if first:
                     raise InputError(f"{source}: not a readable WARC/WAT file (no complete record)") from None
                 stats.corrupt_records += 1
-                log.warning("%s: truncated after %d records; the damaged tail was skipped", source, stats.records)
+                log.warning("%s: truncated after %d records; the damaged tail was skipped",
+                            source, stats.records)
+            elif parsed == 0:
+                raise InputError(_no_records_message(source, kinds)) from None
             return
         except (ArchiveLoadFailed, OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
             if first:
                 raise InputError(f"{source}: not a readable WARC/WAT file ({type(exc).__name__})") from None
             stats.corrupt_records += 1
-            log.warning("%s: damaged stream after %d records (%s); rest of file skipped", source, stats.records, exc)
+            log.warning("%s: damaged stream after %d records (%s); rest of file skipped",
+                        source, stats.records, exc)
             return
         if first and not (record.format == "warc" and record.rec_headers.get_header("WARC-Type")):
             raise InputError(f"{source}: not a readable WARC/WAT file (first record has no WARC header)")
         first = False
+        kinds[record.rec_type] += 1
+        page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
         try:
-            page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
-            if record.rec_type == "response":
-                ctype = record.http_headers.get_header("Content-Type") if record.http_headers else None
-                if ctype and "html" not in ctype.lower():
-                    continue
-                stats.records += 1
-                html = record.content_stream().read().decode(_charset(ctype), errors="replace")
-                links = links_from_html(html, page_url)
-            elif record.rec_type == "metadata":
-                stats.records += 1
-                links = links_from_wat(record.content_stream().read(), page_url)
-            else:
-                continue
+            links = record_links(record)
         except Exception as exc:  # noqa: BLE001 - one bad record never stops a crawl
+            parsed += 1
+            stats.records += 1
             stats.corrupt_records += 1
             log.debug("%s: corrupt record skipped: %s", source, exc)
             continue
+        if links is None:
+            continue
+        parsed += 1
+        stats.records += 1
         for url, alt in links:
             yield url, alt, page_url
 
 
-def _parquet_links(path: str, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
-    """DataComp metadata style: a url column and a text/caption column."""
+_URL_COLUMNS = ("url", "URL")
+_CAPTION_COLUMNS = ("caption", "text", "alt", "TEXT")
+_UID = re.compile(r"[0-9a-f]{32}")
+# Files a directory source is read for (Common Crawl names: *.warc.gz, *.warc.wat.gz; WET files are not).
+SOURCE_SUFFIXES = (".warc.gz", ".warc", ".wat.gz", ".wat", ".parquet")
+
+
+def _text_column(path: str, schema, names: tuple[str, ...], what: str) -> str:
+    import pyarrow as pa
+
+    name = next((c for c in names if c in schema.names), None)
+    if name is None:
+        raise InputError(f"{path}: needs a {what} column ({' or '.join(names)}), has {sorted(schema.names)}")
+    kind = schema.field(name).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise InputError(f"{path}: column {name!r} must hold text, holds {kind}")
+    return name
+
+
+def _parquet_links(path: str, stats: ExtractStats) -> Iterator[tuple[str, str, str, str | None]]:
+    """(url, caption, page_url, uid or None) of each row of a DataComp-style metadata parquet: a url column,
+    a text/caption column, optionally ``uid`` (DataComp's 32-hex-digit id, kept) and ``page_url``."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        reader = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    cols = set(table.column_names)
-    cap_col = next((c for c in ("caption", "text", "alt", "TEXT") if c in cols), None)
-    url_col = next((c for c in ("url", "URL") if c in cols), None)
-    if url_col is None or cap_col is None:
-        raise InputError(f"{path}: needs a url column and a caption/text column, has {sorted(cols)}")
-    page = table.column("page_url").to_pylist() if "page_url" in cols else [""] * table.num_rows
-    for url, cap, p in zip(table.column(url_col).to_pylist(), table.column(cap_col).to_pylist(), page):
-        stats.records += 1
-        yield (url or ""), (cap or ""), (p or "")
+    schema = reader.schema_arrow
+    url_col = _text_column(path, schema, _URL_COLUMNS, "url")
+    cap_col = _text_column(path, schema, _CAPTION_COLUMNS, "caption/text")
+    optional = [c for c in ("page_url", "uid") if c in schema.names]
+    for c in optional:
+        _text_column(path, schema, (c,), c)
+    row = 0
+    for batch in reader.iter_batches(columns=[url_col, cap_col, *optional], batch_size=65536):
+        cols = batch.to_pydict()
+        n = batch.num_rows
+        pages = cols.get("page_url") or [None] * n
+        uids = cols.get("uid") or [None] * n
+        for url, cap, page, uid in zip(cols[url_col], cols[cap_col], pages, uids, strict=True):
+            if uid is not None:
+                uid = uid.strip().lower()
+                if not _UID.fullmatch(uid):
+                    raise InputError(f"{path}: column 'uid' row {row}: {uid[:40]!r} "
+                                     "is not a 32-hex-digit uid")
+            row += 1
+            stats.records += 1
+            yield (url or ""), (cap or ""), (page or ""), uid
+
+
+def _directory_sources(directory: Path) -> list[str]:
+    found = sorted(str(p) for p in directory.rglob("*") if p.is_file() and p.name.endswith(SOURCE_SUFFIXES))
+    if not found:
+        raise InputError(f"{directory} is a directory with no WARC/WAT/parquet files "
+                         f"({', '.join('*' + s for s in SOURCE_SUFFIXES)})")
+    return found
 
 
 def resolve_sources(sources: list[str], default_dir: Path) -> list[str]:
-    """Expand globs; keep URLs as they are. A path or glob that matches nothing is an InputError."""
+    """Expand globs and directories (their WARC/WAT/parquet files); keep URLs as they are. A path or glob
+    that matches nothing is an InputError."""
     if not sources:
         found = sorted(glob.glob(str(default_dir / "*.warc.gz")))
         if not found:
-            raise InputError(f"no WARC files under {default_dir} (generate the mini web or set curation.extract.sources)")
+            raise InputError(f"no WARC files under {default_dir} "
+                             "(generate the mini web or set curation.extract.sources)")
         return found
     out: list[str] = []
     for src in sources:
@@ -192,31 +317,44 @@ def resolve_sources(sources: list[str], default_dir: Path) -> list[str]:
             found = sorted(glob.glob(os.path.expanduser(src)))
             if not found:
                 raise InputError(f"no file matches {src}")
-            out.extend(found)
+            for f in found:
+                out.extend(_directory_sources(Path(f)) if os.path.isdir(f) else [f])
         else:
             p = Path(os.path.expanduser(src))
-            if not p.is_file():
+            if p.is_dir():
+                out.extend(_directory_sources(p))
+            elif not p.is_file():
                 raise InputError(f"input not found: {src}")
-            out.append(str(p))
+            else:
+                out.append(str(p))
     return out
 
 
-def _open_source(src: str, allow_hosts: list[str], tmp: Path) -> str:
-    """Local path of a source; an http(s) source is fetched (after the same safety check as images)."""
-    if not src.startswith(("http://", "https://")):
-        return src
-    import urllib.request
-
+def fetch_source(src: str, allow_hosts: list[str], dest: Path, timeout: float = 60.0) -> None:
+    """Download an http(s) source to ``dest`` through the guarded opener: every connection and redirect hop
+    is checked and pinned (shared.netsafety). A refusal says only "blocked by policy"."""
     why = url_rejection(src, allow_hosts)
     if why:
         raise InputError(f"refusing to fetch source {src}: {why}")
-    dest = tmp / hashlib.sha1(src.encode()).hexdigest()
     try:
-        with urllib.request.urlopen(src, timeout=60) as r, open(dest, "wb") as f:
+        with guarded_opener(allow_hosts).open(src, timeout=timeout) as r, open(dest, "wb") as f:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
     except Exception as exc:  # noqa: BLE001
+        dest.unlink(missing_ok=True)
+        if is_policy_block(exc):
+            raise InputError(f"refusing to fetch source {src}: blocked by policy") from None
+        with disk_full_as_error(dest):
+            raise
         raise InputError(f"cannot fetch {src}: {exc}") from None
+
+
+def _open_source(src: str, allow_hosts: list[str], tmp: Path) -> str:
+    """Local path of a source; an http(s) source is fetched first (``fetch_source``)."""
+    if not src.startswith(("http://", "https://")):
+        return src
+    dest = tmp / hashlib.sha1(src.encode()).hexdigest()
+    fetch_source(src, allow_hosts, dest)
     return str(dest)
 
 
@@ -224,9 +362,35 @@ def _reason_kind(why: str) -> str:
     """'internal address 10.0.0.1' -> 'internal address': the histogram counts kinds, not hosts."""
     if why.startswith("scheme "):
         return why  # 'scheme ftp not allowed' names the scheme, a small set
-    if " resolves to " in why:
-        return "resolves to internal address"
     return " ".join(why.split(" ")[:2])
+
+
+def file_links(local: str, source: str, stats: ExtractStats) -> Iterator[tuple[str, str, str, str | None]]:
+    """(url, alt, page_url, uid or None) of every image link of one local source file (WARC, WAT, parquet)."""
+    if local.endswith(".parquet"):
+        yield from _parquet_links(local, stats)
+        return
+    try:
+        stream = open(local, "rb")  # noqa: SIM115 - closed below, after the generator is drained
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror}") from None
+    with stream:
+        for url, alt, page_url in _warc_links(stream, source, stats, os.path.getsize(local)):
+            yield url, alt, page_url, None
+
+
+def screen_link(url: str, alt: str, cfg: ExtractConfig, stats: ExtractStats) -> str | None:
+    """The link's caption (alt text, whitespace collapsed) if the pair is kept, else None (reason counted)."""
+    stats.links += 1
+    caption = " ".join(alt.split())
+    if len(caption) < max(cfg.min_caption_chars, 1):
+        stats.dropped["empty caption"] += 1
+        return None
+    why = url_rejection(url, cfg.allow_hosts)
+    if why:
+        stats.dropped["unsafe url: " + _reason_kind(why)] += 1
+        return None
+    return caption
 
 
 def extract_pairs(cfg: ExtractConfig, sources: list[str], out_path: Path, progress=None) -> dict:
@@ -243,40 +407,28 @@ def extract_pairs(cfg: ExtractConfig, sources: list[str], out_path: Path, progre
     seen: set[tuple[str, str]] = set()
     rows: dict[str, list[str]] = {"uid": [], "url": [], "caption": [], "page_url": [], "source": []}
     task = progress.add_task("extract", total=len(sources)) if progress else None
-    with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir, contextlib.ExitStack() as closing:
+    with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir:
         for src in sources:
             local = _open_source(src, cfg.allow_hosts, Path(tmpdir))
-            if local.endswith(".parquet"):
-                links = _parquet_links(local, stats)
-            else:
-                try:
-                    stream = closing.enter_context(open(local, "rb"))
-                except OSError as exc:
-                    raise InputError(f"cannot read {src}: {exc.strerror}") from None
-                links = _warc_links(stream, src, stats, os.path.getsize(local))
             name = Path(src).name
-            for url, alt, page_url in links:
-                stats.links += 1
-                caption = " ".join(alt.split())
-                if len(caption) < max(cfg.min_caption_chars, 1):
-                    stats.dropped["empty caption"] += 1
-                    continue
-                why = url_rejection(url, cfg.allow_hosts)
-                if why:
-                    stats.dropped["unsafe url: " + _reason_kind(why)] += 1
+            for url, alt, page_url, uid in file_links(local, src, stats):
+                caption = screen_link(url, alt, cfg, stats)
+                if caption is None:
                     continue
                 if (url, caption) in seen:
                     stats.dropped["duplicate pair"] += 1
                     continue
                 seen.add((url, caption))
-                for k, v in zip(rows, (pair_uid(url, caption), url, caption, page_url, name)):
+                values = (uid or pair_uid(url, caption), url, caption, page_url, name)
+                for k, v in zip(rows, values, strict=True):
                     rows[k].append(v)
             if progress:
                 progress.advance(task)
     stats.kept = len(rows["uid"])
-    with atomic_path(out_path) as tmp:
+    with disk_full_as_error(out_path), atomic_path(out_path) as tmp:
         pq.write_table(pa.table(rows, schema=pa.schema([(k, pa.string()) for k in rows])), tmp)
     return stats.as_dict()
 
 
-__all__ = ["extract_pairs", "links_from_html", "links_from_wat", "pair_uid", "resolve_sources"]
+__all__ = ["decode_html", "extract_pairs", "fetch_source", "file_links", "links_from_html", "links_from_wat",
+           "pair_uid", "record_links", "resolve_sources", "screen_link"]
