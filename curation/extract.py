@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import charset_normalizer
 
@@ -353,7 +353,8 @@ def _open_source(src: str, allow_hosts: list[str], tmp: Path) -> str:
     """Local path of a source; an http(s) source is fetched first (``fetch_source``)."""
     if not src.startswith(("http://", "https://")):
         return src
-    dest = tmp / hashlib.sha1(src.encode()).hexdigest()
+    suffix = ".parquet" if urlsplit(src).path.endswith(".parquet") else ""  # how the file is read
+    dest = tmp / (hashlib.sha1(src.encode()).hexdigest() + suffix)
     fetch_source(src, allow_hosts, dest)
     return str(dest)
 

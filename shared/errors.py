@@ -40,8 +40,9 @@ class DiskFullError(OpenAIMError):
 
 
 # How libraries report a write that ran out of space when they do not keep the OSError: torch's zip writer
-# ("unexpected pos"), pyarrow/C++ ("No space left on device" in the text), EDQUOT as text.
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "unexpected pos", "[Errno 28]")
+# ("unexpected pos"), safetensors ("os error 28"), pyarrow/C++ and tracebacks ("No space left on device").
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "unexpected pos", "[Errno 28]",
+                   "os error 28")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -50,7 +51,7 @@ def is_disk_full(exc: BaseException) -> bool:
     while exc is not None and seen < 8:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if isinstance(exc, OSError | RuntimeError) and any(t in str(exc) for t in _DISK_FULL_TEXT):
+        if any(t in str(exc) for t in _DISK_FULL_TEXT):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False

@@ -144,6 +144,16 @@ def address_is_global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     return ip.is_global and not ip.is_multicast
 
 
+def _raw_host(netloc: str, port: int | None) -> str:
+    """The host part of a netloc as written (IPv6 in brackets), without userinfo and port."""
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    if port is not None or host.endswith(":"):
+        return host.rpartition(":")[0]
+    return host
+
+
 def url_rejection(url: str, allow_hosts: Iterable[str] = ()) -> str | None:
     """Why ``url`` must not be fetched (a short reason), or None if it may be as far as its text tells.
 
@@ -159,11 +169,7 @@ def url_rejection(url: str, allow_hosts: Iterable[str] = ()) -> str | None:
         return f"scheme {scheme or 'none'} not allowed"
     if parts.username is not None or parts.password is not None:
         return "credentials in url"
-    netloc_host = parts.netloc.rpartition("@")[2]
-    if netloc_host.startswith("["):
-        netloc_host = netloc_host[: netloc_host.find("]") + 1]
-    elif port is not None or netloc_host.endswith(":"):
-        netloc_host = netloc_host.rpartition(":")[0]
+    netloc_host = _raw_host(parts.netloc, port)
     if not netloc_host:
         return "no host"
     try:
@@ -257,10 +263,27 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection, _PinnedHTTPConnection)
         http.client.HTTPSConnection.__init__(self, *args, **kwargs)
 
 
+def _canonical_request(req: urllib.request.Request, allow_hosts: frozenset[str]) -> urllib.request.Request:
+    """Every hop's URL, textually checked, with its host in canonical ASCII form (what a browser sends)."""
+    if url_rejection(req.full_url, allow_hosts):
+        raise URLError(PolicyBlocked())
+    parts = urlsplit(req.full_url)
+    host = canonical_host(_raw_host(parts.netloc, parts.port))
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if netloc != parts.netloc:
+        req.full_url = parts._replace(netloc=netloc).geturl()
+    return req
+
+
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
     def __init__(self, allow_hosts: frozenset[str]) -> None:
         super().__init__()
         self.allow_hosts = allow_hosts
+
+    def http_request(self, req):
+        return super().http_request(_canonical_request(req, self.allow_hosts))
 
     def http_open(self, req):
         return self.do_open(functools.partial(_PinnedHTTPConnection, allow_hosts=self.allow_hosts), req)
@@ -270,6 +293,9 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, allow_hosts: frozenset[str]) -> None:
         super().__init__()
         self.allow_hosts = allow_hosts
+
+    def https_request(self, req):
+        return super().https_request(_canonical_request(req, self.allow_hosts))
 
     def https_open(self, req):
         return self.do_open(functools.partial(_PinnedHTTPSConnection, allow_hosts=self.allow_hosts), req,

@@ -1,4 +1,5 @@
-"""Download with img2dataset from a real HTTP server on 127.0.0.1: safety, failure histogram, pyspark, kill -9 resume."""
+"""Download with img2dataset from a real HTTP server on 127.0.0.1: safety, failure histogram, pyspark, kill -9
+resume, disk full."""
 
 from __future__ import annotations
 
@@ -42,13 +43,16 @@ def _jpeg(i: int) -> bytes:
 def _png_bomb(side: int = 30000) -> bytes:
     """A small PNG whose header declares side x side pixels (a decompression bomb)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 class TinyImageServer:
-    """Serves /img/<i>.jpg (optionally slowly), 404 for /missing/*, a bomb at /bomb.png, a secret at /secret."""
+    """Serves /img/<i>.jpg (optionally slowly), 404 for /missing/*, a bomb at /bomb.png, a secret at
+    /secret."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.request_log: list[str] = []
@@ -93,7 +97,7 @@ class TinyImageServer:
 
 def write_pairs(path: Path, urls: list[str]) -> list[str]:
     captions = [f"caption {i}" for i in range(len(urls))]
-    uids = [pair_uid(u, c) for u, c in zip(urls, captions)]
+    uids = [pair_uid(u, c) for u, c in zip(urls, captions, strict=True)]
     pq.write_table(pa.table({"uid": uids, "url": urls, "caption": captions,
                              "page_url": [""] * len(urls), "source": ["test"] * len(urls)}), path)
     return uids
@@ -115,10 +119,12 @@ def test_normalise_error_reasons():
 def test_download_is_safe_and_summarises_failures(tmp_path):
     with TinyImageServer() as srv:
         good = [f"{srv.base_url}/img/{i}.jpg" for i in range(12)]
-        unsafe = [f"http://localhost:{srv.port}/secret", "file:///etc/hostname", f"file://{tmp_path}/secret.jpg",
+        unsafe = [f"http://localhost:{srv.port}/secret", "file:///etc/hostname",
+                  f"file://{tmp_path}/secret.jpg",
                   f"http://10.1.2.3:{srv.port}/secret"]
         (tmp_path / "secret.jpg").write_bytes(SECRET)
-        urls = good + [f"{srv.base_url}/missing/{i}.jpg" for i in range(3)] + [f"{srv.base_url}/bomb.png"] + unsafe
+        missing = [f"{srv.base_url}/missing/{i}.jpg" for i in range(3)]
+        urls = good + missing + [f"{srv.base_url}/bomb.png"] + unsafe
         uids = write_pairs(tmp_path / "pairs.parquet", urls)
         cfg = DownloadConfig(processes=1, threads=4, image_size=32, samples_per_shard=8, timeout=5,
                              max_image_pixels=4_000_000)
@@ -133,14 +139,16 @@ def test_download_is_safe_and_summarises_failures(tmp_path):
     assert set(content) == set(uids[:12])
     for tar in (tmp_path / "pool").glob("*.tar"):
         assert SECRET not in tar.read_bytes()
-    assert failure_histogram(tmp_path / "pool") == {k: summary[k] for k in ("requested", "downloaded", "failed", "failures")}
+    keys = ("requested", "downloaded", "failed", "failures")
+    assert failure_histogram(tmp_path / "pool") == {k: summary[k] for k in keys}
 
 
 def test_pyspark_distributor_local_mode(tmp_path):
     pytest.importorskip("pyspark")
     with TinyImageServer() as srv:
         uids = write_pairs(tmp_path / "pairs.parquet", [f"{srv.base_url}/img/{i}.jpg" for i in range(6)])
-        cfg = DownloadConfig(distributor="pyspark", processes=1, threads=2, image_size=32, samples_per_shard=3, timeout=5)
+        cfg = DownloadConfig(distributor="pyspark", processes=1, threads=2, image_size=32,
+                             samples_per_shard=3, timeout=5)
         summary = download_pool(cfg, tmp_path / "pairs.parquet", tmp_path / "pool", allow_hosts=["127.0.0.1"])
     assert summary["downloaded"] == 6
     assert set(pool_content(tmp_path / "pool")) == set(uids)
@@ -183,7 +191,8 @@ def test_kill9_during_download_then_resume_refetches_no_finished_shard(tmp_path)
         refetched = {srv.base_url + p for p in srv.request_log} & finished_urls
         # an uninterrupted run for comparison
         summary_ref = download_pool(DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6,
-                                                   timeout=10), tmp_path / "pairs.parquet", tmp_path / "ref", ["127.0.0.1"])
+                                                   timeout=10),
+                                    tmp_path / "pairs.parquet", tmp_path / "ref", ["127.0.0.1"])
     assert not refetched
     assert summary["downloaded"] == summary_ref["downloaded"] == n
     assert pool_content(pool) == pool_content(tmp_path / "ref")

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,7 +48,8 @@ def write_wat(path: Path, pages: dict[str, list[dict]], corrupt_json: bool = Fal
         writer = WARCWriter(f, gzip=True)
         for url, links in pages.items():
             meta = {"Envelope": {"WARC-Header-Metadata": {"WARC-Target-URI": url},
-                                 "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": {"Links": links}}}}}
+                                 "Payload-Metadata": {"HTTP-Response-Metadata": {
+                                     "HTML-Metadata": {"Links": links}}}}}
             payload = json.dumps(meta).encode()
             writer.write_record(writer.create_warc_record(url, "metadata", payload=io.BytesIO(payload),
                                                           warc_content_type="application/json"))
@@ -76,7 +78,8 @@ def test_html_links_resolve_relative_srcs_against_page_and_base():
     links = links_from_html(PAGE, "http://example.com/dir/page.html")
     assert ("http://example.com/img/a.jpg", "a red circle") in links
     assert ("http://example.com/dir/b.jpg", "  two  blue squares ") in links
-    based = links_from_html('<base href="http://other.net/x/"><img src="y.png" alt="z">', "http://example.com/p")
+    based = links_from_html('<base href="http://other.net/x/"><img src="y.png" alt="z">',
+                            "http://example.com/p")
     assert based == [("http://other.net/x/y.png", "z")]
 
 
@@ -90,8 +93,10 @@ def test_extract_warc_keeps_safe_captioned_unique_pairs(tmp_path):
                                 "http://example.com/img/a.jpg"]
     assert "two blue squares" in t["caption"]  # whitespace normalised
     assert all(len(u) == 32 and int(u, 16) >= 0 for u in t["uid"])
-    assert t["uid"][t["url"].index("http://example.com/img/a.jpg")] == pair_uid("http://example.com/img/a.jpg", "a red circle")
-    assert set(t["page_url"]) == {"http://example.com/dir/page.html"} and set(t["source"]) == {"crawl.warc.gz"}
+    a_url = "http://example.com/img/a.jpg"
+    assert t["uid"][t["url"].index(a_url)] == pair_uid(a_url, "a red circle")
+    assert set(t["page_url"]) == {"http://example.com/dir/page.html"}
+    assert set(t["source"]) == {"crawl.warc.gz"}
     assert stats["dropped"]["empty caption"] == 2
     assert stats["dropped"]["duplicate pair"] == 1
     assert sum(v for k, v in stats["dropped"].items() if k.startswith("unsafe url")) == 5
@@ -160,8 +165,9 @@ def test_bad_inputs_are_one_line_input_errors(tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=root, capture_output=True, text=True, check=False,
-                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=root, capture_output=True,
+                          text=True, check=False, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
 
 
 def test_cli_missing_and_unreadable_inputs_exit_nonzero_with_one_line(tmp_path):
@@ -173,3 +179,215 @@ def test_cli_missing_and_unreadable_inputs_exit_nonzero_with_one_line(tmp_path):
         assert r.returncode != 0
         err = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and msg in err[0], r.stderr
+
+
+# --- Real Common Crawl layouts, written with warcio's own writer (WARC 1.1 record types; CC's WAT JSON) ---
+
+def _http(status: str, headers: list[tuple[str, str]], body: bytes):
+    from warcio.statusandheaders import StatusAndHeaders
+
+    return StatusAndHeaders(status, headers + [("Content-Length", str(len(body)))], protocol="HTTP/1.1")
+
+
+def write_cc_warc(path: Path, captures: list[tuple[str, str, bytes]]) -> None:
+    """What a CC-MAIN WARC holds: a warcinfo record, then per capture a request, a response and a metadata
+    record (application/warc-fields), each record its own gzip member.
+    ``captures``: (url, content type, body)."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True, warc_version="WARC/1.1")
+        info = {"software": "test", "format": "WARC File Format 1.1", "isPartOf": "CC-MAIN-TEST"}
+        w.write_record(w.create_warcinfo_record(path.name, info))
+        for url, ctype, body in captures:
+            parts = urlsplit(url)
+            req = StatusAndHeaders(f"GET {parts.path or '/'} HTTP/1.1",
+                                   [("Host", parts.netloc), ("User-Agent", "CCBot/2.0")],
+                                   is_http_request=True)
+            w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=req))
+            http = _http("200 OK", [("Content-Type", ctype)], body)
+            w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http))
+            fields = b"fetchTimeMs: 112\r\ncharset-detected: UTF-8\r\nlanguages-cld2: {\"languages\":[]}\r\n"
+            w.write_record(w.create_warc_record(url, "metadata", payload=io.BytesIO(fields),
+                                                warc_content_type="application/warc-fields"))
+
+
+def _wat_envelope(url: str, warc_type: str, payload_meta: dict) -> dict:
+    return {"Container": {"Filename": "CC-MAIN-TEST.warc.gz", "Compressed": True, "Offset": "0"},
+            "Envelope": {"Format": "WARC", "WARC-Header-Length": "400",
+                         "WARC-Header-Metadata": {"WARC-Type": warc_type, "WARC-Target-URI": url},
+                         "Payload-Metadata": payload_meta}}
+
+
+def write_cc_wat(path: Path, pages: list[tuple[str, str | None, list[dict]]]) -> None:
+    """What a CC-MAIN WAT holds: a warcinfo record, then one metadata record (application/json) per record of
+    the WARC: request, response (with HTML-Metadata Links when it was HTML) and metadata. ``pages``:
+    (url, <base href> or None, links)."""
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True, warc_version="WARC/1.1")
+        w.write_record(w.create_warcinfo_record(path.name, {"software": "ia-web-commons", "format": "WAT"}))
+        for url, base, links in pages:
+            head = {"Title": "t", **({"Base": base} if base else {})}
+            envelopes = [
+                _wat_envelope(url, "request", {
+                    "Actual-Content-Type": "application/http; msgtype=request",
+                    "HTTP-Request-Metadata": {"Request-Message": {"Method": "GET"}}}),
+                _wat_envelope(url, "response", {
+                    "Actual-Content-Type": "application/http; msgtype=response",
+                    "HTTP-Response-Metadata": {"Response-Message": {"Status": "200"},
+                                               "Headers": {"Content-Type": "text/html"},
+                                               "HTML-Metadata": {"Head": head, "Links": links}}}),
+                _wat_envelope(url, "metadata", {"Actual-Content-Type": "application/warc-fields",
+                                                "WARC-Metadata-Metadata": {"Metadata-Records": []}}),
+            ]
+            for env in envelopes:
+                payload = io.BytesIO(json.dumps(env).encode())
+                w.write_record(w.create_warc_record(url, "metadata", payload=payload,
+                                                    warc_content_type="application/json"))
+
+
+CYRILLIC = "Красный круг на белом"
+JAPANESE = "赤い丸の写真です"
+UGLY_CAPTURES = [
+    # charset in the header; a relative src; a data: URI (never fetchable); an image without alt
+    ("http://a.example/dir/p1.html", "text/html; charset=utf-8",
+     '<img src="img/one.jpg" alt="Straße café"><img src="data:image/png;base64,iVBO" alt="inline">'
+     '<img src="/noalt.jpg">'.encode()),
+    # charset only in <meta charset>: the header says nothing
+    ("http://b.example/p2.html", "text/html",
+     f'<html><head><meta charset="windows-1251"></head><body><img src="/r.jpg" alt="{CYRILLIC}">'
+     "</body></html>".encode("cp1251")),
+    # charset only in <meta http-equiv>, Shift_JIS
+    ("http://c.example/p3.html", "text/html",
+     '<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS">'
+     f'<img src="/j.jpg" alt="{JAPANESE}">'.encode("shift_jis")),
+    # an unknown label in the header: the page is kept (meta, then detection decide)
+    ("http://d.example/p4.html", "text/html; charset=x-no-such-charset",
+     ("<p>" + "Les données sont stockées en UTF-8 ici. " * 8
+      + '</p><img src="/u.jpg" alt="déjà vu">').encode()),
+    # bad bytes in a UTF-8 page: replaced, the page still counts
+    ("http://e.example/p5.html", "text/html; charset=utf-8",
+     b'<p>\xff\xfe\xc3(</p><img src="/bad.jpg" alt="still readable">'),
+    # <base href> changes what a relative src resolves against
+    ("http://f.example/p6.html", "text/html",
+     b'<base href="http://cdn.f.example/assets/"><img src="x/y.png" alt="based image">'),
+    # not HTML: skipped, not corrupt
+    ("http://g.example/i.jpg", "image/jpeg", b"\xff\xd8\xff\xe0 not parsed"),
+]
+UGLY_EXPECTED = {
+    ("http://a.example/dir/img/one.jpg", "Straße café"),
+    ("http://b.example/r.jpg", CYRILLIC),
+    ("http://c.example/j.jpg", JAPANESE),
+    ("http://d.example/u.jpg", "déjà vu"),
+    ("http://e.example/bad.jpg", "still readable"),
+    ("http://cdn.f.example/assets/x/y.png", "based image"),
+}
+
+
+def test_real_layout_warc_with_every_record_type_and_ugly_pages(tmp_path):
+    warc = tmp_path / "CC-MAIN-TEST-00000.warc.gz"
+    write_cc_warc(warc, UGLY_CAPTURES)
+    out = tmp_path / "pairs.parquet"
+    stats = extract_pairs(ExtractConfig(), [str(warc)], out)
+    t = pq.read_table(out).to_pydict()
+    assert set(zip(t["url"], t["caption"], strict=True)) == UGLY_EXPECTED
+    assert stats["corrupt_records"] == 0
+    assert stats["records"] == 6  # the HTML responses; warcinfo/request/metadata/non-HTML are skipped
+    assert stats["dropped"] == {"empty caption": 1, "unsafe url: scheme data not allowed": 1}
+
+
+def test_real_layout_wat_envelopes_with_links(tmp_path):
+    wat = tmp_path / "CC-MAIN-TEST-00000.warc.wat.gz"
+    write_cc_wat(wat, [
+        ("http://a.example/dir/p.html", None, [
+            {"path": "IMG@/src", "url": "i/1.jpg", "alt": "one yellow triangle"},
+            {"path": "A@/href", "url": "/elsewhere", "text": "a link"},
+            {"path": "IMG@/src", "url": "data:image/gif;base64,R0lG", "alt": "inline"},
+            {"path": "IMG@/src", "url": "/i/2.jpg"},
+        ]),
+        ("http://b.example/q.html", "http://cdn.b.example/s/", [
+            {"path": "IMG@/src", "url": "k.png", "alt": "  spaced   out  "},
+            {"path": "IMG@/src", "url": "http://2130706433/x.jpg", "alt": "numeric loopback"},
+        ]),
+    ])
+    out = tmp_path / "pairs.parquet"
+    stats = extract_pairs(ExtractConfig(), [str(wat)], out)
+    t = pq.read_table(out).to_pydict()
+    assert set(zip(t["url"], t["caption"], strict=True)) == {
+        ("http://a.example/dir/i/1.jpg", "one yellow triangle"),
+        ("http://cdn.b.example/s/k.png", "spaced out")}
+    assert stats["corrupt_records"] == 0
+    assert stats["records"] == 6  # every WAT envelope (request/response/metadata), none counted corrupt
+    assert stats["dropped"]["unsafe url: internal address"] == 1
+
+
+def test_a_directory_source_reads_its_warc_wat_and_parquet_files(tmp_path):
+    crawl = tmp_path / "crawl"
+    (crawl / "segment").mkdir(parents=True)
+    write_cc_warc(crawl / "segment" / "a.warc.gz", UGLY_CAPTURES[:1])
+    write_cc_wat(crawl / "b.warc.wat.gz", [("http://w.example/p", None,
+                                            [{"path": "IMG@/src", "url": "/w.jpg", "alt": "from the wat"}])])
+    (crawl / "notes.txt").write_text("not a source")
+    sources = resolve_sources([str(crawl)], tmp_path)
+    assert [Path(s).name for s in sources] == ["b.warc.wat.gz", "a.warc.gz"]
+    extract_pairs(ExtractConfig(), sources, tmp_path / "pairs.parquet")
+    assert set(pq.read_table(tmp_path / "pairs.parquet").column("caption").to_pylist()) == {
+        "from the wat", "Straße café"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="is a directory with no WARC/WAT/parquet files"):
+        resolve_sources([str(tmp_path / "empty")], tmp_path)
+
+
+def test_wet_and_warcinfo_only_sources_say_what_they_are(tmp_path):
+    from warcio.warcwriter import WARCWriter
+
+    wet = tmp_path / "CC-MAIN-TEST.warc.wet.gz"
+    with open(wet, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        w.write_record(w.create_warcinfo_record(wet.name, {"software": "test"}))
+        w.write_record(w.create_warc_record("http://a.example/", "conversion",
+                                            payload=io.BytesIO(b"plain text of a page"),
+                                            warc_content_type="text/plain"))
+    with pytest.raises(InputError, match=r"WET file .*no image links"):
+        extract_pairs(ExtractConfig(), [str(wet)], tmp_path / "pairs.parquet")
+    info_only = tmp_path / "info.warc.gz"
+    with open(info_only, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        w.write_record(w.create_warcinfo_record(info_only.name, {"software": "test"}))
+    with pytest.raises(InputError, match=r"info.warc.gz: no response or WAT metadata record .*1 warcinfo"):
+        extract_pairs(ExtractConfig(), [str(info_only)], tmp_path / "pairs.parquet")
+    assert not (tmp_path / "pairs.parquet").exists()
+
+
+def test_datacomp_parquet_keeps_its_uids(tmp_path):
+    """DataComp metadata: uid (32 hex digits), url, text, and more columns; the uid is the pair's id."""
+    import numpy as np
+
+    from curation.select import subset_to_uids, uid_subset
+
+    rng = np.random.default_rng(0)
+    uids = [f"{int(a):016x}{int(b):016x}" for a, b in rng.integers(0, 2**63, size=(4, 2))]
+    src = tmp_path / "0000.parquet"
+    pq.write_table(pa.table({
+        "uid": uids, "url": [f"http://img.example/{i}.jpg" for i in range(4)],
+        "text": ["a cat", "a dog", "", "a bird"], "original_width": [640, 480, 320, 100],
+        "original_height": [480, 480, 240, 100], "sha256": ["0" * 64] * 4}), src)
+    stats = extract_pairs(ExtractConfig(), [str(src)], tmp_path / "pairs.parquet")
+    t = pq.read_table(tmp_path / "pairs.parquet").to_pydict()
+    assert t["uid"] == [uids[0], uids[1], uids[3]] and stats["kept"] == 3
+    assert subset_to_uids(uid_subset(t["uid"])) == sorted(t["uid"])
+
+
+def test_non_text_parquet_columns_and_bad_uids_name_file_and_column(tmp_path):
+    bad = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"url": ["http://a.example/1.jpg"], "text": [42]}), bad)
+    with pytest.raises(InputError, match=r"ints.parquet: column 'text' must hold text, holds int64"):
+        extract_pairs(ExtractConfig(), [str(bad)], tmp_path / "pairs.parquet")
+    bad_uid = tmp_path / "uids.parquet"
+    pq.write_table(pa.table({"uid": ["not-a-uid"], "url": ["http://a.example/1.jpg"], "text": ["x"]}),
+                   bad_uid)
+    with pytest.raises(InputError, match=r"uids.parquet: column 'uid' row 0"):
+        extract_pairs(ExtractConfig(), [str(bad_uid)], tmp_path / "pairs.parquet")

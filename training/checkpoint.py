@@ -50,7 +50,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
-from shared.errors import InputError
+from shared.errors import InputError, disk_full_as_error
 from training.model.aim import build_aim
 from training.model.mlaim_compat import load_mlaim_checkpoint, to_mlaim_name
 
@@ -153,7 +153,7 @@ def write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], model_cfg
                      state: dict[str, Any] | None = None) -> Path:
     """A checkpoint dir with consolidated weights (final/, or a model for tests and benchmarks) and,
     when given, a state.pt, atomically. Training's resumable checkpoints come from CheckpointWriter."""
-    with atomic_dir(path) as tmp:
+    with disk_full_as_error(path), atomic_dir(path) as tmp:  # a full disk: one line naming the checkpoint
         write_weights(tmp, model_state, model_cfg)
         if state is not None:
             torch.save(state, tmp / STATE_FILE)

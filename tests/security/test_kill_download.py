@@ -1,0 +1,111 @@
+"""kill -9 of a real `openaim build-dataset` during its download leaves no process of the run behind, and
+what a killed run left (a survivor, a damaged shard) is never resumed from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.download import _RUN_FILE, _RUN_TOKEN_ENV, finished_shards, kill_previous_run, verify_shards
+from tests.faults.conftest import ROOT, make_workdir, sets, tiny_overrides
+
+MARKER_ENV = "OPENAIM_SECURITY_TEST_RUN"
+
+
+def processes_with(name: str, value: str) -> list[int]:
+    """Pids of the live processes whose environment holds name=value (every process a run started inherits
+    the environment: img2dataset's spawn workers, its logger, the resource tracker)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the run's processes")
+
+
+def test_kill9_of_build_dataset_during_download_leaves_no_process(served_web, tmp_path):
+    web_dir, port, _ = served_web
+    workdir = make_workdir(tmp_path / "run", web_dir)
+    marker = uuid.uuid4().hex
+    env = {**os.environ, MARKER_ENV: marker, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "build-dataset",
+                             *sets(tiny_overrides(workdir, port))], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = workdir / "curation" / "pool.partial"
+    try:
+        deadline = time.time() + 240
+        # build-dataset, the download process, img2dataset's logger and at least one worker
+        while time.time() < deadline and not ((stage / _RUN_FILE).exists()
+                                              and len(processes_with(MARKER_ENV, marker)) >= 4):
+            assert proc.poll() is None, "build-dataset ended before its download could be killed"
+            time.sleep(0.05)
+        assert (stage / _RUN_FILE).exists(), "the download never started"
+        time.sleep(0.5)
+        alive_before = processes_with(MARKER_ENV, marker)
+        assert len(alive_before) >= 4 and proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(5)
+        assert processes_with(MARKER_ENV, marker) == [], "processes of the killed run are still alive"
+        # nothing writes into the staged download any more
+        snapshot = {p: p.stat().st_mtime_ns for p in stage.rglob("*")}
+        time.sleep(1)
+        assert {p: p.stat().st_mtime_ns for p in stage.rglob("*")} == snapshot
+    finally:
+        for pid in processes_with(MARKER_ENV, marker):  # never leave the run behind, even on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_survivor_of_a_killed_run_is_killed_before_its_files_are_resumed(tmp_path):
+    pool = tmp_path / "pool.partial"
+    pool.mkdir()
+    token = uuid.uuid4().hex
+    (pool / _RUN_FILE).write_text(token)
+    survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                env={**os.environ, _RUN_TOKEN_ENV: token}, start_new_session=True)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                 env={**os.environ, _RUN_TOKEN_ENV: "another-run"})
+    try:
+        assert kill_previous_run(pool) == 1
+        assert survivor.wait(timeout=5) == -signal.SIGKILL
+        assert unrelated.poll() is None  # only the processes of that run
+    finally:
+        for p in (survivor, unrelated):
+            p.kill()
+            p.wait()
+
+
+def test_damaged_shards_of_a_killed_run_are_dropped_before_resume(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name, tar_ok in (("00000", True), ("00001", False)):
+        member = tmp_path / "a.txt"
+        member.write_text("caption")
+        with tarfile.open(pool / f"{name}.tar", "w") as tar:
+            for i in range(20):
+                tar.add(member, arcname=f"{i}.txt")
+        if not tar_ok:  # cut short: what a write interrupted by a kill or a full disk leaves
+            data = (pool / f"{name}.tar").read_bytes()
+            (pool / f"{name}.tar").write_bytes(data[: len(data) // 3])
+        pq.write_table(pa.table({"status": ["success"]}), pool / f"{name}.parquet")
+        (pool / f"{name}_stats.json").write_text('{"successes": 1}')
+    assert verify_shards(pool) == 1
+    assert [s.name for s in finished_shards(pool)] == ["00000"]
+    assert not Path(pool / "00001.tar").exists() and not Path(pool / "00001_stats.json").exists()
