@@ -12,12 +12,12 @@ interrupted leaves the previous ``pool/`` as it was.
 Safety: img2dataset fetches whatever it is given, ``file://`` included, and follows redirects on its own.
 Its worker processes therefore fetch through ``shared.netsafety.guarded_opener`` (installed in each worker by
 ``GuardedDownloader``): every connection, redirect hops included, goes only to a checked, pinned address, and
-a refused fetch is recorded as "blocked by policy" with nothing about what lay behind it. URLs that fail the
-textual check are dropped before the list is handed over. Its default opt-out header check (X-Robots-Tag
-noai/noimageai/noindex/noimageindex) stays on. Decompression bombs: OpenCV (which img2dataset decodes with)
-refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` *before* allocating, which we set from
-``cfg.max_image_pixels``; ``max_image_area`` repeats the cap, and PIL's MAX_IMAGE_PIXELS covers our own later
-decodes.
+a refused fetch is recorded as "blocked by policy" with nothing about what lay behind it (a name that does
+not resolve is refused the same way). URLs that fail the textual check are dropped before the list is handed
+over. Its default opt-out header check (X-Robots-Tag noai/noimageai/noindex/noimageindex) stays on.
+Decompression bombs: OpenCV (which img2dataset decodes with) refuses images over
+``OPENCV_IO_MAX_IMAGE_PIXELS`` *before* allocating, which we set from ``cfg.max_image_pixels``;
+``max_image_area`` repeats the cap, and PIL's MAX_IMAGE_PIXELS covers our own later decodes.
 
 Processes: with the multiprocessing distributor the download runs in a child process in its own session
 (process group) with a watchdog: if build-dataset dies, even by kill -9, the child kills its whole group
@@ -50,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import traceback
@@ -58,6 +59,11 @@ import uuid
 from collections import Counter, deque
 from pathlib import Path
 
+import PIL.Image
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.atomic import atomic_path, atomic_write_json
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, InputError, OpenAIMError, disk_full_as_error, disk_full_message
 from shared.netsafety import BLOCKED, guarded_opener, url_rejection
@@ -113,8 +119,6 @@ def _shard_file(shard: Path, suffix: str) -> Path:
 
 def failure_histogram(pool_dir: Path) -> dict:
     """Counts of successes and of each normalised failure reason, from the finished shards' parquet files."""
-    import pyarrow.parquet as pq
-
     hist: Counter = Counter()
     n_ok = n_total = 0
     for shard in finished_shards(pool_dir):
@@ -133,10 +137,6 @@ def failure_histogram(pool_dir: Path) -> dict:
 def verify_shards(pool_dir: Path) -> int:
     """Drop finished-looking shards whose stats, tar or parquet is unreadable (a write cut short by a kill or
     a full disk), so a resume fetches them again. Returns how many shards were dropped."""
-    import tarfile
-
-    import pyarrow.parquet as pq
-
     dropped = 0
     for shard in finished_shards(pool_dir):
         try:
@@ -155,11 +155,6 @@ def verify_shards(pool_dir: Path) -> int:
 def safe_download_list(pairs_path: Path, out_path: Path, allow_hosts: list[str]) -> tuple[int, Counter]:
     """Write img2dataset's input (url, caption, uid) keeping only URLs that pass the textual check. Refusals
     are counted as "blocked by policy" only. (The binding check: on each connection.)"""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from shared.atomic import atomic_path
-
     t = pq.read_table(pairs_path, columns=["uid", "url", "caption"])
     keep_idx, rejected = [], Counter()
     for i, url in enumerate(t.column("url").to_pylist()):
@@ -186,7 +181,6 @@ def install_guard(allow_hosts: tuple[str, ...]) -> None:
 class GuardedDownloader:
     """img2dataset's Downloader, called with the guarded opener installed in whichever worker process runs it
     (multiprocessing spawn workers and Spark executors unpickle this object before their first shard)."""
-
     def __init__(self, downloader, allow_hosts: tuple[str, ...]) -> None:
         self.downloader = downloader
         self.allow_hosts = allow_hosts
@@ -374,8 +368,6 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
     Raises InputError when no image at all could be downloaded (the pool would be empty), DiskFullError
     when the disk fills up.
     """
-    import PIL.Image
-
     with disk_full_as_error(pool_dir):
         pool_dir.mkdir(parents=True, exist_ok=True)
         kill_previous_run(pool_dir)
@@ -411,8 +403,6 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
 def _drop_failed_run(pool_dir: Path, done_before: set[str]) -> None:
     """If every request of the shards this call fetched failed (server down, network gone), remove those
     shards and raise: kept, they would count as done, and a resume would never fetch them again."""
-    import pyarrow.parquet as pq
-
     new = [s for s in finished_shards(pool_dir) if s.name not in done_before]
     if not new or any(json.loads(_shard_file(s, "_stats.json").read_text()).get("successes", 0) for s in new):
         return
@@ -464,8 +454,6 @@ def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_host
     touching ``pool_dir``: download it into ``staging_dir(pool_dir)``, resuming a killed download of the same
     fingerprint there (unless ``restart``). Nothing to do if ``pool_dir`` already holds it (its step record
     was lost). Raises InputError, ``pool_dir`` untouched, when no image could be downloaded."""
-    from shared.atomic import atomic_write_json
-
     _finish_interrupted_swap(pool_dir)
     if not restart and _state(pool_dir).get("fingerprint") == fingerprint:
         return
@@ -514,8 +502,6 @@ def pool_shards(pool_dir: Path) -> list[Path]:
 
 def shard_samples(shard: Path):
     """Yield (key, jpg bytes, caption, meta dict) for every complete sample of one pool tar, in tar order."""
-    import tarfile
-
     with tarfile.open(shard) as tar:
         pending: dict[str, dict[str, bytes]] = {}
         for member in tar:

@@ -36,7 +36,12 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import charset_normalizer
+import pyarrow as pa
+import pyarrow.parquet as pq
+from warcio.archiveiterator import ArchiveIterator
+from warcio.exceptions import ArchiveLoadFailed
 
+from shared.atomic import atomic_path
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
 from shared.netsafety import guarded_opener, is_policy_block, url_rejection
@@ -70,7 +75,6 @@ class ExtractStats:
 
 class _ImgTagParser(HTMLParser):
     """Collects (src, alt) of every <img>; the page's <base href> changes what relative srcs resolve to."""
-
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.images: list[tuple[str, str]] = []
@@ -190,9 +194,6 @@ def _warc_links(stream, source: str, stats: ExtractStats, size: int) -> Iterator
     """(url, alt, page_url) of every image link in a WARC or WAT file. Corrupt records are counted and
     skipped; a stream that breaks mid-file ends that file (warcio cannot resynchronise inside a damaged gzip
     member). A file with no record to take links from raises InputError saying what it holds."""
-    from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
-
     archive = ArchiveIterator(stream)
     it = iter(archive)
     first = True
@@ -249,7 +250,6 @@ SOURCE_SUFFIXES = (".warc.gz", ".warc", ".wat.gz", ".wat", ".parquet")
 
 
 def _text_column(path: str, schema, names: tuple[str, ...], what: str) -> str:
-    import pyarrow as pa
 
     name = next((c for c in names if c in schema.names), None)
     if name is None:
@@ -263,8 +263,6 @@ def _text_column(path: str, schema, names: tuple[str, ...], what: str) -> str:
 def _parquet_links(path: str, stats: ExtractStats) -> Iterator[tuple[str, str, str, str | None]]:
     """(url, caption, page_url, uid or None) of each row of a DataComp-style metadata parquet: a url column,
     a text/caption column, optionally ``uid`` (DataComp's 32-hex-digit id, kept) and ``page_url``."""
-    import pyarrow.parquet as pq
-
     try:
         reader = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001
@@ -399,11 +397,6 @@ def extract_pairs(cfg: ExtractConfig, sources: list[str], out_path: Path, progre
 
     Returns the counts (records, corrupt records, links, kept, dropped by reason) for the manifest.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from shared.atomic import atomic_path
-
     stats = ExtractStats()
     seen: set[tuple[str, str]] = set()
     rows: dict[str, list[str]] = {"uid": [], "url": [], "caption": [], "page_url": [], "source": []}

@@ -12,7 +12,9 @@ from shared.config.base import StrictModel
 class ExtractConfig(StrictModel):
     # WARC/WAT paths, globs, http(s) URLs, or url/caption parquet files. Empty = the mini web's WARCs.
     sources: list[str] = Field(default_factory=list)
-    allow_hosts: list[str] = Field(default_factory=list, description="private/loopback hosts allowed by name")
+    allow_hosts: list[str] = Field(default_factory=list,
+                                   description="hosts (names, or IP addresses: any name resolving to one) "
+                                               "fetched although not globally routable")
     min_caption_chars: int = Field(1, ge=0)
 
 

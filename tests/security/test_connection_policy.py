@@ -131,3 +131,15 @@ def test_a_name_with_one_internal_answer_is_refused(allowed, internal, monkeypat
     monkeypatch.setattr(socket, "getaddrinfo", mixed)
     _assert_blocked(f"http://mixed.test:{allowed.port}/img/1.jpg")
     assert allowed.connections == [] and internal.connections == []
+
+
+def test_https_connections_are_pinned_and_checked_too(ftp_allowed, ftp_internal):
+    """The TLS connection class goes through the same pinned connect: a bare TCP listener sees the allowed
+    connection (the handshake then fails, it speaks no TLS) and never the internal one."""
+    with pytest.raises(urllib.error.URLError) as info:
+        _fetch(f"https://{ftp_allowed.host}:{ftp_allowed.port}/x.jpg")
+    assert not is_policy_block(info.value)
+    assert len(ftp_allowed.connections) == 1
+    _assert_blocked(f"https://{ftp_internal.host}:{ftp_internal.port}/x.jpg")
+    _assert_blocked(f"https://2130706434:{ftp_internal.port}/x.jpg")
+    assert ftp_internal.connections == []
