@@ -70,7 +70,7 @@ from shared.netsafety import BLOCKED, guarded_opener, url_rejection
 
 # Bump when the downloaded pool change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: guarded connections, "blocked by policy", damaged shards refetched
 
 log = logging.getLogger("openaim.curation")
 

@@ -48,7 +48,7 @@ from shared.netsafety import guarded_opener, is_policy_block, url_rejection
 
 # Bump when the extracted pairs change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: input uids kept, charset header > meta > detection, non-link records skipped
 
 log = logging.getLogger("openaim.curation")
 
