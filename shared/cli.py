@@ -3,29 +3,86 @@ so `openaim --help` answers fast and never imports torch."""
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
+from typing import Any
 
 import typer
 import typer.core
 import typer.main
 
-# name -> (module:attribute, one-line help). The attribute is a typer app or a plain command function.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "web": ("shared.miniweb.cli:app", "The mini web: a synthetic Common Crawl slice (generate, serve)."),
-    "build-dataset": ("curation.cli:build_dataset", "Curate image-text pairs into webdataset shards (DFN-2B)."),
-    "train-filter": ("curation.cli:train_filter", "Train our own data filtering network (a small CLIP)."),
-    "train": ("training.cli:train", "Pretrain an AIM model (prefix-causal ViT, next-patch regression)."),
-    "eval": ("evaluation.cli:evaluate", "Attentive and linear probes of frozen trunks on the benchmarks."),
-    "report": ("evaluation.cli:report", "Write the HTML + Markdown benchmark report."),
-    "run": ("shared.pipeline_cli:run", "Run the whole pipeline: build-dataset -> train -> eval -> report."),
-    "status": ("shared.pipeline_cli:status", "Show each pipeline step as fresh or would-run, and why."),
-    "demo": ("shared.pipeline_cli:demo", "The whole pipeline on the built-in mini web, on this machine."),
+# Each command's import, run only when that command is invoked: a typer app or a plain command function.
+
+
+def _web() -> Any:
+    from shared.miniweb.cli import app
+
+    return app
+
+
+def _build_dataset() -> Any:
+    from curation.cli import build_dataset
+
+    return build_dataset
+
+
+def _train_filter() -> Any:
+    from curation.cli import train_filter
+
+    return train_filter
+
+
+def _train() -> Any:
+    from training.cli import train
+
+    return train
+
+
+def _eval() -> Any:
+    from evaluation.cli import evaluate
+
+    return evaluate
+
+
+def _report() -> Any:
+    from evaluation.cli import report
+
+    return report
+
+
+def _run() -> Any:
+    from shared.pipeline_cli import run
+
+    return run
+
+
+def _status() -> Any:
+    from shared.pipeline_cli import status
+
+    return status
+
+
+def _demo() -> Any:
+    from shared.pipeline_cli import demo
+
+    return demo
+
+
+# name -> (its import, one-line help)
+COMMANDS: dict[str, tuple[Callable[[], Any], str]] = {
+    "web": (_web, "The mini web: a synthetic Common Crawl slice (generate, serve)."),
+    "build-dataset": (_build_dataset, "Curate image-text pairs into webdataset shards (DFN-2B)."),
+    "train-filter": (_train_filter, "Train our own data filtering network (a small CLIP)."),
+    "train": (_train, "Pretrain an AIM model (prefix-causal ViT, next-patch regression)."),
+    "eval": (_eval, "Attentive and linear probes of frozen trunks on the benchmarks."),
+    "report": (_report, "Write the HTML + Markdown benchmark report."),
+    "run": (_run, "Run the whole pipeline: build-dataset -> train -> eval -> report."),
+    "status": (_status, "Show each pipeline step as fresh or would-run, and why."),
+    "demo": (_demo, "The whole pipeline on the built-in mini web, on this machine."),
 }
 
 
-def _load(target: str, name: str):
-    module_name, attr = target.split(":")
-    obj = getattr(importlib.import_module(module_name), attr)
+def _load(target: Callable[[], Any], name: str):
+    obj = target()
     if isinstance(obj, typer.Typer):
         cmd = typer.main.get_command(obj)
     else:

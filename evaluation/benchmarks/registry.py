@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evaluation.benchmarks import demo_sets, generic
 from evaluation.benchmarks.paper_sets import CARVED as _CARVED
 from evaluation.benchmarks.paper_sets import PAPER_SPECS
 from evaluation.benchmarks.spec import BenchmarkSpec
@@ -37,7 +38,7 @@ _DEMO = [
         layout="<web_dir>/bench/<task>/{train,test}/<class>/*.png", train_size=None, test_size=None,
         how_to_get="openaim generate-web (the mini web writes <workdir>/web/bench/<task>)", default_subdir="",
         test_split="test/ folder", val_split=_CARVED, kind="demo", required=("train", "test"),
-        loader="evaluation.benchmarks.demo_sets:miniweb",
+        loader=demo_sets.miniweb,
     )
     for task in MINIWEB_TASKS
 ] + [
@@ -46,7 +47,7 @@ _DEMO = [
         layout="sklearn.datasets.load_digits (bundled, no files)", train_size=1258, test_size=539,
         how_to_get="bundled with scikit-learn", default_subdir="",
         test_split="30% of the 1,797 images, fixed seeded stratified split", val_split=_CARVED, kind="demo",
-        loader="evaluation.benchmarks.demo_sets:digits",
+        loader=demo_sets.digits,
     ),
 ]
 
@@ -73,13 +74,13 @@ def generic_spec(text: str) -> BenchmarkSpec:
             name=name, title=f"image folder {path}",
             layout="<path>/{train,test}/<class>/* (or val/ for test/)",
             how_to_get="any folder in this layout", test_split="test/ (or val/)", required=("train",),
-            loader="evaluation.benchmarks.generic:image_folder", **common,
+            loader=generic.image_folder, **common,
         )
     return BenchmarkSpec(
         name=name, title=f"webdataset {path}", layout="<path>/classnames.txt + <path>/{train,test}/*.tar",
         how_to_get="clip_benchmark --dataset <name> --dataset_root <path> (CLIP_benchmark's wds export)",
         test_split="test/*.tar", required=("classnames.txt", "train", "test"),
-        loader="evaluation.benchmarks.generic:webdataset", **common,
+        loader=generic.webdataset, **common,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from evaluation.benchmarks.items import LabelledImages
 
 
 @dataclass(frozen=True)
@@ -27,19 +30,9 @@ class BenchmarkSpec:
     # loader then answers "val" itself instead of carving val_fraction out of train.
     official_val: bool = False
     notes: str = ""
-    # "module:function" of the pool loader, imported only when data is read (keeps the registry light).
-    # The loader reads one official split from the root: pools(root, "train" | "test" | "val"*)
-    # (*only for official_val specs) and returns an items.LabelledImages.
-    loader: str = ""
+    # The pool loader: reads one official split from the root, loader(root, "train" | "test" | "val"*)
+    # (*only for official_val specs), and returns an items.LabelledImages.
+    loader: Callable[[Path, str], LabelledImages] | None = None
 
-    def pools(self, root: str | Path, split: str):
-        import importlib
-
-        module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(Path(root), split)
-
-    def load(self, root: str | Path, split: str, **kwargs: Any):
-        """Shorthand for ``registry.load_split(self, root, split, ...)``."""
-        from evaluation.benchmarks.registry import load_split
-
-        return load_split(self, root, split, **kwargs)
+    def pools(self, root: str | Path, split: str) -> LabelledImages:
+        return self.loader(Path(root), split)
