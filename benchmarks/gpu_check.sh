@@ -179,12 +179,14 @@ for b in backends:
 # 3. the shipped path: the training loop itself, configs/aim-600m.yaml, one process, FSDP2
 shipped_ok = True
 if not args.no_shipped:
-    from training.loop import train_from_config
-    from training.metrics import read_metrics
-    from training.synthetic import write_image_folder, write_synthetic_shards
-
     tmp = tempfile.mkdtemp(prefix="openaim_gpu_check_")
     try:
+        # the loop's import chain also needs pillow, torchvision, safetensors, matplotlib and rich (in the
+        # GPU image); a missing one fails this row only, after sections 1-2 have printed
+        from training.loop import train_from_config
+        from training.metrics import read_metrics
+        from training.synthetic import write_image_folder, write_synthetic_shards
+
         t0 = time.perf_counter()
         size = 72 if args.cpu_smoke else 256
         write_synthetic_shards(os.path.join(tmp, "shards"), n_shards=2 if args.cpu_smoke else 8,
