@@ -1,6 +1,7 @@
 """`openaim run` twice on the served mini web with a different selection fraction: the second run archives
 the first, and the archive keeps the first run's own curation manifest (fraction, kept count), not the
-one curation rewrote for the second run; the report's runs table shows both."""
+one curation rewrote for the second run; the report's runs table shows both. A third run with a damaged
+benchmark still writes the report (with the failure) and exits non-zero."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from shared.config import load_config
+from shared.miniweb.generate import generate_web
+from shared.miniweb.server import serve_in_background
+from tests import benchmark_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest pipeline that still runs every stage for real: a small mini web, our own filter network,
@@ -64,10 +70,6 @@ def _run(overrides: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
-    from shared.config import load_config
-    from shared.miniweb.generate import generate_web
-    from shared.miniweb.server import serve_in_background
-
     port = _free_port()
     workdir = tmp_path / "run"
     base = [f"workdir={workdir}", f"web.port={port}", *SMALL]
@@ -96,14 +98,32 @@ def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| history/run-001 |")]
     assert rows, md[:3000]
     assert f"| 0.5 | {first_manifest['kept']} |" in rows[0]
-    this = next(
-        line
-        for line in md.splitlines()
-        if line.startswith("| run |") is False and line.startswith("| " + cfg.name + " | this run")
-    )
+    this = next(line for line in md.splitlines() if line.startswith(f"| {cfg.name} | this run"))
     assert f"| 0.3 | {second_manifest['kept']} |" in this
     # this run's scored pool: the histogram with its threshold and the kept/dropped examples
     assert {"score_histogram.png", "curation_examples.png"} <= {
         p.name for p in (workdir / "report").glob("*.png")
     }
     assert f"threshold {second_manifest['threshold']:.4f}" in md
+
+    # a third run whose benchmark list adds a damaged set: training is reused, eval evaluates what it can,
+    # the report is still written with the failure in it, and `openaim run` exits non-zero
+
+    data = tmp_path / "data"
+    fx.make_fmow(data / "fmow_v1.1")
+    (data / "fmow_v1.1" / "rgb_metadata.csv").write_text("split,category\ntrain,airport\n")
+    third = _run(
+        [
+            *base,
+            "curation.select.fraction=0.3",
+            "evaluation.benchmarks=[digits, fmow]",
+            f"evaluation.data_root={data}",
+        ]
+    )
+    assert third.returncode == 1, third.stderr[-3000:]
+    assert "fmow" in third.stderr.strip().splitlines()[-1] and "Traceback" not in third.stderr
+    assert json.loads((workdir / "pipeline.json").read_text())["reused"] == ["train"]
+    md = (workdir / "report" / "report.md").read_text()
+    failed_row = next(line for line in md.splitlines() if line.startswith("| Functional Map of the World"))
+    assert "failed" in failed_row and "timestamp" in failed_row
+    assert "| scikit-learn digits" in md

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.download import iter_pool
-from curation.select import subset_to_uids
 from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
 from shared.errors import InputError
 from shared.stage_cache import hash_file
@@ -286,12 +286,20 @@ def parallel_filters(manifest: dict | None) -> list[tuple[str, int, int]]:
 
 @dataclass
 class CurationSamples:
-    """This run's scored pool: every score, the selection threshold, and a few kept and dropped pairs."""
+    """This run's scored pool: the scores (all of them, or a uniform 1-in-``stride`` sample of a large
+    pool), the selection threshold, and a few kept and dropped pairs."""
 
     scores: list[float]
     kept_scores: list[float]
     threshold: float | None
     examples: list[dict]  # {"image": jpg bytes, "caption", "score", "kept": bool, "reason"}
+    pool_size: int = 0
+    stride: int = 1
+
+
+# The report reads at most about this many scored rows (every k-th row of a larger pool): the histogram's
+# shape and the example pairs do not need more, and a 12.8B-pair pool must not be loaded whole.
+SAMPLE_ROWS = 200_000
 
 
 def _example_picks(rows: list[dict], per_group: int) -> list[dict]:
@@ -319,75 +327,72 @@ def _example_picks(rows: list[dict], per_group: int) -> list[dict]:
     return picks
 
 
-def read_curation_samples(
-    curation_dir: Path, manifest: dict | None, notes: list[str], per_group: int = 4
-) -> CurationSamples | None:
-    """Scores and example pairs from the curation's own files (scores/scores.parquet, dedup/ and safety/
-    keep.parquet with their reasons, subset.npy, pairs.parquet, pool/*.tar); None when they are absent."""
+def _rows_for(path: Path, columns: list[str], uids: set[str]) -> dict[str, dict]:
+    """{uid: row} of a parquet file's rows whose uid is in ``uids``, read batch by batch."""
+    wanted = pa.array(sorted(uids), type=pa.string())
+    out: dict[str, dict] = {}
+    for batch in pq.ParquetFile(path).iter_batches(columns=["uid", *columns], batch_size=1 << 16):
+        hits = batch.filter(pc.is_in(batch.column("uid").cast(pa.string()), value_set=wanted))
+        for row in hits.to_pylist():
+            out[row["uid"]] = row
+    return out
+
+
+def _sampled_scores(path: Path) -> tuple[list[str], list[float], int, int]:
+    """(uids, scores, rows in the file, stride): every ``stride``-th row, at most ~SAMPLE_ROWS of them."""
+    file = pq.ParquetFile(path)
+    n = file.metadata.num_rows
+    stride = max(1, math.ceil(n / SAMPLE_ROWS))
+    uids: list[str] = []
+    scores: list[float] = []
+    seen = 0
+    for batch in file.iter_batches(columns=["uid", "score"], batch_size=1 << 16):
+        first = (-seen) % stride  # the first row of this batch whose global index is a multiple of stride
+        uids += batch.column("uid").to_pylist()[first::stride]
+        scores += batch.column("score").to_pylist()[first::stride]
+        seen += batch.num_rows
+    return uids, [float(v) for v in scores], n, stride
+
+
+def read_curation_samples(curation_dir: Path, manifest: dict | None, notes: list[str],
+                          per_group: int = 4) -> CurationSamples | None:
+    """Scores and example pairs from the curation's own files: scores/scores.parquet, dedup/ and safety/
+    keep.parquet (keep flag and reason per pair), pairs.parquet (captions) and pool/*.tar (images). A pair
+    is kept when both masks keep it and its score reaches the threshold (curation.select's rule). None
+    when the scores are absent."""
     scores_path = curation_dir / "scores" / "scores.parquet"
     if not scores_path.is_file():
         return None
+    threshold = _number((manifest or {}).get("threshold"))
     try:
-        scored = pq.read_table(scores_path, columns=["uid", "score"]).to_pydict()
-        kept_uids = set(subset_to_uids(np.load(curation_dir / "subset.npy")))
-        masks = {}
-        for name in ("dedup", "safety"):
-            path = curation_dir / name / "keep.parquet"
-            if path.is_file():
-                table = pq.read_table(path).to_pydict()
-                masks[name] = {
-                    u: (k, r)
-                    for u, k, r in zip(
-                        table["uid"],
-                        table["keep"],
-                        table.get("reason") or [""] * len(table["uid"]),
-                        strict=True,
-                    )
-                }
-        captions = pq.read_table(curation_dir / "pairs.parquet", columns=["uid", "caption"]).to_pydict()
-    except (OSError, ValueError, KeyError) as exc:
+        uids, scores, n, stride = _sampled_scores(scores_path)
+        wanted = set(uids)
+        masks = {name: _rows_for(curation_dir / name / "keep.parquet", ["keep", "reason"], wanted)
+                 for name in ("dedup", "safety") if (curation_dir / name / "keep.parquet").is_file()}
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         notes.append(f"curation files in {curation_dir} are unreadable ({type(exc).__name__}: {exc})")
         return None
-    threshold = _number((manifest or {}).get("threshold"))
-    caption_of = dict(zip(captions["uid"], captions["caption"], strict=True))
     rows = []
-    for uid, score in zip(scored["uid"], scored["score"], strict=True):
-        reason = "kept"
-        if uid not in kept_uids:
-            dropped_by = [
-                f"{name}: {mask[uid][1] or 'dropped'}"
-                for name, mask in masks.items()
-                if uid in mask and not mask[uid][0]
-            ]
-            reason = "; ".join(dropped_by) or (
-                f"score below the threshold {threshold:.4f}"
-                if threshold is not None
-                else "score below the threshold"
-            )
-        rows.append(
-            {
-                "uid": uid,
-                "score": float(score),
-                "kept": uid in kept_uids,
-                "reason": reason,
-                "caption": caption_of.get(uid, ""),
-            }
-        )
+    for uid, score in zip(uids, scores, strict=True):
+        dropped_by = [f"{name}: {mask[uid].get('reason') or 'dropped'}" for name, mask in masks.items()
+                      if uid in mask and not mask[uid]["keep"]]
+        below = threshold is not None and score < threshold
+        reason = "; ".join(dropped_by) or (f"score below the threshold {threshold:.4f}" if below else "kept")
+        rows.append({"uid": uid, "score": score, "kept": reason == "kept", "reason": reason})
     picks = _example_picks(rows, per_group)
-    wanted = {r["uid"]: r for r in picks}
+    wanted = {r["uid"] for r in picks}
     images: dict[str, bytes] = {}
+    captions: dict[str, dict] = {}
     try:
-        for uid, jpg, _, _ in iter_pool(curation_dir / "pool", set(wanted)):
+        captions = _rows_for(curation_dir / "pairs.parquet", ["caption"], wanted)
+        for uid, jpg, _, _ in iter_pool(curation_dir / "pool", wanted):
             images[uid] = jpg
-    except (OSError, ValueError) as exc:
-        notes.append(f"pool images in {curation_dir / 'pool'} are unreadable ({exc})")
-    examples = [{**r, "image": images[r["uid"]]} for r in picks if r["uid"] in images]
-    return CurationSamples(
-        scores=[r["score"] for r in rows],
-        kept_scores=[r["score"] for r in rows if r["kept"]],
-        threshold=threshold,
-        examples=examples,
-    )
+    except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+        notes.append(f"pairs or pool images in {curation_dir} are unreadable ({type(exc).__name__}: {exc})")
+    examples = [{**r, "image": images[r["uid"]], "caption": (captions.get(r["uid"]) or {}).get("caption", "")}
+                for r in picks if r["uid"] in images]
+    return CurationSamples(scores=scores, kept_scores=[r["score"] for r in rows if r["kept"]],
+                           threshold=threshold, examples=examples, pool_size=n, stride=stride)
 
 
 def load_run(

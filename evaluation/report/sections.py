@@ -532,8 +532,10 @@ def curation_samples(runs: list[RunData], samples: CurationSamples | None, image
             Figure(
                 "score_histogram.png",
                 "Filter-network score histogram with the selection threshold",
-                f"{runs[0].label}: every scored pair; selected = above the threshold and kept by "
-                "both dedup and safety.",
+                f"{runs[0].label}: "
+                + ("every scored pair" if samples.stride == 1 else
+                   f"every {samples.stride}th of the {samples.pool_size:,} scored pairs")
+                + "; selected = at or above the threshold and kept by both dedup and safety.",
             )
         )
     png = charts.pair_examples(samples.examples)
