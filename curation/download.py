@@ -134,17 +134,27 @@ def failure_histogram(pool_dir: Path) -> dict:
             "failures": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
+def _tar_is_complete(path: Path) -> bool:
+    """A closed tar ends in whole 512-byte blocks, the last two all zero (end of archive): a write cut short
+    does not. O(1): a resume checks every shard without reading the pool."""
+    size = path.stat().st_size
+    if size < 1024 or size % 512:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
+
+
 def verify_shards(pool_dir: Path) -> int:
-    """Drop finished-looking shards whose stats, tar or parquet is unreadable (a write cut short by a kill or
+    """Drop finished-looking shards whose stats, tar or parquet is incomplete (a write cut short by a kill or
     a full disk), so a resume fetches them again. Returns how many shards were dropped."""
     dropped = 0
     for shard in finished_shards(pool_dir):
         try:
             json.loads(_shard_file(shard, "_stats.json").read_text())
-            pq.read_metadata(_shard_file(shard, ".parquet"))
-            with tarfile.open(_shard_file(shard, ".tar")) as tar:
-                for _ in tar:
-                    pass
+            pq.read_metadata(_shard_file(shard, ".parquet"))  # the footer: written last
+            if not _tar_is_complete(_shard_file(shard, ".tar")):
+                raise ValueError("truncated tar")
         except Exception:  # noqa: BLE001 - any damage means: fetch this shard again
             for suffix in ("_stats.json", ".tar", ".parquet"):  # stats first: it marks the shard done
                 _shard_file(shard, suffix).unlink(missing_ok=True)
