@@ -64,7 +64,8 @@ def trunk_step_bench(steps: int) -> tuple[list[tuple[str, float, float]], str]:
     torch.manual_seed(0)
     ours = build_aim(cfg)
     ours.head = None  # excluded from the timing (and from the optimizer)
-    timm_vit = VisionTransformer(img_size=img, patch_size=patch, embed_dim=width, depth=depth, num_heads=heads,
+    timm_vit = VisionTransformer(img_size=img, patch_size=patch, embed_dim=width, depth=depth,
+                                 num_heads=heads,
                                  num_classes=0, global_pool="", class_token=False, qkv_bias=False,
                                  proj_bias=False, mlp_layer=partial(Mlp, bias=False),
                                  embed_norm_layer=nn.LayerNorm)
@@ -89,7 +90,8 @@ def trunk_step_bench(steps: int) -> tuple[list[tuple[str, float, float]], str]:
     base = times["timm"]
     rows = [("timm VisionTransformer (bidirectional, baseline)", base, 1.0),
             ("our trunk, bidirectional", times["ours_bidir"], times["ours_bidir"] / base),
-            ("our trunk, prefix-causal (sdpa + per-batch additive mask)", times["ours_prefix"], times["ours_prefix"] / base)]
+            ("our trunk, prefix-causal (sdpa + per-batch additive mask)", times["ours_prefix"],
+             times["ours_prefix"] / base)]
     shape = f"width {width}, depth {depth}, heads {heads}, {cfg.num_patches} tokens, batch {batch}"
     return rows, shape
 
@@ -130,7 +132,8 @@ def attention_bench(repeats: int) -> tuple[list[tuple[str, float, float]], str]:
             ("building the mask once per batch (all layers share it)", times["mask"], times["mask"] / base)]
     if backend_works("flex", "cpu"):
         masks["flex"] = build_prefix_mask(prefix, N, "flex")
-        t = _best_interleaved({"causal": fns["causal"], "flex": fwd_bwd(lambda: attention(q, k, v, masks["flex"], "flex"))},
+        flex = fwd_bwd(lambda: attention(q, k, v, masks["flex"], "flex"))
+        t = _best_interleaved({"causal": fns["causal"], "flex": flex},
                                 repeats=repeats)
         rows.append(("prefix-causal flex, fwd+bwd", t["flex"], t["flex"] / t["causal"]))
     else:  # CPU flex has no backward: compare forwards only, against a causal forward
@@ -141,10 +144,45 @@ def attention_bench(repeats: int) -> tuple[list[tuple[str, float, float]], str]:
             t = _best_interleaved({
                 "causal": lambda: F.scaled_dot_product_attention(qd, kd, vd, is_causal=True),
                 "flex": lambda: attention(qd, kd, vd, fmask, "flex")}, repeats=repeats)
-        rows.append(("prefix-causal flex (eager), forward only vs causal forward", t["flex"], t["flex"] / t["causal"]))
+        rows.append(("prefix-causal flex (eager), forward only vs causal forward", t["flex"],
+                     t["flex"] / t["causal"]))
     rows.append(("xformers", float("nan"), float("nan")) if not backend_works("xformers", "cpu") else
                 ("xformers (unexpectedly runs on CPU)", float("nan"), float("nan")))
     return rows, f"B {B}, heads {H}, {N} tokens, head dim {Dh}, random per-sample prefixes"
+
+
+def data_worker_bench(repeats: int) -> tuple[list[tuple[str, float, float]], str]:
+    """A data worker's per-image CPU time with the colour jitter in the worker (PIL: CPU runs) and
+    without it (GPU runs jitter on the device), and the batched tensor jitter's cost on this CPU."""
+    import numpy as np
+    import torch
+
+    from training.augment import augment_uint8, color_jitter, draw_jitter
+    from training.data import decode_image
+    from training.synthetic import _jpeg, procedural_image
+
+    rng = np.random.default_rng(0)
+    n, size = 16, 224
+    jpegs = [_jpeg(procedural_image(rng, 320)) for _ in range(n)]
+
+    def worker(on_device: bool):
+        def run():
+            for i, data in enumerate(jpegs):
+                augment_uint8(decode_image({"jpg": data}), size, np.random.default_rng(i), (0.4, 1.0), 1.0,
+                              jitter_on_device=on_device)
+        return run
+
+    batch = torch.rand(n, 3, size, size)
+    params = torch.stack([draw_jitter(np.random.default_rng(i), 1.0) for i in range(n)])
+    times = _best_interleaved({"pil": worker(False), "device": worker(True),
+                               "tensor": lambda: color_jitter(batch, params)}, repeats=repeats)
+    base = times["pil"]
+    rows = [("worker: decode + crop/flip + PIL colour jitter (CPU runs; baseline)", base / n, 1.0),
+            ("worker: decode + crop/flip, jitter left to the device (GPU runs)", times["device"] / n,
+             times["device"] / base),
+            ("batched tensor jitter on this CPU (runs on the GPU in GPU runs)", times["tensor"] / n,
+             times["tensor"] / base)]
+    return rows, f"{n} JPEGs of 320 px -> {size} px, jitter applied to every image, s per image"
 
 
 def _table(rows) -> str:
@@ -172,18 +210,23 @@ def main() -> None:
     print(f"trunk training step ({trunk_shape}):\n{_table(trunk_rows)}\n")
     attn_rows, attn_shape = attention_bench(args.steps * 2)
     print(f"attention ({attn_shape}):\n{_table(attn_rows)}\n")
+    data_rows, data_shape = data_worker_bench(args.steps)
+    print(f"data worker ({data_shape}):\n{_table(data_rows)}\n")
 
-    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, CPU"
+    machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+               f"torch {torch.__version__}, CPU")
     text = "\n".join([
         SECTION, "",
         f"`benchmarks/train_bench.py` on {machine}; best of {args.steps} interleaved steps after 2 warm-up",
-        f"(load average {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores, the minimum filters them).",
+        f"(load average {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores, the minimum "
+        "filters them).",
         "Ratios are against the baseline row measured in the same run (lower is faster; target for our",
         "prefix-causal trunk: <= 1.05 x timm). Our pixel head is excluded from the trunk timing.", "",
         f"Trunk training step (fwd + bwd + AdamW), {trunk_shape}:", "", _table(trunk_rows), "",
         f"Attention, {attn_shape}:", "", _table(attn_rows), "",
-        "GPU figures (backend agreement in bf16, AIM-600M images/s and MFU per backend): run",
-        "`bash benchmarks/gpu_check.sh` on an H100/H200; not measured in this session (no GPU).",
+        f"Data worker per image, {data_shape}:", "", _table(data_rows), "",
+        "GPU figures (backend agreement in bf16, AIM-600M images/s and MFU per backend, the shipped",
+        "aim-600m path): `bash benchmarks/gpu_check.sh --compile --backends auto` on an H100/H200.",
     ])
     if not args.no_write:
         write_section(SECTION, text, keep="### GPU")

@@ -34,9 +34,9 @@ part, so the images of a step do not depend on the world size or the workers. Th
 (one bytes buffer + offsets, from torchvision's `make_dataset` scanner), cheap to copy to workers.
 
 Every sample's augmentation draws from an RNG seeded by where the sample sits (source, visit
-position, index in window / global slot). Batches leave the workers as uint8 [B, 3, S, S]; the
-loop normalises on the device (`training.augment.normalize`). A corrupt or missing shard, or an
-undecodable image, is skipped with a warning and counted.
+position, index in window / global slot). Batches leave the workers as uint8 [B, 3, S, S] with the
+colour-jitter parameters; the loop normalises (and, on GPU runs, jitters) on the device.
+A corrupt or missing shard, or an undecodable image, is skipped with a warning and counted.
 """
 
 from __future__ import annotations
@@ -236,16 +236,20 @@ class ImageNetIndex:
 class TrainBatches(IterableDataset):
     """Yields this rank's batches for steps start_step, start_step+1, ... (each worker every S-th one).
 
-    Each item: {"images": [B,3,S,S] uint8, "step": int, "stream": int, "position": dict, "bad": int}.
+    Each item: {"images": [B,3,S,S] uint8, "jitter": [B,9] colour-jitter parameters (applied on the
+    device by training.augment.to_model_input when `jitter_on_device`, else already applied here),
+    "step": int, "stream": int, "position": dict, "bad": int}.
     `curated` are the curated shard URLs; `imagenet` image folders or shard patterns (resolved paths).
     """
 
     def __init__(self, tcfg: TrainingConfig, curated: list[str], imagenet: list[str], rank: int,
-                 world_size: int, start_step: int, positions: list[dict] | None, num_streams: int):
+                 world_size: int, start_step: int, positions: list[dict] | None, num_streams: int,
+                 jitter_on_device: bool = False):
         data = tcfg.data
         self.seed, self.rank, self.world = tcfg.seed, rank, world_size
         self.img_size = tcfg.model.img_size
         self.scale, self.jitter_p = tuple(data.crop_scale), data.color_jitter_p
+        self.jitter_on_device = jitter_on_device
         self.shuffle_buffer = data.shuffle_buffer
         self.start_step, self.num_streams = start_step, num_streams
         self.n_in_global = global_imagenet_count(tcfg.global_batch_size, tuple(data.mix), bool(imagenet))
@@ -306,6 +310,7 @@ class TrainBatches(IterableDataset):
         reported_bad = 0
         while True:
             images: list[torch.Tensor] = []
+            jitter: list[torch.Tensor] = []
             for name in self.sources:
                 taken = 0
                 while taken < counts[name]:
@@ -317,15 +322,22 @@ class TrainBatches(IterableDataset):
                         counter(exc)
                         continue
                     rng = np.random.default_rng([self.seed, SOURCES[name], visit, after["taken"]])
-                    images.append(augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p))
+                    image, params = augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p,
+                                                  self.jitter_on_device)
+                    images.append(image)
+                    jitter.append(params)
                     taken += 1
             if self.in_folder is not None:
                 first = step * self.n_in_global + self.in_offset
                 for slot in range(first, first + self.n_in):
                     img = self._folder_image(slot, counter)
                     rng = np.random.default_rng([self.seed, IMAGENET, slot])
-                    images.append(augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p))
-            yield {"images": torch.stack(images), "step": step, "stream": stream,
+                    image, params = augment_uint8(img, self.img_size, rng, self.scale, self.jitter_p,
+                                                  self.jitter_on_device)
+                    images.append(image)
+                    jitter.append(params)
+            yield {"images": torch.stack(images), "jitter": torch.stack(jitter), "step": step,
+                   "stream": stream,
                    "position": {k: {**v, "reader": reader} for k, v in pos.items()},
                    "bad": counter.count - reported_bad}
             reported_bad = counter.count
@@ -334,8 +346,10 @@ class TrainBatches(IterableDataset):
 
 def build_loader(tcfg: TrainingConfig, curated: list[str], imagenet: list[str], rank: int, world_size: int,
                  start_step: int, positions: list[dict] | None, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader over `TrainBatches`: max(1, num_workers) streams, pinned batches on CUDA."""
+    """The DataLoader over `TrainBatches`: max(1, num_workers) streams. For a CUDA trainer
+    (`pin_memory`) batches are pinned and the colour jitter is left to the device."""
     workers = tcfg.data.num_workers
-    dataset = TrainBatches(tcfg, curated, imagenet, rank, world_size, start_step, positions, max(1, workers))
+    dataset = TrainBatches(tcfg, curated, imagenet, rank, world_size, start_step, positions, max(1, workers),
+                           jitter_on_device=pin_memory)
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -16,8 +16,9 @@ over ranks), so the accumulated gradient is the gradient of the global batch's l
 counted patches) for any world size and micro-batch size.
 
 The hot loop does not wait for the device: batches arrive pinned (uint8) and are copied with
-non_blocking, normalised on the device; prefix lengths are drawn on the host and copied pinned; loss,
-gradient norm and the non-finite check stay on the device until a log or checkpoint step.
+non_blocking, normalised (and on GPU colour-jittered) on the device; prefix lengths are drawn on the host and
+copied pinned; loss, gradient norm and the non-finite check stay on the device until a log or
+checkpoint step.
 
 Non-finite loss or gradient norm: the run stops with an error naming the first such step, at the
 next log or checkpoint step (where the host reads the device anyway), before anything is saved: the
@@ -44,7 +45,7 @@ from shared.errors import ConfigError, InputError, OpenAIMError
 from shared.torchrun import barrier, broadcast_from_rank0
 from training import checkpoint as ck
 from training import distributed as dd
-from training.augment import normalize
+from training.augment import to_model_input
 from training.data import (
     build_loader,
     curated_shard_list,
@@ -268,7 +269,8 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
                 raise RuntimeError(f"data stream out of order: got step {batch['step']}, expected {step}")
             positions[batch["stream"]] = batch["position"]
             bad_samples += batch["bad"]
-            images = normalize(batch["images"].to(device, non_blocking=True))  # [B, 3, S, S] float
+            # [B, 3, S, S] float; the jitter table stays on the host (to_model_input groups it there)
+            images = to_model_input(batch["images"].to(device, non_blocking=True), batch["jitter"])
 
             prefix_all = global_prefix_lengths(tcfg.seed, step, tcfg.global_batch_size, num_patches)  # [GB]
             counted_all = float((num_patches - prefix_all).sum())  # targets at index >= prefix, all ranks
