@@ -12,12 +12,16 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curation.download import _RUN_FILE, _RUN_TOKEN_ENV, finished_shards, kill_previous_run, verify_shards
-from tests.faults.conftest import ROOT, make_workdir, sets, tiny_overrides
+from curation.extract import extract_pairs, resolve_sources
+from curation.select import subset_to_uids
+from shared.config.curation import ExtractConfig
+from tests.faults.conftest import ROOT, make_workdir, openaim, sets, tiny_overrides
 
 MARKER_ENV = "OPENAIM_SECURITY_TEST_RUN"
 
@@ -40,14 +44,31 @@ def processes_with(name: str, value: str) -> list[int]:
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the run's processes")
 
 
+def datacomp_parquet(web_dir: Path, out: Path) -> list[str]:
+    """The mini web's image links as DataComp metadata: uid (32 hex digits), url, text and other columns."""
+    tmp_pairs = out.with_name("web-pairs.parquet")
+    extract_pairs(ExtractConfig(allow_hosts=["127.0.0.1"]), resolve_sources([], web_dir / "warc"), tmp_pairs)
+    t = pq.read_table(tmp_pairs)
+    rng = np.random.default_rng(7)
+    uids = [f"{int(a):016x}{int(b):016x}" for a, b in rng.integers(0, 2**63, size=(t.num_rows, 2))]
+    pq.write_table(pa.table({"uid": uids, "url": t.column("url"), "text": t.column("caption"),
+                             "original_width": [256] * t.num_rows, "sha256": [None] * t.num_rows}), out)
+    tmp_pairs.unlink()
+    return uids
+
+
 def test_kill9_of_build_dataset_during_download_leaves_no_process(served_web, tmp_path):
+    """A DataComp-style parquet source: killed during the download, no process of the run is alive 5 s
+    later; the rerun finishes and its subset.npy holds the input's uids."""
     web_dir, port, _ = served_web
     workdir = make_workdir(tmp_path / "run", web_dir)
+    source = tmp_path / "datacomp-0000.parquet"
+    input_uids = datacomp_parquet(web_dir, source)
+    overrides = [*tiny_overrides(workdir, port), f'curation.extract.sources=["{source}"]']
     marker = uuid.uuid4().hex
     env = {**os.environ, MARKER_ENV: marker, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "build-dataset",
-                             *sets(tiny_overrides(workdir, port))], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "build-dataset", *sets(overrides)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage = workdir / "curation" / "pool.partial"
     try:
         deadline = time.time() + 240
@@ -68,6 +89,10 @@ def test_kill9_of_build_dataset_during_download_leaves_no_process(served_web, tm
         snapshot = {p: p.stat().st_mtime_ns for p in stage.rglob("*")}
         time.sleep(1)
         assert {p: p.stat().st_mtime_ns for p in stage.rglob("*")} == snapshot
+        # The rerun resumes and finishes; the subset names the input's own uids (DataComp's subset format).
+        openaim("build-dataset", *sets(overrides), timeout=900)
+        subset = subset_to_uids(np.load(workdir / "curation" / "subset.npy"))
+        assert subset and set(subset) <= set(input_uids)
     finally:
         for pid in processes_with(MARKER_ENV, marker):  # never leave the run behind, even on failure
             os.kill(pid, signal.SIGKILL)
