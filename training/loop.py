@@ -16,9 +16,9 @@ over ranks), so the accumulated gradient is the gradient of the global batch's l
 counted patches) for any world size and micro-batch size.
 
 The hot loop does not wait for the device: batches arrive pinned (uint8) and are copied with
-non_blocking, normalised (and on GPU colour-jittered) on the device; prefix lengths are drawn on the host and
-copied pinned; loss, gradient norm and the non-finite check stay on the device until a log or
-checkpoint step.
+non_blocking, normalised (and on GPU colour-jittered) on the device; prefix lengths are drawn on the
+host and copied pinned; loss, gradient norm and the non-finite check stay on the device until a log
+or checkpoint step.
 
 Non-finite loss or gradient norm: the run stops with an error naming the first such step, at the
 next log or checkpoint step (where the host reads the device anyway), before anything is saved: the
@@ -62,7 +62,7 @@ from training.optim import build_optimizer, lr_at, peak_lr, set_lr
 # Bump when the trained weights (the whole training/ package) change for the same config and inputs: this
 # step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
 # refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: colour-jitter factors as float32 from the per-image jitter table
 
 log = logging.getLogger("openaim.training")
 
