@@ -123,7 +123,8 @@ def canonical_host(host: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def _canonical_allowed(allow_hosts: Iterable[str]) -> frozenset[str]:
+@functools.lru_cache(maxsize=64)
+def _canonical_allowed(allow_hosts: tuple[str, ...]) -> frozenset[str]:
     out = set()
     for h in allow_hosts:
         try:
@@ -176,7 +177,7 @@ def url_rejection(url: str, allow_hosts: Iterable[str] = ()) -> str | None:
         host = canonical_host(netloc_host)
     except ValueError:
         return "malformed host"
-    if host in _canonical_allowed(allow_hosts):
+    if host in _canonical_allowed(tuple(allow_hosts)):
         return None
     if host in _INTERNAL_NAMES or host.endswith(_INTERNAL_SUFFIXES):
         return f"internal host {host}"
@@ -325,7 +326,7 @@ class _RefuseOtherSchemes(urllib.request.BaseHandler):
 
 def guarded_opener(allow_hosts: Iterable[str] = ()) -> urllib.request.OpenerDirector:
     """A urllib opener that enforces the policy on every connection (see the module docstring)."""
-    allowed = _canonical_allowed(allow_hosts)
+    allowed = _canonical_allowed(tuple(allow_hosts))
     opener = urllib.request.OpenerDirector()
     for handler in (_RefuseOtherSchemes(), _GuardedHTTPHandler(allowed), _GuardedHTTPSHandler(allowed),
                     urllib.request.HTTPDefaultErrorHandler(), _GuardedRedirectHandler(),
