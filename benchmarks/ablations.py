@@ -190,9 +190,14 @@ def summarise(results: list[dict]) -> list[str]:
     return lines
 
 
+def section_title(device: str) -> str:
+    return "## Ablations" if device == "cpu" else "## Ablations (GPU)"
+
+
 def results_section(p: Preset, device: str, results: list[dict], summary: list[str], total: float,
                     n_test: int) -> str:
-    """The Ablations section of RESULTS.md: what ran, every seed's numbers, the four relations."""
+    """An Ablations section of RESULTS.md (one per device kind): what ran, every seed's numbers, the four
+    relations."""
     shape = (f"{p.width} wide, {p.depth} blocks, {p.heads} heads, {p.img_size} px / patch {p.patch_size}, "
              f"head {p.head_width} x {p.head_depth}")
     rows = [f"| {seed} | {100 * r['prefix']:.1f} | {100 * r['causal']:.1f} | {100 * r['raw']:.1f} | "
@@ -200,7 +205,7 @@ def results_section(p: Preset, device: str, results: list[dict], summary: list[s
             + " |" for seed, r in enumerate(results)]
     steps = ", ".join(str(s) for s, _, _ in results[0]["curve"])
     return "\n".join([
-        "## Ablations", "",
+        section_title(device), "",
         f"`benchmarks/ablations.py` on {device} (torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads), {total / 60:.1f} min: trunk {shape}; {p.steps} steps of {p.batch} digits images per run, "
         f"lr {p.lr:g}; probes on the mean of the last {p.n_blocks} blocks; test = digits test split "
@@ -217,7 +222,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the preset's pretraining steps")
     ap.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds (>= 3)")
     ap.add_argument("--write-results", action="store_true",
-                    help="rewrite the Ablations section of benchmarks/RESULTS.md (keeps its ### subsections)")
+                    help="rewrite the device's Ablations section of benchmarks/RESULTS.md (keeps ### parts)")
     args = ap.parse_args()
     device = args.device
     preset = PRESETS["smoke" if args.smoke else "cuda" if device.startswith("cuda") else "cpu"]
@@ -248,7 +253,7 @@ def main() -> None:
         print(line, flush=True)
     if args.write_results:
         section = results_section(preset, device, results, summary, total, len(xte))
-        write_section("## Ablations", section, keep="### ")
+        write_section(section_title(device), section, keep="### ")
 
 
 if __name__ == "__main__":
