@@ -241,6 +241,11 @@ class CheckpointWriter:
         the consolidated safetensors (a gather of the full model to rank 0)."""
         self.wait()
         tmp, final = tmp_step_dir(self.training_dir, step), step_dir(self.training_dir, step)
+        with disk_full_as_error(final):  # a full disk: one line naming the checkpoint
+            self._save(tmp, final, model, optimizer, state, export_weights)
+
+    def _save(self, tmp: Path, final: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              state: dict[str, Any] | None, export_weights: bool) -> None:
         if _is_main():
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -271,7 +276,8 @@ class CheckpointWriter:
         future, tmp, final = self._pending
         self._pending = None
         if future is not None:
-            future.result()
+            with disk_full_as_error(final):
+                future.result()
         # DCP's save ends with rank 0 writing .metadata after every rank reported its shards written.
         if _is_main():
             (tmp / COMPLETE).write_text("ok\n")
