@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from evaluation.benchmarks import registry
 from evaluation.features import extract_split_features, feature_path, resolve_blocks
 from evaluation.probe_grid import classification_metrics
 from evaluation.probes import AttentiveProbe
 from evaluation.results import write_result
 from shared.atomic import atomic_path
-from shared.config.evaluation import ProbeHeadConfig
+from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig
 from shared.errors import InputError
 from shared.torchrun import rank_world
 from training.model.mlaim_compat import read_mlaim_state_dict
@@ -104,18 +105,17 @@ def head_for(heads: list[ProbeHeadConfig], checkpoint: Path | None,
     return next((h for h in heads if Path(h.checkpoint) == checkpoint and h.benchmark == benchmark), None)
 
 
-def evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash: str,
+def evaluate_head(ev: EvaluationConfig, eval_dir: Path, entry, spec, root, model, model_cfg, ckpt_hash: str,
                   head_cfg: ProbeHeadConfig, img_size: int, progress) -> dict[str, Any] | None:
     """Top-1 of a released head on `spec`'s test split (features cached like the probes'; sharded across
     ranks under torchrun). Writes and returns the result record on rank 0 (None elsewhere); its probe is
     named "attentive", so the report compares it with the published attentive-probe numbers."""
-    ev = cfg.evaluation
     start = time.perf_counter()
     blocks = resolve_blocks(head_cfg.blocks or ev.blocks, ev.n_blocks, model, model_cfg.depth)
     dataset = registry.load_split(spec, root, "test", ev.probe.val_fraction, ev.seed)
     data_key = {"benchmark": spec.name, "split": "test", "val_fraction": ev.probe.val_fraction,
                 "seed": ev.seed, "max_items": None, "n": len(dataset)}
-    path = feature_path(cfg.eval_dir, ckpt_hash, spec.name, "test", blocks, img_size, data_key)
+    path = feature_path(eval_dir, ckpt_hash, spec.name, "test", blocks, img_size, data_key)
     feats, skipped = extract_split_features(
         model, dataset, path, blocks, img_size, ev.batch_size, ev.num_workers,
         description=f"{spec.name}/test features", progress=progress,
@@ -135,5 +135,5 @@ def evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash:
         "probes": {"attentive": {**metrics, "lr": None, "weight_decay": None, "head": str(head_cfg.path)}},
         "seconds": time.perf_counter() - start}
     log.info("%s %s: ml-aim head %s top-1 %.3f", entry.name, spec.name, head_cfg.path, metrics["top1"])
-    write_result(cfg.eval_dir, record)
+    write_result(eval_dir, record)
     return record

@@ -439,7 +439,7 @@ def evaluate_from_config(cfg) -> Path:
                 head = head_for(ev.heads, entry.path, spec.name)
                 try:
                     if head is not None:  # a released probe head: applied as it is, nothing to train
-                        got = evaluate_head(cfg, registry, entry, spec, root, model, model_cfg, ckpt_hash,
+                        got = evaluate_head(ev, cfg.eval_dir, entry, spec, root, model, model_cfg, ckpt_hash,
                                             head, img_size, progress)
                     else:
                         got = features_for_checkpoint_on_benchmark(ev, cfg.eval_dir, entry, spec, root, model,
