@@ -9,11 +9,11 @@ Nothing is downloaded at test time; a model that cannot be loaded is a one-line 
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InputError
+from shared.stage_cache import hash_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -76,14 +76,6 @@ class FilterNetwork:
         return int(self.encode_token_tensor(self.tokenizer(["a"])).shape[1])
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__
@@ -99,7 +91,7 @@ def _resolve(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None) -> tuple
         if not (own / OWN_CONFIG).is_file() or not weights.is_file():
             raise InputError(f"no trained filter network in {own} (expected {OWN_CONFIG} and {OWN_WEIGHTS}); "
                              "run `openaim train-filter` first")
-        return f"local-dir:{own}", None, f"own@{_file_digest(weights)}"
+        return f"local-dir:{own}", None, f"own@{hash_file(weights)[:12]}"
     if cfg.checkpoint:
         ckpt = Path(cfg.checkpoint)
         if ckpt.is_dir():  # an open_clip folder: config + weights side by side
@@ -108,7 +100,7 @@ def _resolve(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None) -> tuple
             return f"local-dir:{ckpt}", None, f"local-dir:{ckpt}"
         if not ckpt.is_file():
             raise InputError(f"filter checkpoint not found: {ckpt}")
-        return cfg.model, str(ckpt), f"{cfg.model}@{ckpt.name}:{_file_digest(ckpt)}"
+        return cfg.model, str(ckpt), f"{cfg.model}@{ckpt.name}:{hash_file(ckpt)[:12]}"
     if cfg.model.startswith(("hf-hub:", "local-dir:")):
         return cfg.model, None, cfg.model
     return cfg.model, cfg.pretrained, f"{cfg.model}:{cfg.pretrained}" if cfg.pretrained else cfg.model

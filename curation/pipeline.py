@@ -16,6 +16,7 @@ from pathlib import Path
 
 from curation import dedup, download, extract, safety, score, select, train_filter
 from shared.errors import InputError, OpenAIMError
+from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
 from shared.torchrun import broadcast_from_rank0
 
@@ -388,13 +389,10 @@ def _manifest(steps: _Steps) -> dict:
 
 def build_dataset(cfg, force: bool = False) -> dict:
     """Run (or reuse) every curation step and write ``manifest.json``; returns the manifest."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from shared.atomic import atomic_write_json
 
     cfg.curation_dir.mkdir(parents=True, exist_ok=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as progress:
+    with progress_bar() as progress:
         steps = _Steps(cfg, force, progress)
         steps.extract()
         steps.download()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError
+from shared.progress import progress_bar
 
 # Bump when the trained filter network change for the same config and inputs: this step and every step after
 # it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
@@ -105,7 +106,6 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
 
     import open_clip
     import torch
-    from rich.progress import Progress
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
@@ -135,7 +135,7 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
     loss_fn = open_clip.ClipLoss()
     history: list[dict] = []
     model.train()
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("training the filter network", total=total)
         for epoch in range(cfg.epochs):
             order = torch.randperm(n, generator=gen)

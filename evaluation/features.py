@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from rich.progress import Progress
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
@@ -30,6 +29,7 @@ from torchvision import transforms as T
 from evaluation.probe_grid import FeatureSet
 from shared.atomic import atomic_path
 from shared.errors import ConfigError, InputError
+from shared.progress import progress_bar
 from shared.stage_cache import hash_json, hash_path
 from shared.torchrun import barrier, rank_world
 from training.checkpoint import resolve_weights
@@ -137,7 +137,7 @@ def _extract_indices(model, dataset, indices, blocks, img_size, batch_size, num_
                         shuffle=False, num_workers=num_workers, collate_fn=_collate)
     out_idx, out_feats, out_labels, skipped = [], [], [], 0
     own = progress is None  # rich allows one live display: reuse the caller's when there is one
-    progress = progress or Progress(disable=not show_progress, transient=True)
+    progress = progress or progress_bar(disable=not show_progress)
     with progress if own else contextlib.nullcontext():
         task = progress.add_task(description, total=len(indices), visible=show_progress)
         for idx, images, labels, n_skipped in loader:

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torchvision
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evaluation import probe_grid
 from evaluation.benchmarks import registry
@@ -50,6 +49,7 @@ from evaluation.results import (
 from shared.atomic import atomic_write_json
 from shared.config.evaluation import EvaluationConfig, ProbeConfig
 from shared.errors import ConfigError, InputError, PartialFailure
+from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json
 from shared.torchrun import broadcast_from_rank0, local_device
 from training.checkpoint import complete_checkpoints, load_model_for_eval
@@ -417,9 +417,8 @@ def evaluate_from_config(cfg) -> Path:
     device = local_device()  # one GPU per rank under torchrun
     if device != "cpu":
         torch.cuda.set_device(device)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     tasks: list[ProbeTask] = []
-    with Progress(*columns, disable=rank != 0) as progress:
+    with progress_bar(transient=False, disable=rank != 0) as progress:
         overall = progress.add_task("features", total=len(entries) * len(present))
         # First every trunk's features (each split sharded across ranks), then the probes of every stale
         # checkpoint x benchmark (the jobs spread across ranks). Real checkpoints first, so the random
@@ -447,7 +446,7 @@ def evaluate_from_config(cfg) -> Path:
                                                                    cache, progress)
                 except (ConfigError, KeyboardInterrupt):
                     raise  # the user's config is wrong for every benchmark: stop
-                except Exception as exc:  # noqa: BLE001 - one unreadable benchmark must not stop the others
+                except Exception as exc:
                     failed[spec.name] = _failure(spec, root, entry, exc)
                     log.error("benchmark %s failed at %s: %s", spec.name, root, failed[spec.name]["reason"])
                     log.debug("benchmark %s failure", spec.name, exc_info=True)

@@ -15,8 +15,6 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from rich.progress import Progress
-
 from evaluation.report import sections
 from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run, read_curation_samples
 from evaluation.report.html import render_html
@@ -24,6 +22,7 @@ from evaluation.report.markdown import render_markdown
 from shared import __version__
 from shared.atomic import atomic_write_bytes, atomic_write_text
 from shared.errors import OpenAIMError
+from shared.progress import progress_bar
 from shared.stage_cache import hash_json
 
 log = logging.getLogger("openaim.report")
@@ -86,7 +85,7 @@ def provenance_facts(cfg) -> dict[str, str]:
 def report_from_config(cfg) -> Path:
     """Write cfg.report_dir/report.html and report.md (+ PNGs); returns the HTML's path."""
     out = Path(cfg.report_dir)
-    with Progress(transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("report: reading results", total=4)
         runs = collect_runs(cfg)
         catalog = benchmark_catalog(cfg)

@@ -23,6 +23,7 @@ from shared.errors import OpenAIMError
 from shared.miniweb.datasets import BENCH_TASKS, write_bench, write_hq
 from shared.miniweb.links import KINDS, Link, kind_counts, plan_links
 from shared.miniweb.warc import Page, write_warc, write_wat
+from shared.progress import progress_bar
 
 log = logging.getLogger("openaim.web")
 
@@ -150,7 +151,6 @@ def _write_site(out: Path, links: list[Link], pages: list[Page]) -> dict:
 def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> dict:
     """Generate the mini web of ``cfg`` into ``out_dir`` (swapped in atomically); returns the manifest."""
     from PIL import Image
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shared.miniweb.datasets import PLAN, stream
 
@@ -168,23 +168,21 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
     n_bench = n_classes * (cfg.bench_train_per_class + cfg.bench_test_per_class)
     n_drawn = sum(counts[k] for k in ("match", "mismatch", "junk", "broken"))  # the others copy these
     total = n_bench + cfg.hq_size + n_drawn
-    with atomic_dir(out_dir) as tmp, Progress(
-            TextColumn("[bold]mini web[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            transient=True) as progress:
-        bar = progress.add_task("benchmark sets", total=total)
+    with atomic_dir(out_dir) as tmp, progress_bar() as progress:
+        bar = progress.add_task("mini web: benchmark sets", total=total)
         step = lambda: progress.advance(bar)
 
         bench = write_bench(tmp, cfg.seed, cfg.image_size, cfg.bench_train_per_class, cfg.bench_test_per_class, step)
-        progress.update(bar, description="high-quality pairs")
+        progress.update(bar, description="mini web: high-quality pairs")
         hq_shards = write_hq(tmp, cfg.seed, cfg.image_size, cfg.hq_size, HQ_SHARD_SIZE, step)
 
-        progress.update(bar, description="web images")
+        progress.update(bar, description="mini web: web images")
         test_images = [b for b in bench if b.split == "test"]
         links = plan_links(cfg.seed, cfg.n_images, cfg.image_size, cfg.host, cfg.port, cfg.slow_seconds,
                            test_images, lambda b: Image.open(tmp / b.relpath).convert("RGB"), step)
         pages = _place_on_pages(links, cfg, stream(cfg.seed, PLAN, 1))
 
-        progress.update(bar, description="site, WARC and WAT")
+        progress.update(bar, description="mini web: site, WARC and WAT")
         routes = _write_site(tmp, links, pages)
         for w, start in enumerate(range(0, len(pages), PAGES_PER_WARC)):
             chunk = pages[start:start + PAGES_PER_WARC]

@@ -6,6 +6,7 @@ reruns nothing; a bump reruns that step and every step after it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from tests.faults.conftest import ROOT, make_workdir, openaim, sets, tiny_overrides
@@ -66,9 +67,10 @@ def test_fraction_change_reruns_only_downstream_and_report_compares(served_web, 
 
     # Bumping dedup's VERSION reruns dedup and every step after it (not download, score or safety).
     dedup_py = code / "curation" / "dedup.py"
-    dedup_py.write_text(dedup_py.read_text().replace("\nVERSION = 1\n", "\nVERSION = 2\n"))
+    version = int(re.search(r"^VERSION = (\d+)", dedup_py.read_text(), re.M).group(1))
+    dedup_py.write_text(re.sub(r"^VERSION = \d+", f"VERSION = {version + 1}", dedup_py.read_text(), flags=re.M))
     status = openaim("status", *sets(changed), code=code).stdout
-    assert "version 1 -> 2" in status and "upstream dedup would run" in status, status
+    assert f"version {version} -> {version + 1}" in status and "upstream dedup would run" in status, status
     assert status.count("fresh") == 5, status  # extract, download, train-filter, score, safety
     openaim("run", *sets(changed), code=code)
     manifest = json.loads((workdir / "curation" / "manifest.json").read_text())
