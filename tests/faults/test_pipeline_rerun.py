@@ -67,8 +67,9 @@ def test_fraction_change_reruns_only_downstream_and_report_compares(served_web, 
 
     # Bumping dedup's VERSION reruns dedup and every step after it (not download, score or safety).
     dedup_py = code / "curation" / "dedup.py"
-    version = int(re.search(r"^VERSION = (\d+)", dedup_py.read_text(), re.M).group(1))
-    dedup_py.write_text(re.sub(r"^VERSION = \d+", f"VERSION = {version + 1}", dedup_py.read_text(), flags=re.M))
+    source = dedup_py.read_text()
+    version = int(re.search(r"^VERSION = (\d+)", source, re.MULTILINE).group(1))
+    dedup_py.write_text(re.sub(r"^VERSION = \d+", f"VERSION = {version + 1}", source, flags=re.MULTILINE))
     status = openaim("status", *sets(changed), code=code).stdout
     assert f"version {version} -> {version + 1}" in status and "upstream dedup would run" in status, status
     assert status.count("fresh") == 5, status  # extract, download, train-filter, score, safety
