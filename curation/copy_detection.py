@@ -47,15 +47,6 @@ def _unit_thumbnails(thumbs: np.ndarray) -> np.ndarray:
     return np.where(norms > 1e-6, v / np.maximum(norms, 1e-6), 0.0).astype(np.float32)
 
 
-def copy_descriptor(image, zoom: float = 1.0) -> np.ndarray:
-    """PIL image -> float32 [768] unit vector of its central 1/zoom crop."""
-    from PIL import Image
-
-    image = image.convert("RGB")
-    small = image.resize((THUMB, THUMB), Image.Resampling.BOX, box=_zoom_box(image.size, zoom))
-    return _unit_thumbnails(np.asarray(small)[None])[0]
-
-
 def copy_views(image) -> np.ndarray:
     """PIL image -> float32 [VIEWS, 768]: the descriptor of the image and of its zoomed views
     (one colour conversion and one numpy pass for all views: this runs once per pool image)."""

@@ -31,7 +31,6 @@ CSV_COLUMNS = [
     "n_train",
     "n_test",
 ]
-PROBE_KEYS = ["top1", "top5", "mean_per_class_recall", "lr", "weight_decay", "val_top1"]
 
 
 def result_path(eval_dir: Path, checkpoint: str, benchmark: str) -> Path:

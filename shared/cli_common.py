@@ -69,7 +69,3 @@ def run_with_config(body: Callable[[Any], Any], config: Path | None, overrides: 
         return body(cfg)
 
     return guarded(_run, debug)
-
-
-def in_child_process() -> bool:
-    return "pytest" not in sys.modules

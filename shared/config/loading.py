@@ -80,8 +80,3 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()):
         return OpenAIMConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc)) from None
-
-
-def config_section_dict(model) -> dict[str, Any]:
-    """A JSON-able dict of a config (section), for hashing and for records."""
-    return model.model_dump(mode="json")
