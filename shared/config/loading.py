@@ -6,6 +6,8 @@ Every problem becomes a `ConfigError` whose message is one line naming the key a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,22 @@ from pydantic import ValidationError
 
 from shared.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# The shipped configs (configs/*.yaml in a checkout) are package data: shared/config/defaults links to
+# configs/, and the wheel carries the files, so an installed openaim finds them without a checkout.
+SHIPPED_CONFIGS = resources.files("shared.config") / "defaults"
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def shipped_config(path: Path) -> Traversable | None:
+    """``configs/<name>.yaml`` as the docs spell it, when no such file is here (e.g. an installed openaim
+    run from another folder): the shipped config of that name, else None."""
+    if path.exists() or path.parent != Path("configs"):
+        return None
+    shipped = SHIPPED_CONFIGS / path.name
+    return shipped if shipped.is_file() else None
+
+
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -72,7 +86,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()):
     """Read, override and validate. Returns an `OpenAIMConfig`; raises `ConfigError` (one line)."""
     from shared.config.root import OpenAIMConfig
 
-    data = _read_yaml(Path(path) if path else DEFAULT_CONFIG)
+    data = _read_yaml((shipped_config(Path(path)) or Path(path)) if path else DEFAULT_CONFIG)
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
