@@ -38,6 +38,17 @@ def setup_logging(debug: bool = False) -> None:
     logging.getLogger("openaim").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def show_hidden_causes(exc: BaseException) -> None:
+    """Undo ``raise ... from None`` along the chain, so that --debug's traceback shows what went wrong
+    underneath (the one-line message hides it; Python keeps it in ``__context__``)."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        node.__suppress_context__ = False
+        node = node.__cause__ or node.__context__
+
+
 def guarded(fn: Callable[[], Any], debug: bool) -> Any:
     """Run a command body: user errors become one line; unexpected ones too, unless --debug."""
     from shared.errors import OpenAIMError
@@ -46,6 +57,7 @@ def guarded(fn: Callable[[], Any], debug: bool) -> Any:
         return fn()
     except OpenAIMError as exc:
         if debug:
+            show_hidden_causes(exc)
             raise
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:

@@ -57,3 +57,26 @@ def test_missing_config_file_is_one_line(tmp_path):
 def test_unknown_command():
     out = _run("frobnicate")
     assert out.returncode != 0
+
+
+def test_report_on_a_missing_workdir_is_one_line_and_creates_nothing(tmp_path):
+    typo = tmp_path / "typo"
+    out = _run("report", "--set", f"workdir={typo}")
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(typo) in lines[0] and "does not exist" in lines[0], out.stderr
+    assert not typo.exists()
+
+
+def test_debug_shows_the_cause_a_one_line_error_hides(tmp_path):
+    """`raise ConfigError(...) from None` keeps the message to one line; --debug shows the YAML error
+    underneath it too."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    plain = _run("status", "--config", str(bad))
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert len([ln for ln in plain.stderr.splitlines() if ln.strip()]) == 1
+    debug = _run("status", "--config", str(bad), "--debug")
+    assert debug.returncode != 0
+    assert "ConfigError" in debug.stderr and "not valid YAML" in debug.stderr
+    assert "yaml.parser.ParserError" in debug.stderr or "yaml.scanner.ScannerError" in debug.stderr, debug.stderr

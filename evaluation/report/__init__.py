@@ -21,7 +21,7 @@ from evaluation.report.html import render_html
 from evaluation.report.markdown import render_markdown
 from shared import __version__
 from shared.atomic import atomic_write_bytes, atomic_write_text
-from shared.errors import OpenAIMError
+from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
 from shared.stage_cache import hash_json
 
@@ -84,6 +84,8 @@ def provenance_facts(cfg) -> dict[str, str]:
 
 def report_from_config(cfg) -> Path:
     """Write cfg.report_dir/report.html and report.md (+ PNGs); returns the HTML's path."""
+    if not Path(cfg.workdir).is_dir():  # a typo'd workdir: say so, and create nothing there
+        raise InputError(f"workdir {cfg.workdir} does not exist: nothing to report (run `openaim run` first)")
     out = Path(cfg.report_dir)
     with progress_bar() as progress:
         task = progress.add_task("report: reading results", total=4)
