@@ -1,8 +1,9 @@
 """The pipeline graph: web -> build-dataset -> train -> eval -> report, over the stage cache.
 
 Curation caches each of its own steps (extract, download, score, ...). On top of that the pipeline keeps
-one record per stage (`train`, `eval`), keyed by the stage's config section, its upstream outputs and its
-module's ``VERSION`` (training.loop, evaluation.run); `openaim status` checks the same specs (``pipeline_plan``):
+one record per stage (`train`, `eval`), keyed by the stage's config section, its upstream outputs and
+its module's ``VERSION`` (training.loop, evaluation.run); `openaim status` checks the same specs
+(``pipeline_plan``):
 
 - a stage whose config and inputs are unchanged is reused;
 - a stage that is stale because its inputs or config changed *after it had finished* first moves its
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -27,6 +29,7 @@ from curation.pipeline import build_dataset, step_specs
 from evaluation.report import report_from_config
 from evaluation.run import evaluate_from_config
 from shared.atomic import atomic_write_bytes, atomic_write_json
+from shared.config.root import OpenAIMConfig
 from shared.errors import PartialFailure
 from shared.miniweb.generate import generate_web
 from shared.miniweb.server import serve_in_background
@@ -37,7 +40,7 @@ log = logging.getLogger("openaim.pipeline")
 console = Console()
 
 
-def train_spec(cfg, cache: StageCache) -> StepSpec:
+def train_spec(cfg: OpenAIMConfig, cache: StageCache) -> StepSpec:
     """Training takes the curated shards (select's outputs), or the user's own shard list."""
     shards = cfg.training.data.shards
     return StepSpec(
@@ -49,7 +52,7 @@ def train_spec(cfg, cache: StageCache) -> StepSpec:
     )
 
 
-def eval_spec(cfg, cache: StageCache) -> StepSpec:
+def eval_spec(cfg: OpenAIMConfig, cache: StageCache) -> StepSpec:
     checkpoints = cfg.evaluation.checkpoints
     return StepSpec(
         name="eval",
@@ -61,7 +64,7 @@ def eval_spec(cfg, cache: StageCache) -> StepSpec:
     )
 
 
-def pipeline_plan(cfg) -> list[tuple[str, Freshness]]:
+def pipeline_plan(cfg: OpenAIMConfig) -> list[tuple[str, Freshness]]:
     """Every step of `openaim run` (curation's, then train and eval) and whether the next run reuses it.
 
     A stage's spec takes its upstream's outputs as recorded now; when that upstream runs, ``plan`` marks
@@ -71,25 +74,26 @@ def pipeline_plan(cfg) -> list[tuple[str, Freshness]]:
     return plan(cache, [*curation, train_spec(cfg, cache), eval_spec(cfg, cache)])
 
 
-def history_runs(cfg) -> list[Path]:
-    root = cfg.workdir / "history"
+def history_runs(workdir: Path) -> list[Path]:
+    root = workdir / "history"
     return sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
 
 
-def archive_previous_run(cfg, reasons: list[str], manifest: bytes | None = None) -> Path | None:
+def archive_previous_run(cfg: OpenAIMConfig, reasons: list[str],
+                         manifest: bytes | None = None) -> Path | None:
     """Move the finished training/eval outputs aside so the new run starts clean and stays comparable.
 
     ``manifest``: the curation manifest the finished run was trained on, read before curation reran
     (run_pipeline); None copies the manifest now on disk."""
     if not (cfg.training_dir / "final").exists():
         return None
-    dest = cfg.workdir / "history" / f"run-{len(history_runs(cfg)) + 1:03d}"
+    dest = cfg.workdir / "history" / f"run-{len(history_runs(cfg.workdir)) + 1:03d}"
     dest.mkdir(parents=True)
     for src in (cfg.training_dir, cfg.eval_dir):
         if src.exists():
             shutil.move(str(src), str(dest / src.name))
     if manifest is None:
-        manifest = _read_manifest(cfg)
+        manifest = _read_manifest(cfg.curation_dir)
     if manifest is not None:
         atomic_write_bytes(dest / "curation" / "manifest.json", manifest)
     if (cfg.workdir / "pipeline.json").is_file():  # still the finished run's: stage wall times
@@ -102,14 +106,16 @@ def archive_previous_run(cfg, reasons: list[str], manifest: bytes | None = None)
     return dest
 
 
-def _read_manifest(cfg) -> bytes | None:
+def _read_manifest(curation_dir: Path) -> bytes | None:
     try:
-        return (cfg.curation_dir / "manifest.json").read_bytes()
+        return (curation_dir / "manifest.json").read_bytes()
     except FileNotFoundError:
         return None
 
 
-def _run_cached_stage(cfg, cache: StageCache, name: str, spec_fn, run, ran: list[str], reused: list[str],
+def _run_cached_stage(cfg: OpenAIMConfig, cache: StageCache, name: str,
+                      spec_fn: Callable[[OpenAIMConfig, StageCache], StepSpec],
+                      run: Callable[[OpenAIMConfig], object], ran: list[str], reused: list[str],
                       upstream_reasons: list[str], seconds: dict[str, float],
                       manifest_before: bytes | None = None) -> None:
     spec = spec_fn(cfg, cache)  # after the stages before it ran: it takes their recorded outputs
@@ -129,7 +135,7 @@ def _run_cached_stage(cfg, cache: StageCache, name: str, spec_fn, run, ran: list
     ran.append(name)
 
 
-def run_pipeline(cfg) -> dict[str, list[str]]:
+def run_pipeline(cfg: OpenAIMConfig) -> dict[str, list[str]]:
     """build-dataset -> train -> eval -> report. Returns which stages ran and which were reused."""
     cache = StageCache(cfg.workdir)
     ran: list[str] = []
@@ -142,7 +148,7 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
     seconds: dict[str, float] = {}  # wall time of each stage that ran (the report shows it)
     # The finished run was trained on this manifest; curation is about to rewrite it, and the archive
     # made when training reruns must keep the run's own curation numbers.
-    manifest_before = _read_manifest(cfg)
+    manifest_before = _read_manifest(cfg.curation_dir)
     if not cfg.training.data.shards:
         console.rule("[bold]build-dataset")
         start = time.perf_counter()
@@ -162,7 +168,8 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
     # the report shows the stages' wall times: this run's so far
     atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "seconds": seconds})
     with_history = cfg.model_copy(deep=True)
-    with_history.report.compare = list(cfg.report.compare) + [str(p) for p in history_runs(cfg)[-2:]]
+    previous = [str(p) for p in history_runs(cfg.workdir)[-2:]]
+    with_history.report.compare = list(cfg.report.compare) + previous
     start = time.perf_counter()
     path = report_from_config(with_history)
     seconds["report"] = round(time.perf_counter() - start, 1)
@@ -174,7 +181,7 @@ def run_pipeline(cfg) -> dict[str, list[str]]:
     return {"ran": ran, "reused": reused}
 
 
-def run_demo(cfg) -> dict[str, list[str]]:
+def run_demo(cfg: OpenAIMConfig) -> dict[str, list[str]]:
     console.rule("[bold]mini web")
     generate_web(cfg.web, cfg.web_dir, skip_if_done=True)
     with serve_in_background(cfg.web_dir, host=cfg.web.host, port=cfg.web.port):
@@ -183,11 +190,12 @@ def run_demo(cfg) -> dict[str, list[str]]:
 
 # --- openaim status ---------------------------------------------------------------------------------
 
-def print_status(cfg) -> None:
+def print_status(cfg: OpenAIMConfig) -> None:
     table = Table(title=f"openaim status: {cfg.workdir}")
     table.add_column("step")
     table.add_column("next run")
     table.add_column("why")
     for name, state in pipeline_plan(cfg):
-        table.add_row(name, "[green]fresh" if state.fresh else "[yellow]would run", "; ".join(state.reasons) or "-")
+        state_text = "[green]fresh" if state.fresh else "[yellow]would run"
+        table.add_row(name, state_text, "; ".join(state.reasons) or "-")
     console.print(table)

@@ -10,20 +10,18 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import torch
+import torch.distributed as dist
+
 
 def local_device() -> str:
     """"cuda:LOCAL_RANK" when CUDA is present (one GPU per rank), else "cpu"."""
-    import torch
-
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def rank_world(backend: str = "auto", timeout: timedelta | None = None) -> tuple[int, int]:
     """(rank, world size), joining torchrun's process group on first use. backend "auto": nccl when
     CUDA is present, else gloo; the first call's backend and timeout are the group's."""
-    import torch
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
     if not dist.is_initialized():
@@ -38,8 +36,6 @@ def broadcast_from_rank0(value):
     rank, world = rank_world()
     if world == 1:
         return value
-    import torch.distributed as dist
-
     box = [value if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -47,6 +43,4 @@ def broadcast_from_rank0(value):
 
 def barrier() -> None:
     if rank_world()[1] > 1:
-        import torch.distributed as dist
-
         dist.barrier()

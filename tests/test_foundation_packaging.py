@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_the_configs_and_loads_them_without_a_checkout(tmp_path):
+    # Built from a copy: setuptools leaves build/ behind, and a stale build/ would leak into later wheels.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "runs"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path / "dist"), str(ROOT)],
+                          "-w", str(tmp_path / "dist"), str(src)],
                          capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("openaim-*.whl")

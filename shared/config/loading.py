@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shared.config.root import OpenAIMConfig
 from shared.errors import ConfigError
 
 # The shipped configs (configs/*.yaml in a checkout) are package data: shared/config/defaults links to
@@ -84,8 +85,6 @@ def _format_validation_error(exc: ValidationError) -> str:
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()):
     """Read, override and validate. Returns an `OpenAIMConfig`; raises `ConfigError` (one line)."""
-    from shared.config.root import OpenAIMConfig
-
     data = _read_yaml((shipped_config(Path(path)) or Path(path)) if path else DEFAULT_CONFIG)
     for text in overrides:
         keys, value = parse_override(text)

@@ -17,10 +17,14 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
 from shared.atomic import atomic_dir
 from shared.config.web import WebConfig
 from shared.errors import OpenAIMError
-from shared.miniweb.datasets import BENCH_TASKS, write_bench, write_hq
+from shared.miniweb.datasets import BENCH_TASKS, PLAN, stream, write_bench, write_hq
 from shared.miniweb.links import KINDS, Link, kind_counts, plan_links
 from shared.miniweb.warc import Page, write_warc, write_wat
 from shared.progress import progress_bar
@@ -109,9 +113,6 @@ def _truth_rows(links: list[Link]) -> list[dict]:
 
 
 def _write_truth(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pa.schema([(c, pa.int64() if c == "count" else pa.string()) for c in TRUTH_COLUMNS])
     table = pa.Table.from_pylist(rows, schema=schema)
     pq.write_table(table, path)
@@ -150,10 +151,6 @@ def _write_site(out: Path, links: list[Link], pages: list[Page]) -> dict:
 
 def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> dict:
     """Generate the mini web of ``cfg`` into ``out_dir`` (swapped in atomically); returns the manifest."""
-    from PIL import Image
-
-    from shared.miniweb.datasets import PLAN, stream
-
     out_dir = Path(out_dir)
     if skip_if_done and is_complete(out_dir, cfg):
         log.info("mini web at %s is up to date (seed %d)", out_dir, cfg.seed)

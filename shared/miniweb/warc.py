@@ -15,6 +15,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
 CRAWL_START = dt.datetime(2024, 1, 15, tzinfo=dt.UTC)  # fixed: dates must not depend on when we run
 SOFTWARE = "openaim-miniweb"
 
@@ -45,17 +48,13 @@ def _warcinfo(writer, seed: int, filename: str) -> None:
 
 
 def _http_headers(html_bytes: bytes):
-    from warcio.statusandheaders import StatusAndHeaders
-
     return StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
                                        ("Content-Length", str(len(html_bytes)))], protocol="HTTP/1.1")
 
 
 def write_warc(path: Path, pages: list[Page], seed: int, first_index: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     """Gzipped WARC: a warcinfo record, then one `response` record per page."""
-    from warcio.warcwriter import WARCWriter
-
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         writer = WARCWriter(f, gzip=True)
         _warcinfo(writer, seed, path.name)
@@ -93,10 +92,8 @@ def wat_payload(page: Page, seed: int, index: int) -> dict:
 
 
 def write_wat(path: Path, pages: list[Page], seed: int, first_index: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     """Gzipped WAT: a warcinfo record, then one `metadata` record (JSON) per page."""
-    from warcio.warcwriter import WARCWriter
-
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         writer = WARCWriter(f, gzip=True)
         _warcinfo(writer, seed, path.name)
