@@ -13,8 +13,10 @@ from typing import Annotated, Any
 
 import typer
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a key: --set training.steps=100")]
+ConfigOpt = Annotated[Path | None,
+                      typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
+SetOpt = Annotated[list[str] | None,
+                   typer.Option("--set", "-s", help="override a key: --set training.steps=100")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show full tracebacks")]
 
 

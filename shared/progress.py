@@ -89,6 +89,6 @@ def progress_bar(*, transient: bool = True, disable: bool = False, every: float 
     if disable:
         return Progress(disable=True)
     if get_console().is_terminal:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), transient=transient)
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), transient=transient)
     return LoggedProgress(every)

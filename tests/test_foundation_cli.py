@@ -10,8 +10,8 @@ from shared.cli import COMMANDS
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=120, **kw)
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+                          check=False, timeout=120, **kw)
 
 
 def test_help_imports_no_torch():
@@ -19,7 +19,8 @@ def test_help_imports_no_torch():
             "try:\n    cli(['--help'], prog_name='openaim')\nexcept SystemExit:\n    pass\n"
             "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'open_clip', 'pandas', 'faiss', 'curation', 'training', 'evaluation'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     for name in COMMANDS:
@@ -32,7 +33,8 @@ def test_each_command_help_imports_no_torch(name):
             f"try:\n    cli([{name!r}, '--help'], prog_name='openaim')\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "NO-TORCH"
 
@@ -79,4 +81,5 @@ def test_debug_shows_the_cause_a_one_line_error_hides(tmp_path):
     debug = _run("status", "--config", str(bad), "--debug")
     assert debug.returncode != 0
     assert "ConfigError" in debug.stderr and "not valid YAML" in debug.stderr
-    assert "yaml.parser.ParserError" in debug.stderr or "yaml.scanner.ScannerError" in debug.stderr, debug.stderr
+    assert any(f"yaml.{kind}" in debug.stderr for kind in ("parser.ParserError", "scanner.ScannerError")), \
+        debug.stderr

@@ -39,8 +39,8 @@ def free_port() -> int:
 
 
 def small_config(port: int, seed: int = 7, **kw) -> WebConfig:
-    values = {"seed": seed, "n_images": 200, "images_per_page": 6, "image_size": 48, "port": port, "hq_size": 40,
-              "bench_train_per_class": 3, "bench_test_per_class": 2, "slow_seconds": 1.5}
+    values = {"seed": seed, "n_images": 200, "images_per_page": 6, "image_size": 48, "port": port,
+              "hq_size": 40, "bench_train_per_class": 3, "bench_test_per_class": 2, "slow_seconds": 1.5}
     values.update(kw)
     return WebConfig(**values)
 
@@ -117,7 +117,8 @@ def test_kinds_fractions_and_groups(web, truth):
         if r["kind"] == "near_dup":
             original = matches[r["dup_of"]]
             assert r["group"] == original["group"] and r["sha256"] != original["sha256"]
-            assert (r["shape"], r["color"], r["count"]) == (original["shape"], original["color"], original["count"])
+            for key in ("shape", "color", "count"):
+                assert r[key] == original[key], key
     # captions describe the image for match and duplicates, and never for mismatches
     for r in truth:
         alt = r["alt"].lower()
@@ -190,7 +191,8 @@ def test_eval_leaks_copy_benchmark_test_images(web, truth):
         task, split, cls, idx = r["image_id"].removeprefix("bench:").split("/")
         original = Image.open(out / "bench" / task / split / cls / f"{idx}.png").convert("RGB")
         copy = Image.open(out / "site" / r["url"].split("/", 3)[3]).convert("RGB")
-        diff = sum(abs(a - b) for a, b in zip(original.tobytes(), copy.tobytes())) / len(original.tobytes())
+        pixels = zip(original.tobytes(), copy.tobytes(), strict=True)
+        diff = sum(abs(a - b) for a, b in pixels) / len(original.tobytes())
         assert diff < 6, "a JPEG copy of the test image"
 
 
@@ -245,18 +247,20 @@ def test_skip_if_done_and_refuses_foreign_folder(web, tmp_path):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+                          check=False, timeout=timeout, cwd=ROOT)
 
 
 def test_cli_generate_and_bad_set(tmp_path):
     out = tmp_path / "cliweb"
     port = free_port()
     res = _cli("web", "generate", str(out), "--seed", "3", "--n-images", "40", "--port", str(port),
-               "--set", "web.hq_size=12", "--set", "web.bench_train_per_class=2", "--set", "web.bench_test_per_class=2")
+               "--set", "web.hq_size=12", "--set", "web.bench_train_per_class=2",
+               "--set", "web.bench_test_per_class=2")
     assert res.returncode == 0, res.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["seed"] == 3 and manifest["config"]["n_images"] == 40 and manifest["config"]["hq_size"] == 12
+    assert manifest["seed"] == 3
+    assert manifest["config"]["n_images"] == 40 and manifest["config"]["hq_size"] == 12
     assert manifest["base_url"] == f"http://127.0.0.1:{port}"
     bad = _cli("web", "generate", str(tmp_path / "bad"), "--set", "web.n_images=3")
     assert bad.returncode == 2

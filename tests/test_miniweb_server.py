@@ -59,7 +59,8 @@ def test_binds_the_port_baked_into_the_urls(served):
 
 
 def test_images_and_pages_serve_the_truth_bytes(served):
-    good = [r for r in served.truth if r["kind"] in ("match", "mismatch", "junk", "near_dup", "exact_dup", "eval_leak")]
+    kinds = ("match", "mismatch", "junk", "near_dup", "exact_dup", "eval_leak")
+    good = [r for r in served.truth if r["kind"] in kinds]
     for r in good:
         status, headers, body = _get(r["url"])
         assert status == 200 and headers["Content-Type"] == "image/jpeg"
@@ -175,6 +176,7 @@ def test_shutdown_does_not_wait_for_stalled_handlers(tmp_path):
 def test_busy_port_is_one_line_error(served):
     with pytest.raises(OpenAIMError, match="busy"), serve_in_background(served.out, port=served.cfg.port):
         pass
-    with pytest.raises(OpenAIMError, match="no mini web"), serve_in_background(served.out / "nowhere", port=0):
+    with pytest.raises(OpenAIMError, match="no mini web"), \
+            serve_in_background(served.out / "nowhere", port=0):
         pass
     assert json.loads((served.out / "manifest.json").read_text())["config"]["port"] == served.cfg.port

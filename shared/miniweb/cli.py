@@ -13,6 +13,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The mini web: a synthetic, deterministic Common Crawl slice with known ground truth.")
 
 OutArg = Annotated[Path | None, typer.Argument(help="output folder (default: <workdir>/web)")]
+NImagesOpt = Annotated[int | None,
+                       typer.Option("--n-images", help="distinct web images (default: web.n_images)")]
+SkipOpt = Annotated[bool, typer.Option("--skip-if-done", help="do nothing if OUT already holds this web")]
 
 
 def _with_flags(cfg, **flags):
@@ -25,9 +28,9 @@ def _with_flags(cfg, **flags):
 def generate(
     out: OutArg = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: web.seed)")] = None,
-    n_images: Annotated[int | None, typer.Option("--n-images", help="distinct web images (default: web.n_images)")] = None,
+    n_images: NImagesOpt = None,
     port: Annotated[int | None, typer.Option(help="port baked into the URLs (default: web.port)")] = None,
-    skip_if_done: Annotated[bool, typer.Option("--skip-if-done", help="do nothing if OUT already holds this web")] = False,
+    skip_if_done: SkipOpt = False,
     config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
 ) -> None:
     """Generate the mini web: pages, images, WARC/WAT, truth.parquet, hq shards, benchmark sets."""

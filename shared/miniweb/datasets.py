@@ -80,7 +80,8 @@ def write_hq(out: Path, seed: int, side: int, size: int, shard_size: int, progre
     shards: list[str] = []
     for shard, start in enumerate(range(0, size, shard_size)):
         rel = f"hq/hq-{shard:05d}.tar"
-        with open(out / rel, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with open(out / rel, "wb") as f, \
+                tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(start, min(size, start + shard_size)):
                 rng = stream(seed, HQ, i)
                 scene = sample_scene(rng)

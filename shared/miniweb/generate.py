@@ -55,9 +55,11 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 
 def is_complete(out_dir: Path, cfg: WebConfig) -> bool:
-    """A finished mini web of this exact config and generator version (every listed file present, same size)."""
+    """A finished mini web of this exact config and generator version (every listed file present, same
+    size)."""
     manifest = read_manifest(out_dir)
-    if not manifest or manifest.get("generator_version") != GENERATOR_VERSION or manifest.get("config") != _config_dump(cfg):
+    if (not manifest or manifest.get("generator_version") != GENERATOR_VERSION
+            or manifest.get("config") != _config_dump(cfg)):
         return False
     for rel, size in manifest.get("files", {}).items():
         p = Path(out_dir) / rel
@@ -90,10 +92,12 @@ def _place_on_pages(links: list[Link], cfg: WebConfig, rng) -> list[Page]:
             page_links.append((src, link.alt))
             items.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(link.alt)}" '
                          f'width="{cfg.image_size}" height="{cfg.image_size}"></figure>')
-        nav = f'<a href="/pages/{(p + 1) % max(1, -(-len(links) // cfg.images_per_page)):05d}.html">next page</a>'
+        n_pages = max(1, -(-len(links) // cfg.images_per_page))
+        nav = f'<a href="/pages/{(p + 1) % n_pages:05d}.html">next page</a>'
         doc = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                f"<title>{html.escape(title)}</title></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
-               "<p>Shapes and patterns, drawn by hand and by machine.</p>\n" + "\n".join(items) + f"\n{nav}\n</body></html>\n")
+               "<p>Shapes and patterns, drawn by hand and by machine.</p>\n" + "\n".join(items)
+               + f"\n{nav}\n</body></html>\n")
         pages.append(Page(url=page_url, title=title, html=doc, links=page_links))
     return pages
 
@@ -106,7 +110,8 @@ def _truth_rows(links: list[Link]) -> list[dict]:
             "url": link.url, "alt": link.alt, "kind": link.kind, "reason": link.reason, "group": link.group,
             "image_id": link.image_id, "dup_of": link.dup_of, "page_url": link.page_url,
             "sha256": link.sha256, "shape": s.shape if s else None, "color": s.color if s else None,
-            "count": s.count if s else None, "texture": s.texture if s else None, "size": s.size if s else None,
+            "count": s.count if s else None, "texture": s.texture if s else None,
+            "size": s.size if s else None,
         })
     rows.sort(key=lambda r: (r["page_url"], r["url"], r["alt"]))
     return rows
@@ -142,10 +147,12 @@ def _write_site(out: Path, links: list[Link], pages: list[Page]) -> dict:
         routes.update(link.extra_routes)
     for page in pages:
         _write(out / "site" / "pages" / page.url.rsplit("/", 1)[1], page.html.encode("utf-8"))
-    index = "".join(f'<li><a href="/pages/{p.url.rsplit("/", 1)[1]}">{html.escape(p.title)}</a></li>\n' for p in pages)
+    index = "".join(f'<li><a href="/pages/{p.url.rsplit("/", 1)[1]}">{html.escape(p.title)}</a></li>\n'
+                    for p in pages)
     _write(out / "site" / "index.html",
-                       f"<!DOCTYPE html>\n<html><body><h1>mini web</h1><ul>\n{index}</ul></body></html>\n".encode())
-    _write(out / "routes.json", (json.dumps(dict(sorted(routes.items())), indent=1, sort_keys=True) + "\n").encode())
+           f"<!DOCTYPE html>\n<html><body><h1>mini web</h1><ul>\n{index}</ul></body></html>\n".encode())
+    routes_json = json.dumps(dict(sorted(routes.items())), indent=1, sort_keys=True) + "\n"
+    _write(out / "routes.json", routes_json.encode())
     return routes
 
 
@@ -158,7 +165,8 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
     if out_dir.exists() and not out_dir.is_dir():
         raise OpenAIMError(f"mini web output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and read_manifest(out_dir) is None:
-        raise OpenAIMError(f"{out_dir} is not empty and holds no mini web (no manifest.json); choose another folder")
+        raise OpenAIMError(f"{out_dir} is not empty and holds no mini web (no manifest.json); "
+                           "choose another folder")
 
     counts = kind_counts(cfg.n_images)
     n_classes = sum(len(classes) for _, classes in BENCH_TASKS.values())
@@ -167,9 +175,11 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
     total = n_bench + cfg.hq_size + n_drawn
     with atomic_dir(out_dir) as tmp, progress_bar() as progress:
         bar = progress.add_task("mini web: benchmark sets", total=total)
-        step = lambda: progress.advance(bar)
+        def step() -> None:
+            progress.advance(bar)
 
-        bench = write_bench(tmp, cfg.seed, cfg.image_size, cfg.bench_train_per_class, cfg.bench_test_per_class, step)
+        bench = write_bench(tmp, cfg.seed, cfg.image_size, cfg.bench_train_per_class,
+                            cfg.bench_test_per_class, step)
         progress.update(bar, description="mini web: high-quality pairs")
         hq_shards = write_hq(tmp, cfg.seed, cfg.image_size, cfg.hq_size, HQ_SHARD_SIZE, step)
 
@@ -189,7 +199,8 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
         _write_truth(tmp / "truth.parquet", rows)
 
         by_kind = {k: sum(1 for r in rows if r["kind"] == k) for k in KINDS}
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "generator_version": GENERATOR_VERSION,
             "seed": cfg.seed,
@@ -204,7 +215,8 @@ def generate_web(cfg: WebConfig, out_dir: Path, skip_if_done: bool = False) -> d
             "n_routes": len(routes),
             "hq_shards": hq_shards,
             "hq_size": cfg.hq_size,
-            "bench": {task: sorted({b.class_name for b in bench if b.task == task}) for task in sorted({b.task for b in bench})},
+            "bench": {task: sorted({b.class_name for b in bench if b.task == task})
+                      for task in sorted({b.task for b in bench})},
             "files": files,
         }
         _write(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

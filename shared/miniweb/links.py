@@ -71,7 +71,8 @@ def opaque_name(seed: int, key: str, ext: str = "jpg") -> str:
 def bomb_png(side: int = BOMB_SIDE) -> bytes:
     """A tiny PNG whose header declares side x side RGB pixels (a decompression bomb for naive decoders)."""
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 65536, 9)  # a first slice of all-zero rows; the rest never comes
@@ -224,6 +225,7 @@ def _unsafe_link(seed: int, j: int, reason: str, host: str, port: int, plan: np.
         url = f"http://192.168.{j % 250}.20/{name}"
     else:  # localhost points at our own server: it must never be asked for these
         path = f"/secret/{name}"
-        return Link(kind="unsafe_url", alt=alt, url=f"http://localhost:{port}{path}", path=path, reason=reason,
-                    body=b"internal: do not fetch\n", route={"status": 200, "content_type": "image/jpeg"})
+        return Link(kind="unsafe_url", alt=alt, url=f"http://localhost:{port}{path}", path=path,
+                    reason=reason, body=b"internal: do not fetch\n",
+                    route={"status": 200, "content_type": "image/jpeg"})
     return Link(kind="unsafe_url", alt=alt, url=url, reason=reason)

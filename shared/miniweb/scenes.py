@@ -99,13 +99,13 @@ def _background(texture: str, side: int, rng: np.random.Generator) -> np.ndarray
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     """Vertices of a shape centred at (cx, cy) with circumradius r."""
     if shape == "square":
-        pts = [(math.cos(angle + math.pi / 4 + k * math.pi / 2), math.sin(angle + math.pi / 4 + k * math.pi / 2))
-               for k in range(4)]
+        turns = [angle + math.pi / 4 + k * math.pi / 2 for k in range(4)]
+        pts = [(math.cos(a), math.sin(a)) for a in turns]
     elif shape == "diamond":
         pts = [(0.7 * math.cos(k * math.pi / 2), math.sin(k * math.pi / 2)) for k in range(4)]
     elif shape == "triangle":
-        pts = [(math.cos(angle - math.pi / 2 + k * 2 * math.pi / 3), math.sin(angle - math.pi / 2 + k * 2 * math.pi / 3))
-               for k in range(3)]
+        turns = [angle - math.pi / 2 + k * 2 * math.pi / 3 for k in range(3)]
+        pts = [(math.cos(a), math.sin(a)) for a in turns]
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -114,7 +114,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             pts.append((rad * math.cos(a), rad * math.sin(a)))
     elif shape == "cross":
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
+               (-1, -w), (-w, -w)]
     else:
         raise ValueError(f"not a polygon shape: {shape}")
     return [(cx + r * x, cy + r * y) for x, y in pts]
@@ -144,7 +145,8 @@ def draw_scene(scene: Scene, side: int) -> Image.Image:
         if scene.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color, outline=outline, width=_SUPERSAMPLE)
         else:
-            draw.polygon(_polygon(scene.shape, cx, cy, r, angle), fill=color, outline=outline, width=_SUPERSAMPLE)
+            draw.polygon(_polygon(scene.shape, cx, cy, r, angle), fill=color, outline=outline,
+                         width=_SUPERSAMPLE)
     return canvas.resize((side, side), Image.BILINEAR, reducing_gap=None)
 
 
@@ -159,7 +161,8 @@ def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
 
 
 def near_duplicate(img: Image.Image, variant: str, rng: np.random.Generator) -> tuple[bytes, str]:
-    """A near copy of an image: resized, re-encoded at a low quality, or slightly cropped. Returns (jpeg, how)."""
+    """A near copy of an image: resized, re-encoded at a low quality, or slightly cropped.
+    Returns (jpeg, how)."""
     side = img.width
     if variant == "resized":
         scale = float(rng.choice([0.75, 1.25, 1.5]))

@@ -97,7 +97,8 @@ class MiniWebHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up; nothing to tell it
 
-    def _send(self, status: int, body: bytes, content_type: str, head: bool, extra: dict | None = None) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, head: bool,
+              extra: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -129,7 +130,8 @@ class MiniWebHandler(BaseHTTPRequestHandler):
             return
         if status >= 400:
             extra = {"Retry-After": "120"} if status == 503 else None
-            self._send(status, f"{status} {self.responses.get(status, ('',))[0]}\n".encode(), "text/plain", head, extra)
+            text = f"{status} {self.responses.get(status, ('',))[0]}\n"
+            self._send(status, text.encode(), "text/plain", head, extra)
             return
         body = (self.server.out_dir / route["payload"]).read_bytes() if route.get("payload") else b""
         ctype = route.get("content_type", "application/octet-stream")
@@ -156,7 +158,8 @@ def _manifest_port(out_dir: Path) -> int | None:
 
 
 def start_server(out_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> MiniWebServer:
-    """Bind and start serving in a daemon thread. port None: the port baked into the mini web's URLs; 0: any."""
+    """Bind and start serving in a daemon thread. port None: the port baked into the mini web's URLs;
+    0: any."""
     out_dir = Path(out_dir)
     if not (out_dir / "routes.json").is_file() or not (out_dir / "site").is_dir():
         raise InputError(f"no mini web at {out_dir} (run `openaim web generate {out_dir}` first)")
@@ -169,7 +172,8 @@ def start_server(out_dir: Path, host: str = "127.0.0.1", port: int | None = None
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise OpenAIMError(f"cannot serve the mini web on {host}:{port}: port is busy or not allowed "
-                               f"({exc.strerror}); stop the other server or regenerate with --set web.port=...") from None
+                               f"({exc.strerror}); stop the other server or regenerate with "
+                               "--set web.port=...") from None
         raise OpenAIMError(f"cannot serve the mini web on {host}:{port}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name=f"miniweb-{server.port}", daemon=True)
@@ -178,7 +182,8 @@ def start_server(out_dir: Path, host: str = "127.0.0.1", port: int | None = None
 
 
 @contextlib.contextmanager
-def serve_in_background(out_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> Iterator[MiniWebServer]:
+def serve_in_background(out_dir: Path, host: str = "127.0.0.1",
+                        port: int | None = None) -> Iterator[MiniWebServer]:
     """Serve the mini web while the block runs; yields the server (.base_url, .port, .request_log)."""
     server = start_server(out_dir, host, port)
     try:

@@ -2,7 +2,8 @@
 
 Both are written with warcio. Record ids and dates derive from the seed and the URL (not uuid4/now) and
 warcio's gzip members carry mtime 0, so the same pages always give byte-identical files.
-Files are written plainly: callers write into a temporary directory swapped in whole (shared.atomic.atomic_dir).
+Files are written plainly: callers write into a temporary directory swapped in whole
+(shared.atomic.atomic_dir).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def warc_date(index: int) -> str:
 
 
 def _warcinfo(writer, seed: int, filename: str) -> None:
-    info = f"software: {SOFTWARE}\r\nformat: WARC File Format 1.1\r\nisPartOf: openaim-miniweb-seed{seed}\r\n".encode()
+    info = (f"software: {SOFTWARE}\r\nformat: WARC File Format 1.1\r\n"
+            f"isPartOf: openaim-miniweb-seed{seed}\r\n").encode()
     writer.write_record(writer.create_warc_record(
-        "", "warcinfo", payload=io.BytesIO(info), length=len(info), warc_content_type="application/warc-fields",
+        "", "warcinfo", payload=io.BytesIO(info), length=len(info),
+        warc_content_type="application/warc-fields",
         warc_headers_dict={"WARC-Record-ID": record_id(seed, "warcinfo", filename), "WARC-Date": warc_date(0),
                            "WARC-Filename": filename}))
 
@@ -61,7 +64,8 @@ def write_warc(path: Path, pages: list[Page], seed: int, first_index: int) -> No
         for i, page in enumerate(pages):
             body = page.html.encode("utf-8")
             writer.write_record(writer.create_warc_record(
-                page.url, "response", payload=io.BytesIO(body), length=len(body), http_headers=_http_headers(body),
+                page.url, "response", payload=io.BytesIO(body), length=len(body),
+                http_headers=_http_headers(body),
                 warc_headers_dict={"WARC-Record-ID": record_id(seed, "response", page.url),
                                    "WARC-Date": warc_date(first_index + i)}))
 
@@ -76,7 +80,8 @@ def wat_payload(page: Page, seed: int, index: int) -> dict:
             "Format": "WARC",
             "WARC-Header-Metadata": {
                 "WARC-Type": "response", "WARC-Target-URI": page.url, "WARC-Date": warc_date(index),
-                "WARC-Record-ID": record_id(seed, "response", page.url), "Content-Type": "application/http; msgtype=response",
+                "WARC-Record-ID": record_id(seed, "response", page.url),
+                "Content-Type": "application/http; msgtype=response",
             },
             "Payload-Metadata": {
                 "Actual-Content-Type": "application/http; msgtype=response",

@@ -70,7 +70,7 @@ KILL_POINTS = [
     ("scoring", lambda w: (w / "curation" / "scores").exists()),
     ("training", lambda w: (w / "training" / "metrics.jsonl").exists()
      and len((w / "training" / "metrics.jsonl").read_text().splitlines()) >= 2),
-    ("probe training", lambda w: any((w / "eval").rglob("*.safetensors")) if (w / "eval").exists() else False),
+    ("probe training", lambda w: (w / "eval").exists() and any((w / "eval").rglob("*.safetensors"))),
 ]
 
 
@@ -118,7 +118,8 @@ def test_kill9_at_each_stage_then_rerun_equals_uninterrupted(served_web, referen
     after = step_records(workdir)
     assert {k: v for k, v in after.items() if k in before} == before
 
-    assert shard_contents(workdir / "curation" / "shards") == shard_contents(reference_run / "curation" / "shards")
+    shards = shard_contents(workdir / "curation" / "shards")
+    assert shards == shard_contents(reference_run / "curation" / "shards")
     ours, theirs = losses(workdir), losses(reference_run)
     assert [step for step, _ in ours] == [step for step, _ in theirs]
     assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in theirs], abs=1e-6)
@@ -135,7 +136,7 @@ def test_server_faults_are_counted_and_never_kept(served_web, reference_run):
     # Every broken link that reached the downloader is counted as a failure under some reason.
     pool_status = pd.concat([pd.read_parquet(p) for p in sorted((reference_run / "curation" / "pool")
                                                                  .glob("[0-9]*.parquet"))])
-    status_by_url = dict(zip(pool_status.url, pool_status.status))
+    status_by_url = dict(zip(pool_status.url, pool_status.status, strict=True))
     for _, row in broken.iterrows():
         status = status_by_url.get(row.url)
         if status is None:
