@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -33,9 +34,12 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
     assert [d for _, d in ck.complete_checkpoints(tmp_path)] == [ck.step_dir(tmp_path, 5)]
     assert ck.resolve_weights(tmp_path) == ck.step_dir(tmp_path, 5) / "model.safetensors"
     assert ck.latest_checkpoint(tmp_path) is None  # weights only: nothing to resume from
-    # the trunk also under ml-aim's names
-    trunk = ck.read_weights(ck.step_dir(tmp_path, 5) / "mlaim_trunk.safetensors")
+    # the trunk also as an ml-aim backbone, in a folder of its own with ml-aim's config.json
+    mlaim = ck.step_dir(tmp_path, 5) / "mlaim"
+    trunk = torch.load(mlaim / "backbone.pth", weights_only=True)
     assert "trunk.blocks.0.attn.qkv.weight" in trunk and not any(k.startswith("head") for k in trunk)
+    assert json.loads((mlaim / "config.json").read_text())["num_heads"] == TINY.heads
+    assert ck.resolve_weights(mlaim) == mlaim / "backbone.pth"
     ck.remove_partial(tmp_path)
     assert not (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").exists()
 

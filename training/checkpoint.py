@@ -6,9 +6,14 @@
         state.pt                 step, per-rank RNG states and data positions, the open metrics window
         config.json              the model config (shape check on resume, model for eval)
         model.safetensors        consolidated weights, our names   } only at `keep_checkpoints` steps
-        mlaim_trunk.safetensors  the trunk under ml-aim's names    } and the last step
+        mlaim/backbone.pth       the trunk as an ml-aim backbone   } and the last step
+        mlaim/config.json        ml-aim's config (num_heads...)    }
         COMPLETE                 written last
-    <training_dir>/final/        model.safetensors, mlaim_trunk.safetensors, config.json, COMPLETE
+    <training_dir>/final/        model.safetensors, config.json, mlaim/, COMPLETE
+
+`mlaim/` is what `save_mlaim_checkpoint` writes (the one ml-aim exporter): their names, their config
+layout, in a folder of its own so that each config.json sits beside the weights it describes. Both
+`load_model_for_eval(<ckpt>)` (ours) and `load_model_for_eval(<ckpt>/mlaim)` (ml-aim's) load it.
 
 A save is built in `checkpoints/.step_0005000.tmp/` (every rank writes its DCP shards there), then
 rank 0 writes COMPLETE and renames it into place: a run killed mid-save leaves only the hidden temp
@@ -52,12 +57,12 @@ from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
 from shared.errors import InputError, disk_full_as_error
 from training.model.aim import build_aim
-from training.model.mlaim_compat import load_mlaim_checkpoint, to_mlaim_name
+from training.model.mlaim_compat import load_mlaim_checkpoint, write_mlaim_backbone
 
 log = logging.getLogger("openaim.training")
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
-MODEL_FILE, MLAIM_FILE = "model.safetensors", "mlaim_trunk.safetensors"
+MODEL_FILE, MLAIM_DIR, MLAIM_BACKBONE = "model.safetensors", "mlaim", "backbone.pth"
 STATE_FILE, CONFIG_FILE, COMPLETE, DCP_DIR = "state.pt", "config.json", "COMPLETE", "dcp"
 
 
@@ -140,12 +145,11 @@ def _contiguous_cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def write_weights(directory: Path, model_state: dict[str, torch.Tensor], model_cfg: ModelConfig) -> None:
-    """model.safetensors (our names, whole model), mlaim_trunk.safetensors (trunk, ml-aim names),
-    config.json into an existing (temporary) directory."""
+    """model.safetensors (our names, whole model), config.json, and mlaim/ (the trunk as an ml-aim
+    backbone with ml-aim's config.json) into an existing (temporary) directory."""
     weights = _contiguous_cpu(model_state)
     save_file(weights, str(directory / MODEL_FILE), metadata={"format": "pt"})
-    trunk = {theirs: t for name, t in weights.items() if (theirs := to_mlaim_name(name)) is not None}
-    save_file(trunk, str(directory / MLAIM_FILE), metadata={"format": "pt"})
+    write_mlaim_backbone(weights, model_cfg, directory / MLAIM_DIR / MLAIM_BACKBONE)
     (directory / CONFIG_FILE).write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2) + "\n")
 
 
@@ -331,13 +335,15 @@ def load_resumable(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 def resolve_weights(path: str | Path) -> Path:
     """The weights file that evaluating `path` loads. Search order: a file is itself; a checkpoint dir
-    holds model.safetensors; a run dir (or a workdir's training/) gives final/, else its newest
-    checkpoint with consolidated weights."""
+    holds model.safetensors; an ml-aim export dir (<ckpt>/mlaim) holds backbone.pth; a run dir (or a
+    workdir's training/) gives final/, else its newest checkpoint with consolidated weights."""
     path = Path(path)
     if path.is_file():
         return path
     if (path / MODEL_FILE).is_file():
         return path / MODEL_FILE
+    if (path / MLAIM_BACKBONE).is_file():
+        return path / MLAIM_BACKBONE
     for run in (path, path / "training"):
         if (run / "final" / MODEL_FILE).is_file():
             return run / "final" / MODEL_FILE

@@ -101,9 +101,10 @@ def _final_from(out: Path, ckpt_dir: Path) -> Path:
     if not (ckpt_dir / ck.MODEL_FILE).is_file():
         raise InputError(f"{ckpt_dir} has no consolidated weights ({ck.MODEL_FILE}) to make final/ from")
     with atomic_dir(final) as tmp:
-        for name in (ck.MODEL_FILE, ck.MLAIM_FILE, ck.CONFIG_FILE):
-            if (ckpt_dir / name).is_file():
-                shutil.copy2(ckpt_dir / name, tmp / name)
+        for name in (ck.MODEL_FILE, ck.CONFIG_FILE):
+            shutil.copy2(ckpt_dir / name, tmp / name)
+        if (ckpt_dir / ck.MLAIM_DIR).is_dir():  # absent in checkpoints written before mlaim/ existed
+            shutil.copytree(ckpt_dir / ck.MLAIM_DIR, tmp / ck.MLAIM_DIR)
         (tmp / ck.COMPLETE).write_text("ok\n")
     return final
 

@@ -12,10 +12,14 @@ from shared.config.base import StrictModel
 AIM_PRESETS: dict[str, dict] = {
     "aim-tiny": dict(width=192, depth=6, heads=3, img_size=64, patch_size=8, head_width=256, head_depth=2),
     "aim-small": dict(width=384, depth=8, heads=6, img_size=112, patch_size=14, head_width=512, head_depth=4),
-    "aim-600m": dict(width=1536, depth=24, heads=12, img_size=224, patch_size=14, head_width=2048, head_depth=12),
-    "aim-1b": dict(width=2048, depth=24, heads=16, img_size=224, patch_size=14, head_width=2048, head_depth=12),
-    "aim-3b": dict(width=3072, depth=24, heads=24, img_size=224, patch_size=14, head_width=2048, head_depth=12),
-    "aim-7b": dict(width=4096, depth=32, heads=32, img_size=224, patch_size=14, head_width=2048, head_depth=12),
+    "aim-600m": dict(width=1536, depth=24, heads=12, img_size=224, patch_size=14, head_width=2048,
+                     head_depth=12),
+    "aim-1b": dict(width=2048, depth=24, heads=16, img_size=224, patch_size=14, head_width=2048,
+                   head_depth=12),
+    "aim-3b": dict(width=3072, depth=24, heads=24, img_size=224, patch_size=14, head_width=2048,
+                   head_depth=12),
+    "aim-7b": dict(width=4096, depth=32, heads=32, img_size=224, patch_size=14, head_width=2048,
+                   head_depth=12),
 }
 
 
@@ -37,7 +41,8 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-6, gt=0)
     norm_pix_loss: bool = True
     attention_backend: Literal["auto", "xformers", "flex", "sdpa", "naive"] = "auto"
-    # Reproduce l3m's head quirk (identity attention: x + LN(x) before each head MLP); see training/model/head.py.
+    # Reproduce l3m's head quirk (identity attention: x + LN(x) before each head MLP);
+    # see training/model/head.py.
     head_identity_attn: bool = True
 
     @model_validator(mode="after")
@@ -48,8 +53,8 @@ class ModelConfig(StrictModel):
             for key, value in AIM_PRESETS[self.arch].items():
                 if getattr(self, key) is None:
                     object.__setattr__(self, key, value)
-        missing = [k for k in ("width", "depth", "heads", "img_size", "patch_size", "head_width", "head_depth")
-                   if getattr(self, k) is None]
+        shape = ("width", "depth", "heads", "img_size", "patch_size", "head_width", "head_depth")
+        missing = [k for k in shape if getattr(self, k) is None]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (or set arch)")
         if self.img_size % self.patch_size:
@@ -151,8 +156,8 @@ class TrainingConfig(StrictModel):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     # Save a resumable checkpoint every this many steps (and at the last step).
     checkpoint_every: int = Field(100, ge=1)
-    # Steps whose consolidated weights (model.safetensors, mlaim_trunk.safetensors) are written and kept
-    # for evaluation; a checkpoint is also saved there. The last step always gets them.
+    # Steps whose consolidated weights (model.safetensors, and mlaim/: the trunk as an ml-aim backbone)
+    # are written and kept for evaluation; a checkpoint is also saved there. The last step always gets them.
     keep_checkpoints: list[int] = Field(default_factory=list)
     # With several processes, write checkpoint shards in a background thread while training goes on
     # (DCP async_save; finalised at the next save). One process saves synchronously.

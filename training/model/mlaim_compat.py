@@ -5,7 +5,7 @@ ml-aim names (aim-v1/aim/v1/torch, `aim-600M-2B-imgs` and the other released tru
     preprocessor.patchifier.norm.{weight,bias}   <->  patch_embed.norm.{weight,bias}
     trunk.blocks.<i>.norm_1 / attn.qkv / attn.proj / norm_2 / mlp.fc1 / mlp.fc2  <->  blocks.<i>.<same>
     trunk.post_trunk_norm.{weight,bias}          <->  post_trunk_norm.{weight,bias}
-    head.*  (their attentive-probe classifier)   -> not part of our model; returned separately
+    head.*  (their attentive-probe classifier)   -> not part of our model; skipped here
                                                     (evaluation/mlaim_head.py loads it as a probe)
 Their position embedding is computed (sin-cos, column index first), so it has no weights; our
 pixel head has no counterpart in their checkpoints and keeps its initial weights after loading.
@@ -62,14 +62,14 @@ def from_mlaim_name(name: str) -> str | None:
     return None
 
 
+def mlaim_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk of one of our state dicts under ml-aim's names (our pixel head left out)."""
+    return {theirs: t for name, t in state_dict.items() if (theirs := to_mlaim_name(name)) is not None}
+
+
 def export_mlaim_state_dict(model: AIM) -> dict[str, torch.Tensor]:
     """Our trunk's weights under ml-aim's names (loadable into their AIM with their probe head)."""
-    out = {}
-    for name, tensor in model.state_dict().items():
-        theirs = to_mlaim_name(name)
-        if theirs is not None:
-            out[theirs] = tensor
-    return out
+    return mlaim_state_dict(model.state_dict())
 
 
 def mlaim_config(model_cfg: ModelConfig) -> dict:
@@ -82,28 +82,30 @@ def save_mlaim_checkpoint(model: AIM, path: str | Path) -> Path:
     """Write our trunk as an ml-aim backbone: `path` (.pth, a flat state dict under their names, as
     their released `*_backbone.pth`) and `config.json` beside it (their config layout, with the head
     count). Both written atomically."""
+    return write_mlaim_backbone(model.state_dict(), model.cfg, path)
+
+
+def write_mlaim_backbone(state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig,
+                         path: str | Path) -> Path:
+    """`save_mlaim_checkpoint` from a state dict under our names (what training consolidates) and its
+    ModelConfig. ml-aim's LayerNorms have eps 1e-6 (not in their config): a trunk trained with another
+    `norm_eps` loads there (and in `load_mlaim_checkpoint`) with 1e-6."""
     path = Path(path)
+    trunk = {k: v.detach().cpu().contiguous() for k, v in mlaim_state_dict(state_dict).items()}
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in export_mlaim_state_dict(model).items()}, tmp)
-    atomic_write_json(path.parent / MLAIM_CONFIG_FILE, mlaim_config(model.cfg))
+        torch.save(trunk, tmp)
+    atomic_write_json(path.parent / MLAIM_CONFIG_FILE, mlaim_config(model_cfg))
     return path
 
 
-def split_mlaim_state_dict(state_dict: dict) -> tuple[dict, dict]:
-    """(trunk weights under OUR names, their probe head weights `head.*` with the prefix removed)."""
-    trunk, probe = {}, {}
-    for name, tensor in state_dict.items():
-        ours = from_mlaim_name(name)
-        if ours is not None:
-            trunk[ours] = tensor
-        elif name.startswith("head."):
-            probe[name[len("head."):]] = tensor
-    return trunk, probe
+def mlaim_trunk_state(state_dict: dict) -> dict:
+    """The trunk weights of an ml-aim state dict under OUR names (their probe head `head.*` left out)."""
+    return {ours: t for name, t in state_dict.items() if (ours := from_mlaim_name(name)) is not None}
 
 
 def load_mlaim_trunk(model: AIM, state_dict: dict) -> None:
     """Copy ml-aim-named trunk weights into `model`; every trunk weight must be present and fit."""
-    trunk, _ = split_mlaim_state_dict(state_dict)
+    trunk = mlaim_trunk_state(state_dict)
     expected = {n for n in model.state_dict() if to_mlaim_name(n) is not None}
     missing, unexpected = sorted(expected - trunk.keys()), sorted(trunk.keys() - expected)
     if missing or unexpected:
@@ -189,7 +191,7 @@ def read_mlaim_state_dict(path: str | Path) -> dict:
 def load_mlaim_checkpoint(path: str | Path, model_cfg: ModelConfig | None = None, device=None) -> AIM:
     """An AIM (in eval mode) holding the trunk of an official ml-aim `.pth`. The model's `.cfg` is the
     given ModelConfig, else the one inferred (head count: config.json beside the file, or a released
-    size). `.mlaim_probe_head` keeps their probe classifier's weights, if the file has them."""
+    size). Their probe head (`head.*`), if the file has one, is not loaded: see evaluation/mlaim_head.py."""
     path = Path(path)
     state = read_mlaim_state_dict(path)
     if model_cfg is None:
@@ -197,7 +199,6 @@ def load_mlaim_checkpoint(path: str | Path, model_cfg: ModelConfig | None = None
                                        source=str(path))
     model = build_aim(model_cfg)
     load_mlaim_trunk(model, state)
-    model.mlaim_probe_head = split_mlaim_state_dict(state)[1]
     if device is not None:
         model = model.to(device)
     return model.eval()
