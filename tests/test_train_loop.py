@@ -151,7 +151,7 @@ def test_trained_checkpoints_load_as_mlaim_backbones_with_the_same_features(tmp_
         shape = ("width", "depth", "heads", "patch_size", "img_size", "mlp_ratio")
         assert all(getattr(theirs_cfg, k) == getattr(ours_cfg, k) for k in shape), (theirs_cfg, ours_cfg)
         # ml-aim's LayerNorms have eps 1e-6 (not a config key there); the shipped configs train with
-        # l3m's 1e-5, as Apple's released trunks were: features agree to ~5e-6 relative, not exactly.
+        # l3m's 1e-5: features agree closely, not exactly.
         assert (ours_cfg.norm_eps, theirs_cfg.norm_eps) == (1e-5, 1e-6)
         # The same export read with our eps: the weights arrived exactly, so the features are equal.
         exact = load_mlaim_checkpoint(ckpt / "mlaim" / "backbone.pth", model_cfg=ours_cfg)
