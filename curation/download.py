@@ -48,6 +48,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tarfile
@@ -330,9 +331,14 @@ def download_in_own_session(cfg: DownloadConfig, url_list: Path, pool_dir: Path,
     """Run img2dataset in a child process in its own session; kill that whole session whenever we stop."""
     token = uuid.uuid4().hex
     (pool_dir / _RUN_FILE).write_text(token)
-    root = str(Path(__file__).resolve().parents[1])
+    # The child imports this very code: from a checkout, its root goes on PYTHONPATH. An installed package
+    # needs none, and site-packages on PYTHONPATH would shadow the standard library with old backports
+    # (img2dataset requires the py3.6 `dataclasses`).
+    root = Path(__file__).resolve().parents[1]
+    installed = root in {Path(p).resolve() for p in site.getsitepackages()}
     env = {**os.environ, _RUN_TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+           "PYTHONPATH": os.pathsep.join(p for p in ("" if installed else str(root),
+                                                     os.environ.get("PYTHONPATH")) if p)}
     args = {"cfg": cfg.model_dump(), "url_list": str(url_list), "pool_dir": str(pool_dir),
             "allow_hosts": list(allow_hosts), "parent_pid": os.getpid()}
     code = ("import sys; from curation.download import download_process_main; "
