@@ -306,6 +306,7 @@ def test_html_is_self_contained_and_pngs_are_real(tmp_path):
 
 
 def test_report_without_any_input_says_what_is_missing(tmp_path):
+    (tmp_path / "empty").mkdir()  # a workdir with nothing in it yet (a missing one is an error)
     cfg = config(tmp_path / "empty")
     html = report_from_config(cfg).read_text()
     md = (cfg.report_dir / "report.md").read_text()
