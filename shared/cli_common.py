@@ -33,10 +33,15 @@ def setup_logging(debug: bool = False) -> None:
 
     # Libraries (open_clip, faiss, img2dataset) log chatty INFO lines on the root logger: show only their
     # warnings, and our own "openaim.*" loggers at INFO (DEBUG with --debug).
-    logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", datefmt="[%X]",
-        handlers=[RichHandler(show_path=debug, rich_tracebacks=debug, markup=False)], force=True,
-    )
+    # On a terminal, rich's columns; in a plain log (pipe, file, scheduler), one unwrapped line per record
+    # (rich would wrap at 80 columns), so a log line stays one line for people and for grep.
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(show_path=debug, rich_tracebacks=debug, markup=False)
+        fmt, datefmt = "%(message)s", "[%X]"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt, datefmt = "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
+    logging.basicConfig(level=logging.WARNING, format=fmt, datefmt=datefmt, handlers=[handler], force=True)
     logging.getLogger("openaim").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
