@@ -3,6 +3,8 @@ a 2-process torchrun (DDP, FSDP2) matches a 1-process run, bad input fails in on
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import re
 import shutil
@@ -77,8 +79,8 @@ def test_kill9_then_resume_repeats_the_uninterrupted_losses(tmp_path, shards):
     assert ref.returncode == 0, ref.stderr[-2000:]
     ref_losses = _losses(tmp_path / "ref")
     logged = list(range(5, 61, 5))
-    # Plain-log progress (stderr is not a TTY here): loss, img/s and ETA every log_every steps.
-    progress = r"step 5/60  loss [0-9.]+  [0-9.]+ img/s  ETA \d+:\d\d:\d\d"
+    # Plain-log progress (stderr is not a TTY here): loss, img/s, data-wait share, ETA every log_every steps.
+    progress = r"step 5/60  loss [0-9.]+  [0-9.]+ img/s  data wait [0-9.]+%  ETA \d+:\d\d:\d\d"
     assert re.search(progress, ref.stdout + ref.stderr), (ref.stdout + ref.stderr)[-1000:]
     assert "UserWarning" not in ref.stderr
     assert sorted(ref_losses) == logged
@@ -108,7 +110,7 @@ def test_kill9_then_resume_repeats_the_uninterrupted_losses(tmp_path, shards):
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
     assert (run / "training" / "loss.png").stat().st_size > 1000
     row = read_metrics(run / "training" / "metrics.jsonl")[-1]
-    assert {"step", "loss", "lr", "grad_norm", "images_per_s", "mfu"} <= set(row)
+    assert {"step", "loss", "lr", "grad_norm", "images_per_s", "mfu", "data_wait_share"} <= set(row)
 
     # The weights load for evaluation from the run dir, the checkpoint dir and the .safetensors file.
     import torch
@@ -364,3 +366,39 @@ def test_activation_checkpointing_same_losses_and_no_resume_keeps_the_old_run(tm
     # A finished run asked again does nothing and says so.
     again = _run(_train_cmd(tmp_path, sets))
     assert again.returncode == 0 and "already trained" in again.stderr + again.stdout
+
+
+def test_log_windows_report_the_share_of_time_spent_waiting_for_data(tmp_path, shards, monkeypatch, caplog):
+    # The real loader's batches, fetched ahead; the batches of steps 3-4 (the second log window) then
+    # arrive 0.5 s late, as from a starved loader. The first window waits for nothing.
+    import training.loop as loop
+
+    real_build_loader = loop.build_loader
+
+    def late_loader(*args, **kwargs):
+        batches = list(itertools.islice(iter(real_build_loader(*args, **kwargs)), 6))
+
+        def stream():
+            for batch in batches:
+                if batch["step"] in (2, 3):
+                    time.sleep(0.5)
+                yield batch
+
+        return stream()
+
+    monkeypatch.setattr(loop, "build_loader", late_loader)
+    cfg = load_config(None, TINY + [f"workdir={tmp_path}", f"training.data.shards=['{shards}']",
+                                    "training.steps=6", "training.log_every=2", "training.checkpoint_every=6",
+                                    "training.global_batch_size=8", "training.data.num_workers=0",
+                                    "training.parallel=none"])
+    with caplog.at_level(logging.INFO, logger="openaim.training"):
+        loop.train_from_config(cfg, resume=False)
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "training" / "metrics.jsonl")}
+    shares = {step: r["data_wait_share"] for step, r in rows.items()}
+    # The window of steps 3-4 lasts about as long as the rows 2 and 4 lie apart; its wait is the two sleeps
+    # (a loaded machine stretches the steps, not the sleeps).
+    waited = shares[4] * (rows[4]["time"] - rows[2]["time"])
+    assert 0.95 < waited < 1.5 and shares[4] > 0.2, (waited, shares)
+    assert shares[2] < 0.05 and shares[6] < 0.05, shares
+    lines = [m for m in caplog.messages if m.startswith("step 4/6")]
+    assert len(lines) == 1 and f"data wait {100 * shares[4]:.1f}%" in lines[0], caplog.messages

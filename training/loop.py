@@ -20,6 +20,13 @@ non_blocking, normalised (and on GPU colour-jittered) on the device; prefix leng
 host and copied pinned; loss, gradient norm and the non-finite check stay on the device until a log
 or checkpoint step.
 
+Each log line (and metrics.jsonl row) also gives the share of the window's wall time the loop spent
+blocked on the data loader: host time in next(loader) plus the (non_blocking) host->device copy call,
+over the window's wall time, timed with perf_counter alone (no device sync of its own; the log step's
+sync closes the window). Like torchtitan's data-loading time it is host time: while the host runs
+ahead of the device a slow batch can hide behind queued work, so a high share means the loader
+starves the device, a low one that it does not.
+
 Non-finite loss or gradient norm: the run stops with an error naming the first such step, at the
 next log or checkpoint step (where the host reads the device anyway), before anything is saved: the
 latest checkpoint holds finite weights from before that step. (Skipping steps instead would hide a
@@ -237,6 +244,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     steps_in_window, window_start = 0, time.perf_counter()
+    data_wait = 0.0  # seconds blocked on the loader in the open log window
     if state is not None:
         loss_sum += state["metrics_window"]["loss_sum"]
         steps_in_window = int(state["metrics_window"]["steps"])
@@ -265,13 +273,16 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     data_iter = iter(loader)
     try:
         for step in range(start_step, tcfg.steps):
+            fetch_start = time.perf_counter()
             batch = next(data_iter)
             if batch["step"] != step:
                 raise RuntimeError(f"data stream out of order: got step {batch['step']}, expected {step}")
             positions[batch["stream"]] = batch["position"]
             bad_samples += batch["bad"]
+            raw = batch["images"].to(device, non_blocking=True)  # [B, 3, S, S] uint8
+            data_wait += time.perf_counter() - fetch_start
             # [B, 3, S, S] float; the jitter table stays on the host (to_model_input groups it there)
-            images = to_model_input(batch["images"].to(device, non_blocking=True), batch["jitter"])
+            images = to_model_input(raw, batch["jitter"])
 
             prefix_all = global_prefix_lengths(tcfg.seed, step, tcfg.global_batch_size, num_patches)  # [GB]
             counted_all = float((num_patches - prefix_all).sum())  # targets at index >= prefix, all ranks
@@ -306,16 +317,17 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
                 ips = steps_in_window * tcfg.global_batch_size / max(elapsed, 1e-9)
                 eta = (tcfg.steps - done) * elapsed / steps_in_window
                 row_mfu = mfu(flops, ips, peak_device, world)
+                wait_share = min(data_wait / max(elapsed, 1e-9), 1.0)
                 if metrics is not None:
                     metrics.write({"step": done, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                   "images_per_s": ips, "mfu": row_mfu, "bad_samples": bad_samples,
-                                   "time": time.time()})
-                log.info("step %d/%d  loss %.4f  %.1f img/s%s  ETA %s", done, tcfg.steps, mean_loss, ips,
-                         f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
-                         timedelta(seconds=round(eta)))
+                                   "images_per_s": ips, "mfu": row_mfu, "data_wait_share": wait_share,
+                                   "bad_samples": bad_samples, "time": time.time()})
+                log.info("step %d/%d  loss %.4f  %.1f img/s%s  data wait %.1f%%  ETA %s", done, tcfg.steps,
+                         mean_loss, ips, f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
+                         100 * wait_share, timedelta(seconds=round(eta)))
                 progress.update(done, f"loss {mean_loss:.4f}  {ips:.0f} img/s")
                 loss_sum.zero_()
-                steps_in_window, window_start = 0, time.perf_counter()
+                steps_in_window, window_start, data_wait = 0, time.perf_counter(), 0.0
             else:
                 progress.update(done)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or done in keep_steps:

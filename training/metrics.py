@@ -107,7 +107,7 @@ def plot_loss(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> No
 
 class Progress:
     """A rich progress bar (rank 0, on a TTY) showing step, loss and throughput; a no-op elsewhere.
-    The loop also logs a plain line (loss, img/s, ETA) every log_every steps, for non-TTY logs."""
+    The loop also logs a plain line (loss, img/s, MFU, data-wait share, ETA) every log_every steps."""
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.enabled = enabled
