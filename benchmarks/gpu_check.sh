@@ -2,17 +2,20 @@
 # One-shot GPU check for the AIM model (single H100/H200, PyTorch installed, no internet):
 #   1. attention backends (xformers, flex, sdpa) agree with the fp32 reference in bf16, forward and grads;
 #   2. AIM-600M training throughput (images/s) and MFU at 224 px per backend, bf16 autocast, no FSDP,
-#      random tensors as input (the model alone);
+#      random tensors as input (the model alone); with --compile each block is compiled (as the loop does),
+#      and one more row, printed last (after section 3), compiles the whole model once instead (auto backend);
 #   3. the SHIPPED aim-600m path: `openaim train`'s loop with configs/aim-600m.yaml on this one GPU
 #      (FSDP2 on a 1-process group, torch.compile, the config's activation checkpointing, fused AdamW,
 #      bf16), fed by the real data loader over synthetic webdataset shards + an image folder, then one
-#      DCP checkpoint save; MFU (trunk+head) printed against row 2's in the same run.
+#      DCP checkpoint save; MFU (trunk+head) printed against row 2's in the same run, then each logged
+#      window's images/s, MFU and data wait (share of the window's wall time blocked on the loader).
 # Prints Markdown tables; paste them into benchmarks/RESULTS.md under "## Training".
 #
 #   bash benchmarks/gpu_check.sh --compile --backends auto   # the recorded run (about 4-5 minutes)
 #   bash benchmarks/gpu_check.sh                 # every backend, no compile in section 2
 #   bash benchmarks/gpu_check.sh --batch 48      # images per step (default 64)
 #   bash benchmarks/gpu_check.sh --no-shipped    # skip section 3
+#   bash benchmarks/gpu_check.sh --compile --backends auto --no-whole-model   # without the whole-model row
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # aim-tiny on CPU, 2 steps: checks the script runs
 #
 # xformers: if it is not importable and a wheel lies in .whl/, it is installed offline first
@@ -61,6 +64,8 @@ parser.add_argument("--backends", default="xformers,flex,sdpa",
                     help="comma list for sections 1-2, or 'auto' for the backend auto selects")
 parser.add_argument("--no-shipped", action="store_true", help="skip section 3 (the shipped training path)")
 parser.add_argument("--shipped-steps", type=int, default=20)
+parser.add_argument("--no-whole-model", action="store_true",
+                    help="skip the last row (the whole model compiled once, with --compile)")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
@@ -118,19 +123,24 @@ fl_trunk, fl_all = flops_per_image(cfg0), flops_per_image(cfg0, include_head=Tru
 print(f"\nTraining FLOPs per image: trunk {fl_trunk/1e12:.3f} TFLOP, with head {fl_all/1e12:.3f} TFLOP; peak {peak/1e12:.0f} TFLOP/s\n")
 print("| backend | images/s | step s | MFU (trunk FLOPs) | MFU (trunk+head) | peak mem GiB | loss |")
 print("|---|---|---|---|---|---|---|")
-baseline_mfu = {}
-for b in backends:
-    if not works[b] or (b == "naive" and not args.cpu_smoke):
-        print(f"| {b} | unavailable | | | | | |")
-        continue
+
+
+def throughput_row(b, label, compile_mode):
+    """One table row: train steps of the model alone on random tensors; compile_mode None (eager),
+    "blocks" (each block compiled, as the loop does) or "whole" (torch.compile(model) once).
+    Returns the MFU (trunk+head), or None when the row failed."""
     model = opt = images = None
     try:
         torch.manual_seed(0)
         model = build_aim(ModelConfig(arch=arch, attention_backend=b), device=device)
         assert model.attention_backend(device) == b
-        if args.compile:
+        run = model  # what a step calls: model(images, prefix) is model.forward_loss(images, prefix)
+        if compile_mode == "blocks":
             for block in list(model.blocks) + list(model.head.blocks):
                 block.compile()
+        elif compile_mode == "whole":
+            # on CPU (smoke) dynamo's eager backend: traces the whole model, skips inductor's C++ build
+            run = torch.compile(model, backend="eager" if args.cpu_smoke else "inductor")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
                                 fused=device.type == "cuda")
         images = torch.randn(batch, 3, cfg0.img_size, cfg0.img_size, device=device)
@@ -141,13 +151,14 @@ for b in backends:
         def step():
             prefix = sample_prefix_lengths(batch, cfg0.num_patches, g, device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = model.forward_loss(images, prefix)
+                loss = run(images, prefix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             return loss
 
+        t_compile = time.perf_counter()
         for _ in range(warmup):
             step()
         if device.type == "cuda":
@@ -164,17 +175,32 @@ for b in backends:
         dt = (time.perf_counter() - t0) / steps
         ips = batch / dt
         mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-        baseline_mfu[b] = ips * fl_all / peak
-        print(f"| {b} | {ips:.1f} | {dt:.3f} | {ips*fl_trunk/peak:.1%} | {ips*fl_all/peak:.1%} | {mem:.1f} | {loss:.4f} |")
+        print(f"| {label} | {ips:.1f} | {dt:.3f} | {ips*fl_trunk/peak:.1%} | {ips*fl_all/peak:.1%} | {mem:.1f} | "
+              f"{loss:.4f} |", flush=True)
+        if compile_mode:
+            print(f"({label}: {t0 - t_compile:.0f} s in the {warmup} warm-up steps, compile included)", flush=True)
+        return ips * fl_all / peak
     except torch.cuda.OutOfMemoryError:
-        print(f"| {b} | out of memory at batch {batch} | | | | | |")
-    except Exception as err:  # one backend failing (e.g. a compile error) must not hide the others
-        print(f"| {b} | failed: {type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''} | | | | | |")
+        print(f"| {label} | out of memory at batch {batch} | | | | | |", flush=True)
+    except Exception as err:  # one row failing (e.g. a compile error) must not hide the others
+        print(f"| {label} | failed: {type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''} "
+              "| | | | | |", flush=True)
     finally:
-        model = opt = images = None
+        model = run = opt = images = None
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return None
+
+
+baseline_mfu = {}
+for b in backends:
+    if not works[b] or (b == "naive" and not args.cpu_smoke):
+        print(f"| {b} | unavailable | | | | | |")
+        continue
+    result = throughput_row(b, b, "blocks" if args.compile else None)
+    if result is not None:
+        baseline_mfu[b] = result
 
 # 3. the shipped path: the training loop itself, configs/aim-600m.yaml, one process, FSDP2
 shipped_ok = True
@@ -193,10 +219,10 @@ if not args.no_shipped:
                                per_shard=16 if args.cpu_smoke else 128, size=size, seed=0)
         write_image_folder(os.path.join(tmp, "imnet"), n_classes=4 if args.cpu_smoke else 20, per_class=4,
                            size=size, seed=1)
-        steps = 3 if args.cpu_smoke else args.shipped_steps
+        shipped_steps = 3 if args.cpu_smoke else args.shipped_steps
         log_every = 1 if args.cpu_smoke else 5
         sets = [f"workdir={tmp}/run", f"training.data.shards=['{tmp}/shards/*.tar']",
-                f"training.data.imagenet=['{tmp}/imnet']", f"training.steps={steps}",
+                f"training.data.imagenet=['{tmp}/imnet']", f"training.steps={shipped_steps}",
                 f"training.log_every={log_every}", "training.checkpoint_every=1000000", "training.keep_checkpoints=[]",
                 f"training.global_batch_size={batch}", f"training.micro_batch_size={batch}",
                 # half the steps warm up (from 1e-6): a fresh 600M at full lr could diverge in bf16,
@@ -210,7 +236,7 @@ if not args.no_shipped:
         print(f"\nShipped path: configs/aim-600m.yaml on 1 process: parallel {t.parallel} (FSDP2, 1-process group), "
               f"compile {t.compile}, activation_checkpointing {t.activation_checkpointing}, micro-batch "
               f"{t.micro_batch_size}, {t.data.num_workers} loader workers, shuffle buffer {t.data.shuffle_buffer}, "
-              f"{steps} steps (data written in {time.perf_counter() - t0:.0f} s)\n")
+              f"{shipped_steps} steps (data written in {time.perf_counter() - t0:.0f} s)\n")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -229,6 +255,15 @@ if not args.no_shipped:
         if base:
             print(f"\nshipped path MFU (trunk+head) {mfu_all:.1%} vs the no-FSDP {auto_backend} row {base:.1%} "
                   f"(ratio {mfu_all / base:.2f}); target >= 55%")
+        # Each logged window: where a slow window's time went. "data wait" = the share of the window's wall
+        # time the loop was blocked in next(loader) + the host->device copy call (host time, perf_counter).
+        print("\n| shipped window (steps) | images/s | MFU (trunk+head) | data wait |")
+        print("|---|---|---|---|")
+        for r in rows:
+            first = max(r["step"] - log_every, 0) + 1
+            wait = r.get("data_wait_share")
+            print(f"| {first}-{r['step']} | {r['images_per_s']:.1f} | {r['images_per_s'] * fl_all / peak:.1%} | "
+                  f"{'n/a' if wait is None else f'{wait:.1%}'} |")
         shipped_ok = math.isfinite(rows[-1]["loss"])
     except Exception as err:
         shipped_ok = False
@@ -236,6 +271,19 @@ if not args.no_shipped:
         logging.getLogger("openaim").exception("shipped path failed")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+# 4. section 2's extra row, run last so that a slow whole-model compile cannot cost section 3: the whole
+# model compiled once (torch.compile(model)) instead of block by block, same backend and batch.
+if (args.compile or args.cpu_smoke) and not args.no_whole_model and backend_works(auto_backend, device):
+    label = f"{auto_backend}, whole model compiled" + (" (dynamo eager backend)" if args.cpu_smoke else "")
+    print(f"\nSection 2, one more row: {label}, vs the {'per-block compiled' if args.compile else 'eager'} "
+          f"{auto_backend} row above\n")
+    print("| backend | images/s | step s | MFU (trunk FLOPs) | MFU (trunk+head) | peak mem GiB | loss |")
+    print("|---|---|---|---|---|---|---|")
+    whole = throughput_row(auto_backend, label, "whole")
+    base = baseline_mfu.get(auto_backend)
+    if whole is not None and base:
+        print(f"\nwhole-model compile MFU (trunk+head) {whole:.1%} vs per-block {base:.1%} (ratio {whole / base:.2f})")
 
 print("\nMFU on CPU is against the GPU peak and meaningless; the smoke run only checks the script." if args.cpu_smoke else "")
 sys.exit(0 if agreement_ok and shipped_ok else 1)
