@@ -204,6 +204,9 @@ for b in backends:
 
 # 3. the shipped path: the training loop itself, configs/aim-600m.yaml, one process, FSDP2
 shipped_ok = True
+# From here on dynamo logs each recompilation with its reason: one printed between two of the loop's "step"
+# lines places a slow window's time in compilation rather than in the loader or the device.
+torch._logging.set_logs(recompiles=True)
 if not args.no_shipped:
     tmp = tempfile.mkdtemp(prefix="openaim_gpu_check_")
     try:
