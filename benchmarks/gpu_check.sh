@@ -291,4 +291,5 @@ if (args.compile or args.cpu_smoke) and not args.no_whole_model and backend_work
 print("\nMFU on CPU is against the GPU peak and meaningless; the smoke run only checks the script." if args.cpu_smoke else "")
 sys.exit(0 if agreement_ok and shipped_ok else 1)
 PYEOF
-"$PY" "$SCRIPT" "$@"
+# -u: unbuffered, so a run stopped mid-way (e.g. by a wall-time limit during the last row) keeps what it printed
+"$PY" -u "$SCRIPT" "$@"
