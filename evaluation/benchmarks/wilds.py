@@ -3,14 +3,11 @@
 We mirror the WILDS package's ``official`` split scheme (same columns, same image paths), without
 depending on it. Folders are the WILDS ones: <data_root>/<dataset>_v<version>/.
 
-Which split is our "test" (the choice is made here, for all four sets): WILDS' OOD *test* split. The AIM
-paper's appendix table of the 15 benchmarks could not be read where this was written (no copy of it in the
-reference material; facts.md lists the OOD test sizes), so whether its iWildCam / Camelyon17 / RxRx1 /
-fMoW numbers use the OOD test or the OOD val split is not confirmed here. We keep WILDS' test split: it is
-the split WILDS designates for reporting (val is for model selection), and our probe settings are chosen
-on a val carved from train, so nothing is tuned on it. If the paper's sizes turn out to be the OOD val
-ones (iWildCam 14,961, Camelyon17 34,904, RxRx1 9,854, fMoW 19,915), the non-train branches of the
-four loaders below are what to switch.
+Which split is our "test" (the choice is made here, for all four sets): WILDS' OOD *test* split, as
+the recipe's benchmark table does (the AIM paper's figures as the project records them): its test sizes,
+iWildCam 42,791, Camelyon17 85,054, RxRx1 34,432 and fMoW 22,108, are WILDS' OOD test splits.
+WILDS' OOD val splits are never used; our probe settings are chosen on a val carved from train, so
+nothing is tuned on test.
 - iWildCam v2.0: metadata.csv (split, filename, y, ...); images in train/<filename> whatever the split.
   Our test = "test" (OOD: unseen camera traps).
 - Camelyon17 v1.0: metadata.csv (patient, node, x_coord, y_coord, tumor, slide, center, split);
