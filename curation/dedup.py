@@ -42,11 +42,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Bump when the dedup masks (this module, copy_detection.py, pipeline._dedup_masks) change for the same
-# config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no
-# result (comments, refactors) need no bump.
-VERSION = 1
-
 PCA_DIM = 64
 PCA_SAMPLE = 50_000
 IVF_TRAIN_PER_LIST = 40  # faiss k-means asks for >= 39 training points per centroid

@@ -7,17 +7,22 @@ leaked into the training set, and whether any unsafe URL ever reached the server
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curation.select import subset_to_uids
+from shared.stage_cache import hash_json
 
 GOOD_KINDS = ("match", "near_dup", "exact_dup")
 
 
 def quality_block(web_dir: Path, kept: list[tuple[str, str]]) -> dict | None:
     """Quality of the kept (url, caption) pairs against the mini web's truth; None without a truth file."""
-    import pyarrow.parquet as pq
-
     truth_path = web_dir / "truth.parquet"
     if not truth_path.is_file():
         return None
@@ -75,3 +80,39 @@ def build_manifest(*, config_hash: str, steps: dict[str, dict], ran: list[str], 
         "download_failures": failures,
         "quality": quality,
     }
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _kept_pairs(curation_dir: Path) -> list[tuple[str, str]]:
+    """(url, caption) of the kept pairs: the pairs whose uid is in the subset (a mini-web-sized read)."""
+    kept_uids = set(subset_to_uids(np.load(curation_dir / "subset.npy")))
+    pairs = pq.read_table(curation_dir / "pairs", columns=["uid", "url", "caption"]).to_pydict()
+    return [(u, c) for uid, u, c in zip(pairs["uid"], pairs["url"], pairs["caption"], strict=True)
+            if uid in kept_uids]
+
+
+def curation_manifest(cfg, ran: list[str], reused: list[str]) -> dict:
+    """The manifest of a finished build-dataset run, from the steps' stats files (``cfg``: the root config:
+    the curation section and the web dir the quality block reads)."""
+    d = cfg.curation_dir
+    ex, dl, sel = _read_json(d / "extract_stats.json"), _read_json(d / "download_stats.json"), \
+        _read_json(d / "select_stats.json")
+    dd, sf = _read_json(d / "dedup" / "stats.json"), _read_json(d / "safety" / "stats.json")
+    step_counts = {
+        "extract": {"in": ex.get("links"), "out": ex.get("kept"), "records": ex.get("records"),
+                    "corrupt_records": ex.get("corrupt_records"), "dropped": ex.get("dropped")},
+        "download": {"in": dl.get("requested"), "out": dl.get("downloaded"),
+                     "refused_before_download": dl.get("refused_before_download")},
+        "score": {"in": dl.get("downloaded"), "out": dd.get("in")},
+        "dedup": dd, "safety": sf,
+        "select": {"in": sel.get("in"), "out": sel.get("out"), "shards": sel.get("shards"),
+                   "faces_blurred": sel.get("faces_blurred")},
+    }
+    has_truth = (cfg.web_dir / "truth.parquet").is_file()
+    quality = quality_block(cfg.web_dir, _kept_pairs(d)) if has_truth else None
+    return build_manifest(config_hash=hash_json(cfg.curation.model_dump(mode="json")), steps=step_counts,
+                          ran=ran, reused=reused, select=sel | {"kept": sel.get("out")},
+                          failures=dl.get("failures", {}), quality=quality)

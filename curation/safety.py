@@ -8,13 +8,19 @@ exceeds the threshold is dropped.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-# Bump when the safety masks (this module, pipeline._safety_mask) change for the same config and inputs:
+from curation.parts import read_part
+from shared.atomic import atomic_path
+
+# Bump when the safety keep files (this module, parts.py) change for the same config and inputs:
 # this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
 # refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: one keep file per score part
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +40,8 @@ def detect_faces(image) -> list[tuple[int, int, int, int]]:
 
     gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
     min_side = max(16, min(gray.shape) // 20)
-    boxes = _face_detector().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    boxes = _face_detector().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                              minSize=(min_side, min_side))
     return [tuple(int(v) for v in b) for b in boxes]
 
 
@@ -65,3 +72,19 @@ def concept_filter(emb: np.ndarray, net, concepts: list[str], threshold: float) 
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     text = np.asarray(net.encode_texts(list(concepts)), dtype=np.float32)  # [c, d], normalised
     return (emb @ text.T).max(axis=1) <= threshold
+
+
+def safety_part(part_path: Path, concept_text: np.ndarray | None, threshold: float, out: Path) -> dict:
+    """One task of the safety step: a score part's keep file (uid, keep, reason "concept" when dropped)
+    from its stored image embeddings and the concept prompts' embeddings (computed once, shipped)."""
+    data = read_part(part_path, ("uid", "embedding"))
+    n = len(data["uid"])
+    keep = np.ones(n, dtype=bool)
+    if concept_text is not None and len(concept_text) and n:
+        emb = data["embedding"] / np.maximum(np.linalg.norm(data["embedding"], axis=1, keepdims=True), 1e-12)
+        keep = (emb @ concept_text.T).max(axis=1) <= threshold
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / part_path.name) as tmp:
+        pq.write_table(pa.table({"uid": data["uid"], "keep": keep.tolist(),
+                                 "reason": ["" if k else "concept" for k in keep]}), tmp)
+    return {"in": n, "out": int(keep.sum())}

@@ -1,15 +1,14 @@
 """Score every downloaded pair with the data filtering network: cosine(image, caption).
 
-Per pool shard, the image embeddings (kept as float16 for dedup) and the scores are written atomically
-(plus a copy-detection descriptor, see curation.copy_detection) to ``out_dir/parts/<shard>.npz``; a rerun skips the shards whose part exists, so a killed scoring run
-resumes where it stopped. When every shard is done the parts are assembled, in shard order, into
-``scores.parquet`` (uid, url, caption, score, sha256, shard, key) and the row-aligned ``embeddings.npy``
-and ``copy.npy`` ([n, views, 768]: each image's copy descriptor and its zoomed views).
+Per pool shard, the scores, the image embeddings and the copy-detection descriptors (curation.copy_detection)
+are written atomically to one part, ``out_dir/parts/<shard>.parquet`` (layout in curation.parts); a rerun
+skips the shards whose part exists, so a killed scoring run resumes where it stopped. The parts are the
+step's output: nothing assembles them, every later step maps over them.
 
 Shards are scored one after the other; within a shard a torch DataLoader with ``num_workers`` > 1
 processes decodes the JPEGs (each worker a strided share of the batches) while this process runs the
-forward pass. Under torchrun rank r scores shards r::world (each part file is independent), then rank 0
-assembles them. For build-dataset that is
+forward pass. Under torchrun rank r scores shards r::world (each part file is independent). For
+build-dataset that is
     torchrun --nproc_per_node N -m shared.cli build-dataset --config ...
 (rank 0 runs every step; the other ranks wait for it at the score step, score their shards and exit).
 """
@@ -18,22 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import IterableDataset
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shared.atomic import atomic_path
+from curation.copy_detection import DIM, VIEWS, copy_views
+from curation.download import pool_shards, shard_samples
+from curation.parts import list_parts, write_part
 from shared.errors import OpenAIMError
 from shared.torchrun import barrier, rank_world
 
 # Bump when the scores (this module, filter_network.py, copy_detection.py) change for the same config and
 # inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no result
 # (comments, refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: one parquet part per pool shard with int8 descriptors, no assembly
 
 log = logging.getLogger("openaim.curation")
 # Rank 0 may download for hours before the other ranks' first collective (the score step's barrier).
@@ -58,23 +60,16 @@ class _ShardBatches(IterableDataset):
     def __init__(self, shard: Path, preprocess, batch_size: int, tokenizer=None):
         # Captions are tokenised here too (when a tokenizer is given), so that with workers all the
         # per-sample CPU work overlaps the forward pass.
-        self.shard, self.preprocess, self.batch_size, self.tokenizer = shard, preprocess, batch_size, tokenizer
+        self.shard, self.preprocess = shard, preprocess
+        self.batch_size, self.tokenizer = batch_size, tokenizer
 
     def _batch(self, rows: list[dict], images: list):
-        import torch
-
         if not images:
             return rows, None, None
         tokens = self.tokenizer([r["caption"] for r in rows]) if self.tokenizer is not None else None
         return rows, torch.stack(images), tokens
 
     def __iter__(self):
-        from PIL import Image
-        from torch.utils.data import get_worker_info
-
-        from curation.copy_detection import copy_views
-        from curation.download import shard_samples
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rows: list[dict] = []
@@ -96,7 +91,8 @@ class _ShardBatches(IterableDataset):
                 continue
             images.append(image)
             rows.append({"uid": meta.get("uid"), "url": meta.get("url", ""), "caption": caption,
-                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key, "copy": copy})
+                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key,
+                         "copy": copy})
         if rows and block % workers == worker:
             yield self._batch(rows, images)
 
@@ -109,10 +105,6 @@ def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
                 ) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
     """Score one shard: (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, views, 768]
     float16). ``num_workers`` > 1 decodes in that many DataLoader worker processes; 0 or 1 in this one."""
-    from torch.utils.data import DataLoader
-
-    from curation.copy_detection import DIM, VIEWS
-
     batches = _ShardBatches(shard, net.preprocess, batch_size, tokenizer=net.tokenizer)
     workers = num_workers if num_workers > 1 else 0
     loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
@@ -135,29 +127,28 @@ def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
 
 
 def _part_path(out_dir: Path, shard: Path) -> Path:
-    return out_dir / "parts" / f"{shard.stem}.npz"
+    return out_dir / "parts" / f"{shard.stem}.parquet"
 
 
-def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray, copies: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, scores=scores.astype(np.float32), embeddings=embs, copies=copies,
-                 rows=np.array([json.dumps(r, sort_keys=True) for r in rows], dtype=object))
+def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray,
+                copies: np.ndarray) -> None:
+    write_part(path, [r["uid"] for r in rows], [r["key"] for r in rows], [r["sha256"] for r in rows],
+               scores, embs, copies)
 
 
 def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
                progress=None) -> None:
-    """Score every finished pool shard (resumable per shard), then assemble scores.parquet + embeddings.npy.
+    """Score every finished pool shard into ``out_dir/parts/<shard>.parquet`` (resumable per shard).
 
-    Under torchrun every rank must call this: rank r scores shards r::world, rank 0 assembles; every rank
-    returns once the assembled files exist. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
+    Under torchrun every rank must call this: rank r scores shards r::world; every rank returns once every
+    part exists. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
     """
-
-    from curation.download import pool_shards
 
     rank, world = dist_rank_world()
     shards = pool_shards(Path(pool_dir))
     if not shards:
-        raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed (see the failure histogram)")
+        raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed "
+                           "(see the failure histogram)")
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     mine = shards[rank::world]
@@ -169,32 +160,5 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
         _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
         if progress:
             progress.advance(task)
-    barrier()  # every part is written
-    if rank == 0:
-        _assemble(shards, out_dir)
-    barrier()  # the assembled files exist before any rank returns
-
-
-def _assemble(shards: list[Path], out_dir: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows: list[dict] = []
-    scores, embs, copies = [], [], []
-    for shard in shards:
-        with np.load(_part_path(out_dir, shard), allow_pickle=True) as part:
-            rows += [json.loads(r) for r in part["rows"]]
-            scores.append(part["scores"])
-            embs.append(part["embeddings"])
-            copies.append(part["copies"])
-    if not rows:
-        raise OpenAIMError("the pool is empty: no decodable sample in any shard "
-                          "(every download failed? see the failure histogram)")
-    table = pa.table({k: [r[k] for r in rows] for k in ("uid", "url", "caption", "sha256", "shard", "key")}
-                     | {"score": np.concatenate(scores).astype(np.float32)})
-    with atomic_path(out_dir / "copy.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate(copies).astype(np.float16))
-    with atomic_path(out_dir / "embeddings.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate(embs).astype(np.float16))
-    with atomic_path(out_dir / "scores.parquet") as tmp:
-        pq.write_table(table, tmp)
+    barrier()  # every part is written before any rank returns
+    list_parts(out_dir / "parts")  # one clear error when no shard held a decodable image

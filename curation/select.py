@@ -12,11 +12,6 @@ import numpy as np
 from shared.config.curation import SelectConfig
 from shared.errors import OpenAIMError
 
-# Bump when the selected subset and its shards (this module, write.py, pipeline._select_and_write) change
-# for the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits
-# that change no result (comments, refactors) need no bump.
-VERSION = 1
-
 
 def selection_threshold(scores: np.ndarray, cfg: SelectConfig) -> float:
     """The score a survivor must reach to be kept."""
@@ -47,3 +42,40 @@ def uid_subset(uids: list[str] | np.ndarray) -> np.ndarray:
 def subset_to_uids(arr: np.ndarray) -> list[str]:
     """Inverse of uid_subset (for checks and for reading DataComp subsets)."""
     return [f"{int(a):016x}{int(b):016x}" for a, b in arr.tolist()]
+
+
+# -- the exact threshold over parts, from a histogram pass (no process sees every score) -----------------
+HIST_BITS = 16  # histogram bins = 2**16 over the float32 order (top bits of the order-preserving key)
+
+
+def _order_keys(scores: np.ndarray) -> np.ndarray:
+    """float32 -> uint32 whose unsigned order is the float order (sign bit flipped, negatives inverted)."""
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint32)
+
+
+def score_histogram(scores: np.ndarray) -> np.ndarray:
+    """Counts of ``scores`` (float32) per bin of the order-preserving key; bins sum over parts."""
+    return np.bincount(_order_keys(scores) >> (32 - HIST_BITS), minlength=1 << HIST_BITS).astype(np.int64)
+
+
+def scores_in_bin(scores: np.ndarray, bin_index: int) -> np.ndarray:
+    return np.asarray(scores, np.float32)[(_order_keys(scores) >> (32 - HIST_BITS)) == bin_index]
+
+
+def rank_bin(histogram: np.ndarray, fraction: float) -> tuple[int, int, int]:
+    """(bin holding the survivor at descending rank int(n * fraction), that rank within the bin, n)."""
+    n = int(histogram.sum())
+    if n == 0:
+        raise OpenAIMError("nothing to select: no sample survived dedup and safety")
+    rank = min(int(n * fraction), n - 1)
+    above = np.cumsum(histogram[::-1])  # survivors in the top bins, highest bin first
+    top = int(np.searchsorted(above, rank + 1))  # first count of top bins that passes the rank
+    bin_index = len(histogram) - 1 - top
+    return bin_index, rank - (int(above[top - 1]) if top else 0), n
+
+
+def threshold_from_bin(bin_scores: list[np.ndarray], rank_in_bin: int) -> float:
+    """The exact threshold: the score at ``rank_in_bin`` (descending) among the scores of its bin."""
+    ordered = np.sort(np.concatenate(bin_scores).astype(np.float64))[::-1]
+    return float(ordered[rank_in_bin])

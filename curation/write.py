@@ -1,31 +1,35 @@
 """Write the curated dataset: webdataset shards (``jpg``, ``txt``, ``json``) and the DataComp uid subset.
 
-The shards directory is built in a temporary sibling and swapped in whole (shared.atomic.atomic_dir), so a
-killed write leaves the previous dataset untouched and never a half-written one.
+One task per pool shard (``write_part_shards``, run by curation.engine) streams that shard's kept samples
+into its own output tars. The pipeline builds the shards directory in a temporary sibling and swaps it in
+whole (shared.atomic.atomic_dir), so a killed write leaves the previous dataset untouched and never a
+half-written one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
+from PIL import Image
 
-from shared.atomic import atomic_dir, atomic_path
+from curation.safety import blur_faces as blur_image_faces
+from curation.select import uid_subset
+from shared.atomic import atomic_path
 
 log = logging.getLogger("openaim.curation")
 
 
 def _blur(jpg: bytes) -> tuple[bytes, int]:
     """Blur the faces of one JPEG; returns the new bytes (unchanged when no face) and the face count."""
-    from PIL import Image
-
-    from curation.safety import blur_faces
-
     img = Image.open(io.BytesIO(jpg)).convert("RGB")
-    blurred, n_faces = blur_faces(img)
+    blurred, n_faces = blur_image_faces(img)
     if n_faces == 0:
         return jpg, 0
     buf = io.BytesIO()
@@ -33,45 +37,60 @@ def _blur(jpg: bytes) -> tuple[bytes, int]:
     return buf.getvalue(), n_faces
 
 
-def write_shards(pool_dir: Path, kept: dict[str, float], out_dir: Path, shard_size: int,
-                 blur_faces: bool, progress=None) -> dict:
-    """Copy the kept pool samples (uid -> score) into ``out_dir`` as webdataset tars, in descending score order.
+def hashed_order(uids: list[str]) -> list[int]:
+    """Indices of ``uids`` in the order of their blake2b hash: deterministic, and unrelated to score or
+    crawl order, so a training batch is not a narrow band of scores."""
+    return sorted(range(len(uids)), key=lambda i: hashlib.blake2b(uids[i].encode(), digest_size=8).digest())
 
-    Returns counts (written, shards, faces blurred).
+
+def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, shard_size: int,
+                      blur_faces: bool) -> dict:
+    """One task of the write step: the kept samples (uid -> score) of one pool shard, streamed into
+    ``out_dir/<shard>-NNNN.tar`` (at most ``shard_size`` samples each) in hashed-uid order.
+
+    The pool tar is indexed (member headers only) and each kept sample read, face-blurred and written one
+    at a time: memory holds one image, whatever the shard's size. Returns counts (written, shards, faces).
     """
-    import webdataset as wds
-
-    from curation.download import iter_pool
-
-    samples = []
-    for uid, jpg, caption, meta in iter_pool(pool_dir, set(kept)):
-        samples.append((uid, jpg, caption, meta.get("url", "")))
-    # Score order (uid breaks ties) makes the shards deterministic whatever the pool's shard layout.
-    samples.sort(key=lambda s: (-kept[s[0]], s[0]))
-    task = progress.add_task("write shards", total=len(samples)) if progress else None
-    faces = 0
-    with atomic_dir(out_dir) as tmp, \
-            wds.ShardWriter(str(tmp / "shard-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
-        for i, (uid, jpg, caption, url) in enumerate(samples):
-            if blur_faces:
-                jpg, n = _blur(jpg)
-                faces += n
-            sink.write({
-                "__key__": f"{i:09d}",
-                "jpg": jpg,
-                "txt": caption,
-                "json": json.dumps({"uid": uid, "url": url, "score": round(float(kept[uid]), 6)}),
-            })
-            if progress:
-                progress.advance(task)
-    n_shards = len(list(out_dir.glob("shard-*.tar")))
-    return {"written": len(samples), "shards": n_shards, "faces_blurred": faces}
+    with tarfile.open(pool_shard) as tar:
+        members: dict[str, dict[str, tarfile.TarInfo]] = {}
+        for m in tar.getmembers():
+            if m.isfile():
+                key, _, ext = m.name.rpartition(".")
+                members.setdefault(key, {})[ext] = m
+        samples = []  # (uid, key) of the kept samples present in this shard
+        for key, files in members.items():
+            if {"jpg", "txt", "json"} <= files.keys():
+                meta = json.loads(tar.extractfile(files["json"]).read())
+                if meta.get("uid") in kept:
+                    samples.append((meta["uid"], key, meta.get("url", "")))
+        samples = [samples[i] for i in hashed_order([s[0] for s in samples])]
+        faces = 0
+        stem = pool_shard.stem
+        pattern = str(out_dir / f"{stem}-%04d.tar")
+        # A fixed member mtime: the same kept samples give the same tar bytes on every engine and rerun.
+        with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=0) as sink:
+            for i, (uid, key, url) in enumerate(samples):
+                jpg = tar.extractfile(members[key]["jpg"]).read()
+                caption = tar.extractfile(members[key]["txt"]).read().decode("utf-8")
+                if blur_faces:
+                    jpg, n = _blur(jpg)
+                    faces += n
+                meta = {"uid": uid, "url": url, "score": round(float(kept[uid]), 6)}
+                sink.write({"__key__": f"{stem}-{i:07d}", "jpg": jpg, "txt": caption,
+                            "json": json.dumps(meta)})
+            shards = sink.shard if samples else 0
+    if not samples:  # webdataset opens its first tar lazily; an empty shard leaves nothing behind
+        for p in out_dir.glob(f"{stem}-*.tar"):
+            p.unlink()
+    return {"written": len(samples), "shards": shards, "faces_blurred": faces}
 
 
 def write_subset(uids: list[str], path: Path) -> None:
     """Save the DataComp-style subset (sorted "u8,u8" array of the kept uids), atomically."""
-    from curation.select import uid_subset
+    save_subset(uid_subset(uids), path)
 
-    arr = uid_subset(uids)
+
+def save_subset(arr: np.ndarray, path: Path) -> None:
+    """Save an already sorted subset array atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)

@@ -25,7 +25,8 @@ from rich.table import Table
 
 import evaluation.run
 import training.loop
-from curation.pipeline import build_dataset, step_specs
+from curation.pipeline import build_dataset
+from curation.step_specs import step_specs
 from evaluation.report import report_from_config
 from evaluation.run import evaluate_from_config
 from shared.atomic import atomic_write_bytes, atomic_write_json

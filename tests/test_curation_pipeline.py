@@ -239,6 +239,28 @@ def _copy_run(src: Path, dst: Path, web_dir: Path) -> Path:
     return dst
 
 
+def test_spark_engine_equals_local_engine(built, served, tmp_path):
+    """`--set curation.engine=spark` (Spark local[2]) on a copy of the finished run whose extract, dedup,
+    safety and select records are dropped: those steps rerun as Spark tasks, the download and the scores
+    are reused (the pairs come out identical), and the kept uids and every shard's bytes are the local
+    engine's."""
+    pytest.importorskip("pyspark")
+    workdir_a, overrides, samples = built
+    web_dir, _, _ = served
+    workdir = _copy_run(workdir_a, tmp_path / "run", web_dir)
+    for step in ("extract", "dedup", "safety", "select"):
+        (workdir / ".steps" / f"{step}.json").unlink()
+    shutil.rmtree(workdir / "curation" / "shards")
+    out = _cli([*[o for o in overrides if not o.startswith("workdir=")], f"workdir={workdir}",
+                "curation.engine=spark", "curation.workers=2"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = _manifest(workdir)
+    assert m["ran"] == ["extract", "dedup", "safety", "select"] and "download" in m["reused"]
+    assert (workdir / "curation" / "subset.npy").read_bytes() == (workdir_a / "curation" / "subset.npy").read_bytes()
+    assert shard_samples(workdir / "curation" / "shards") == samples
+    assert _digest(workdir / "curation" / "shards") == _digest(workdir_a / "curation" / "shards")
+
+
 @pytest.mark.parametrize("case", ["missing path", "unreadable warc", "empty pool", "unloadable filter"])
 def test_bad_input_is_one_line_and_damages_nothing(built, served, case, tmp_path):
     workdir_a, overrides, _ = built

@@ -50,8 +50,8 @@ window.addEventListener("load", () => {
 
 
 def write_curated_pool(curation: Path, n: int = 60, seed: int = 0) -> float:
-    """A scored pool in the curation stage's formats (pairs.parquet, scores/, dedup/ and safety/
-    keep.parquet, subset.npy, img2dataset pool shard + stats file); returns the threshold."""
+    """A scored pool in the curation stage's formats (pairs/, scores/parts/, dedup/ and safety/ keep/ parts,
+    subset.npy, img2dataset pool shard + stats file); returns the threshold."""
     rng = random.Random(seed)
     uids = [f"{rng.getrandbits(128):032x}" for _ in range(n)]
     scores = [rng.uniform(0.05, 0.45) for _ in range(n)]
@@ -61,17 +61,18 @@ def write_curated_pool(curation: Path, n: int = 60, seed: int = 0) -> float:
     ]
     dedup_reason = ["near_dup" if i % 11 == 3 else "" for i in range(n)]
     safety_reason = ["unsafe_concept" if i % 13 == 5 else "" for i in range(n)]
-    (curation / "scores").mkdir(parents=True)
-    pq.write_table(pa.table({"uid": uids, "score": scores}), curation / "scores" / "scores.parquet")
+    (curation / "scores" / "parts").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": uids, "score": scores}), curation / "scores" / "parts" / "00000.parquet")
+    (curation / "pairs").mkdir()
     pq.write_table(
         pa.table({"uid": uids, "url": [f"http://127.0.0.1/{u}.jpg" for u in uids], "caption": captions}),
-        curation / "pairs.parquet",
+        curation / "pairs" / "part-00000.parquet",
     )
     for name, reasons in (("dedup", dedup_reason), ("safety", safety_reason)):
-        (curation / name).mkdir()
+        (curation / name / "keep").mkdir(parents=True)
         pq.write_table(
             pa.table({"uid": uids, "keep": [not r for r in reasons], "reason": reasons}),
-            curation / name / "keep.parquet",
+            curation / name / "keep" / "00000.parquet",
         )
     survivors = [i for i in range(n) if not dedup_reason[i] and not safety_reason[i]]
     threshold = sorted((scores[i] for i in survivors), reverse=True)[len(survivors) // 3]

@@ -1,5 +1,5 @@
-"""Scoring under real torchrun (2 CPU processes, gloo) and with DataLoader decode workers: the same
-scores.parquet / embeddings.npy / copy.npy, byte for byte, as one process decoding in-process; and the
+"""Scoring under real torchrun (2 CPU processes, gloo) and with DataLoader decode workers: the same score
+parts (parts/<shard>.parquet), byte for byte, as one process decoding in-process; and the
 build-dataset score step (stage cache on rank 0 only) across 2 ranks, rerun reused by every rank."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curation.parts import read_part
 from curation.train_filter import train_filter_network
 from shared.miniweb.datasets import write_hq
 from tests.test_curation_score import TINY, _make_pool
 from tests.test_eval_run_features import run_killing_group
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("scores.parquet", "embeddings.npy", "copy.npy")
+OUTPUTS = tuple(f"parts/{s:05d}.parquet" for s in range(5))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -76,7 +77,7 @@ SCRIPT = textwrap.dedent("""
     out = Path(sys.argv[3])
     score.score_pool(Path(sys.argv[2]), net, out, batch_size=3, num_workers=int(sys.argv[4]))
     rank, world = score.dist_rank_world()
-    assert all((out / name).is_file() for name in ("scores.parquet", "embeddings.npy", "copy.npy"))
+    assert len(list((out / "parts").glob("*.parquet"))) == 5
     (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "scored": scored}))
 """)
 
@@ -90,7 +91,7 @@ def test_two_ranks_with_decode_workers_equal_one_in_process_run(pool, reference,
                       cwd=tmp_path, timeout=300)
     for name in OUTPUTS:
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
-    copies = np.load(two / "copy.npy")
+    copies = np.concatenate([read_part(two / name, ("copy",))["copy"] for name in OUTPUTS])
     assert copies.ndim == 3 and copies.shape[0] == 5 * 11 - 3  # the broken jpgs are skipped
     assert json.loads((one / "rank0.json").read_text()) == {"world": 1, "scored": [f"{s:05d}.tar" for s in range(5)]}
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -143,7 +144,7 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
     assert json.loads((work / "rank1.json").read_text()) == {"world": 2, "ran": [], "reused": []}
     assert json.loads((work / ".steps" / "score.json").read_text())["step"] == "score"
     scores = work / "curation" / "scores"
-    assert sorted(p.name for p in (scores / "parts").glob("*.npz")) == [f"{s:05d}.npz" for s in range(5)]
+    assert sorted(p.name for p in (scores / "parts").glob("*")) == [f"{s:05d}.parquet" for s in range(5)]
 
     for name in OUTPUTS:
         assert (scores / name).read_bytes() == (reference / name).read_bytes(), name

@@ -327,48 +327,56 @@ def _example_picks(rows: list[dict], per_group: int) -> list[dict]:
     return picks
 
 
-def _rows_for(path: Path, columns: list[str], uids: set[str]) -> dict[str, dict]:
-    """{uid: row} of a parquet file's rows whose uid is in ``uids``, read batch by batch."""
+def _parquet_parts(folder: Path) -> list[Path]:
+    """The parquet parts of a curation output folder, in name order (a killed write's dot file skipped)."""
+    return [p for p in sorted(folder.glob("*.parquet")) if not p.name.startswith(".")]
+
+
+def _rows_for(folder: Path, columns: list[str], uids: set[str]) -> dict[str, dict]:
+    """{uid: row} of the rows of a folder's parquet parts whose uid is in ``uids``, read batch by batch."""
     wanted = pa.array(sorted(uids), type=pa.string())
     out: dict[str, dict] = {}
-    for batch in pq.ParquetFile(path).iter_batches(columns=["uid", *columns], batch_size=1 << 16):
-        hits = batch.filter(pc.is_in(batch.column("uid").cast(pa.string()), value_set=wanted))
-        for row in hits.to_pylist():
-            out[row["uid"]] = row
+    for path in _parquet_parts(folder):
+        for batch in pq.ParquetFile(path).iter_batches(columns=["uid", *columns], batch_size=1 << 16):
+            hits = batch.filter(pc.is_in(batch.column("uid").cast(pa.string()), value_set=wanted))
+            for row in hits.to_pylist():
+                out[row["uid"]] = row
     return out
 
 
-def _sampled_scores(path: Path) -> tuple[list[str], list[float], int, int]:
-    """(uids, scores, rows in the file, stride): every ``stride``-th row, at most ~SAMPLE_ROWS of them."""
-    file = pq.ParquetFile(path)
-    n = file.metadata.num_rows
+def _sampled_scores(folder: Path) -> tuple[list[str], list[float], int, int]:
+    """(uids, scores, rows in the score parts, stride): every ``stride``-th row (in part order), at most
+    ~SAMPLE_ROWS of them."""
+    files = [pq.ParquetFile(p) for p in _parquet_parts(folder)]
+    n = sum(f.metadata.num_rows for f in files)
     stride = max(1, math.ceil(n / SAMPLE_ROWS))
     uids: list[str] = []
     scores: list[float] = []
     seen = 0
-    for batch in file.iter_batches(columns=["uid", "score"], batch_size=1 << 16):
-        first = (-seen) % stride  # the first row of this batch whose global index is a multiple of stride
-        uids += batch.column("uid").to_pylist()[first::stride]
-        scores += batch.column("score").to_pylist()[first::stride]
-        seen += batch.num_rows
+    for file in files:
+        for batch in file.iter_batches(columns=["uid", "score"], batch_size=1 << 16):
+            first = (-seen) % stride  # the first row of this batch whose global index is a multiple of stride
+            uids += batch.column("uid").to_pylist()[first::stride]
+            scores += batch.column("score").to_pylist()[first::stride]
+            seen += batch.num_rows
     return uids, [float(v) for v in scores], n, stride
 
 
 def read_curation_samples(curation_dir: Path, manifest: dict | None, notes: list[str],
                           per_group: int = 4) -> CurationSamples | None:
-    """Scores and example pairs from the curation's own files: scores/scores.parquet, dedup/ and safety/
-    keep.parquet (keep flag and reason per pair), pairs.parquet (captions) and pool/*.tar (images). A pair
-    is kept when both masks keep it and its score reaches the threshold (curation.select's rule). None
-    when the scores are absent."""
-    scores_path = curation_dir / "scores" / "scores.parquet"
-    if not scores_path.is_file():
+    """Scores and example pairs from the curation's own files, each a folder of parquet parts:
+    scores/parts/, dedup/keep/ and safety/keep/ (keep flag and reason per pair), pairs/ (captions), and
+    pool/*.tar (images). A pair is kept when both masks keep it and its score reaches the threshold
+    (curation.select's rule). None when the scores are absent."""
+    scores_path = curation_dir / "scores" / "parts"
+    if not _parquet_parts(scores_path):
         return None
     threshold = _number((manifest or {}).get("threshold"))
     try:
         uids, scores, n, stride = _sampled_scores(scores_path)
         wanted = set(uids)
-        masks = {name: _rows_for(curation_dir / name / "keep.parquet", ["keep", "reason"], wanted)
-                 for name in ("dedup", "safety") if (curation_dir / name / "keep.parquet").is_file()}
+        masks = {name: _rows_for(curation_dir / name / "keep", ["keep", "reason"], wanted)
+                 for name in ("dedup", "safety") if _parquet_parts(curation_dir / name / "keep")}
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         notes.append(f"curation files in {curation_dir} are unreadable ({type(exc).__name__}: {exc})")
         return None
@@ -384,7 +392,7 @@ def read_curation_samples(curation_dir: Path, manifest: dict | None, notes: list
     images: dict[str, bytes] = {}
     captions: dict[str, dict] = {}
     try:
-        captions = _rows_for(curation_dir / "pairs.parquet", ["caption"], wanted)
+        captions = _rows_for(curation_dir / "pairs", ["caption"], wanted)
         for uid, jpg, _, _ in iter_pool(curation_dir / "pool", wanted):
             images[uid] = jpg
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:

@@ -515,7 +515,7 @@ def curation_samples(runs: list[RunData], samples: CurationSamples | None, image
     if samples is None:
         return [
             text(
-                f"{runs[0].label}: no scored pool on disk (curation/scores/scores.parquet): no score "
+                f"{runs[0].label}: no scored pool on disk (curation/scores/parts/): no score "
                 "histogram or example pairs."
             )
         ]

@@ -65,11 +65,19 @@ class DedupConfig(StrictModel):
     near: bool = True
     near_threshold: float = Field(0.9, gt=0, le=1, description="cosine (best over zoomed views) above which two images are copies")
     filter_weight: float = Field(0.0, ge=0, le=1, description="share of the filter-embedding cosine in the copy similarity (0: copy descriptor only)")
+    # Near copies are searched cluster by cluster (curation.dedup_parts): "flat" = one cluster, exact but
+    # one task holds every row; "auto" = one cluster up to flat_max rows, else ~sqrt(3 n) k-means clusters
+    # (compared in a PCA-64 space past 50k rows, candidates checked on the stored descriptors); "ivf" =
+    # clusters and PCA at any size.
     index: Literal["auto", "flat", "ivf"] = "auto"
-    flat_max: int = Field(50_000, ge=1, description="largest pool searched with an exact flat index under 'auto'")
+    flat_max: int = Field(5_000, ge=1,
+                          description="most rows compared all against all by one task under 'auto'")
     decontaminate: bool = True
     eval_threshold: float = Field(0.9, gt=0, le=1, description="copy similarity to any evaluation image above which a pool image goes")
-    eval_sets: list[str] = Field(default_factory=list, description="benchmark names; empty = the configured evaluation set")
+    eval_sets: list[str] = Field(default_factory=list,
+                                 description="registry benchmark names to decontaminate against; "
+                                 "empty = every "
+                                 "benchmark found (mini web sets, evaluation.data_root)")
 
 
 class SafetyConfig(StrictModel):
@@ -91,6 +99,13 @@ class SelectConfig(StrictModel):
 
 
 class CurationConfig(StrictModel):
+    # Where the partition functions of extract, dedup, safety and select run (curation.engine): "local"
+    # (this process when workers is 1, else a pool of spawned worker processes) or "spark" (Spark tasks:
+    # the active SparkSession, e.g. under spark-submit, else local[workers]). Neither changes a result, so
+    # neither is part of any step's cache key. Download has its own distributor; scoring runs under torchrun.
+    engine: Literal["local", "spark"] = "local"
+    workers: int = Field(1, ge=1,
+                         description="local: worker processes (1: in-process); spark: local[N] cores")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     filter: FilterNetworkConfig = Field(default_factory=FilterNetworkConfig)

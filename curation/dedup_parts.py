@@ -1,0 +1,343 @@
+"""The dedup step over score parts, on an engine (curation.engine): exact copies, near copies, eval leaks.
+
+1. Exact copies: a shuffle by sha256 (``stable_bucket``). Each bucket keeps the best of every group of
+   identical bytes (score, then global id: the rule of ``dedup.exact_duplicates``) and writes the losers'
+   global ids to one small file per part they came from.
+2. Near copies, cluster-partitioned (SemDeDup-style): a sample of the exact survivors (a bounded number of
+   rows per part) trains, on the driver, a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
+   ~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact).
+   Every part task assigns each row
+   to its nearest centroid (where it is a *member*) and sends it as a *query* to every other centroid
+   within ``BOUNDARY_MARGIN`` cosine of that one (at most ``MAX_PROBES``), and each zoomed view
+   (curation.copy_detection) the same way: a copy near a boundary is met from either side. A cluster
+   task compares its queries and members with one matrix product and checks the candidate pairs on the
+   stored descriptors at the threshold. The pairs (with both scores) come back as files; the driver
+   applies ``dedup.keep_best_of_neighbours`` to the linked rows only (memory: the pairs, not the pool).
+3. Eval leaks: the evaluation index (curation.eval_index, small) is shipped to every part task, which
+   also writes the part's keep file ``dedup/keep/<shard>.parquet`` (uid, keep, reason: exact_dup,
+   near_dup, eval_leak, in that precedence).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import dedup
+from curation.copy_detection import dedup_vectors
+from curation.engine import stable_bucket
+from curation.parts import Part, quantize, read_part
+from shared.atomic import atomic_path
+from shared.config.curation import DedupConfig
+
+# Bump when the keep files (this module, dedup.py, copy_detection.py, eval_index.py, parts.py) change for
+# the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that
+# change no result (comments, refactors) need no bump. 2: cluster-partitioned, registry eval sets, int8.
+VERSION = 2
+
+# sqrt(CLUSTERS_PER_ROW * n) clusters balance the two products: assigning rows to centroids (n x k) and
+# comparing each vector sent to a cluster with its members (n x probes x n / k), as in dedup.ivf_pairs.
+CLUSTERS_PER_ROW = 3
+REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PCA-64 space
+ROWS_PER_TASK = 8192  # rows (members + queries) per reduce task: bounds a task's memory
+SAMPLE_BASE = 4096  # rows sampled for the PCA, plus TRAIN_PER_CLUSTER per centroid for k-means
+TRAIN_PER_CLUSTER = 40  # faiss k-means asks for >= 39 training points per centroid
+KMEANS_ITER = 10
+MAX_PROBES = 8  # at 4, 0.6% of planted pairs needed more (benchmarks/curation_scale.py --dedup)
+BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
+EXACT_ROWS_PER_BUCKET = 200_000
+PAIR_BLOCK = 1 << 22  # similarities per matrix product in a cluster task (16 MiB of float32)
+SENT_PER_ROW = 4  # vectors a row sends on average (itself, zoomed views, boundary copies): sizes tasks
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every dedup task needs (picklable: it travels to Spark and process-pool workers)."""
+
+    parts: list[Part]
+    work: Path
+    cfg: DedupConfig
+    offsets: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def part_of(self, gids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, gids, side="right") - 1
+
+
+def make_plan(parts: list[Part], work: Path, cfg: DedupConfig) -> Plan:
+    return Plan(parts, work, cfg, np.array([p.offset for p in parts], dtype=np.int64))
+
+
+def _vectors(data: dict, w: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A part's unit dedup vectors [n, D] and its zoomed views (each [n, D])."""
+    emb, copies = data["embedding"], data["copy"]
+    x = dedup_vectors(emb, copies[:, 0], w)
+    return x, [dedup_vectors(emb, copies[:, v], w) for v in range(1, copies.shape[1])]
+
+
+def _losers(folder: Path, index: int) -> np.ndarray:
+    files = sorted(folder.glob(f"p{index:06d}-*.npy")) if folder.is_dir() else []
+    return np.concatenate([np.load(f) for f in files]) if files else np.zeros(0, np.int64)
+
+
+def _write_losers(plan: Plan, folder: Path, tag: str, gids: np.ndarray) -> None:
+    """Route global ids back to their parts: one file per part (p<part>-<tag>.npy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gids = np.sort(np.asarray(gids, dtype=np.int64))
+    owner = plan.part_of(gids)
+    for p in np.unique(owner):
+        with atomic_path(folder / f"p{int(p):06d}-{tag}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, gids[owner == p])
+
+
+# -- 1. exact copies -----------------------------------------------------------------------------------
+
+
+def emit_sha(plan: Plan, buckets: int, index: int):
+    part = plan.parts[index]
+    data = read_part(part.path, ("sha256", "score"))
+    for r, (sha, score) in enumerate(zip(data["sha256"], data["score"].tolist(), strict=True)):
+        if sha:  # rows without a digest are never grouped
+            yield stable_bucket(sha, buckets), (sha, score, part.offset + r)
+
+
+def reduce_exact(plan: Plan, bucket: int, rows) -> int:
+    """Keep the best of each sha256 group (highest score, NaN lowest, then lowest global id)."""
+    rows = sorted(rows, key=lambda t: (t[0], -(t[1] if t[1] == t[1] else -math.inf), t[2]))
+    losers = [g for k, (sha, _, g) in enumerate(rows) if k > 0 and rows[k - 1][0] == sha]
+    _write_losers(plan, plan.work / "exact", f"b{bucket:06d}", np.array(losers, dtype=np.int64))
+    return len(losers)
+
+
+# -- 2. near copies ------------------------------------------------------------------------------------
+
+
+def _survivors(plan: Plan, index: int, data: dict) -> np.ndarray:
+    """Row indices of the part that survived exact dedup."""
+    lost = _losers(plan.work / "exact", index) - plan.parts[index].offset
+    keep = np.ones(len(data["score"]), dtype=bool)
+    keep[lost] = False
+    return np.flatnonzero(keep)
+
+
+def sample_part(plan: Plan, rate: float, index: int) -> np.ndarray:
+    """A seeded sample of a part's exact survivors' dedup vectors (the k-means / PCA training set)."""
+    data = read_part(plan.parts[index].path, ("score", "embedding", "copy"))
+    rows = _survivors(plan, index, data)
+    rng = np.random.default_rng(index)
+    picked = rows[rng.random(len(rows)) < rate]
+    x, _ = _vectors({k: v[picked] for k, v in data.items() if k != "score"}, plan.cfg.filter_weight)
+    return x
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """The trained clustering, shipped to every task: optional PCA (mean, components) and centroids."""
+
+    centroids: np.ndarray  # [k, r] unit
+    pca_mean: np.ndarray | None
+    pca_components: np.ndarray | None  # [r, D]
+    buckets: int
+
+    def reduce(self, v: np.ndarray) -> np.ndarray:
+        if self.pca_components is None:
+            return v
+        return dedup._normalised((v - self.pca_mean) @ self.pca_components.T)
+
+    def probes(self, vr: np.ndarray) -> list[np.ndarray]:
+        """Per vector, the clusters it is sent to: its nearest, then every one within the margin."""
+        if len(self.centroids) == 1:
+            return [np.zeros(1, np.int64)] * len(vr)
+        sims = vr @ self.centroids.T  # [n, k]
+        k = min(MAX_PROBES, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
+            np.broadcast_to(np.arange(k), sims.shape).copy()
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        by_sim = np.argsort(-top_sims, axis=1, kind="stable")
+        top, top_sims = np.take_along_axis(top, by_sim, axis=1), np.take_along_axis(top_sims, by_sim, axis=1)
+        close = top_sims >= top_sims[:, :1] - BOUNDARY_MARGIN
+        return [t[c] for t, c in zip(top, close, strict=True)]
+
+
+def n_clusters(n: int) -> int:
+    return math.ceil(math.sqrt(CLUSTERS_PER_ROW * n))
+
+
+def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0) -> Clusters:
+    """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters."""
+    dedup._set_threads()
+    import faiss  # after _set_threads: see there
+    from threadpoolctl import threadpool_limits
+
+    mean = comps = None
+    x = sample
+    if reduce and sample.shape[1] > dedup.PCA_DIM:
+        pca = faiss.PCAMatrix(sample.shape[1], dedup.PCA_DIM)
+        with threadpool_limits(1, user_api="blas"):  # see dedup.ivf_pairs
+            pca.train(np.ascontiguousarray(sample, dtype=np.float32))
+        mean = faiss.vector_to_array(pca.mean).astype(np.float32)
+        comps = faiss.vector_to_array(pca.A).reshape(dedup.PCA_DIM, sample.shape[1]).astype(np.float32)
+        x = dedup._normalised((sample - mean) @ comps.T)
+    k = int(max(1, min(n_clusters(n), len(x) // TRAIN_PER_CLUSTER)))
+    if k == 1:
+        centroids = dedup._normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
+    else:
+        kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
+                              min_points_per_centroid=1)
+        kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+        centroids = kmeans.centroids
+    return Clusters(np.ascontiguousarray(centroids, np.float32), mean, comps, buckets)
+
+
+def emit_clusters(plan: Plan, clusters: Clusters, index: int):
+    """(bucket, (cluster, role, gids, scores, stored int8 vectors)) blocks for a part's exact
+    survivors, one block per (cluster, role): role 0 = members (their nearest cluster), 1 = queries
+    (another cluster within the margin, or a zoomed view's clusters)."""
+    part = plan.parts[index]
+    data = read_part(part.path, ("score", "embedding", "copy"))
+    rows = _survivors(plan, index, data)
+    w = plan.cfg.filter_weight
+    x, views = _vectors({k: v[rows] for k, v in data.items() if k != "score"}, w)
+    scores, gids = data["score"][rows].astype(np.float64), part.offset + rows
+    for v, vecs in enumerate([x, *views]):
+        reduced = clusters.reduce(vecs)  # the PCA space only picks the clusters
+        # copy descriptors alone (w = 0) are the stored int8 values themselves
+        packed = data["copy"][rows, v].astype(np.int8) if w <= 0 else quantize(vecs)
+        probes = clusters.probes(reduced)
+        row = np.repeat(np.arange(len(probes)), [len(p) for p in probes])
+        rank = np.concatenate([np.arange(len(p)) for p in probes]) if probes else np.zeros(0, np.int64)
+        cluster = np.concatenate(probes) if probes else np.zeros(0, np.int64)
+        role = np.where((rank == 0) & (v == 0), 0, 1)
+        order = np.lexsort((row, role, cluster))  # blocks of one (cluster, role), rows in part order
+        cuts = np.flatnonzero(np.diff(cluster[order]) | np.diff(role[order])) + 1
+        for block in np.split(order, cuts) if len(order) else []:
+            c, r, sel = int(cluster[block[0]]), int(role[block[0]]), row[block]
+            # the stored int8 form travels (a task normalises it again)
+            yield c % clusters.buckets, (c, r, gids[sel], scores[sel], packed[sel])
+
+
+def _cluster_pairs(members: list, queries: list, threshold: float):
+    """Copy pairs (gid_a, gid_b, score_a, score_b) among a cluster's members and from its queries to its
+    members, on the stored descriptors (blocks of (gids, scores, int8 vectors)): one matrix product per
+    block of queries, so the within-cluster search is exact."""
+    mg, ms, mf = (np.concatenate([m[k] for m in members]) for k in range(3))
+    mf = dedup._normalised(mf)
+    out = []
+    step = max(1, PAIR_BLOCK // len(mg))  # similarities per product
+    for s in range(0, len(mg), step):
+        a, b = np.nonzero(mf[s:s + step] @ mf.T >= threshold)
+        a += s
+        upper = a < b
+        out.append((mg[a[upper]], mg[b[upper]], ms[a[upper]], ms[b[upper]]))
+    if queries:
+        qg, qs, qf = (np.concatenate([q[k] for q in queries]) for k in range(3))
+        qf = dedup._normalised(qf)
+        for s in range(0, len(qg), step):
+            qi, mj = np.nonzero(qf[s:s + step] @ mf.T >= threshold)
+            qi += s
+            other = qg[qi] != mg[mj]
+            out.append((qg[qi[other]], mg[mj[other]], qs[qi[other]], ms[mj[other]]))
+    return out
+
+
+def reduce_clusters(plan: Plan, bucket: int, rows) -> int:
+    """Every cluster of this bucket, one at a time; its pairs to ``near/pairs-<bucket>.npz``."""
+    by_cluster: dict[int, tuple[list, list]] = {}
+    for c, role, *block in rows:  # block: (gids, scores, int8 vectors)
+        by_cluster.setdefault(c, ([], []))[role].append(block)
+    found = []
+    for c in sorted(by_cluster):
+        members, queries = by_cluster[c]
+        if members:
+            found += _cluster_pairs(sorted(members, key=lambda m: m[0][0]),
+                                    sorted(queries, key=lambda q: q[0][0]), plan.cfg.near_threshold)
+    cols = [np.concatenate([f[k] for f in found]) if found else np.zeros(0) for k in range(4)]
+    folder = plan.work / "near"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"pairs-{bucket:06d}.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, a=cols[0].astype(np.int64), b=cols[1].astype(np.int64), sa=cols[2], sb=cols[3])
+    return len(cols[0])
+
+
+def resolve_near(plan: Plan) -> int:
+    """Driver: the union of the cluster pairs -> keep best of direct neighbours -> near losers per part."""
+    a, b, sa, sb = [], [], [], []
+    for path in sorted((plan.work / "near").glob("pairs-*.npz")):
+        with np.load(path) as z:
+            a.append(z["a"]), b.append(z["b"]), sa.append(z["sa"]), sb.append(z["sb"])
+    if not a or not sum(len(x) for x in a):
+        return 0
+    a, b, sa, sb = (np.concatenate(v) for v in (a, b, sa, sb))
+    linked, inverse = np.unique(np.r_[a, b], return_inverse=True)  # compact ids, in global order
+    scores = np.empty(len(linked), np.float64)
+    scores[inverse] = np.r_[sa, sb]
+    i, j = inverse[:len(a)], inverse[len(a):]
+    i, j = dedup._unique_pairs([(i, j)])
+    keep = dedup.keep_best_of_neighbours(len(linked), i, j, scores)
+    _write_losers(plan, plan.work / "near", "all", linked[~keep])
+    return int((~keep).sum())
+
+
+# -- 3. eval leaks + the keep files --------------------------------------------------------------------
+
+
+def finish_part(plan: Plan, eval_index: Path | None, out: Path, index: int) -> dict:
+    """The part's keep file from the exact and near losers and the eval-leak check; returns its counts."""
+    part = plan.parts[index]
+    data = read_part(part.path, ("uid", "embedding", "copy"))
+    n = len(data["uid"])
+    reason = np.full(n, "", dtype=object)
+    near = _losers(plan.work / "near", index) - part.offset
+    reason[near] = "near_dup"
+    exact = _losers(plan.work / "exact", index) - part.offset
+    reason[exact] = "exact_dup"
+    if eval_index is not None and n:
+        x, _ = _vectors(data, plan.cfg.filter_weight)
+        ev = np.load(eval_index)
+        leak = ~dedup.decontaminate(x, ev, plan.cfg.eval_threshold)
+        reason[leak & (reason == "")] = "eval_leak"
+    keep = reason == ""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / f"{part.stem}.parquet") as tmp:
+        pq.write_table(pa.table({"uid": data["uid"], "keep": keep.tolist(),
+                                 "reason": [str(r) for r in reason]}), tmp)
+    return {"in": n, "out": int(keep.sum()),
+            **{r: int((reason == r).sum()) for r in ("exact_dup", "near_dup", "eval_leak")}}
+
+
+def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path,
+              eval_index: Path | None) -> dict:
+    """The whole dedup step over ``parts`` (see the module doc); ``out`` gets one keep file per part."""
+    shutil.rmtree(work, ignore_errors=True)  # a killed run's loser files are not this run's
+    work.mkdir(parents=True)
+    plan = make_plan(parts, work, cfg)
+    n = sum(p.rows for p in parts)
+    items = range(len(parts))
+    if cfg.exact:
+        buckets = max(1, math.ceil(n / EXACT_ROWS_PER_BUCKET))
+        engine.group_reduce(items, partial(emit_sha, plan, buckets), partial(reduce_exact, plan), buckets)
+    if cfg.near and n > 1:
+        survivors = n - sum(len(_losers(work / "exact", i)) for i in items)
+        if cfg.index == "flat" or (cfg.index == "auto" and survivors <= cfg.flat_max):
+            # one cluster: every pair compared exactly, by one task that holds every survivor
+            clusters = Clusters(np.ones((1, 1), np.float32), None, None, 1)
+        else:
+            k = n_clusters(survivors)
+            rate = min(1.0, (SAMPLE_BASE + TRAIN_PER_CLUSTER * k) / max(1, survivors))
+            sample = np.concatenate(engine.map(partial(sample_part, plan, rate), items))
+            reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
+            buckets = min(k, max(1, math.ceil(survivors * SENT_PER_ROW / ROWS_PER_TASK)))
+            clusters = train_clusters(sample, survivors, reduce, buckets)
+        engine.group_reduce(items, partial(emit_clusters, plan, clusters), partial(reduce_clusters, plan),
+                            clusters.buckets)
+        resolve_near(plan)
+    counts = engine.map(partial(finish_part, plan, eval_index, out), items)
+    total = {k: sum(c[k] for c in counts) for k in counts[0]}
+    return {"in": total["in"], "out": total["out"],
+            "dropped": {r: total[r] for r in ("exact_dup", "near_dup", "eval_leak")}}

@@ -1,0 +1,85 @@
+"""The extract step on an engine: one task per source file, a hash shuffle for the global pair dedup.
+
+Each task reads one WARC/WAT/parquet source (curation.extract's readers), drops empty captions and
+URLs that fail the safety check (shared.netsafety, inside the task), and sends every pair to the bucket
+of its (url, caption) hash; its counts go to a small stats file. Each bucket task keeps the first
+occurrence of every pair (source order, then link order: the single-process rule) and writes
+``pairs/part-<bucket>.parquet`` (uid, url, caption, page_url, source) sorted by uid. No process holds a
+``seen`` set of the crawl: a bucket holds the pairs of about ``SOURCES_PER_BUCKET`` sources.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import extract
+from curation.engine import stable_bucket
+from shared.atomic import atomic_dir, atomic_path, atomic_write_json
+from shared.config.curation import ExtractConfig
+
+# The extract step's version: curation.extract's (its readers decide what a pair is) plus this module's
+# own, 1 (pairs/ parts from the engine's hash shuffle). Bump the 1 when this module changes the pairs.
+VERSION = extract.VERSION + 1
+SOURCES_PER_BUCKET = 4
+COLUMNS = ("uid", "url", "caption", "page_url", "source")
+
+
+def source_pairs(cfg: ExtractConfig, buckets: int, stats_dir: Path, task: tuple[int, str]):
+    """One extract task: (bucket, (url, caption, page_url, source name, uid or None, source index, link
+    index)) for every fetchable, captioned link of one source; its counts to ``stats_dir/<index>.json``."""
+    index, src = task
+    stats = extract.ExtractStats()
+    name = Path(src).name
+    with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir:
+        local = extract._open_source(src, cfg.allow_hosts, Path(tmpdir))
+        for n, (url, alt, page_url, uid) in enumerate(extract.file_links(local, src, stats)):
+            caption = extract.screen_link(url, alt, cfg, stats)  # the URL safety check, in the task
+            if caption is not None:
+                key = stable_bucket(f"{url}\x00{caption}", buckets)
+                yield key, (url, caption, page_url, name, uid, index, n)
+    atomic_write_json(stats_dir / f"{index:06d}.json", stats.as_dict())
+
+
+def write_bucket(out_dir: Path, bucket: int, rows) -> dict:
+    """One bucket: the first occurrence of each (url, caption) (source order, then link order: the
+    single-process rule), with its input uid or our hash, sorted by uid, to one parquet part."""
+    rows = sorted(rows, key=lambda r: (r[0], r[1], r[5], r[6]))
+    first = [r for k, r in enumerate(rows) if k == 0 or rows[k - 1][:2] != r[:2]]
+    table = sorted((r[4] or extract.pair_uid(r[0], r[1]), *r[:4]) for r in first)
+    with atomic_path(out_dir / f"part-{bucket:05d}.parquet") as tmp:
+        pq.write_table(pa.table({c: [t[i] for t in table] for i, c in enumerate(COLUMNS)},
+                                schema=pa.schema([(c, pa.string()) for c in COLUMNS])), tmp)
+    return {"kept": len(first), "duplicate pair": len(rows) - len(first)}
+
+
+def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: Path, stats_path: Path) -> dict:
+    """The extract step: ``out_dir`` (swapped in whole) gets the pair parts, ``stats_path`` the counts."""
+    buckets = max(1, math.ceil(len(sources) / SOURCES_PER_BUCKET))
+    work = out_dir.with_name(out_dir.name + ".stats")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with atomic_dir(out_dir) as tmp:
+        kept = engine.group_reduce(list(enumerate(sources)), partial(source_pairs, cfg, buckets, work),
+                                   partial(write_bucket, tmp), buckets)
+    total = {"records": 0, "corrupt_records": 0, "links": 0}
+    dropped: Counter = Counter()
+    for path in sorted(work.glob("*.json")):
+        s = json.loads(path.read_text())
+        for k in total:
+            total[k] += s[k]
+        dropped.update(s["dropped"])
+    shutil.rmtree(work, ignore_errors=True)
+    dropped["duplicate pair"] += sum(k["duplicate pair"] for k in kept)
+    stats = {**total, "kept": sum(k["kept"] for k in kept),
+             "dropped": dict(sorted((k, v) for k, v in dropped.items() if v))}
+    atomic_write_json(stats_path, stats)
+    return stats

@@ -1,0 +1,117 @@
+"""The score parts: one parquet file per pool shard, the unit every step after scoring works on.
+
+``scores/parts/<shard>.parquet`` holds, in the shard's tar order, per decodable image:
+``uid`` (32 hex), ``key`` (its tar member name), ``sha256`` (hex, of the image bytes), ``score`` (float32)
+and two compact descriptors as fixed-size binary columns:
+- ``embedding``: the filter network's image embedding, int8 [d];
+- ``copy``: the copy-detection descriptor and its zoomed views (curation.copy_detection), int8 [views, 768].
+Both are only ever compared by cosine, so each vector is stored scaled by 127 / max|v| (its own scale,
+which a cosine ignores) and rounded: relative to float16 this halves the bytes, and a cosine moves by
+~1e-4 (storage per image in docs/scale.md).
+
+Nothing concatenates the parts: steps map over them (curation.engine). A row's *global id* is its
+part's offset (the rows of the parts before it, in shard order) plus its row index, the order the
+single-process pipeline used, so ties break the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.atomic import atomic_path
+from shared.errors import OpenAIMError
+
+COLUMNS = ("uid", "key", "sha256", "score", "embedding", "copy")
+
+
+def quantize(v: np.ndarray) -> np.ndarray:
+    """[n, ...] float -> int8, each row scaled by 127 / its largest magnitude (cosine-preserving)."""
+    v = np.asarray(v, dtype=np.float32)
+    if v.size == 0:
+        return np.zeros(v.shape, np.int8)
+    flat = v.reshape(len(v), -1)
+    scale = 127.0 / np.maximum(np.abs(flat).max(axis=1, keepdims=True), 1e-12)
+    return np.clip(np.rint(flat * scale), -127, 127).astype(np.int8).reshape(v.shape)
+
+
+def _binary(arr: np.ndarray) -> pa.Array:
+    width = int(np.prod(arr.shape[1:])) * arr.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(arr), [None, pa.py_buffer(
+        np.ascontiguousarray(arr).tobytes())])
+
+
+def write_part(path: Path, uids: list[str], keys: list[str], sha256: list[str], scores: np.ndarray,
+               embeddings: np.ndarray, copies: np.ndarray) -> None:
+    """Atomically write one part (embeddings [n, d], copies [n, views, 768], any float dtype)."""
+    table = pa.table({"uid": pa.array(uids, pa.string()), "key": pa.array(keys, pa.string()),
+                      "sha256": pa.array(sha256, pa.string()),
+                      "score": pa.array(np.asarray(scores, np.float32)),
+                      "embedding": _binary(quantize(embeddings)), "copy": _binary(quantize(copies))})
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
+    table = table.replace_schema_metadata({"embedding_dim": str(dim),
+                                           "copy_shape": ",".join(map(str, copies.shape[1:]))})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _unpack(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, *shape), np.float32)
+    raw = np.frombuffer(arr.buffers()[1], dtype=np.int8, count=n * int(np.prod(shape)),
+                        offset=arr.offset * int(np.prod(shape)))
+    return raw.reshape(n, *shape).astype(np.float32)
+
+
+def read_part(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict:
+    """A part as a dict: strings as lists, ``score`` float32, ``embedding`` [n, d] and ``copy``
+    [n, views, 768] as float32 (not unit length: callers normalise)."""
+    pf = pq.ParquetFile(path)
+    meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+    table = pf.read(columns=list(columns))
+    out: dict = {}
+    for name in columns:
+        col = table.column(name)
+        if name == "score":
+            out[name] = col.to_numpy().astype(np.float32)
+        elif name == "embedding":
+            out[name] = _unpack(col, (int(meta["embedding_dim"]),))
+        elif name == "copy":
+            out[name] = _unpack(col, tuple(int(s) for s in meta["copy_shape"].split(",")))
+        else:
+            out[name] = col.to_pylist()
+    return out
+
+
+@dataclass(frozen=True)
+class Part:
+    """One score part: its file, its pool shard's stem, and the global id of its first row."""
+
+    path: Path
+    offset: int
+    rows: int
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def list_parts(parts_dir: Path) -> list[Part]:
+    """Every part in shard order with its global row offset (parquet footers only: cheap)."""
+    # (pathlib's glob also matches dot files: a killed write's temporary sibling is not a part)
+    paths = [p for p in sorted(Path(parts_dir).glob("*.parquet")) if not p.name.startswith(".")]
+    out, offset = [], 0
+    for p in paths:
+        n = pq.ParquetFile(p).metadata.num_rows
+        out.append(Part(p, offset, n))
+        offset += n
+    if offset == 0:
+        raise OpenAIMError("the pool is empty: no decodable sample in any shard "
+                           "(every download failed? see the failure histogram)")
+    return out
