@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from PIL import Image
 from shared.errors import InputError, OpenAIMError
 
 ROOT = Path(__file__).resolve().parents[1]
+INFO_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|DEBUG) openaim")
 WEB = ["web.n_images=40", "web.hq_size=10", "web.bench_train_per_class=2", "web.bench_test_per_class=2",
        "web.slow_seconds=3", "curation.download.timeout=2", "curation.download.samples_per_shard=16",
        "curation.download.threads=4", "curation.download.processes=1",
@@ -70,6 +72,11 @@ def _download_step(overrides: list[str]):
     steps.extract()
     steps.download()
     return steps
+
+
+def _problem_lines(stderr: str) -> list[str]:
+    """stderr without the plain log's INFO progress records (shared.cli_common): what a user must read."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not INFO_RECORD.match(ln)]
 
 
 def _cli(overrides: list[str], **kw) -> subprocess.Popen:
@@ -127,7 +134,7 @@ def test_failed_download_keeps_the_pool_then_a_good_one_is_swapped_in(web, built
     changed = [*overrides, "curation.download.image_size=24"]
     proc = _cli(changed)
     _, err = proc.communicate(timeout=300)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = _problem_lines(err)
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err[-2000:]
     assert "failed" in lines[0] and "connection refused" in lines[0]
@@ -165,7 +172,7 @@ def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
         # To the CLI only: a terminal's Ctrl-C also reaches img2dataset's workers, which print their own tracebacks.
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = _problem_lines(err)
     assert proc.returncode == 130, err[-2000:]
     assert lines == ["error: interrupted"], err[-2000:]
     assert _snapshot(workdir) == before
