@@ -39,17 +39,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import torch
+from scipy import stats
 
-from benchmarks.pretrain_vs_random import pretrain, probe_top1  # noqa: E402
-from benchmarks.results_md import write_section  # noqa: E402
-from evaluation.benchmarks.demo_sets import digits  # noqa: E402
-from evaluation.features import eval_transform  # noqa: E402
-from shared.config.evaluation import ProbeConfig  # noqa: E402
-from shared.config.training import ModelConfig  # noqa: E402
-from training.model.aim import build_aim  # noqa: E402
-from training.model.prefix import sample_prefix_lengths  # noqa: E402
+from benchmarks.pretrain_vs_random import pretrain, probe_top1
+from benchmarks.results_md import write_section
+from evaluation.benchmarks.demo_sets import digits
+from evaluation.features import eval_transform
+from shared.config.evaluation import ProbeConfig
+from shared.config.training import ModelConfig
+from training.model.aim import build_aim
+from training.model.prefix import sample_prefix_lengths
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,12 @@ def results_section(p: Preset, device: str, results: list[dict], summary: list[s
     steps = ", ".join(str(s) for s, _, _ in results[0]["curve"])
     return "\n".join([
         section_title(device), "",
-        f"`benchmarks/ablations.py` on {device} (torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads), {total / 60:.1f} min: trunk {shape}; {p.steps} steps of {p.batch} digits images per run, "
-        f"lr {p.lr:g}; probes on the mean of the last {p.n_blocks} blocks; test = digits test split "
-        f"({n_test} images). Top-1 in %, attentive probe unless named.", "",
-        f"| seed | prefix-causal, norm-pix | causal | raw pixels | linear probe (prefix-causal) | "
-        f"held-out loss / top-1 at steps {steps} |",
+        (f"`benchmarks/ablations.py` on {device} (torch {torch.__version__}, {torch.get_num_threads()} "
+         f"threads), {total / 60:.1f} min: trunk {shape}; {p.steps} steps of {p.batch} digits images "
+         f"per run, lr {p.lr:g}; probes on the mean of the last {p.n_blocks} blocks; test = digits test "
+         f"split ({n_test} images). Top-1 in %, attentive probe unless named."), "",
+        (f"| seed | prefix-causal, norm-pix | causal | raw pixels | linear probe (prefix-causal) | "
+         f"held-out loss / top-1 at steps {steps} |"),
         "|---|---|---|---|---|---|", *rows, "", "```", *summary, "```", ""])
 
 

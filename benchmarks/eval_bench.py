@@ -28,8 +28,10 @@ def bench_grid(n: int, tokens: int, dim: int, heads: int, classes: int, epochs: 
     from shared.config.evaluation import ProbeConfig
 
     g = torch.Generator().manual_seed(0)
-    data = FeatureSet(torch.randn(n, tokens, dim, generator=g).half(), torch.randint(0, classes, (n,), generator=g))
-    cfg = ProbeConfig(lrs=[1e-4, 3e-4, 1e-3, 3e-3], weight_decays=[1e-4, 1e-2], epochs=epochs, batch_size=batch)
+    data = FeatureSet(torch.randn(n, tokens, dim, generator=g).half(),
+                      torch.randint(0, classes, (n,), generator=g))
+    cfg = ProbeConfig(lrs=[1e-4, 3e-4, 1e-3, 3e-3], weight_decays=[1e-4, 1e-2], epochs=epochs,
+                      batch_size=batch)
 
     def plain_probe(lr: float, wd: float) -> None:
         torch.manual_seed(0)
@@ -109,7 +111,8 @@ def main() -> None:
     print(f"  ratio K=8 grid / 8 probes in turn  {g['grid8_vs_8_sequential']:.2f}x")
     c = bench_cache(args.max_train)
     print(f"cache digits (train capped at {args.max_train}), 1 checkpoint, attentive + linear grids")
-    print(f"  first run {c['first_s']:.2f} s, rerun {c['rerun_s']:.2f} s, ratio rerun/first {c['rerun_vs_first']:.3f}")
+    print(f"  first run {c['first_s']:.2f} s, rerun {c['rerun_s']:.2f} s, "
+          f"ratio rerun/first {c['rerun_vs_first']:.3f}")
 
 
 if __name__ == "__main__":

@@ -218,8 +218,8 @@ def main() -> None:
     text = "\n".join([
         SECTION, "",
         f"`benchmarks/train_bench.py` on {machine}; best of {args.steps} interleaved steps after 2 warm-up",
-        f"(load average {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores, the minimum "
-        "filters them).",
+        (f"(load average {os.getloadavg()[0]:.1f} at the end: other jobs shared the cores, the minimum "
+         "filters them)."),
         "Ratios are against the baseline row measured in the same run (lower is faster; target for our",
         "prefix-causal trunk: <= 1.05 x timm). Our pixel head is excluded from the trunk timing.", "",
         f"Trunk training step (fwd + bwd + AdamW), {trunk_shape}:", "", _table(trunk_rows), "",

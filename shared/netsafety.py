@@ -120,7 +120,7 @@ def canonical_host(host: str) -> str:
     ipv4 = _parse_ipv4(name)
     if ipv4 is not None:
         return ipv4
-    return name[:-1] if name.endswith(".") else name
+    return name.removesuffix(".")
 
 
 @functools.lru_cache(maxsize=64)

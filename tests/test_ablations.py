@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_smoke_run_prints_every_relation_with_its_standard_error():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablations.py"), "--smoke"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600,
+                         capture_output=True, text=True, timeout=600, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()

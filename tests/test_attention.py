@@ -52,7 +52,8 @@ def test_sample_prefix_lengths_range_and_generator():
 def _inputs(shape, seed):
     g = torch.Generator().manual_seed(seed)
     B, H, N, Dh = shape
-    q, k, v = (torch.randn(B, H, N, Dh, generator=g, dtype=torch.float64).float().requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(B, H, N, Dh, generator=g, dtype=torch.float64).float().requires_grad_()
+               for _ in range(3))
     prefix = torch.randint(1, N, (B,), generator=g)
     prefix[0] = 1  # the extremes: a one-patch prefix and a one-patch suffix
     prefix[-1] = N - 1
@@ -78,7 +79,7 @@ def test_sdpa_matches_naive_forward_and_backward(shape, use_prefix):
     ref = _reference(q, k, v, prefix)
     out = attention(q, k, v, prefix, "sdpa")
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
-    for a, b in zip(_grads(out, (q, k, v), 1), _grads(ref, (q, k, v), 1)):
+    for a, b in zip(_grads(out, (q, k, v), 1), _grads(ref, (q, k, v), 1), strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
@@ -115,7 +116,7 @@ def test_flex_matches_naive(shape):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
     if backend_works("flex", "cpu"):  # backward exists (not on CPU in torch 2.x): compare gradients too
         out = attention(q, k, v, prefix, "flex")
-        for a, b in zip(_grads(out, (q, k, v), 2), _grads(ref, (q, k, v), 2)):
+        for a, b in zip(_grads(out, (q, k, v), 2), _grads(ref, (q, k, v), 2), strict=True):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
@@ -141,7 +142,7 @@ def test_xformers_two_call_prefix_lm_is_exact(shape):
     out = xformers_attention(q, k, v, mask, attn_fn=_materialising_attention)
     ref = _reference(q, k, v, prefix)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
-    for a, b in zip(_grads(out, (q, k, v), 3), _grads(ref, (q, k, v), 3)):
+    for a, b in zip(_grads(out, (q, k, v), 3), _grads(ref, (q, k, v), 3), strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 

@@ -97,8 +97,8 @@ def test_openaim_eval_applies_a_released_head(tmp_path):
     backbone, head_file = tmp_path / "ckpt" / "backbone.pth", tmp_path / "head.pth"
     overrides = [f"workdir={tmp_path / 'run'}", "evaluation.benchmarks=[digits]",
                  f"evaluation.checkpoints=['{backbone}']", "evaluation.random_baseline=false",
-                 f"evaluation.heads=[{{checkpoint: '{backbone}', benchmark: digits, path: '{head_file}', "
-                 "blocks: [1, 2]}]"]
+                 (f"evaluation.heads=[{{checkpoint: '{backbone}', benchmark: digits, path: '{head_file}', "
+                  "blocks: [1, 2]}]")]
     cfg = load_config(None, overrides)
     from evaluation.run import evaluate_from_config
 
@@ -115,5 +115,5 @@ def test_openaim_eval_applies_a_released_head(tmp_path):
     assert 0.05 < top1 < 0.5  # random weights: near chance, but not a constant prediction
 
     with pytest.raises(ConfigError, match="heads.0..checkpoint"):
-        load_config(None, overrides[:2] + [f"evaluation.heads=[{{checkpoint: other.pth, benchmark: digits, "
-                                           f"path: '{head_file}'}}]"])
+        load_config(None, overrides[:2] + [(f"evaluation.heads=[{{checkpoint: other.pth, benchmark: digits, "
+                                            f"path: '{head_file}'}}]")])

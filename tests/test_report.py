@@ -346,7 +346,7 @@ def test_compare_runs_side_by_side(tmp_path):
     assert header.count("random-init (every run) · attentive") == 1
     assert not [h for h in header if h.endswith(": random-init · attentive")]
     # the runs table: each run's own keep fraction and kept count
-    runs_rows = [ln for ln in md.splitlines() if ln.startswith("| demo |") or ln.startswith("| old |")]
+    runs_rows = [ln for ln in md.splitlines() if ln.startswith(("| demo |", "| old |"))]
     assert "| 0.15 | 220 |" in runs_rows[0] and "| 0.15 | 120 |" in runs_rows[1]
     # the config keys that differ between the runs
     diff = md.split("### Config differences between the runs", 1)[1].split("\n#", 1)[0]

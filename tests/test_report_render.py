@@ -120,7 +120,7 @@ def render_checks(page: Path, tmp_path: Path) -> dict:
         timeout=120,
         check=False,
     )
-    found = re.search(r'<pre id="render-check">(.*?)</pre>', out.stdout, re.S)
+    found = re.search(r'<pre id="render-check">(.*?)</pre>', out.stdout, re.DOTALL)
     assert found, f"chromium gave no probe output (rc {out.returncode}): {out.stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
 

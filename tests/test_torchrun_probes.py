@@ -23,7 +23,8 @@ JOBS = 2 * 2 * 2  # checkpoints x benchmarks x probe kinds
 
 
 def _overrides(work: Path, ckpt: Path, bench: Path) -> list[str]:
-    sets = [f"workdir={work}", "name=tp", f"evaluation.checkpoints=['{ckpt}']", "evaluation.random_baseline=true",
+    sets = [f"workdir={work}", "name=tp", f"evaluation.checkpoints=['{ckpt}']",
+            "evaluation.random_baseline=true",
             f"evaluation.benchmarks=[digits, 'imagefolder:{bench}']", f"evaluation.data_root={work / 'none'}",
             "evaluation.n_blocks=2", "evaluation.batch_size=64", "evaluation.max_train_per_benchmark=120",
             "evaluation.probe.epochs=4", "evaluation.probe.batch_size=32",
@@ -104,17 +105,19 @@ def test_two_ranks_write_what_one_process_writes(runs):
 
     rows_one, rows_two = rows(runs["one"]), rows(runs["two"])
     assert len(rows_one) == JOBS and [r["probe"] for r in rows_one] == [r["probe"] for r in rows_two]
-    for ra, rb in zip(rows_one, rows_two):
+    for ra, rb in zip(rows_one, rows_two, strict=True):
         for key, value in ra.items():
             if key in ("top1", "top5", "mean_per_class_recall"):
                 assert float(rb[key]) == pytest.approx(float(value), abs=1e-6)
             else:
                 assert rb[key] == value, key
-    assert (runs["one"] / "eval" / "missing.json").read_text() == (runs["two"] / "eval" / "missing.json").read_text()
+    missing = [(runs[name] / "eval" / "missing.json").read_text() for name in ("one", "two")]
+    assert missing[0] == missing[1]
 
     # The stage records: one per checkpoint x benchmark, with the same fingerprints as the 1-process run.
     def records(work):
-        return {p.name: json.loads(p.read_text())["fingerprint"] for p in (work / ".steps").glob("eval-probe-*.json")}
+        return {p.name: json.loads(p.read_text())["fingerprint"]
+                for p in (work / ".steps").glob("eval-probe-*.json")}
 
     assert len(records(runs["one"])) == 4 and records(runs["one"]) == records(runs["two"])
 

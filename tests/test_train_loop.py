@@ -371,7 +371,7 @@ def test_activation_checkpointing_same_losses_and_no_resume_keeps_the_old_run(tm
 def test_log_windows_report_the_share_of_time_spent_waiting_for_data(tmp_path, shards, monkeypatch, caplog):
     # The real loader's batches, fetched ahead; the batches of steps 3-4 (the second log window) then
     # arrive 0.5 s late, as from a starved loader. The first window waits for nothing.
-    import training.loop as loop
+    from training import loop
 
     real_build_loader = loop.build_loader
 

@@ -208,7 +208,7 @@ class ImageNetIndex:
     def __init__(self, roots: list[str], seed: int):
         encoded: list[bytes] = []
         for root in roots:
-            classes, class_to_idx = find_classes(root)
+            _, class_to_idx = find_classes(root)
             samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
             encoded.extend(path.encode() for path, _ in samples)
         if not encoded:

@@ -13,7 +13,8 @@ class WebConfig(StrictModel):
     images_per_page: int = Field(8, ge=1)
     image_size: int = Field(96, ge=16, description="side of the drawn scenes, in pixels")
     host: str = "127.0.0.1"
-    port: int = Field(8765, ge=1, le=65535, description="port baked into the WARC's image URLs; `web serve` uses it")
+    port: int = Field(8765, ge=1, le=65535,
+                      description="port baked into the WARC's image URLs; `web serve` uses it")
     hq_size: int = Field(1500, ge=10, description="clean captioned pairs for training our own filter network")
     bench_train_per_class: int = Field(40, ge=2)
     bench_test_per_class: int = Field(20, ge=2)
