@@ -27,7 +27,8 @@ class DownloadConfig(StrictModel):
     samples_per_shard: int = Field(1000, ge=1)
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(0, ge=0)
-    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb cap, checked before decoding")
+    max_image_pixels: int = Field(40_000_000, ge=1,
+                                  description="decompression-bomb cap, checked before decoding")
 
 
 class FilterNetworkConfig(StrictModel):
@@ -38,8 +39,10 @@ class FilterNetworkConfig(StrictModel):
     checkpoint: str | None = None
     batch_size: int = Field(128, ge=1)
     # How scoring runs; neither changes a score, so neither is part of the score step's cache key.
-    num_workers: int = Field(1, ge=0, description="image-decoding processes per scoring rank (0/1: in the scoring process)")
-    device: str = Field("auto", description="'auto' (cuda:LOCAL_RANK when CUDA is present, else cpu), 'cpu' or 'cuda[:i]'")
+    num_workers: int = Field(
+        1, ge=0, description="image-decoding processes per scoring rank (0/1: in the scoring process)")
+    device: str = Field(
+        "auto", description="'auto' (cuda:LOCAL_RANK when CUDA is present, else cpu), 'cpu' or 'cuda[:i]'")
 
 
 class TrainFilterConfig(StrictModel):
@@ -63,8 +66,11 @@ class TrainFilterConfig(StrictModel):
 class DedupConfig(StrictModel):
     exact: bool = True
     near: bool = True
-    near_threshold: float = Field(0.9, gt=0, le=1, description="cosine (best over zoomed views) above which two images are copies")
-    filter_weight: float = Field(0.0, ge=0, le=1, description="share of the filter-embedding cosine in the copy similarity (0: copy descriptor only)")
+    near_threshold: float = Field(
+        0.9, gt=0, le=1, description="cosine (best over zoomed views) above which two images are copies")
+    filter_weight: float = Field(
+        0.0, ge=0, le=1,
+        description="share of the filter-embedding cosine in the copy similarity (0: copy descriptor only)")
     # Near copies are searched cluster by cluster (curation.dedup_parts): "flat" = one cluster, exact but
     # one task holds every row; "auto" = one cluster up to flat_max rows, else ~sqrt(3 n) k-means clusters
     # (compared in a PCA-64 space past 50k rows, candidates checked on the stored descriptors); "ivf" =
@@ -73,7 +79,8 @@ class DedupConfig(StrictModel):
     flat_max: int = Field(5_000, ge=1,
                           description="most rows compared all against all by one task under 'auto'")
     decontaminate: bool = True
-    eval_threshold: float = Field(0.9, gt=0, le=1, description="copy similarity to any evaluation image above which a pool image goes")
+    eval_threshold: float = Field(
+        0.9, gt=0, le=1, description="copy similarity to any evaluation image above which a pool image goes")
     eval_sets: list[str] = Field(default_factory=list,
                                  description="registry benchmark names to decontaminate against; "
                                  "empty = every "
@@ -82,7 +89,8 @@ class DedupConfig(StrictModel):
 
 class SafetyConfig(StrictModel):
     blur_faces: bool = True
-    concepts: list[str] = Field(default_factory=list, description="text prompts whose close images are dropped")
+    concepts: list[str] = Field(default_factory=list,
+                                description="text prompts whose close images are dropped")
     concept_threshold: float = Field(0.3, ge=-1, le=1)
 
 
