@@ -8,7 +8,7 @@ A step's identity (its *fingerprint*) is the hash of
 The record lives at ``<workdir>/.steps/<step>.json`` with the outputs hash, so that a downstream step
 can take an upstream step's *outputs hash* as its input without re-reading gigabytes, and so that
 `openaim status` can say exactly which config key, input or version changed. The outputs hash includes
-the step's version: a bumped VERSION declares new results, so the steps downstream rerun too.
+the step's version and inputs: a bumped VERSION declares new results, so every step downstream reruns.
 
 The record is written last, atomically, after the outputs are complete: a killed step has no record and
 reruns; a finished one is never redone.
@@ -137,10 +137,12 @@ class StageCache:
     def record(self, spec: StepSpec, outputs_hash: str | None = None,
                extra: dict[str, Any] | None = None) -> str:
         """Mark the step done. ``outputs_hash`` (the content hash of its outputs by default) is recorded
-        combined with the step's version."""
+        combined with the step's version and inputs: a VERSION bump upstream reaches every step after it,
+        even through steps whose bytes come out the same; a config change whose outputs are the same
+        bytes (e.g. a download timeout) stops where the bytes stop changing."""
         if outputs_hash is None:
             outputs_hash = hash_json([hash_path(p) for p in spec.outputs])
-        outputs_hash = hash_json({"version": spec.version, "outputs": outputs_hash})
+        outputs_hash = hash_json({"version": spec.version, "inputs": spec.inputs, "outputs": outputs_hash})
         atomic_write_json(self.record_path(spec.name), {
             "step": spec.name,
             "fingerprint": spec.fingerprint,

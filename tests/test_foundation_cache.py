@@ -122,6 +122,28 @@ def test_a_version_bump_changes_the_outputs_hash_downstream_steps_take(tmp_path)
     assert cache.outputs_hash("score") != h1
 
 
+def test_a_version_bump_reaches_past_a_step_whose_bytes_do_not_change(tmp_path):
+    """score -> select -> train: bumping score's VERSION reruns select, whose shards come out the same
+    bytes, and train must still see a new input."""
+    cache = StageCache(tmp_path)
+    for name in ("scores", "shards"):
+        (tmp_path / name).mkdir()
+
+    def select_input(score_version: int) -> str:
+        cache.run(StepSpec("score", version=score_version, outputs=[tmp_path / "scores"]), lambda: None)
+        select = StepSpec("select", inputs={"score": cache.outputs_hash("score")}, version=1,
+                          outputs=[tmp_path / "shards"])
+        cache.run(select, lambda: None)
+        return cache.outputs_hash("select")
+
+    assert select_input(1) != select_input(2)
+    # A config change with the same bytes out stops there: the steps after it are reused.
+    before = cache.outputs_hash("score")
+    assert cache.run(StepSpec("score", config={"batch_size": 8}, version=2, outputs=[tmp_path / "scores"]),
+                     lambda: None)
+    assert cache.outputs_hash("score") == before
+
+
 def test_plan_marks_the_steps_after_a_rerunning_step(tmp_path):
     cache = StageCache(tmp_path)
     for name in ("a", "b", "c"):
