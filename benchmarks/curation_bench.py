@@ -90,11 +90,13 @@ def _untrained_own_filter(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_config(tcfg),
                                                            "preprocess_cfg": preprocess_config(tcfg)}))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(out / "open_clip_model.safetensors"))
     return load_filter_network(FilterNetworkConfig(model=f"local-dir:{out}"))
 
 
-def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str], workers: int = 0) -> list[list]:
+def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str],
+                  workers: int = 0) -> list[list]:
     import shutil
 
     import torch
@@ -117,7 +119,8 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
             items = list(shard_samples(shard))
             for s in range(0, len(items), batch):
                 chunk = items[s:s + batch]
-                images = torch.stack([net.preprocess(Image.open(io.BytesIO(jpg)).convert("RGB")) for _, jpg, _, _ in chunk])
+                images = torch.stack([net.preprocess(Image.open(io.BytesIO(jpg)).convert("RGB"))
+                                      for _, jpg, _, _ in chunk])
                 batches.append((images, net.tokenizer([cap for _, _, cap, _ in chunk])))
 
         def bare(batches=batches, net=net) -> None:
@@ -143,13 +146,15 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
         label = "own (demo filter, 64 px)" if model_name == "own" else f"{model_name} (random init, 224 px)"
         label += f", {workers} decode workers" if workers > 1 else ", decoding in-process"
         rows.append([label, n, f"{n / tb:.0f}", f"{n / tf:.0f}", f"{tb / tf:.2f}"])
-        print(f"scoring {label}: bare {n / tb:.0f} img/s, score_pool {n / tf:.0f} img/s, ratio {tb / tf:.2f}", flush=True)
+        print(f"scoring {label}: bare {n / tb:.0f} img/s, score_pool {n / tf:.0f} img/s, ratio {tb / tf:.2f}",
+              flush=True)
     return rows
 
 
 # -- (b) FAISS near duplicates ------------------------------------------------------------------------------
 def planted_embeddings(n: int, d: int, n_pairs: int, seed: int = 0):
-    """Clustered unit vectors (1000 topics, like web images) with n_pairs planted copies (cosine 0.92-0.99)."""
+    """Clustered unit vectors (1000 topics, like web images) with n_pairs planted copies (cosine
+    0.92-0.99)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -159,7 +164,8 @@ def planted_embeddings(n: int, d: int, n_pairs: int, seed: int = 0):
     x = np.empty((n, d), dtype=np.float32)
     for s in range(0, n, 100_000):  # chunks bound the temporary float64 arrays
         m = min(n, s + 100_000) - s
-        x[s:s + m] = topics[rng.integers(0, n_topics, m)] * 1.0 + rng.standard_normal((m, d)).astype(np.float32) / np.sqrt(d) * 1.2
+        noise = rng.standard_normal((m, d)).astype(np.float32) / np.sqrt(d) * 1.2
+        x[s:s + m] = topics[rng.integers(0, n_topics, m)] * 1.0 + noise
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     src = rng.choice(n, size=2 * n_pairs, replace=False)
     a, b = src[:n_pairs], src[n_pairs:]
@@ -197,7 +203,8 @@ def previous_ivf_pairs(x, threshold: float, seed: int = 0):
     return ci[ok], cj[ok]
 
 
-def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int], threshold: float = 0.9) -> list[list]:
+def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int],
+                threshold: float = 0.9) -> list[list]:
     import numpy as np
 
     from curation import dedup
@@ -206,11 +213,12 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int], thre
     for n in sizes:
         x, pa, pb = planted_embeddings(n, 512, n_pairs=max(100, n // 100))
         scores = np.random.default_rng(1).random(n).astype(np.float32)
-        planted = set(zip(pa.tolist(), pb.tolist()))
+        planted = set(zip(pa.tolist(), pb.tolist(), strict=True))
         found = {}
         real_ivf = dedup.ivf_pairs
 
-        def recording(*args, found=found, real_ivf=real_ivf, **kw):  # keep the IVF pair list that near_duplicates computes
+        # keep the IVF pair list that near_duplicates computes
+        def recording(*args, found=found, real_ivf=real_ivf, **kw):
             found["pairs"] = real_ivf(*args, **kw)
             return found["pairs"]
 
@@ -222,7 +230,7 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int], thre
         finally:
             dedup.ivf_pairs = real_ivf
         i, j = found["pairs"]
-        got = set(zip(i.tolist(), j.tolist()))
+        got = set(zip(i.tolist(), j.tolist(), strict=True))
         recall_planted = len(planted & got) / len(planted)
         old_cell, ratio_cell, old_recall = "-", "-", "-"
         if n in baseline_sizes:  # the same data, right after: both see about the same machine load
@@ -230,29 +238,32 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int], thre
             oi, oj = previous_ivf_pairs(dedup._normalised(x), threshold)
             t_old = time.perf_counter() - t0
             old_cell, ratio_cell = f"{t_old:.1f}", f"{t_ivf / t_old:.2f}"
-            old_recall = f"{len(planted & set(zip(oi.tolist(), oj.tolist()))) / len(planted):.4f}"
+            old_pairs = set(zip(oi.tolist(), oj.tolist(), strict=True))
+            old_recall = f"{len(planted & old_pairs) / len(planted):.4f}"
         exact_cell, t_flat_cell = "n/a (exact search too slow here)", "-"
         if n <= exact_max:
             t0 = time.perf_counter()
             fi, fj = dedup.flat_pairs(dedup._normalised(x), threshold)
             t_flat = time.perf_counter() - t0
-            exact = set(zip(fi.tolist(), fj.tolist()))
+            exact = set(zip(fi.tolist(), fj.tolist(), strict=True))
             exact_cell = f"{len(exact & got) / max(1, len(exact)):.4f} of {len(exact)}"
             t_flat_cell = f"{t_flat:.1f}"
         load = f"{os.getloadavg()[0]:.1f}"
-        rows.append([f"{n:.0e}".replace("+0", ""), len(planted), f"{t_ivf:.1f}", old_cell, ratio_cell, t_flat_cell,
-                     f"{recall_planted:.4f}", old_recall, exact_cell, int((~keep).sum()), load])
+        rows.append([f"{n:.0e}".replace("+0", ""), len(planted), f"{t_ivf:.1f}", old_cell, ratio_cell,
+                     t_flat_cell, f"{recall_planted:.4f}", old_recall, exact_cell, int((~keep).sum()), load])
         print(f"dedup n={n}: ivf {t_ivf:.1f}s (previous {old_cell}s), flat {t_flat_cell}s, planted recall "
-              f"{recall_planted:.4f} (previous {old_recall}), exact recall {exact_cell}, load {load}", flush=True)
+              f"{recall_planted:.4f} (previous {old_recall}), exact recall {exact_cell}, load {load}",
+              flush=True)
         del x
     return rows
 
 
-# -- (c) cached rerun -----------------------------------------------------------------------------------------
+# -- (c) cached rerun ---------------------------------------------------------------------------------
 # The tests' web: a full run in about a minute on 2 quiet cores. --demo uses the demo web (2000 images,
 # 12 filter epochs: several minutes).
-SMALL_WEB = ["web.n_images=1000", "web.hq_size=1200", "web.bench_train_per_class=4", "web.bench_test_per_class=10",
-             "web.slow_seconds=6", "curation.download.samples_per_shard=250", "curation.train_filter.epochs=6"]
+SMALL_WEB = ["web.n_images=1000", "web.hq_size=1200", "web.bench_train_per_class=4",
+             "web.bench_test_per_class=10", "web.slow_seconds=6", "curation.download.samples_per_shard=250",
+             "curation.train_filter.epochs=6"]
 
 
 def rerun_bench(tmp: Path, quick: bool, demo: bool = False, profile: bool = False) -> list[list]:
@@ -264,8 +275,8 @@ def rerun_bench(tmp: Path, quick: bool, demo: bool = False, profile: bool = Fals
     port = _free_port()
     base = [f"workdir={tmp / 'run'}", f"web.port={port}"]
     if quick:
-        base += ["web.n_images=200", "web.hq_size=200", "web.bench_train_per_class=2", "web.bench_test_per_class=2",
-                 "web.slow_seconds=4", "curation.train_filter.epochs=1"]
+        base += ["web.n_images=200", "web.hq_size=200", "web.bench_train_per_class=2",
+                 "web.bench_test_per_class=2", "web.slow_seconds=4", "curation.train_filter.epochs=1"]
     elif not demo:
         base += SMALL_WEB
     cfg = load_config(None, base)
@@ -295,7 +306,8 @@ def rerun_bench(tmp: Path, quick: bool, demo: bool = False, profile: bool = Fals
     print(f"rerun: full {t_full:.1f}s ({first['kept']} kept), fraction rerun {t_rerun:.2f}s "
           f"({second['kept']} kept), ratio {t_rerun / t_full:.3f}", flush=True)
     return [[f"full build_dataset, {web}, fraction 0.15 (baseline)", f"{t_full:.1f}", "1.000"],
-            [f"rerun with fraction 0.3 (ran: {', '.join(second['ran'])})", f"{t_rerun:.2f}", f"{t_rerun / t_full:.3f}"]]
+            [f"rerun with fraction 0.3 (ran: {', '.join(second['ran'])})", f"{t_rerun:.2f}",
+             f"{t_rerun / t_full:.3f}"]]
 
 
 def main() -> None:
@@ -304,13 +316,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["score", "dedup", "rerun"], action="append",
                         help="run only these parts (repeatable); the section is then not written")
-    parser.add_argument("--demo", action="store_true", help="(c) on the demo web instead of the tests' smaller web")
+    parser.add_argument("--demo", action="store_true",
+                        help="(c) on the demo web instead of the tests' smaller web")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--dedup-sizes", type=int, nargs="+", help="(b) at these sizes (default 1e4 1e5 1e6)")
     parser.add_argument("--profile-rerun", action="store_true", help="(c) print a cProfile of the rerun")
-    parser.add_argument("--score-workers", type=int, default=0, help="(a) score_pool's num_workers (0/1: in-process)")
-    parser.add_argument("--score-models", nargs="+", help="(a) filter networks to time (default: own ViT-B-32)")
-    parser.add_argument("--no-baseline", action="store_true", help="(b) without the previous ivf_pairs for comparison")
+    parser.add_argument("--score-workers", type=int, default=0,
+                        help="(a) score_pool's num_workers (0/1: in-process)")
+    parser.add_argument("--score-models", nargs="+",
+                        help="(a) filter networks to time (default: own ViT-B-32)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="(b) without the previous ivf_pairs for comparison")
     args = parser.parse_args()
 
     import torch
@@ -327,8 +343,9 @@ def main() -> None:
             score_rows = []
             for model in models:  # ViT-B-32: a real-size tower, against which decoding weighs less
                 own = model == "own"
-                score_rows += scoring_bench(tmp / f"score-{model}", n=1024 if own and not args.quick else 256,
-                                            batch=128, repeats=3 if own and not args.quick else 2, models=[model],
+                full = own and not args.quick
+                score_rows += scoring_bench(tmp / f"score-{model}", n=1024 if full else 256, batch=128,
+                                            repeats=3 if full else 2, models=[model],
                                             workers=args.score_workers)
         if "dedup" in parts:
             sizes = args.dedup_sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
@@ -340,22 +357,23 @@ def main() -> None:
         return
     text = "\n".join([
         SECTION, "",
-        f"`benchmarks/curation_bench.py` on {time.strftime('%Y-%m-%d')}, {machine}, 2 cores shared with other jobs",
-        f"(load average {os.getloadavg()[0]:.1f} at the end; per-row load in (b)). Every ratio is against a baseline",
-        "measured in the same run, named in its table.", "",
-        "(a) Scoring throughput: `score_pool` (tar read, JPEG decode, preprocess, copy descriptors, sha256, part",
-        "files) vs the baseline, the bare filter-network forward (image + text towers) on the same pre-decoded,",
-        "pre-tokenised batches of 128; best of interleaved runs. Target ratio >= 0.8:", "",
+        f"`benchmarks/curation_bench.py` on {time.strftime('%Y-%m-%d')}, {machine}, 2 cores shared with",
+        f"other jobs (load average {os.getloadavg()[0]:.1f} at the end; per-row load in (b)). Every ratio is",
+        "against a baseline measured in the same run, named in its table.", "",
+        "(a) Scoring throughput: `score_pool` (tar read, JPEG decode, preprocess, copy descriptors, sha256,",
+        "part files) vs the baseline, the bare filter-network forward (image + text towers) on the same",
+        "pre-decoded, pre-tokenised batches of 128; best of interleaved runs. Target ratio >= 0.8:", "",
         _table(["filter network", "images", "bare img/s", "score_pool img/s", "ratio"], score_rows), "",
-        "(b) Near duplicates, `near_duplicates(index=\"ivf\")` (PCA-64, faiss k-means into sqrt(4n) lists, nprobe 4,",
-        "one BLAS product per list, exact verification) on clustered 512-d unit vectors (1000 topics) with planted",
-        "copies at cosine 0.92-0.99, threshold 0.9; baseline: the previous `ivf_pairs` (PCA-128 + faiss",
-        "IndexIVFFlat range search, nprobe 4) on the same vectors right after. Recall of the planted pairs, and of",
-        "every pair an exact flat range search finds where affordable. Target: 1e6 in <= 60 s, recall >= 0.95:", "",
+        "(b) Near duplicates, `near_duplicates(index=\"ivf\")` (PCA-64, faiss k-means into sqrt(4n)",
+        "lists, nprobe 4, one BLAS product per list, exact verification) on clustered 512-d unit vectors",
+        "(1000 topics) with planted copies at cosine 0.92-0.99, threshold 0.9; baseline: the previous",
+        "`ivf_pairs` (PCA-128 + faiss IndexIVFFlat range search, nprobe 4) on the same vectors right after.",
+        "Recall of the planted pairs, and of every pair an exact flat range search finds where affordable.",
+        "Target: 1e6 in <= 60 s, recall >= 0.95:", "",
         _table(["n", "planted pairs", "ivf s", "previous ivf s", "ratio", "exact flat s", "recall planted",
                 "previous recall", "recall vs exact", "dropped", "load"], dedup_rows), "",
-        "(c) Cached rerun, in-process `build_dataset` on the served mini web (own filter network), rerun after",
-        "changing `select.fraction`; baseline: the full run. Target <= 0.05:", "",
+        "(c) Cached rerun, in-process `build_dataset` on the served mini web (own filter network), rerun",
+        "after changing `select.fraction`; baseline: the full run. Target <= 0.05:", "",
         _table(["run", "s", "ratio"], rerun_rows),
     ])
     write_section(SECTION, text, keep=KEEP)

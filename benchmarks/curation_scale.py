@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results_md import write_section  # noqa: E402 - after the path set-up
+from benchmarks.results_md import write_section
 
 SECTION = "## Curation at scale"
 DEDUP_SECTION = "## Curation: partitioned near-duplicate search"
@@ -272,14 +272,14 @@ def dedup_report(rows: list, workers: int) -> str:
             "dropped (partitioned)", "dropped (single-node)", "load"]
     return "\n".join([
         DEDUP_SECTION, "",
-        f"`benchmarks/curation_scale.py --dedup` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores shared "
-        f"with other jobs). The dedup step's near-duplicate search as build-dataset runs it "
-        f"(`dedup_parts.run_dedup`, local engine, {workers} worker processes: score parts of 10k rows, "
-        "PCA-64 and ~sqrt(3n) k-means centroids from a sample, rows sent to every centroid within 0.1 cosine "
-        "of their nearest (at most 8), one task per group of clusters comparing the stored int8 descriptors "
-        "exactly) against today's single-node search (`dedup.near_duplicates(index=\"ivf\")`) on the "
-        "same clustered 512-d vectors with planted copies at cosine 0.92-0.99, threshold 0.9, right after. "
-        "Targets: ratio <= 1.5, recall >= 0.99.", "",
+        (f"`benchmarks/curation_scale.py --dedup` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores "
+         f"shared with other jobs). The dedup step's near-duplicate search as build-dataset runs it "
+         f"(`dedup_parts.run_dedup`, local engine, {workers} worker processes: score parts of 10k rows, "
+         "PCA-64 and ~sqrt(3n) k-means centroids from a sample, rows sent to every centroid within 0.1 "
+         "cosine of their nearest (at most 8), one task per group of clusters comparing the stored int8 "
+         "descriptors exactly) against today's single-node search (`dedup.near_duplicates(index=\"ivf\")`) "
+         "on the same clustered 512-d vectors with planted copies at cosine 0.92-0.99, threshold 0.9, right "
+         "after. Targets: ratio <= 1.5, recall >= 0.99."), "",
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
         *["| " + " | ".join(str(c) for c in r) + " |" for r in rows], "",
     ])
@@ -311,13 +311,13 @@ def report(results: list[dict], parse_rows: list[list], workers: int) -> str:
                       + ["| " + " | ".join(str(c) for c in r) + " |" for r in parse_rows])
     return "\n".join([
         SECTION, "",
-        f"`benchmarks/curation_scale.py` ({time.strftime('%Y-%m-%d')}, "
-        f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores shared with other jobs, local engine with {workers} worker processes). "
-        f"Pools of {small['images']} and {big['images']} images (mini web, written directly), each step in "
-        "a fresh process as build-dataset runs it. Peak RSS in MiB; ratio = 10N / N (target <= 1.25); "
-        "throughput = items per CPU second (driver + workers), items = pairs for extract, pool images else. "
-        "Scoring (randomly initialised own filter network, CPU) runs in the driver: it has no workers.", "",
+        (f"`benchmarks/curation_scale.py` ({time.strftime('%Y-%m-%d')}, "
+         f"{platform.processor() or platform.machine()}, "
+         f"{os.cpu_count()} cores shared with other jobs, local engine with {workers} worker processes). "
+         f"Pools of {small['images']} and {big['images']} images (mini web, written directly), each step in "
+         "a fresh process as build-dataset runs it. Peak RSS in MiB; ratio = 10N / N (target <= 1.25); "
+         "throughput = items per CPU second (driver + workers), items = pairs for extract, pool images else. "
+         "Scoring (randomly initialised own filter network, CPU) runs in the driver: it has no workers."), "",
         table, "",
         f"Bytes stored per pool image at n={big['images']}:", "",
         "| output | bytes / image |", "|---|---|", byte_rows, "",

@@ -13,10 +13,12 @@ import typer
 
 from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
 
-ForceOpt = Annotated[bool, typer.Option("--force", help="rerun every step, even those whose inputs are unchanged")]
+ForceOpt = Annotated[bool,
+                     typer.Option("--force", help="rerun every step, even those whose inputs are unchanged")]
 
 
-def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False, force: ForceOpt = False) -> None:
+def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+                  force: ForceOpt = False) -> None:
     """Curate image-text pairs into webdataset shards: extract, download, score, dedup, safety, select."""
 
     def body(cfg):
@@ -38,7 +40,8 @@ def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt
     run_with_config(body, config, set_, debug)
 
 
-def train_filter(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False, force: ForceOpt = False) -> None:
+def train_filter(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False,
+                 force: ForceOpt = False) -> None:
     """Train our own data filtering network (a small CLIP) on the mini web's high-quality pairs."""
 
     def body(cfg):

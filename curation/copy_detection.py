@@ -72,10 +72,11 @@ def dedup_vectors(embeddings: np.ndarray, descriptors: np.ndarray, filter_weight
     e = _unit(embeddings)
     if filter_weight >= 1:
         return e
-    return np.ascontiguousarray(np.concatenate([np.sqrt(filter_weight) * e, np.sqrt(1 - filter_weight) * c], axis=1),
-                                dtype=np.float32)
+    mixed = np.concatenate([np.sqrt(filter_weight) * e, np.sqrt(1 - filter_weight) * c], axis=1)
+    return np.ascontiguousarray(mixed, dtype=np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
-    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    norms = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(x / norms, dtype=np.float32)

@@ -97,7 +97,8 @@ def exact_duplicates(sha256: Sequence[str], scores: np.ndarray) -> np.ndarray:
 
     Rows without a digest (None or "") are never grouped.
     """
-    digests = ["" if d is None or (isinstance(d, float) and np.isnan(d)) else str(d) for d in sha256]  # NaN: pandas
+    # NaN: pandas' missing value
+    digests = ["" if d is None or (isinstance(d, float) and np.isnan(d)) else str(d) for d in sha256]
     n = len(digests)
     if len(scores) != n:
         raise ValueError(f"{n} digests but {len(scores)} scores")
@@ -122,7 +123,8 @@ def _set_threads() -> None:
     faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
 
 
-def _range_pairs(index, queries: np.ndarray, radius: float, upper_only: bool) -> tuple[np.ndarray, np.ndarray]:
+def _range_pairs(index, queries: np.ndarray, radius: float,
+                 upper_only: bool) -> tuple[np.ndarray, np.ndarray]:
     """(query row, index row) pairs with inner product >= radius and query row != index row, in chunks;
     upper_only keeps query row < index row (the queries are the indexed rows: each pair is found twice)."""
     out_i, out_j = [], []
@@ -149,7 +151,8 @@ def _unique_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     return both[:, 0], both[:, 1]
 
 
-def flat_pairs(x: np.ndarray, threshold: float, views: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+def flat_pairs(x: np.ndarray, threshold: float,
+               views: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Exact: every pair i < j of normalised rows with cosine >= threshold, where view v of row i
     (views[v][i], e.g. a zoomed crop) may stand in for row i as the query."""
     _set_threads()  # before the import: see there

@@ -338,7 +338,7 @@ def fetch_source(src: str, allow_hosts: list[str], dest: Path, timeout: float = 
         with guarded_opener(allow_hosts).open(src, timeout=timeout) as r, open(dest, "wb") as f:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         dest.unlink(missing_ok=True)
         if is_policy_block(exc):
             raise InputError(f"refusing to fetch source {src}: blocked by policy") from None

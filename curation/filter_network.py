@@ -107,7 +107,8 @@ def _resolve(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None) -> tuple
 
 
 def _check_hub_reachable(model_id: str) -> None:
-    """Fail in seconds, not after the hub client's retries, when an hf-hub model is neither cached nor reachable."""
+    """Fail in seconds, not after the hub client's retries, when an hf-hub model is neither cached nor
+    reachable."""
     import socket
     from urllib.parse import urlparse
 
@@ -134,15 +135,18 @@ def load_filter_network(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | Non
         known = set(open_clip.list_models())
         if name.replace("/", "-") not in known:
             raise InputError(f"unknown open_clip model {name!r} (see open_clip.list_models())")
-        if pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(name) and not Path(pretrained).is_file():
+        if (pretrained and pretrained not in open_clip.list_pretrained_tags_by_model(name)
+                and not Path(pretrained).is_file()):
             raise InputError(f"unknown pretrained tag {pretrained!r} for open_clip model {name}")
     if name.startswith("hf-hub:"):
         _check_hub_reachable(name)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained,
+                                                                     device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except InputError:
         raise
     except Exception as err:  # no network, missing file, bad weights: say which model and why, in one line
-        raise InputError(f"cannot load filter network {model_id!r}: {type(err).__name__}: {_one_line(err)}") from err
+        raise InputError(f"cannot load filter network {model_id!r}: {type(err).__name__}: "
+                         f"{_one_line(err)}") from err
     return FilterNetwork(model, preprocess, tokenizer, model_id, device)

@@ -129,9 +129,15 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_factor(s: int) -> float:  # linear warmup, then cosine to 0
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     loss_fn = open_clip.ClipLoss()
     history: list[dict] = []
     model.train()
@@ -164,5 +170,6 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "open_clip_model.safetensors"))
         atomic_write_json(tmp / "train_log.json", {"pairs": n, "seed": seed, "steps": total,
-                                                    "config": cfg.model_dump(mode="json"), "history": history})
+                                                    "config": cfg.model_dump(mode="json"),
+                                                    "history": history})
     return out_dir

@@ -1,4 +1,5 @@
-"""Dedup on planted duplicates: exact by digest, near by embedding (flat and PCA+IVF agree), decontamination."""
+"""Dedup on planted duplicates: exact by digest, near by embedding (flat and PCA+IVF agree),
+decontamination."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_near_duplicates_found_and_best_kept():
     keep = near_duplicates(emb, scores, threshold=0.95, index="flat")
     dup = np.arange(1900, 2000)
     assert keep.sum() == 1900  # exactly one of each planted pair goes
-    for original, copy in zip(src, dup):
+    for original, copy in zip(src, dup, strict=True):
         best = original if scores[original] >= scores[copy] else copy
         assert keep[best] and not keep[original + copy - best]
 
@@ -70,7 +71,8 @@ def test_a_chain_of_look_alikes_is_not_merged():
 def _scene(seed: int, texture: str):
     from shared.miniweb.scenes import draw_scene, sample_scene
 
-    return draw_scene(sample_scene(np.random.default_rng(seed), texture=texture, count=3), 96).resize((64, 64))
+    scene = sample_scene(np.random.default_rng(seed), texture=texture, count=3)
+    return draw_scene(scene, 96).resize((64, 64))
 
 
 def test_zoomed_views_catch_cropped_copies_of_striped_scenes():
@@ -101,7 +103,8 @@ def test_zoomed_views_catch_cropped_copies_of_striped_scenes():
 def test_views_work_through_ivf_too():
     emb, scores, src = _planted(20_000, 64, 300, seed=4)
     rng = np.random.default_rng(5)
-    # a "view" of each copy row that is its source's vector (as a zoom of a crop would be); the row itself is far
+    # a "view" of each copy row that is its source's vector (as a zoom of a crop would be); the row itself
+    # is far
     view = emb.copy()
     moved = np.arange(19_700, 20_000)
     emb[moved] = rng.normal(size=(300, 64))

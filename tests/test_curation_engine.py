@@ -21,16 +21,16 @@ def planted(n: int, seed: int = 0):
     """Unit copy descriptors [n, views, 768] with exact copies, near copies and view-only copies."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, VIEWS, DIM)).astype(np.float32)
-    for k in range(0, n // 10):  # near copies: row b is row a plus noise (cosine ~0.95)
+    for k in range(n // 10):  # near copies: row b is row a plus noise (cosine ~0.95)
         a, b = 10 * k, 10 * k + 1
         noise = rng.standard_normal(DIM).astype(np.float32)
         x[b, 0] = x[a, 0] / np.linalg.norm(x[a, 0]) + 0.33 * noise / np.linalg.norm(noise)
-    for k in range(0, n // 20):  # a crop: row b's zoomed view is row a
+    for k in range(n // 20):  # a crop: row b's zoomed view is row a
         a, b = 20 * k + 3, 20 * k + 4
         x[b, 1] = x[a, 0]
     x /= np.linalg.norm(x, axis=2, keepdims=True)
     sha = [f"{i:064x}" for i in range(n)]
-    for k in range(0, n // 25):  # exact copies: same bytes, same descriptors
+    for k in range(n // 25):  # exact copies: same bytes, same descriptors
         a, b = 25 * k + 5, 25 * k + 6
         sha[b], x[b] = sha[a], x[a]
     scores = rng.random(n).astype(np.float32)

@@ -45,12 +45,13 @@ def _free_port() -> int:
 
 
 def _cli_args(overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", "build-dataset", *[a for o in overrides for a in ("--set", o)]]
+    sets = [a for o in overrides for a in ("--set", o)]
+    return [sys.executable, "-m", "shared.cli", "build-dataset", *sets]
 
 
 def _cli(overrides: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli_args(overrides), cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(_cli_args(overrides), cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _manifest(workdir: Path) -> dict:
@@ -135,10 +136,12 @@ def test_quality_on_the_mini_web(built, served):
     assert kinds.count("eval_leak") == 0
     # The manifest's quality block says the same as the shards.
     assert q["kept"] == len(kinds) and q["precision"] == pytest.approx(precision, abs=1e-4)
-    assert q["max_kept_per_duplicate_group"] == max(collections.Counter(groups).values()) and q["eval_leak_kept"] == 0
+    assert q["max_kept_per_duplicate_group"] == max(collections.Counter(groups).values())
+    assert q["eval_leak_kept"] == 0
     assert q["unsafe_urls_requested"] == 0
     # No unsafe URL ever reached the server; no local file content in any shard.
-    unsafe_paths = {urlsplit(r["url"]).path for r in truth if r["kind"] == "unsafe_url" and r["url"].startswith("http")}
+    unsafe_paths = {urlsplit(r["url"]).path for r in truth
+                    if r["kind"] == "unsafe_url" and r["url"].startswith("http")}
     assert unsafe_paths and not unsafe_paths & set(server.request_log)
     for tar in (workdir / "curation" / "shards").glob("*.tar"):
         data = tar.read_bytes()
@@ -162,7 +165,8 @@ def test_manifest_counts_every_step_and_failures(built):
     assert set(m["steps"]) >= {"extract", "download", "score", "dedup", "safety", "select"}
     assert sum(m["download_failures"].values()) >= 50, "the mini web's broken links are counted under reasons"
     assert {"http 404", "timeout"} <= set(m["download_failures"])
-    assert sorted(m["ran"]) == sorted(["extract", "download", "train-filter", "score", "dedup", "safety", "select"])
+    assert sorted(m["ran"]) == sorted(["extract", "download", "train-filter", "score", "dedup", "safety",
+                                       "select"])
     subset = np.load(workdir / "curation" / "subset.npy")
     uids = subset_to_uids(subset)
     assert uids == sorted(uids), "a DataComp subset is sorted"
@@ -258,7 +262,8 @@ def test_spark_engine_equals_local_engine(built, served, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     m = _manifest(workdir)
     assert m["ran"] == ["extract", "dedup", "safety", "select"] and "download" in m["reused"]
-    assert (workdir / "curation" / "subset.npy").read_bytes() == (workdir_a / "curation" / "subset.npy").read_bytes()
+    subset = (workdir / "curation" / "subset.npy").read_bytes()
+    assert subset == (workdir_a / "curation" / "subset.npy").read_bytes()
     assert shard_samples(workdir / "curation" / "shards") == samples
     assert _digest(workdir / "curation" / "shards") == _digest(workdir_a / "curation" / "shards")
 
@@ -282,7 +287,8 @@ def test_bad_input_is_one_line_and_damages_nothing(built, served, case, tmp_path
     elif case == "empty pool":  # every download fails: nothing listens on that port
         dead = _free_port()
         pq.write_table(pa.table({"url": [f"http://127.0.0.1:{dead}/img/{i}.jpg" for i in range(4)],
-                                 "caption": [f"a red circle {i}" for i in range(4)]}), tmp_path / "urls.parquet")
+                                 "caption": [f"a red circle {i}" for i in range(4)]}),
+                       tmp_path / "urls.parquet")
         extra = [f"curation.extract.sources=[{tmp_path / 'urls.parquet'}]"]
     else:  # offline: not in the Hugging Face cache and the hub is unreachable
         extra = ["curation.filter.model=hf-hub:apple/DFN-public"]

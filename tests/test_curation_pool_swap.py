@@ -80,7 +80,8 @@ def _problem_lines(stderr: str) -> list[str]:
 
 
 def _cli(overrides: list[str], **kw) -> subprocess.Popen:
-    args = [sys.executable, "-m", "shared.cli", "build-dataset", *[a for o in overrides for a in ("--set", o)]]
+    sets = [a for o in overrides for a in ("--set", o)]
+    args = [sys.executable, "-m", "shared.cli", "build-dataset", *sets]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, **kw)
 
@@ -150,9 +151,11 @@ def test_failed_download_keeps_the_pool_then_a_good_one_is_swapped_in(web, built
     assert json.loads(after["record"])["config"]["curation.download"]["image_size"] == 24
     assert _image_sides(pool) == {24}
     # Same URLs, new images: the pool's status files (which URL succeeded) match, the tars do not.
-    assert {k for k in after["pool"] if k.endswith(".tar")} == {k for k in before["pool"] if k.endswith(".tar")}
+    tars = {k for k in after["pool"] if k.endswith(".tar")}
+    assert tars == {k for k in before["pool"] if k.endswith(".tar")}
     assert all(after["pool"][k] != before["pool"][k] for k in after["pool"] if k.endswith(".tar"))
-    assert not (workdir / "curation" / "pool.partial").exists() and not (workdir / "curation" / "pool.old").exists()
+    assert not (workdir / "curation" / "pool.partial").exists()
+    assert not (workdir / "curation" / "pool.old").exists()
 
 
 def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
@@ -169,7 +172,8 @@ def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
         while time.time() < deadline and proc.poll() is None and not list(stage.glob("*_stats.json")):
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it was interrupted"
-        # To the CLI only: a terminal's Ctrl-C also reaches img2dataset's workers, which print their own tracebacks.
+        # To the CLI only: a terminal's Ctrl-C also reaches img2dataset's workers, which print their own
+        # tracebacks.
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     lines = _problem_lines(err)
@@ -218,8 +222,8 @@ def test_resume_against_a_dead_server_drops_only_its_failed_shards(web, tmp_path
 
 
 def test_a_swap_killed_between_its_renames_is_repaired(tmp_path):
-    """Killed after pool/ was renamed away but before the new pool came in: the next run puts the old one back,
-    then swaps the finished staged one in; nothing is downloaded again."""
+    """Killed after pool/ was renamed away but before the new pool came in: the next run puts the old one
+    back, then swaps the finished staged one in; nothing is downloaded again."""
     from curation.download import _STATE, stage_pool, staging_dir, swap_in_pool
 
     pool = tmp_path / "pool"
@@ -228,7 +232,8 @@ def test_a_swap_killed_between_its_renames_is_repaired(tmp_path):
     (old / "00000.tar").write_bytes(b"old pool")
     stage.mkdir()
     (stage / "00000.tar").write_bytes(b"new pool")
-    (stage / _STATE).write_text(json.dumps({"fingerprint": "f1", "complete": True, "summary": {"downloaded": 1}}))
+    state = {"fingerprint": "f1", "complete": True, "summary": {"downloaded": 1}}
+    (stage / _STATE).write_text(json.dumps(state))
 
     stage_pool(None, tmp_path / "no-pairs.parquet", pool, [], "f1")  # nothing left to download
     assert (pool / "00000.tar").read_bytes() == b"old pool" and not old.exists()

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
@@ -29,7 +28,8 @@ from shared.miniweb.datasets import write_hq
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TrainFilterConfig(embed_dim=16, image_size=32, vision_width=32, vision_layers=1, patch_size=8,
-                         text_width=32, text_layers=1, text_heads=2, context_length=16, epochs=1, batch_size=16)
+                         text_width=32, text_layers=1, text_heads=2, context_length=16, epochs=1,
+                         batch_size=16)
 
 
 def _make_pool(pool: Path, hq_tar: Path, shards: int, per_shard: int) -> None:
@@ -49,7 +49,8 @@ def _make_pool(pool: Path, hq_tar: Path, shards: int, per_shard: int) -> None:
                 caption = p["txt"].decode()
                 meta = {"uid": f"uid{s}-{i}", "url": f"http://127.0.0.1/img/{s}/{i}.jpg", "caption": caption,
                         "key": key, "status": "success"}
-                sink.write({"__key__": key, "jpg": p["jpg"], "txt": caption, "json": json.dumps(meta).encode()})
+                sink.write({"__key__": key, "jpg": p["jpg"], "txt": caption,
+                            "json": json.dumps(meta).encode()})
         (pool / f"{s:05d}_stats.json").write_text(json.dumps({"successes": per_shard}))
 
 
@@ -73,7 +74,7 @@ def test_scores_equal_direct_cosine_in_shard_key_order(setup):
     score_pool(root / "pool", net, out, batch_size=7)
     parts = [read_part(p) for p in sorted((out / "parts").glob("*.parquet"))]
     assert [p.name for p in sorted((out / "parts").glob("*"))] == [f"{s:05d}.parquet" for s in range(4)]
-    table = {k: sum((p[k] for p in parts), []) for k in ("uid", "key", "sha256")}
+    table = {k: [v for p in parts for v in p[k]] for k in ("uid", "key", "sha256")}
     table["score"] = np.concatenate([p["score"] for p in parts])
     emb = np.concatenate([p["embedding"] for p in parts])
     assert len(table["uid"]) == 96 and emb.shape == (96, net.embed_dim)
@@ -123,7 +124,8 @@ def test_kill_mid_scoring_then_rerun_is_byte_identical(setup):
     if killed:
         assert len(list((out / "parts").glob("*.parquet"))) < 4
     score_pool(root / "pool", _net(net_dir), out, batch_size=2)
-    assert sorted(p.name for p in (out / "parts").iterdir()) == sorted(p.name for p in (ref / "parts").iterdir())
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    assert names == sorted(p.name for p in (ref / "parts").iterdir())
     for part in (ref / "parts").iterdir():
         assert (out / "parts" / part.name).read_bytes() == part.read_bytes(), part.name
 

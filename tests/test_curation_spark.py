@@ -34,7 +34,8 @@ def test_pyspark_download_equals_multiprocessing(tmp_path):
 
     port = _free_port()
     cfg = load_config(None, [f"workdir={tmp_path}", f"web.port={port}", "web.n_images=40", "web.hq_size=10",
-                             "web.bench_train_per_class=2", "web.bench_test_per_class=2", "web.slow_seconds=4",
+                             "web.bench_train_per_class=2", "web.bench_test_per_class=2",
+                             "web.slow_seconds=4",
                              "curation.download.timeout=2", "curation.download.samples_per_shard=16",
                              "curation.download.threads=4", "curation.download.processes=1"])
     generate_web(cfg.web, cfg.web_dir)
@@ -43,9 +44,10 @@ def test_pyspark_download_equals_multiprocessing(tmp_path):
 
     with serve_in_background(cfg.web_dir, host="127.0.0.1", port=port) as server:
         spark_cfg = cfg.curation.download.model_copy(update={"distributor": "pyspark"})
-        spark_summary = download_pool(spark_cfg, pairs, tmp_path / "pool-spark", cfg.curation.extract.allow_hosts)
+        allow_hosts = cfg.curation.extract.allow_hosts
+        spark_summary = download_pool(spark_cfg, pairs, tmp_path / "pool-spark", allow_hosts)
         spark_log = list(server.request_log)
-        mp_summary = download_pool(cfg.curation.download, pairs, tmp_path / "pool-mp", cfg.curation.extract.allow_hosts)
+        mp_summary = download_pool(cfg.curation.download, pairs, tmp_path / "pool-mp", allow_hosts)
 
     # Spark really ran: img2dataset's pyspark distributor wrote several shards, each marked done.
     assert len(list((tmp_path / "pool-spark").glob("*_stats.json"))) >= 2

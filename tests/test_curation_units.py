@@ -63,7 +63,7 @@ def test_near_duplicates_keep_the_best_scoring_copy_flat_and_ivf_agree():
     flat = near_duplicates(x, scores, 0.95, index="flat")
     ivf = near_duplicates(x, scores, 0.95, index="ivf")
     assert (flat == ivf).mean() > 0.999
-    for s, t in zip(src, dst):
+    for s, t in zip(src, dst, strict=True):
         assert flat[s] != flat[t]
         assert flat[s if scores[s] > scores[t] else t]
     assert flat.sum() == len(x) - 300

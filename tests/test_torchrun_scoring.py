@@ -43,8 +43,8 @@ def reference(pool, tmp_path_factory):
     """One process, batches of 3 decoded in-process: the outputs every other run must equal."""
     root, net_dir = pool
     ref = tmp_path_factory.mktemp("tscore_ref")
-    subprocess.run([sys.executable, "-c", SCRIPT, str(net_dir), str(root / "pool"), str(ref), "0"], check=True,
-                   env=ENV, cwd=ref, timeout=300)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(net_dir), str(root / "pool"), str(ref), "0"],
+                   check=True, env=ENV, cwd=ref, timeout=300)
     return ref
 
 
@@ -93,7 +93,8 @@ def test_two_ranks_with_decode_workers_equal_one_in_process_run(pool, reference,
         assert (two / name).read_bytes() == (one / name).read_bytes(), name
     copies = np.concatenate([read_part(two / name, ("copy",))["copy"] for name in OUTPUTS])
     assert copies.ndim == 3 and copies.shape[0] == 5 * 11 - 3  # the broken jpgs are skipped
-    assert json.loads((one / "rank0.json").read_text()) == {"world": 1, "scored": [f"{s:05d}.tar" for s in range(5)]}
+    scored = [f"{s:05d}.tar" for s in range(5)]
+    assert json.loads((one / "rank0.json").read_text()) == {"world": 1, "scored": scored}
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["scored"] == ["00000.tar", "00002.tar", "00004.tar"]
