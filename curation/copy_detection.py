@@ -22,6 +22,7 @@ look-alike matches. A learned copy detector (e.g. SSCD) can replace the thumbnai
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 THUMB = 16
 DIM = THUMB * THUMB * 3
@@ -50,8 +51,6 @@ def _unit_thumbnails(thumbs: np.ndarray) -> np.ndarray:
 def copy_views(image) -> np.ndarray:
     """PIL image -> float32 [VIEWS, 768]: the descriptor of the image and of its zoomed views
     (one colour conversion and one numpy pass for all views: this runs once per pool image)."""
-    from PIL import Image
-
     image = image.convert("RGB")
     thumbs = [np.asarray(image.resize((THUMB, THUMB), Image.Resampling.BOX, box=_zoom_box(image.size, z)))
               for z in ZOOMS]

@@ -38,9 +38,13 @@ Index choice, measured by benchmarks/curation_bench.py on 2 shared cores (figure
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from threadpoolctl import threadpool_limits
 
 PCA_DIM = 64
 PCA_SAMPLE = 50_000
@@ -76,8 +80,6 @@ def keep_best_of_neighbours(n: int, i: np.ndarray, j: np.ndarray, scores: np.nda
     """Keep mask over n rows with copy edges (i, j): in score order (ties: lowest index) each row that no
     kept row has dropped is kept and drops its neighbours. Every dropped row has a kept copy that scores
     at least as high; no two kept rows are copies of each other."""
-    from scipy.sparse import coo_matrix
-
     keep = np.ones(n, dtype=bool)
     if len(i) == 0:
         return keep
@@ -114,8 +116,6 @@ def _set_threads() -> None:
     # (spinning threads) turns into seconds of spin-waiting when other jobs hold the cores (measured:
     # PCA training 10.6 s -> 0.2 s at load 4 with PASSIVE). Set before the first import unless the
     # user chose a policy; torch's separate runtime is not affected.
-    import sys
-
     if "faiss" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import faiss
@@ -170,10 +170,6 @@ def _scan_lists(base: np.ndarray, order: np.ndarray, starts: np.ndarray, queries
     """(query row, base row) pairs with inner product >= radius, each query compared with every member of
     each list it probes. The members of list L are base[starts[L]:starts[L+1]] (rows order[...]), stored
     contiguously, so a list is scanned for all its queries at once by one matrix product."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
     nlist = len(starts) - 1
     rows = np.repeat(np.arange(len(queries), dtype=np.int64), probes.shape[1])
     lists = probes.ravel()
@@ -210,8 +206,7 @@ def ivf_pairs(x: np.ndarray, threshold: float, seed: int = 0,
               views: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Approximate: candidate pairs from an IVF self-join in PCA space, verified exactly on x (module doc)."""
     _set_threads()  # before the import: see there
-    import faiss
-    from threadpoolctl import threadpool_limits
+    import faiss  # imported after _set_threads: faiss's OpenMP reads OMP_WAIT_POLICY once, at import
 
     n, d = x.shape
     rng = np.random.default_rng(seed)

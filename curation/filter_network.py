@@ -9,18 +9,20 @@ Nothing is downloaded at test time; a model that cannot be loaded is a one-line 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlparse
 
+import numpy as np
+import open_clip
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
+from PIL import Image
+
+from shared.config.curation import FilterNetworkConfig
 from shared.errors import InputError
 from shared.stage_cache import hash_file
-
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from shared.config.curation import FilterNetworkConfig
 
 OWN_CONFIG = "open_clip_config.json"
 OWN_WEIGHTS = "open_clip_model.safetensors"
@@ -42,32 +44,23 @@ class FilterNetwork:
 
     def encode_image_tensor(self, images: torch.Tensor) -> np.ndarray:
         """images [n, 3, H, W] already preprocessed -> [n, d] float32, L2-normalised."""
-        import torch
-
         with torch.inference_mode():
             feats = self.model.encode_image(images.to(self.device), normalize=True)
         return feats.float().cpu().numpy()
 
     def encode_token_tensor(self, tokens: torch.Tensor) -> np.ndarray:
         """tokens [n, context_length] -> [n, d] float32, L2-normalised."""
-        import torch
-
         with torch.inference_mode():
             feats = self.model.encode_text(tokens.to(self.device), normalize=True)
         return feats.float().cpu().numpy()
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        import numpy as np
-        import torch
-
         if not images:
             return np.zeros((0, self._dim()), dtype=np.float32)
         batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images])  # [n, 3, H, W]
         return self.encode_image_tensor(batch)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        import numpy as np
-
         if not texts:
             return np.zeros((0, self._dim()), dtype=np.float32)
         return self.encode_token_tensor(self.tokenizer(list(texts)))
@@ -109,11 +102,6 @@ def _resolve(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None) -> tuple
 def _check_hub_reachable(model_id: str) -> None:
     """Fail in seconds, not after the hub client's retries, when an hf-hub model is neither cached nor
     reachable."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
     repo = model_id.removeprefix("hf-hub:").split("@")[0]
     if isinstance(try_to_load_from_cache(repo, "open_clip_config.json"), str):
         return  # cached: open_clip loads it without the network
@@ -128,8 +116,6 @@ def _check_hub_reachable(model_id: str) -> None:
 def load_filter_network(cfg: FilterNetworkConfig, own_checkpoint_dir: Path | None = None,
                         device: str = "cpu") -> FilterNetwork:
     """Load the filter network named by ``cfg`` with open_clip (see the module docstring for the forms)."""
-    import open_clip
-
     name, pretrained, model_id = _resolve(cfg, own_checkpoint_dir)
     if cfg.checkpoint is None and cfg.model != "own" and not name.startswith(("hf-hub:", "local-dir:")):
         known = set(open_clip.list_models())

@@ -10,9 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from curation.parts import read_part
 from shared.atomic import atomic_path
@@ -25,8 +27,6 @@ VERSION = 2  # 2: one keep file per score part
 
 @lru_cache(maxsize=1)
 def _face_detector():
-    import cv2
-
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     detector = cv2.CascadeClassifier(path)
     if detector.empty():
@@ -36,8 +36,6 @@ def _face_detector():
 
 def detect_faces(image) -> list[tuple[int, int, int, int]]:
     """(x, y, w, h) boxes of frontal faces in a PIL image."""
-    import cv2
-
     gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
     min_side = max(16, min(gray.shape) // 20)
     boxes = _face_detector().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
@@ -47,9 +45,6 @@ def detect_faces(image) -> list[tuple[int, int, int, int]]:
 
 def blur_faces(image):
     """Return (image with every detected face blurred, number of faces). The input is not modified."""
-    import cv2
-    from PIL import Image
-
     boxes = detect_faces(image)
     if not boxes:
         return image, 0

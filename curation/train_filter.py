@@ -13,22 +13,26 @@ random crop + flip keeps the image tower from memorising.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import open_clip
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from PIL import Image
+from safetensors.torch import save_file
 
 from shared.atomic import atomic_dir, atomic_write_json
+from shared.config.curation import TrainFilterConfig
 from shared.errors import InputError
 from shared.progress import progress_bar
 
 # Bump when the trained filter network change for the same config and inputs: this step and every step after
 # it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
 VERSION = 1
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from shared.config.curation import TrainFilterConfig
 
 log = logging.getLogger("openaim.curation")
 
@@ -57,8 +61,6 @@ def preprocess_config(cfg: TrainFilterConfig) -> dict:
 
 def read_pairs(hq_dir: Path) -> tuple[list[bytes], list[str]]:
     """All (jpg bytes, caption) pairs of hq_dir/hq-*.tar, in shard and key order."""
-    import webdataset as wds
-
     shards = sorted(Path(hq_dir).glob("hq-*.tar"))
     if not shards:
         raise InputError(f"no high-quality shards hq-*.tar in {hq_dir}")
@@ -79,19 +81,11 @@ def read_pairs(hq_dir: Path) -> tuple[list[bytes], list[str]]:
 
 
 def _decode(jpgs: list[bytes], transform) -> torch.Tensor:
-    import io
-
-    import torch
-    from PIL import Image
-
     return torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpgs])  # [n, 3, S, S]
 
 
 def _augment(images: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
     """Random shift by up to `pad` px (reflect-padded crop) and horizontal flip, per batch."""
-    import torch
-    import torch.nn.functional as F
-
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
@@ -102,12 +96,6 @@ def _augment(images: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
 
 def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Train the small CLIP on hq_dir's pairs; write an open_clip local-dir folder at out_dir; return it."""
-    import math
-
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if cfg.threads:  # otherwise torch's default, which follows OMP_NUM_THREADS when it is set

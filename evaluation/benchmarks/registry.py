@@ -21,14 +21,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from evaluation.benchmarks import demo_sets, generic
+from evaluation.benchmarks.items import SplitView
 from evaluation.benchmarks.paper_sets import CARVED as _CARVED
 from evaluation.benchmarks.paper_sets import PAPER_SPECS
 from evaluation.benchmarks.spec import BenchmarkSpec
+from evaluation.benchmarks.splits import cap, carve_val
 from shared.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from evaluation.benchmarks.items import SplitView
     from shared.config.root import OpenAIMConfig
 
 MINIWEB_TASKS = ("miniweb-shape", "miniweb-color", "miniweb-count", "miniweb-texture")
@@ -126,7 +129,7 @@ def missing_reason(spec: BenchmarkSpec, root: str | Path) -> str | None:
     root = Path(root)
     if spec.name == "digits":
         try:
-            import sklearn.datasets  # noqa: F401
+            import sklearn.datasets  # noqa: F401  (a probe: is the bundled set's library installed?)
         except ImportError:
             return "digits: scikit-learn is not installed (pip install scikit-learn)"
         return None
@@ -156,9 +159,6 @@ def load_split(
 
     ``max_items`` caps the split with a stratified seeded sample (the same items on every call).
     """
-    from evaluation.benchmarks.items import SplitView
-    from evaluation.benchmarks.splits import cap, carve_val
-
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if not 0 < val_fraction < 1:
@@ -171,8 +171,6 @@ def load_split(
         raise InputError(reason)
     if not spec.loader:
         raise ConfigError(f"{spec.name}: no loader")
-    import numpy as np
-
     if split == "test" or spec.official_val:
         pool = spec.pools(root, split)
         indices = np.arange(len(pool))

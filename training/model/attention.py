@@ -119,6 +119,7 @@ _compiled_flex: Callable | None = None
 
 
 def _flex_block_mask(prefix_len: torch.Tensor, num_tokens: int):
+    # imported on use: flex_attention pulls in torch._dynamo (1-2 s per process that never uses it)
     from torch.nn.attention.flex_attention import create_block_mask, or_masks
 
     def in_prefix(b, h, q_idx, kv_idx):
@@ -144,6 +145,7 @@ def _flex_attention(q, k, v, block_mask):
 
 # ------------------------------------------------------------------------------------ xformers
 def _xformers_prefix_biases(lengths: list[int], num_tokens: int, device):
+    # xformers is optional (CUDA only, the `gpu` extra): imported where it is used
     from xformers.ops.fmha.attn_bias import BlockDiagonalCausalFromBottomRightMask, BlockDiagonalMask
 
     suffix = [num_tokens - s for s in lengths]
