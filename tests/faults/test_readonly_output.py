@@ -56,6 +56,7 @@ def shared_tmp():
 ])
 def test_read_only_output_keeps_previous_outputs(shared_tmp, command):
     workdir = shared_tmp / "run"
+    workdir.mkdir()  # `openaim report` refuses a workdir that does not exist (a typo'd path)
     sets = ["--set", f"workdir={workdir}", "--set", "web.n_images=40", "--set", "web.hq_size=20",
             "--set", "web.bench_train_per_class=2", "--set", "web.bench_test_per_class=2"]
     first = subprocess.run([sys.executable, "-m", "shared.cli", *command, *sets], cwd=ROOT,
@@ -66,11 +67,14 @@ def test_read_only_output_keeps_previous_outputs(shared_tmp, command):
     assert before
     for p in [workdir, *workdir.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)
+    home = shared_tmp / "home"  # a writable HOME for the unprivileged user (matplotlib's cache)
+    home.mkdir()
+    home.chmod(0o777)
 
     second = subprocess.run([*_prefix(), sys.executable, "-m", "shared.cli", *command, *sets,
                              *(["--set", "web.seed=7"] if command[0] == "web" else [])],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "HOME": str(shared_tmp), "MPLCONFIGDIR": str(shared_tmp)})
+                            env={**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home)})
     assert second.returncode != 0
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, second.stderr
