@@ -23,6 +23,7 @@ from curation.copy_detection import copy_descriptors, dedup_vectors
 from evaluation.benchmarks.registry import benchmark_root, load_split, missing_reason, resolve_benchmarks
 from evaluation.benchmarks.spec import BenchmarkSpec
 from shared.atomic import atomic_path
+from shared.errors import OpenAIMError
 
 log = logging.getLogger("openaim.curation")
 BATCH = 256
@@ -74,8 +75,15 @@ def build_eval_index(found: list[tuple[BenchmarkSpec, Path]], out: Path, filter_
     blocks = []
     count = 0
     for spec, root in found:
+        try:
+            images = [*_test_images(spec, root), None]
+        except OpenAIMError as exc:
+            # A test split that cannot be read cannot be evaluated either (eval records it as failed), so
+            # one damaged benchmark does not stop curation; fixing its files reruns dedup (eval_signature).
+            log.warning("dedup: not decontaminated against %s: %s", spec.name, exc)
+            continue
         batch: list = []
-        for image in [*_test_images(spec, root), None]:
+        for image in images:
             if image is not None:
                 batch.append(image.convert("RGB"))
             if batch and (image is None or len(batch) == BATCH):
