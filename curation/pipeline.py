@@ -43,7 +43,7 @@ from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
-from shared.torchrun import broadcast_from_rank0, local_device
+from shared.torchrun import broadcast_from_rank0, local_device, rank_world
 
 log = logging.getLogger("openaim.curation")
 
@@ -146,7 +146,7 @@ class _Steps:
             score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size,
                              num_workers=self.cur.filter.num_workers)
 
-        if score.dist_rank_world()[0] != 0:
+        if rank_world(score.BACKEND, score.WAIT_FOR_RANK0)[0] != 0:
             if broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
                 fn()
             return

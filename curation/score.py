@@ -38,13 +38,9 @@ from shared.torchrun import barrier, rank_world
 VERSION = 2  # 2: one parquet part per pool shard with int8 descriptors, no assembly
 
 log = logging.getLogger("openaim.curation")
-# Rank 0 may download for hours before the other ranks' first collective (the score step's barrier).
-_WAIT_FOR_RANK0 = timedelta(days=2)
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) under torchrun; gloo, since only small objects travel, with a long timeout."""
-    return rank_world("gloo", _WAIT_FOR_RANK0)
+# The process group curation joins under torchrun: gloo, since only small objects travel, and a long
+# timeout, since rank 0 may download for hours before the other ranks' first collective (the score step).
+BACKEND, WAIT_FOR_RANK0 = "gloo", timedelta(days=2)
 
 
 class _ShardBatches(IterableDataset):
@@ -144,7 +140,7 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
     part exists. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
     """
 
-    rank, world = dist_rank_world()
+    rank, world = rank_world(BACKEND, WAIT_FOR_RANK0)
     shards = pool_shards(Path(pool_dir))
     if not shards:
         raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed "

@@ -85,18 +85,6 @@ def checkpoint_hash(path: str | Path) -> str:
     return hash_path(resolve_weights(path)) if Path(path).exists() else hash_path(path)
 
 
-# --- distributed helpers -----------------------------------------------------------------------------
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); joins torchrun's process group when launched by it (nccl on CUDA, else gloo)."""
-    return rank_world()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        barrier()
-
-
 # --- extraction ----------------------------------------------------------------------------------------
 
 class _TransformedItems(Dataset):
@@ -184,7 +172,7 @@ def extract_split_features(model, dataset, path: Path, blocks: list[int], img_si
     cached = load_features(path)
     if cached is not None:
         return cached[0], int(cached[1].get("skipped_corrupt", 0))
-    rank, world = dist_info()
+    rank, world = rank_world()
     device = next(model.parameters()).device
     model.eval()
     n = len(dataset)
@@ -210,7 +198,7 @@ def extract_split_features(model, dataset, path: Path, blocks: list[int], img_si
         result = FeatureSet(feats[order], labels[order])
         save_features(path, result, {**(metadata or {}), "skipped_corrupt": skipped, "n": len(result),
                                      "blocks": blocks, "img_size": img_size})
-    _barrier(world)
+    barrier()
     if rank != 0:
         loaded = load_features(path)
         if loaded is None:

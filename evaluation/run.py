@@ -31,7 +31,6 @@ from evaluation import probe_grid
 from evaluation.benchmarks import registry
 from evaluation.features import (
     checkpoint_hash,
-    dist_info,
     extract_split_features,
     feature_path,
     load_features,
@@ -51,7 +50,7 @@ from shared.config.evaluation import EvaluationConfig, ProbeConfig
 from shared.errors import ConfigError, InputError, PartialFailure
 from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json
-from shared.torchrun import broadcast_from_rank0, local_device
+from shared.torchrun import broadcast_from_rank0, local_device, rank_world
 from training.checkpoint import complete_checkpoints, load_model_for_eval
 from training.model.aim import build_aim
 
@@ -250,7 +249,7 @@ def features_for_checkpoint_on_benchmark(
     start = time.perf_counter()
     splits, skipped, paths, n_classes = _split_features(ev, eval_dir, spec, root, model, ckpt_hash, blocks,
                                                         img_size, progress)
-    if dist_info()[0] != 0:
+    if rank_world()[0] != 0:
         return None
     out = result_path(eval_dir, entry.name, spec.name)
     step = StepSpec(
@@ -323,7 +322,7 @@ def train_probes(probe_cfg: ProbeConfig, eval_dir: Path, tasks: list[ProbeTask],
     the stage cache) each task whose kinds are all in, so a killed run keeps its finished results. One
     process is the same loop with rounds of one job; the results do not depend on the number of ranks.
     """
-    rank, world = dist_info()
+    rank, world = rank_world()
     tasks = broadcast_from_rank0(tasks)  # rank 0 read the stage cache: it says what is stale
     if rank == 0:
         for task in tasks:
@@ -388,7 +387,7 @@ def run_info(cfg, device: str, seconds: float) -> dict[str, Any]:
         "device": device,
         "device_name": name,
         "threads": torch.get_num_threads(),
-        "world_size": dist_info()[1],
+        "world_size": rank_world()[1],
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -405,7 +404,7 @@ def evaluate_from_config(cfg) -> Path:
         torch.set_num_threads(ev.threads)
     present, missing = _benchmarks(cfg)
     entries = checkpoint_entries(cfg)
-    rank, _ = dist_info()
+    rank, _ = rank_world()
     if rank == 0:
         write_missing(cfg.eval_dir, missing)
         for m in missing:

@@ -126,11 +126,12 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from pathlib import Path
     from tests.test_eval_run_features import tiny_aim, make_images
-    from evaluation.features import extract_split_features, dist_info
+    from evaluation.features import extract_split_features
+    from shared.torchrun import rank_world
     model, _ = tiny_aim()
     data = make_images(Path({imgs!r}), 11, corrupt=(4,))
     feats, skipped = extract_split_features(model, data, Path(sys.argv[1]), [0, 2], 32, batch_size=3)
-    rank, world = dist_info()
+    rank, world = rank_world()
     torch.save({{"feats": feats.feats, "labels": feats.labels, "skipped": skipped, "world": world}},
                sys.argv[1] + f".rank{{rank}}.pt")
 """)

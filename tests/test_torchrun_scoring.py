@@ -63,6 +63,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     import curation.score as score
+    from shared.torchrun import rank_world
     from curation.filter_network import load_filter_network
     from shared.config.curation import FilterNetworkConfig
 
@@ -76,7 +77,7 @@ SCRIPT = textwrap.dedent("""
     net = load_filter_network(FilterNetworkConfig(model="own"), Path(sys.argv[1]))
     out = Path(sys.argv[3])
     score.score_pool(Path(sys.argv[2]), net, out, batch_size=3, num_workers=int(sys.argv[4]))
-    rank, world = score.dist_rank_world()
+    rank, world = rank_world()  # the group score_pool joined
     assert len(list((out / "parts").glob("*.parquet"))) == 5
     (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "scored": scored}))
 """)
@@ -114,12 +115,13 @@ STEP_SCRIPT = textwrap.dedent("""
     from shared.config.loading import load_config
     from shared.stage_cache import StepSpec
     from curation.pipeline import _Steps
-    from curation.score import dist_rank_world
+    from curation.score import BACKEND, WAIT_FOR_RANK0
+    from shared.torchrun import rank_world
 
     workdir = Path(sys.argv[1])
     cfg = load_config(None, [f"workdir={workdir}", "curation.filter.batch_size=3"])
     steps = _Steps(cfg, False, None)
-    rank, world = dist_rank_world()
+    rank, world = rank_world(BACKEND, WAIT_FOR_RANK0)  # joins the group as the score step does
     if rank == 0 and not steps.cache.load("download"):  # the pool is ready: stand in for the steps before
         for name in ("download", "train-filter"):
             steps.cache.record(StepSpec(name, config={"fixture": True}), outputs_hash=name + "-fixture")
