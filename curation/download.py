@@ -64,6 +64,7 @@ import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.engine import spark_session
 from shared.atomic import atomic_path, atomic_write_json
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, InputError, OpenAIMError, disk_full_as_error, disk_full_message
@@ -225,23 +226,6 @@ def _quiet_library_output():
                 os.environ[k] = v
 
 
-def _spark_session(processes: int):
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    # Local workers must run this interpreter (the venv with img2dataset), not whatever python3 is on PATH;
-    # pyspark takes the worker interpreter from the environment when the context starts.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master(f"local[{processes}]").appName("openaim-download")
-             .config("spark.pyspark.python", sys.executable)
-             .config("spark.pyspark.driver.python", sys.executable)
-             .config("spark.ui.enabled", "false").config("spark.driver.memory", "2g")
-             .config("spark.task.maxFailures", "10").getOrCreate())
-    return spark, True
-
-
 def run_img2dataset(cfg: DownloadConfig, url_list: Path, pool_dir: Path, allow_hosts: list[str]) -> None:
     """Call img2dataset in this process (its workers are its children), every fetch through the guard."""
     with _quiet_library_output():
@@ -254,7 +238,7 @@ def run_img2dataset(cfg: DownloadConfig, url_list: Path, pool_dir: Path, allow_h
         img2dataset_main.Downloader = functools.partial(_guarded_downloader, tuple(allow_hosts))
         spark, own_spark = (None, False)
         if cfg.distributor == "pyspark":
-            spark, own_spark = _spark_session(cfg.processes)
+            spark, own_spark = spark_session(cfg.processes, app="openaim-download")
         previous_sigint = signal.getsignal(signal.SIGINT)
         try:
             img2dataset_main.download(
