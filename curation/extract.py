@@ -13,8 +13,9 @@ A pair is (absolute image URL, alt text, page URL). Links that must never be fet
 hosts in any spelling a browser accepts: see shared.netsafety) are dropped here; the binding check is made
 when the download connects. Sources given as http(s) URLs are fetched through the same guarded connection.
 
-Output: ``pairs.parquet`` with ``uid`` (the input's DataComp ``uid`` when it has one, else a 128-bit hash of
-url + caption as 32 hex chars, DataComp style), ``url``, ``caption``, ``page_url``, ``source``.
+This module reads and screens one source; the extract step (curation.extract_parts, on an engine) writes the
+pairs as ``pairs/part-*.parquet`` with ``uid`` (the input's DataComp ``uid`` when it has one, else a 128-bit
+hash of url + caption as 32 hex chars, DataComp style), ``url``, ``caption``, ``page_url``, ``source``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
-from shared.atomic import atomic_path
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
 from shared.netsafety import guarded_opener, is_policy_block, url_rejection
@@ -392,37 +391,5 @@ def screen_link(url: str, alt: str, cfg: ExtractConfig, stats: ExtractStats) -> 
     return caption
 
 
-def extract_pairs(cfg: ExtractConfig, sources: list[str], out_path: Path, progress=None) -> dict:
-    """Extract unique, fetchable (url, caption) pairs from ``sources`` into ``out_path`` (parquet, atomic).
-
-    Returns the counts (records, corrupt records, links, kept, dropped by reason) for the manifest.
-    """
-    stats = ExtractStats()
-    seen: set[tuple[str, str]] = set()
-    rows: dict[str, list[str]] = {"uid": [], "url": [], "caption": [], "page_url": [], "source": []}
-    task = progress.add_task("extract", total=len(sources)) if progress else None
-    with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir:
-        for src in sources:
-            local = _open_source(src, cfg.allow_hosts, Path(tmpdir))
-            name = Path(src).name
-            for url, alt, page_url, uid in file_links(local, src, stats):
-                caption = screen_link(url, alt, cfg, stats)
-                if caption is None:
-                    continue
-                if (url, caption) in seen:
-                    stats.dropped["duplicate pair"] += 1
-                    continue
-                seen.add((url, caption))
-                values = (uid or pair_uid(url, caption), url, caption, page_url, name)
-                for k, v in zip(rows, values, strict=True):
-                    rows[k].append(v)
-            if progress:
-                progress.advance(task)
-    stats.kept = len(rows["uid"])
-    with disk_full_as_error(out_path), atomic_path(out_path) as tmp:
-        pq.write_table(pa.table(rows, schema=pa.schema([(k, pa.string()) for k in rows])), tmp)
-    return stats.as_dict()
-
-
-__all__ = ["decode_html", "extract_pairs", "fetch_source", "file_links", "links_from_html", "links_from_wat",
+__all__ = ["decode_html", "fetch_source", "file_links", "links_from_html", "links_from_wat",
            "pair_uid", "record_links", "resolve_sources", "screen_link"]

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -28,9 +27,10 @@ import pytest
 from PIL import Image
 
 from shared.errors import InputError, OpenAIMError
+from tests.cli_output import problem_lines
+from tests.extract_local import extract_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-INFO_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|DEBUG) openaim")
 WEB = ["web.n_images=40", "web.hq_size=10", "web.bench_train_per_class=2", "web.bench_test_per_class=2",
        "web.slow_seconds=3", "curation.download.timeout=2", "curation.download.samples_per_shard=16",
        "curation.download.threads=4", "curation.download.processes=1",
@@ -72,11 +72,6 @@ def _download_step(overrides: list[str]):
     steps.extract()
     steps.download()
     return steps
-
-
-def _problem_lines(stderr: str) -> list[str]:
-    """stderr without the plain log's INFO progress records (shared.cli_common): what a user must read."""
-    return [ln for ln in stderr.splitlines() if ln.strip() and not INFO_RECORD.match(ln)]
 
 
 def _cli(overrides: list[str], **kw) -> subprocess.Popen:
@@ -135,7 +130,7 @@ def test_failed_download_keeps_the_pool_then_a_good_one_is_swapped_in(web, built
     changed = [*overrides, "curation.download.image_size=24"]
     proc = _cli(changed)
     _, err = proc.communicate(timeout=300)
-    lines = _problem_lines(err)
+    lines = problem_lines(err)
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err[-2000:]
     assert "failed" in lines[0] and "connection refused" in lines[0]
@@ -176,7 +171,7 @@ def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
         # tracebacks.
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
-    lines = _problem_lines(err)
+    lines = problem_lines(err)
     assert proc.returncode == 130, err[-2000:]
     assert lines == ["error: interrupted"], err[-2000:]
     assert _snapshot(workdir) == before
@@ -185,15 +180,15 @@ def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
 
 def test_resume_against_a_dead_server_drops_only_its_failed_shards(web, tmp_path):
     from curation.download import download_pool, failure_histogram
-    from curation.extract import extract_pairs, resolve_sources
+    from curation.extract import resolve_sources
     from shared.config import load_config
     from shared.miniweb.server import serve_in_background
 
     web_dir, port = web
     cfg = load_config(None, [f"workdir={tmp_path}", f"web.port={port}", *WEB])
-    pairs = tmp_path / "pairs.parquet"
+    pairs = tmp_path / "pairs"
     extract_pairs(cfg.curation.extract, resolve_sources([], web_dir / "warc"), pairs)
-    n = pq.read_metadata(pairs).num_rows
+    n = pq.read_table(pairs).num_rows
     per_shard = cfg.curation.download.samples_per_shard
     assert n > 2 * per_shard
     # A killed run that finished its first shard only: the same list cut after that shard.

@@ -11,6 +11,8 @@ import socket
 
 import pytest
 
+from tests.extract_local import extract_pairs
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -27,7 +29,7 @@ def _pool(pool_dir):
 def test_pyspark_download_equals_multiprocessing(tmp_path):
     pytest.importorskip("pyspark")
     from curation.download import download_pool
-    from curation.extract import extract_pairs, resolve_sources
+    from curation.extract import resolve_sources
     from shared.config import load_config
     from shared.miniweb.generate import generate_web
     from shared.miniweb.server import serve_in_background
@@ -39,7 +41,7 @@ def test_pyspark_download_equals_multiprocessing(tmp_path):
                              "curation.download.timeout=2", "curation.download.samples_per_shard=16",
                              "curation.download.threads=4", "curation.download.processes=1"])
     generate_web(cfg.web, cfg.web_dir)
-    pairs = tmp_path / "pairs.parquet"
+    pairs = tmp_path / "pairs"
     extract_pairs(cfg.curation.extract, resolve_sources([], cfg.web_dir / "warc"), pairs)
 
     with serve_in_background(cfg.web_dir, host="127.0.0.1", port=port) as server:

@@ -4,6 +4,7 @@ what a killed run left (a survivor, a damaged shard) is never resumed from."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.download import _RUN_FILE, _RUN_TOKEN_ENV, finished_shards, kill_previous_run, verify_shards
-from curation.extract import extract_pairs, resolve_sources
+from curation.extract import resolve_sources
 from curation.select import subset_to_uids
 from shared.config.curation import ExtractConfig
+from tests.extract_local import extract_pairs
 from tests.faults.conftest import ROOT, make_workdir, openaim, sets, tiny_overrides
 
 MARKER_ENV = "OPENAIM_SECURITY_TEST_RUN"
@@ -46,14 +48,15 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc 
 
 def datacomp_parquet(web_dir: Path, out: Path) -> list[str]:
     """The mini web's image links as DataComp metadata: uid (32 hex digits), url, text and other columns."""
-    tmp_pairs = out.with_name("web-pairs.parquet")
+    tmp_pairs = out.with_name("web-pairs")
     extract_pairs(ExtractConfig(allow_hosts=["127.0.0.1"]), resolve_sources([], web_dir / "warc"), tmp_pairs)
     t = pq.read_table(tmp_pairs)
     rng = np.random.default_rng(7)
     uids = [f"{int(a):016x}{int(b):016x}" for a, b in rng.integers(0, 2**63, size=(t.num_rows, 2))]
     pq.write_table(pa.table({"uid": uids, "url": t.column("url"), "text": t.column("caption"),
                              "original_width": [256] * t.num_rows, "sha256": [None] * t.num_rows}), out)
-    tmp_pairs.unlink()
+    shutil.rmtree(tmp_pairs)
+    Path(f"{tmp_pairs}.json").unlink()
     return uids
 
 

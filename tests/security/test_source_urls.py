@@ -8,9 +8,9 @@ import socket
 import pyarrow.parquet as pq
 import pytest
 
-from curation.extract import extract_pairs
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError
+from tests.extract_local import extract_pairs
 from tests.security.conftest import ALLOW, ALLOWED_IP, INTERNAL_IP, hop
 from tests.test_curation_extract import write_warc
 
@@ -24,8 +24,8 @@ def warc_bytes(tmp_path) -> bytes:
 
 
 def _extract(tmp_path, url: str, allow=ALLOW) -> list[str]:
-    extract_pairs(ExtractConfig(sources=[url], allow_hosts=list(allow)), [url], tmp_path / "pairs.parquet")
-    return pq.read_table(tmp_path / "pairs.parquet").column("caption").to_pylist()
+    extract_pairs(ExtractConfig(sources=[url], allow_hosts=list(allow)), [url], tmp_path / "pairs")
+    return pq.read_table(tmp_path / "pairs").column("caption").to_pylist()
 
 
 def test_source_url_on_an_allowed_host_and_via_allowed_redirects(tmp_path, allowed, warc_bytes):
@@ -42,7 +42,7 @@ def test_source_url_that_redirects_to_an_internal_host_is_refused(tmp_path, allo
     with pytest.raises(InputError, match="blocked by policy$"):
         _extract(tmp_path, url)
     assert internal.connections == []
-    assert not (tmp_path / "pairs.parquet").exists()
+    assert not (tmp_path / "pairs").exists()
 
 
 def test_source_url_that_redirects_to_ftp_is_refused(tmp_path, allowed, ftp_allowed):
