@@ -83,12 +83,14 @@ class LoggedProgress(Progress):
         log.info("%s", self.line(task_id))
 
 
-def progress_bar(*, transient: bool = True, disable: bool = False, every: float = 30.0) -> Progress:
+def progress_bar(*, transient: bool = True, disable: bool = False, every: float = 30.0,
+                 plain_log: bool = True) -> Progress:
     """A rich bar (description, bar, n/total, elapsed, remaining) on a terminal; a LoggedProgress
-    otherwise; a silent one with ``disable`` (e.g. torchrun ranks other than 0)."""
+    otherwise, or a silent one with ``plain_log=False`` (a loop that logs its own lines, e.g. training's
+    loss/img/s line); a silent one with ``disable`` (e.g. torchrun ranks other than 0)."""
     if disable:
         return Progress(disable=True)
     if get_console().is_terminal:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), transient=transient)
-    return LoggedProgress(every)
+    return LoggedProgress(every) if plain_log else Progress(disable=True)

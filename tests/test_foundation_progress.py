@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import sys
 
-from rich.progress import Progress
+from rich.console import Console
+from rich.progress import BarColumn, Progress
 
 from shared.progress import LoggedProgress, progress_bar
 
@@ -36,6 +38,20 @@ def test_lines_are_spaced_by_every_seconds(caplog):
         assert not caplog.records  # nothing until an hour has passed...
         progress.advance(task)
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["extract: 1000/1000 (100%)"]
+
+
+def test_a_loop_that_logs_its_own_lines_gets_a_bar_on_a_terminal_only(caplog, monkeypatch):
+    """Training logs loss/img/s itself: ``plain_log=False`` adds no progress lines when piped, and still
+    draws the bar on a terminal."""
+    p = progress_bar(every=0, plain_log=False)
+    with caplog.at_level(logging.INFO, logger="openaim.progress"), p:
+        task = p.add_task("train", total=2)
+        p.update(task, completed=2, description="train  loss 1.0")
+    assert p.disable and not caplog.records
+    terminal = Console(force_terminal=True, file=io.StringIO())
+    monkeypatch.setattr("shared.progress.get_console", lambda: terminal)
+    bar = progress_bar(plain_log=False)
+    assert type(bar) is Progress and not bar.disable and any(isinstance(c, BarColumn) for c in bar.columns)
 
 
 def test_disabled_and_invisible_tasks_log_nothing(caplog):

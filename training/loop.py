@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 from shared.atomic import atomic_dir
 from shared.config.training import TrainingConfig
 from shared.errors import ConfigError, InputError, OpenAIMError
+from shared.progress import progress_bar
 from shared.torchrun import barrier, broadcast_from_rank0
 from training import checkpoint as ck
 from training import distributed as dd
@@ -60,7 +60,7 @@ from training.data import (
     imagenet_paths,
     resplit_positions,
 )
-from training.metrics import MetricsLog, Progress, mfu, peak_flops, plot_loss
+from training.metrics import MetricsLog, mfu, peak_flops, plot_loss
 from training.model.aim import build_aim
 from training.model.flops import flops_per_image
 from training.model.prefix import sample_prefix_lengths
@@ -234,7 +234,10 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     bad_samples = int(saved.get("bad_samples", 0)) if saved else 0
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if info.is_main else None
-    progress = Progress(tcfg.steps, start_step, enabled=info.is_main and sys.stderr.isatty())
+    # A bar on rank 0's terminal; no progress log lines: the loop logs its own (loss, img/s, ETA) below.
+    progress = progress_bar(transient=False, disable=not info.is_main, plain_log=False)
+    progress_task = progress.add_task("train", total=tcfg.steps, completed=start_step)
+    progress.start()
     flops = float(flops_per_image(mcfg, include_head=True))
     peak_device = peak_flops(device)
     writer = ck.CheckpointWriter(out, mcfg, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
@@ -325,16 +328,17 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
                 log.info("step %d/%d  loss %.4f  %.1f img/s%s  data wait %.1f%%  ETA %s", done, tcfg.steps,
                          mean_loss, ips, f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
                          100 * wait_share, timedelta(seconds=round(eta)))
-                progress.update(done, f"loss {mean_loss:.4f}  {ips:.0f} img/s")
+                progress.update(progress_task, completed=done,
+                                description=f"train  loss {mean_loss:.4f}  {ips:.0f} img/s")
                 loss_sum.zero_()
                 steps_in_window, window_start, data_wait = 0, time.perf_counter(), 0.0
             else:
-                progress.update(done)
+                progress.update(progress_task, completed=done)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or done in keep_steps:
                 save(done)
         writer.close()
     finally:
-        progress.close()
+        progress.stop()
         if metrics is not None:
             metrics.close()
 

@@ -1,4 +1,4 @@
-"""Training metrics: metrics.jsonl (one flushed line per log step), a rich progress bar, loss.png.
+"""Training metrics: metrics.jsonl (one flushed line per log step), MFU, loss.png.
 
 MFU = achieved training FLOP/s / (peak FLOP/s of the devices). Training FLOPs per image come from
 `training.model.flops.flops_per_image`; peaks are dense bf16 figures from vendor sheets. On CPU there is
@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
 
 from shared.atomic import atomic_path, atomic_write_text
 
@@ -103,28 +101,3 @@ def plot_loss(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> No
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
-
-
-class Progress:
-    """A rich progress bar (rank 0, on a TTY) showing step, loss and throughput; a no-op elsewhere.
-    The loop also logs a plain line (loss, img/s, MFU, data-wait share, ETA) every log_every steps."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        self._progress = RichProgress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-        )
-        self._task = self._progress.add_task("train", total=total, completed=start, info="")
-        self._progress.start()
-
-    def update(self, step: int, info: str | None = None) -> None:
-        if self.enabled:
-            fields = {"info": info} if info is not None else {}
-            self._progress.update(self._task, completed=step, **fields)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._progress.stop()
