@@ -29,16 +29,17 @@ log = logging.getLogger("openaim.curation")
 BATCH = 256
 
 
-def eval_benchmarks(cfg) -> list[tuple[BenchmarkSpec, Path]]:
-    """(spec, root) of every registry benchmark whose test split is present (``cfg``: the root config,
-    since the sets live under both ``evaluation.data_root`` and the web dir)."""
-    names = cfg.curation.dedup.eval_sets or ["all", *cfg.evaluation.benchmarks]
+def eval_benchmarks(eval_sets: list[str], benchmarks: list[str], data_root: str | Path,
+                    web_dir: Path) -> list[tuple[BenchmarkSpec, Path]]:
+    """(spec, root) of every registry benchmark whose test split is present: curation.dedup.eval_sets,
+    or (when that is empty) every known set plus evaluation.benchmarks, looked for under evaluation's
+    ``data_root`` and the mini web's ``web_dir``."""
     found = []
-    for spec in resolve_benchmarks(names):
-        root = benchmark_root(spec, cfg)
+    for spec in resolve_benchmarks(eval_sets or ["all", *benchmarks]):
+        root = benchmark_root(spec, data_root, web_dir)
         reason = missing_reason(spec, root)
         if reason:
-            if cfg.curation.dedup.eval_sets:
+            if eval_sets:
                 log.warning("dedup: not decontaminated against %s", reason)
             continue
         found.append((spec, root))

@@ -172,7 +172,9 @@ class _Steps:
 def _dedup(steps: _Steps, out: Path) -> None:
     """Exact copies, near copies, eval leaks over the score parts (curation.dedup_parts)."""
     cfg = steps.cur.dedup
-    found = eval_benchmarks(steps.cfg) if cfg.decontaminate else []
+    ev = steps.cfg.evaluation
+    found = (eval_benchmarks(cfg.eval_sets, ev.benchmarks, ev.data_root, steps.cfg.web_dir)
+             if cfg.decontaminate else [])
     eval_index, n_eval = None, 0
     if found:
         eval_index = out / "eval_index.npy"

@@ -57,7 +57,9 @@ def score_spec(cfg, cache: StageCache) -> StepSpec:
 def dedup_spec(cfg, cache: StageCache) -> StepSpec:
     """The eval sets are an input by their files' names, sizes and times (curation.eval_index)."""
     out = cfg.curation_dir / "dedup"
-    found = eval_benchmarks(cfg) if cfg.curation.dedup.decontaminate else []
+    dedup, ev = cfg.curation.dedup, cfg.evaluation
+    found = (eval_benchmarks(dedup.eval_sets, ev.benchmarks, ev.data_root, cfg.web_dir)
+             if dedup.decontaminate else [])
     return StepSpec("dedup", config={"curation.dedup": cfg.curation.dedup.model_dump(mode="json")},
                     inputs={"score": cache.outputs_hash("score"), "eval_sets": eval_signature(found)},
                     version=dedup_parts.VERSION, outputs=[out / "keep", out / "stats.json"])

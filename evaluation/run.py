@@ -47,6 +47,7 @@ from evaluation.results import (
 )
 from shared.atomic import atomic_write_json
 from shared.config.evaluation import EvaluationConfig, ProbeConfig
+from shared.config.root import OpenAIMConfig
 from shared.errors import ConfigError, InputError, PartialFailure
 from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json
@@ -79,8 +80,11 @@ def _name_for(path: Path) -> str:
     return name
 
 
-def checkpoint_entries(cfg) -> list[CheckpointEntry]:
-    ev = cfg.evaluation
+def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
+                       training_steps: int) -> list[CheckpointEntry]:
+    """What to evaluate: evaluation.checkpoints, else this run's final weights (named ``run_name``) and,
+    with evaluate_intermediate (or no final weights yet), its complete checkpoints; then the random
+    baseline."""
     entries: list[CheckpointEntry] = []
     if ev.checkpoints:
         for raw in ev.checkpoints:
@@ -89,21 +93,21 @@ def checkpoint_entries(cfg) -> list[CheckpointEntry]:
                 raise InputError(f"evaluation.checkpoints: {path} does not exist")
             entries.append(CheckpointEntry(_name_for(path), path, None))
     else:
-        final = cfg.training_dir / "final"
-        intermediate = complete_checkpoints(cfg.training_dir) if cfg.training_dir.is_dir() else []
+        final = training_dir / "final"
+        intermediate = complete_checkpoints(training_dir) if training_dir.is_dir() else []
         if (final / "model.safetensors").is_file():
             last = intermediate[-1][0] if intermediate else None
-            entries.append(CheckpointEntry(cfg.name, final, max(cfg.training.steps, last or 0)))
+            entries.append(CheckpointEntry(run_name, final, max(training_steps, last or 0)))
         elif not intermediate:
             raise InputError(
-                f"no trained model in {cfg.training_dir}: run `openaim train` first "
+                f"no trained model in {training_dir}: run `openaim train` first "
                 "or set evaluation.checkpoints"
             )
         if ev.evaluate_intermediate or not entries:
             # the checkpoint at the final step holds the final weights: probing it twice adds nothing
             final_step = entries[0].step if entries else None
             entries += [
-                CheckpointEntry(f"{cfg.name}-step_{step}", d, step)
+                CheckpointEntry(f"{run_name}-step_{step}", d, step)
                 for step, d in intermediate
                 if step != final_step
             ]
@@ -140,12 +144,12 @@ def _load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
 # --- which benchmarks: present, missing, failed ----------------------------------------------------
 
 
-def _benchmarks(cfg) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
-    """(present [(spec, root)], missing entries) for cfg.evaluation.benchmarks; unknown names raise."""
-    specs = registry.resolve_benchmarks(cfg.evaluation.benchmarks)  # ConfigError on an unknown name
+def _benchmarks(ev: EvaluationConfig, web_dir: Path) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
+    """(present [(spec, root)], missing entries) for evaluation.benchmarks; unknown names raise."""
+    specs = registry.resolve_benchmarks(ev.benchmarks)  # ConfigError on an unknown name
     present, missing = [], []
     for spec in specs:
-        root = Path(registry.benchmark_root(spec, cfg))
+        root = registry.benchmark_root(spec, ev.data_root, web_dir)
         reason = registry.missing_reason(spec, root)
         if reason:
             missing.append(
@@ -153,7 +157,7 @@ def _benchmarks(cfg) -> tuple[list[tuple[Any, Path]], list[dict[str, str]]]:
                     "benchmark": spec.name,
                     "title": spec.title,
                     "path": str(root),
-                    "how_to_get": registry.how_to_get(spec, cfg.evaluation.data_root),
+                    "how_to_get": registry.how_to_get(spec, ev.data_root),
                     "reason": reason,
                 }
             )
@@ -376,7 +380,7 @@ def train_probes(probe_cfg: ProbeConfig, eval_dir: Path, tasks: list[ProbeTask],
     return done
 
 
-def run_info(cfg, device: str, seconds: float) -> dict[str, Any]:
+def run_info(cfg: OpenAIMConfig, device: str, seconds: float) -> dict[str, Any]:
     """What the report shows about how this evaluation ran (and the config diff between runs uses)."""
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
     return {
@@ -393,7 +397,7 @@ def run_info(cfg, device: str, seconds: float) -> dict[str, Any]:
     }
 
 
-def evaluate_from_config(cfg) -> Path:
+def evaluate_from_config(cfg: OpenAIMConfig) -> Path:
     """Run the evaluation stage; returns cfg.eval_dir/results.csv (on rank 0; the same path elsewhere).
 
     Every readable benchmark is evaluated; those that fail are written to failed.json, and then (after
@@ -402,8 +406,8 @@ def evaluate_from_config(cfg) -> Path:
     ev = cfg.evaluation
     if ev.threads:
         torch.set_num_threads(ev.threads)
-    present, missing = _benchmarks(cfg)
-    entries = checkpoint_entries(cfg)
+    present, missing = _benchmarks(ev, cfg.web_dir)
+    entries = checkpoint_entries(ev, cfg.training_dir, cfg.name, cfg.training.steps)
     rank, _ = rank_world()
     if rank == 0:
         write_missing(cfg.eval_dir, missing)

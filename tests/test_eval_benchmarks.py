@@ -82,7 +82,7 @@ def test_unknown_benchmark_is_a_one_line_config_error():
 def test_paper_layout_loads(tmp_path, name):
     cfg = _config(tmp_path)
     spec = BENCHMARKS[name]
-    root = benchmark_root(spec, cfg)
+    root = benchmark_root(spec, cfg.evaluation.data_root, cfg.web_dir)
     assert root == tmp_path / "data" / spec.default_subdir
     reason = missing_reason(spec, root)
     assert reason is not None and str(root) in reason and "get it" in reason and "\n" not in reason
@@ -185,7 +185,7 @@ def test_broken_index_is_a_one_line_input_error(tmp_path):
 def test_miniweb_and_digits(tmp_path):
     cfg = _config(tmp_path)
     spec = BENCHMARKS["miniweb-shape"]
-    root = benchmark_root(spec, cfg)
+    root = benchmark_root(spec, cfg.evaluation.data_root, cfg.web_dir)
     assert root == cfg.web_dir / "bench" / "miniweb-shape"
     assert "miniweb-shape" in missing_reason(spec, root)
     fx.make_image_folder(root, ["circle", "square", "triangle"], 5, 2)
@@ -195,7 +195,7 @@ def test_miniweb_and_digits(tmp_path):
     _check_items(test, 3)
 
     digits = BENCHMARKS["digits"]
-    assert missing_reason(digits, benchmark_root(digits, cfg)) is None
+    assert missing_reason(digits, benchmark_root(digits, cfg.evaluation.data_root, cfg.web_dir)) is None
     tr = load_split(digits, ".", "train", val_fraction=0.1)
     va = load_split(digits, ".", "val", val_fraction=0.1)
     te = load_split(digits, ".", "test")
@@ -215,7 +215,7 @@ def test_generic_image_folder_and_webdataset(tmp_path):
     [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
     assert "/" not in spec.name and spec.name.startswith("imagefolder-my_set-")
     cfg = _config(tmp_path)
-    root = benchmark_root(spec, cfg)
+    root = benchmark_root(spec, cfg.evaluation.data_root, cfg.web_dir)
     assert missing_reason(spec, root) is None
     test = load_split(spec, root, "test")
     assert len(test) == 6 and test.classes == ["a", "b"]
@@ -225,7 +225,7 @@ def test_generic_image_folder_and_webdataset(tmp_path):
     expected = fx.make_wds(wds_root)
     [wspec] = resolve_benchmarks([f"wds:{wds_root}"])
     assert wspec.name.startswith("webdataset-wds_cars-")
-    wroot = benchmark_root(wspec, cfg)
+    wroot = benchmark_root(wspec, cfg.evaluation.data_root, cfg.web_dir)
     train = load_split(wspec, wroot, "train", val_fraction=0.25)
     val = load_split(wspec, wroot, "val", val_fraction=0.25)
     test = load_split(wspec, wroot, "test")

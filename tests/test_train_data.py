@@ -11,7 +11,7 @@ import torch
 from shared.config.loading import load_config
 from shared.errors import InputError
 from training.augment import augment, crop_box
-from training.data import TrainBatches, build_loader, curated_shard_list, imagenet_paths, mix_counts
+from training.data import TrainBatches, build_loader, curated_shard_list, mix_counts
 from training.synthetic import write_image_folder, write_synthetic_shards
 
 
@@ -26,8 +26,8 @@ def _cfg(tmp_path: Path, shards: list[str], imagenet: list[str] = (), mix=(0.8, 
 def _batches(cfg, rank: int, world: int, batch: int, start: int = 0, positions=None, streams: int = 1):
     """TrainBatches for a global batch of `batch` * `world` images (the edge resolves the paths)."""
     tcfg = cfg.training.model_copy(update={"global_batch_size": batch * world})
-    curated = curated_shard_list(cfg) if cfg.training.data.shards else []
-    return TrainBatches(tcfg, curated, imagenet_paths(cfg), rank, world, start, positions, streams)
+    curated = curated_shard_list(cfg.training.data.shards) if cfg.training.data.shards else []
+    return TrainBatches(tcfg, curated, cfg.training.data.imagenet, rank, world, start, positions, streams)
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +150,8 @@ def test_only_unreadable_shards_is_one_error(tmp_path):
 
 
 def test_no_shards_is_one_error(tmp_path):
-    cfg = _cfg(tmp_path, [])  # empty -> the curation stage's shards, which do not exist here
     with pytest.raises(InputError, match="no training shards found"):
-        curated_shard_list(cfg)
+        curated_shard_list([str(tmp_path / "run" / "curation" / "shards" / "*.tar")])
 
 
 def test_imagenet_as_shards_has_its_own_resumable_position(tmp_path, shards):

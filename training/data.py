@@ -81,20 +81,14 @@ def expand_shards(patterns: list[str]) -> list[str]:
     return out
 
 
-def curated_shard_list(cfg) -> list[str]:
-    """The curated shards of a root config (training.data.shards, or the curation stage's output)."""
-    patterns = ([cfg.expand_path(p) for p in cfg.training.data.shards]
-                or [str(cfg.curation_dir / "shards" / "*.tar")])
+def curated_shard_list(patterns: list[str]) -> list[str]:
+    """The curated shards: training.data.shards (placeholders expanded), else the curation stage's output
+    pattern; one error line when nothing matches."""
     shards = expand_shards(patterns)
     if not shards:
         raise InputError(f"no training shards found at {', '.join(patterns)} (run `openaim build-dataset` "
                          "or set training.data.shards)")
     return shards
-
-
-def imagenet_paths(cfg) -> list[str]:
-    """training.data.imagenet with {workdir}-style placeholders expanded (image folders or shard patterns)."""
-    return [cfg.expand_path(p) for p in cfg.training.data.imagenet]
 
 
 def global_imagenet_count(global_batch: int, mix: tuple[float, float], have_imagenet: bool) -> int:

@@ -57,7 +57,6 @@ from training.data import (
     build_loader,
     curated_shard_list,
     global_imagenet_count,
-    imagenet_paths,
     resplit_positions,
 )
 from training.metrics import MetricsLog, mfu, peak_flops, plot_loss
@@ -124,8 +123,9 @@ def train_from_config(cfg, resume: bool = True) -> Path:
     tcfg = cfg.training
     n_in = global_imagenet_count(tcfg.global_batch_size, tuple(tcfg.data.mix), bool(tcfg.data.imagenet))
     # Fail now, in one line, when there is nothing to read.
-    curated = curated_shard_list(cfg) if n_in < tcfg.global_batch_size else []
-    imagenet = imagenet_paths(cfg)
+    shards = [cfg.expand_path(p) for p in tcfg.data.shards] or [str(cfg.curation_dir / "shards" / "*.tar")]
+    curated = curated_shard_list(shards) if n_in < tcfg.global_batch_size else []
+    imagenet = [cfg.expand_path(p) for p in tcfg.data.imagenet]  # image folders or shard patterns
     info = dd.init_distributed(tcfg.parallel, tcfg.process_group_timeout_s)
     try:
         return train(tcfg, Path(cfg.training_dir), curated, imagenet, info, resume)

@@ -2,7 +2,7 @@
 
     specs = resolve_benchmarks(cfg.evaluation.benchmarks)        # "all", "paper", "demo", names, generic
     for spec in specs:
-        root = benchmark_root(spec, cfg)
+        root = benchmark_root(spec, cfg.evaluation.data_root, cfg.web_dir)
         if (reason := missing_reason(spec, root)):                # reported, never fatal
             log.warning(reason); continue
         train = load_split(spec, root, "train", val_fraction, seed, max_items)
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,9 +29,6 @@ from evaluation.benchmarks.paper_sets import PAPER_SPECS
 from evaluation.benchmarks.spec import BenchmarkSpec
 from evaluation.benchmarks.splits import cap, carve_val
 from shared.errors import ConfigError, InputError
-
-if TYPE_CHECKING:
-    from shared.config.root import OpenAIMConfig
 
 MINIWEB_TASKS = ("miniweb-shape", "miniweb-color", "miniweb-count", "miniweb-texture")
 _DEMO = [
@@ -110,13 +106,14 @@ def resolve_benchmarks(names: list[str]) -> list[BenchmarkSpec]:
     return list(out.values())
 
 
-def benchmark_root(spec: BenchmarkSpec, cfg: OpenAIMConfig) -> Path:
-    """Where ``spec``'s files live for this config (digits needs none: its root is ignored)."""
+def benchmark_root(spec: BenchmarkSpec, data_root: str | Path, web_dir: str | Path) -> Path:
+    """Where ``spec``'s files live: under ``data_root`` (evaluation.data_root), the mini web's under
+    ``web_dir``, a generic set where its name says (digits needs none: its root is ignored)."""
     if spec.kind == "demo":
-        return Path(cfg.web_dir) / "bench" / spec.name if spec.name in MINIWEB_TASKS else Path(".")
+        return Path(web_dir) / "bench" / spec.name if spec.name in MINIWEB_TASKS else Path(".")
     if spec.kind == "generic":
         return Path(spec.default_subdir)
-    return Path(cfg.evaluation.data_root) / spec.default_subdir
+    return Path(data_root) / spec.default_subdir
 
 
 def how_to_get(spec: BenchmarkSpec, data_root: str | Path) -> str:

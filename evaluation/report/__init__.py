@@ -21,6 +21,7 @@ from evaluation.report.html import render_html
 from evaluation.report.markdown import render_markdown
 from shared import __version__
 from shared.atomic import atomic_write_bytes, atomic_write_text
+from shared.config.root import OpenAIMConfig
 from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
 from shared.stage_cache import hash_json
@@ -30,7 +31,7 @@ log = logging.getLogger("openaim.report")
 __all__ = ["collect_runs", "provenance_facts", "report_from_config"]
 
 
-def collect_runs(cfg) -> list:
+def collect_runs(cfg: OpenAIMConfig) -> list:
     """This run first, then each directory of cfg.report.compare (a missing directory is an InputError)."""
     runs = [load_run(cfg.name, cfg.eval_dir, cfg.training_dir, cfg.curation_dir, root=Path(cfg.workdir))]
     for directory in cfg.report.compare:
@@ -71,7 +72,7 @@ def openaim_version() -> str:
         return __version__
 
 
-def provenance_facts(cfg) -> dict[str, str]:
+def provenance_facts(cfg: OpenAIMConfig) -> dict[str, str]:
     return {
         "config sha256": hash_json(cfg.model_dump(mode="json"))[:16],
         "run name": cfg.name,
@@ -82,7 +83,7 @@ def provenance_facts(cfg) -> dict[str, str]:
     }
 
 
-def report_from_config(cfg) -> Path:
+def report_from_config(cfg: OpenAIMConfig) -> Path:
     """Write cfg.report_dir/report.html and report.md (+ PNGs); returns the HTML's path."""
     if not Path(cfg.workdir).is_dir():  # a typo'd workdir: say so, and create nothing there
         raise InputError(f"workdir {cfg.workdir} does not exist: nothing to report (run `openaim run` first)")
@@ -90,7 +91,7 @@ def report_from_config(cfg) -> Path:
     with progress_bar() as progress:
         task = progress.add_task("report: reading results", total=4)
         runs = collect_runs(cfg)
-        catalog = benchmark_catalog(cfg)
+        catalog = benchmark_catalog(cfg.evaluation.data_root, cfg.web_dir)
         facts = provenance_facts(cfg)
         samples = read_curation_samples(Path(cfg.curation_dir), runs[0].manifest, runs[0].notes)
         progress.update(task, advance=1, description="report: drawing charts")

@@ -433,9 +433,9 @@ def load_compare_run(directory: str | Path) -> RunData:
 # ------------------------------------------------------------------------------------ benchmarks
 
 
-def benchmark_catalog(cfg) -> list[BenchmarkInfo]:
-    """The paper's 15 benchmarks then the demo ones, from the registry."""
+def benchmark_catalog(data_root: str | Path, web_dir: Path) -> list[BenchmarkInfo]:
+    """The paper's 15 benchmarks then the demo ones, from the registry, with where each is looked for."""
     names = list(PAPER_BENCHMARKS) + [n for n in BENCHMARKS if n not in PAPER_BENCHMARKS]
     return [BenchmarkInfo(name, BENCHMARKS[name].title, BENCHMARKS[name].kind,
-                          str(benchmark_root(BENCHMARKS[name], cfg)),
-                          how_to_get(BENCHMARKS[name], cfg.evaluation.data_root)) for name in names]
+                          str(benchmark_root(BENCHMARKS[name], data_root, web_dir)),
+                          how_to_get(BENCHMARKS[name], data_root)) for name in names]
