@@ -203,6 +203,7 @@ class GuardedDownloader:
 
 
 def _guarded_downloader(allow_hosts: tuple[str, ...], **kwargs) -> GuardedDownloader:
+    # On use: img2dataset loads only in the download process, once _quiet_library_output set its environment.
     from img2dataset.downloader import Downloader
 
     return GuardedDownloader(Downloader(**kwargs), allow_hosts)

@@ -157,7 +157,7 @@ def spark_session(workers: int, app: str = "openaim-curation"):
 
     (``openaim.zip``: the repository's packages; the curation folder must be on storage every executor
     reads and writes: HDFS, S3 or NFS)."""
-    try:
+    try:  # pyspark is optional (the spark extra): imported where Spark is asked for
         from pyspark.sql import SparkSession
     except ImportError:
         raise ConfigError("curation.engine: spark needs pyspark (pip install 'openaim[spark]')") from None

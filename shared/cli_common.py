@@ -1,6 +1,7 @@
 """What every `openaim` command shares: --config/--set/--debug, one-line errors, exit codes.
 
-Stage CLIs import only this and typer at module level, so `openaim --help` never imports torch.
+Stage CLIs import only this and typer at module level, so `openaim --help` never imports torch; for the
+same reason this module imports rich and the config loader inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from shared.errors import OpenAIMError
 
 ConfigOpt = Annotated[Path | None,
                       typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
@@ -58,8 +61,6 @@ def show_hidden_causes(exc: BaseException) -> None:
 
 def guarded(fn: Callable[[], Any], debug: bool) -> Any:
     """Run a command body: user errors become one line; unexpected ones too, unless --debug."""
-    from shared.errors import OpenAIMError
-
     try:
         return fn()
     except OpenAIMError as exc:

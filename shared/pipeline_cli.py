@@ -1,4 +1,8 @@
-"""`openaim run`, `openaim status`, `openaim demo`: the stages as one graph over the stage cache."""
+"""`openaim run`, `openaim status`, `openaim demo`: the stages as one graph over the stage cache.
+
+Part of the lazy top-level CLI (like the stages' cli.py modules): shared.pipeline, which imports every
+stage and torch, is imported inside each command, so `openaim --help` stays fast.
+"""
 
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
 from shared.errors import InputError, disk_full_as_error
+from shared.torchrun import barrier, rank_world
 from training.model.aim import build_aim
 from training.model.mlaim_compat import load_mlaim_checkpoint, write_mlaim_backbone
 
@@ -213,15 +214,6 @@ def prune_checkpoints(training_dir: Path, keep_last: int, keep_steps: list[int])
 
 # --- DCP save / load ---------------------------------------------------------------------------------
 
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 class CheckpointWriter:
     """Saves resumable checkpoints (a collective: every rank calls `save` with the same step).
 
@@ -250,10 +242,10 @@ class CheckpointWriter:
 
     def _save(self, tmp: Path, final: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               state: dict[str, Any] | None, export_weights: bool) -> None:
-        if _is_main():
+        if rank_world()[0] == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
         if self.async_save:
             future = dcp.async_save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group)
@@ -263,7 +255,7 @@ class CheckpointWriter:
                          no_dist=not dist.is_initialized())
             future = None
         full = consolidated_state(model) if export_weights else None
-        if _is_main():
+        if rank_world()[0] == 0:
             torch.save(state, tmp / STATE_FILE)
             config = json.dumps(self.model_cfg.model_dump(mode="json"), indent=2)
             (tmp / CONFIG_FILE).write_text(config + "\n")
@@ -283,7 +275,7 @@ class CheckpointWriter:
             with disk_full_as_error(final):
                 future.result()
         # DCP's save ends with rank 0 writing .metadata after every rank reported its shards written.
-        if _is_main():
+        if rank_world()[0] == 0:
             (tmp / COMPLETE).write_text("ok\n")
             _fsync_dir(tmp)
             if final.exists():
@@ -291,7 +283,7 @@ class CheckpointWriter:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
             prune_checkpoints(self.training_dir, self.keep_last, self.keep_steps)
-        _barrier()
+        barrier()
 
     def close(self) -> None:
         self.wait()

@@ -134,7 +134,7 @@ def _flex_block_mask(prefix_len: torch.Tensor, num_tokens: int):
 
 def _flex_attention(q, k, v, block_mask):
     global _compiled_flex
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention  # on use: see _flex_block_mask
 
     if q.device.type != "cuda":  # eager flex is a slow reference path (forward only on CPU)
         return flex_attention(q, k, v, block_mask=block_mask)
@@ -176,7 +176,7 @@ def xformers_attention(q, k, v, mask: PrefixMask | None, attn_fn: Callable | Non
     """The two-call exact prefix-LM. `attn_fn(q, k, v, bias)` on [1, M, H, Dh] defaults to
     xformers.ops.memory_efficient_attention (tests pass a reference that materialises the bias)."""
     if attn_fn is None:
-        import xformers.ops as xops
+        import xformers.ops as xops  # optional (CUDA only): see _xformers_prefix_biases
 
         attn_fn = xops.memory_efficient_attention
     B, H, N, Dh = q.shape
