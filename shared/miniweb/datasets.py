@@ -6,12 +6,11 @@ Files are written plainly: `generate_web` writes into a temporary directory that
 
 from __future__ import annotations
 
-import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 
 from shared.miniweb.captions import NUMBER_WORDS, describe
 from shared.miniweb.scenes import COLORS, SHAPES, TEXTURES, Scene, draw_scene, encode, sample_scene
@@ -67,27 +66,19 @@ def write_bench(out: Path, seed: int, side: int, train_per_class: int, test_per_
     return written
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: identical tars per seed
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_hq(out: Path, seed: int, side: int, size: int, shard_size: int, progress=None) -> list[str]:
     """OUT/hq/hq-%05d.tar webdataset shards of (jpg, txt) clean pairs; returns the shard paths (relative)."""
     (out / "hq").mkdir(parents=True, exist_ok=True)
     shards: list[str] = []
     for shard, start in enumerate(range(0, size, shard_size)):
         rel = f"hq/hq-{shard:05d}.tar"
-        with open(out / rel, "wb") as f, \
-                tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        # Fixed member metadata: identical tars per seed.
+        with open(out / rel, "wb") as f, wds.TarWriter(f, user="", group="", mode=0o644, mtime=0) as sink:
             for i in range(start, min(size, start + shard_size)):
                 rng = stream(seed, HQ, i)
                 scene = sample_scene(rng)
-                key = f"{i:07d}"
-                _tar_add(tar, f"{key}.jpg", encode(draw_scene(scene, side), quality=92))
-                _tar_add(tar, f"{key}.txt", describe(scene, rng).encode("utf-8"))
+                jpg = encode(draw_scene(scene, side), quality=92)
+                sink.write({"__key__": f"{i:07d}", "jpg": jpg, "txt": describe(scene, rng)})
                 if progress is not None:
                     progress()
         shards.append(rel)
