@@ -18,6 +18,9 @@ from typing import Any
 
 from shared.atomic import atomic_write_json, atomic_write_text
 
+# The checkpoint name of the random-weights baseline (evaluation.random_baseline) in every result file.
+RANDOM_INIT = "random-init"
+
 CSV_COLUMNS = [
     "checkpoint",
     "step",

@@ -15,10 +15,15 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from evaluation.report import sections
 from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run, read_curation_samples
+from evaluation.report.document import text
 from evaluation.report.html import render_html
 from evaluation.report.markdown import render_markdown
+from evaluation.report.sections.benchmarks import accuracy_over_training, benchmarks
+from evaluation.report.sections.curation import curation
+from evaluation.report.sections.overview import summary
+from evaluation.report.sections.pretraining import loss_vs_probe, pretraining
+from evaluation.report.sections.run_details import probe_details, provenance, runtime
 from shared import __version__
 from shared.atomic import atomic_write_bytes, atomic_write_text
 from shared.config.root import OpenAIMConfig
@@ -97,18 +102,18 @@ def report_from_config(cfg: OpenAIMConfig) -> Path:
         progress.update(task, advance=1, description="report: drawing charts")
         images: dict[str, bytes] = {}
         blocks = (
-            sections.summary(runs, cfg.report.target_gap_points)
-            + sections.benchmarks(catalog, runs, images)
-            + sections.loss_vs_probe(runs, images)
-            + sections.accuracy_over_training(catalog, runs, images)
-            + sections.pretraining(runs, images)
-            + sections.curation(runs, images, samples)
-            + sections.probe_details(runs)
-            + sections.runtime(runs)
-            + sections.provenance(cfg.training, Path(cfg.training_dir), runs, facts)
+            summary(runs, cfg.report.target_gap_points)
+            + benchmarks(catalog, runs, images)
+            + loss_vs_probe(runs, images)
+            + accuracy_over_training(catalog, runs, images)
+            + pretraining(runs, images)
+            + curation(runs, images, samples)
+            + probe_details(runs)
+            + runtime(runs)
+            + provenance(cfg.training, Path(cfg.training_dir), runs, facts)
         )
         progress.update(task, advance=1, description="report: writing")
-        subtitle = sections.text(f"Run {cfg.name} · {facts['generated']} · commit {facts['git commit'][:10]}")
+        subtitle = text(f"Run {cfg.name} · {facts['generated']} · commit {facts['git commit'][:10]}")
         blocks.insert(0, subtitle)
         try:
             # PNGs first, then the Markdown that points at them, then the HTML: a reader never sees a

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 from curation.download import iter_pool
 from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
+from evaluation.results import RANDOM_INIT
 from shared.errors import InputError
 from shared.stage_cache import hash_file
 
-RANDOM_INIT = "random-init"
 _STEP_SUFFIX = re.compile(r"-step_(\d+)$")
 ACCURACY_COLUMNS = ("top1", "top5", "mean_per_class_recall")
 # Stage wall times as shared.pipeline records them in <workdir>/pipeline.json, in pipeline order.

@@ -59,3 +59,6 @@ Block = Heading | Paragraph | Bullets | Table | Figure | Code
 
 def text(*parts: Inline) -> Paragraph:
     return Paragraph(list(parts))
+
+
+Images = dict[str, bytes]  # PNG file name -> bytes: the figures a section adds, written beside the report

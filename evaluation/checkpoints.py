@@ -1,0 +1,94 @@
+"""What `openaim eval` evaluates: the checkpoint entries (evaluation.checkpoints, or this run's final weights
+and intermediate checkpoints, plus the random-weights baseline) and loading each one's trunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evaluation.features import checkpoint_hash
+from evaluation.results import RANDOM_INIT
+from shared.config.evaluation import EvaluationConfig
+from shared.errors import ConfigError, InputError
+from shared.stage_cache import hash_json
+from training.checkpoint import complete_checkpoints, load_model_for_eval
+from training.model.aim import build_aim
+
+
+@dataclass
+class CheckpointEntry:
+    name: str
+    path: Path | None  # None = random weights
+    step: int | None
+
+
+def _name_for(path: Path) -> str:
+    parts = [p for p in path.resolve().parts if p not in ("final", "training", "checkpoints", "/")]
+    name = Path(parts[-1]).stem if parts else "checkpoint"
+    if path.name.startswith("step_"):
+        name = f"{parts[-2] if len(parts) > 1 else 'run'}-{path.name}"
+    return name
+
+
+def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
+                       training_steps: int) -> list[CheckpointEntry]:
+    """What to evaluate: evaluation.checkpoints, else this run's final weights (named ``run_name``) and,
+    with evaluate_intermediate (or no final weights yet), its complete checkpoints; then the random
+    baseline."""
+    entries: list[CheckpointEntry] = []
+    if ev.checkpoints:
+        for raw in ev.checkpoints:
+            path = Path(raw)
+            if not path.exists():
+                raise InputError(f"evaluation.checkpoints: {path} does not exist")
+            entries.append(CheckpointEntry(_name_for(path), path, None))
+    else:
+        final = training_dir / "final"
+        intermediate = complete_checkpoints(training_dir) if training_dir.is_dir() else []
+        if (final / "model.safetensors").is_file():
+            last = intermediate[-1][0] if intermediate else None
+            entries.append(CheckpointEntry(run_name, final, max(training_steps, last or 0)))
+        elif not intermediate:
+            raise InputError(
+                f"no trained model in {training_dir}: run `openaim train` first "
+                "or set evaluation.checkpoints"
+            )
+        if ev.evaluate_intermediate or not entries:
+            # the checkpoint at the final step holds the final weights: probing it twice adds nothing
+            final_step = entries[0].step if entries else None
+            entries += [
+                CheckpointEntry(f"{run_name}-step_{step}", d, step)
+                for step, d in intermediate
+                if step != final_step
+            ]
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"evaluation.checkpoints: two checkpoints would be named {dupes[0]!r}; rename one")
+    if ev.random_baseline:
+        entries.append(CheckpointEntry(RANDOM_INIT, None, 0))
+    return entries
+
+
+def load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
+    """(model, model_cfg, weights hash) for a checkpoint; random weights get a hash of arch + seed."""
+    if entry.path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_aim(arch_cfg)
+        return (
+            model.eval(),
+            arch_cfg,
+            hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed}),
+        )
+    try:
+        model, model_cfg = load_model_for_eval(entry.path)
+    except InputError:
+        raise
+    except Exception as exc:  # a wrong-shape or unreadable checkpoint becomes one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load checkpoint {entry.path}: {first[:300]}") from exc
+    return model.eval(), model_cfg, checkpoint_hash(entry.path)
