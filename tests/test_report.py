@@ -450,13 +450,13 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
 def test_curation_samples_read_a_large_pool_as_a_uniform_sample(tmp_path, monkeypatch):
     """A pool larger than SAMPLE_ROWS is read as every k-th scored row (never whole); kept/dropped follow
     curation.select's rule (both masks keep it and the score reaches the threshold), with reasons."""
-    from evaluation.report import collect
+    from evaluation.report import curation_samples
     from tests.test_report_render import write_curated_pool
 
     make_run(tmp_path / "run", seed=8)
     threshold = write_curated_pool(tmp_path / "run" / "curation", n=60)
     manifest = json.loads((tmp_path / "run" / "curation" / "manifest.json").read_text())
-    full = collect.read_curation_samples(tmp_path / "run" / "curation", manifest, [])
+    full = curation_samples.read_curation_samples(tmp_path / "run" / "curation", manifest, [])
     assert full.stride == 1 and len(full.scores) == 60 and full.pool_size == 60
     kept_uids = set(subset_to_uids(np.load(tmp_path / "run" / "curation" / "subset.npy")))
     assert len(full.kept_scores) == len(kept_uids) and min(full.kept_scores) >= threshold
@@ -466,6 +466,6 @@ def test_curation_samples_read_a_large_pool_as_a_uniform_sample(tmp_path, monkey
     assert {"dedup: near_dup", "safety: unsafe_concept", below} <= reasons
     assert all(e["caption"].startswith("a ") and e["image"][:2] == b"\xff\xd8" for e in full.examples)
 
-    monkeypatch.setattr(collect, "SAMPLE_ROWS", 10)
-    sampled = collect.read_curation_samples(tmp_path / "run" / "curation", manifest, [])
+    monkeypatch.setattr(curation_samples, "SAMPLE_ROWS", 10)
+    sampled = curation_samples.read_curation_samples(tmp_path / "run" / "curation", manifest, [])
     assert sampled.stride == 6 and sampled.scores == full.scores[::6]

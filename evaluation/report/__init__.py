@@ -15,7 +15,8 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run, read_curation_samples
+from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run
+from evaluation.report.curation_samples import read_curation_samples
 from evaluation.report.document import text
 from evaluation.report.html import render_html
 from evaluation.report.markdown import render_markdown

@@ -7,8 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, ResultRow, RunData
 from evaluation.report.document import Table
+from evaluation.report.run_data import BenchmarkInfo, ResultRow, RunData
+from evaluation.results import RANDOM_INIT
 
 PROBES = ("attentive", "linear")
 DASH = "—"

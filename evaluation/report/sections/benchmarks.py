@@ -4,9 +4,9 @@ and accuracy over training."""
 from __future__ import annotations
 
 from evaluation.report import charts
-from evaluation.report.collect import RANDOM_INIT, BenchmarkInfo, RunData, is_intermediate, step_of
 from evaluation.report.document import Block, Figure, Heading, Images, Link, Paragraph, Table, text
 from evaluation.report.references import AIM_IMAGENET_ATTENTIVE, ML_AIM_README, PAPER
+from evaluation.report.run_data import BenchmarkInfo, RunData, is_intermediate, step_of
 from evaluation.report.tables import (
     benchmark_table,
     fmt,
@@ -14,6 +14,7 @@ from evaluation.report.tables import (
     probes_present,
     table_benchmarks,
 )
+from evaluation.results import RANDOM_INIT
 
 
 def benchmarks(catalog: list[BenchmarkInfo], runs: list[RunData], images: Images) -> list[Block]:

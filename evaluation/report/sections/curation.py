@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from evaluation.report import charts
-from evaluation.report.collect import CurationSamples, RunData, funnel, parallel_filters
+from evaluation.report.collect import funnel, parallel_filters
+from evaluation.report.curation_samples import CurationSamples
 from evaluation.report.document import Block, Bullets, Figure, Heading, Images, Table, text
+from evaluation.report.run_data import RunData
 
 
 def curation(runs: list[RunData], images: Images, samples: CurationSamples | None = None) -> list[Block]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.report.collect import RunData
 from evaluation.report.document import Block, Bullets, Heading, Paragraph, Table, text
+from evaluation.report.run_data import RunData
 from evaluation.report.tables import fmt, pretrained_checkpoint, pretrained_vs_random, probes_present
 
 

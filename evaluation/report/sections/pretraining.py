@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 
 from evaluation.report import charts
-from evaluation.report.collect import RunData, is_intermediate, step_of
 from evaluation.report.document import Block, Figure, Heading, Images, Table, text
+from evaluation.report.run_data import RunData, is_intermediate, step_of
 from evaluation.report.tables import fmt, pretrained_checkpoint, probes_present
 
 
