@@ -1,7 +1,7 @@
 """Decontamination against a real benchmark layout under ``evaluation.data_root``.
 
 The Oxford-IIIT Pets layout (images/ + annotations/{trainval,test}.txt, written by
-tests/benchmark_fixtures.py as torchvision reads it) gets one textured test image; a resized re-encode of
+tests/benchmark_fixtures/ as torchvision reads it) gets one textured test image; a resized re-encode of
 it is planted in a crawl of random scenes. The dedup step, run as build-dataset runs it (curation.pipeline,
 the evaluation registry's loaders), must drop exactly that pool image as an eval leak, and a test image of
 a *train* split must not count.
@@ -21,7 +21,7 @@ from curation.pipeline import _Steps
 from evaluation.benchmarks.registry import BENCHMARKS
 from shared.config import load_config
 from shared.stage_cache import StepSpec
-from tests.benchmark_fixtures import make_pets
+from tests.benchmark_fixtures.indexed import make_pets
 
 
 def _scene(rng, side: int = 64) -> Image.Image:

@@ -18,7 +18,12 @@ from evaluation.benchmarks.registry import (
 )
 from shared.config.root import OpenAIMConfig
 from shared.errors import ConfigError, InputError
-from tests import benchmark_fixtures as fx
+from tests.benchmark_fixtures import PAPER_MAKERS
+from tests.benchmark_fixtures.folders import IMAGENET_VAL_LABELS, make_image_folder, make_imagenet_flat_val
+from tests.benchmark_fixtures.images import SIZE, corrupt, label_from_red, write_image
+from tests.benchmark_fixtures.indexed import INAT_SPECIES, make_dtd, make_food101, make_inat2018, make_pcam
+from tests.benchmark_fixtures.wds_export import make_wds
+from tests.benchmark_fixtures.wilds import make_fmow, make_iwildcam
 
 
 def _config(tmp_path: Path) -> OpenAIMConfig:
@@ -36,7 +41,7 @@ def _check_items(ds, n_classes: int) -> None:
         assert isinstance(label, int) and 0 <= label < n_classes
         assert label == int(ds.labels[i])
         red = image.getpixel((image.width // 2, image.height // 2))[0]
-        assert fx.label_from_red(red) == label % 40, (i, red, label)
+        assert label_from_red(red) == label % 40, (i, red, label)
 
 
 def test_registry_names_and_order():
@@ -86,7 +91,7 @@ def test_paper_layout_loads(tmp_path, name):
     assert root == tmp_path / "data" / spec.default_subdir
     reason = missing_reason(spec, root)
     assert reason is not None and str(root) in reason and "get it" in reason and "\n" not in reason
-    expected = fx.PAPER_MAKERS[name](root)
+    expected = PAPER_MAKERS[name](root)
     assert missing_reason(spec, root) is None
 
     train = load_split(spec, root, "train", val_fraction=0.25, seed=3)
@@ -120,7 +125,7 @@ def test_paper_layout_loads(tmp_path, name):
 
 def test_cap_is_stratified_and_deterministic(tmp_path):
     root = tmp_path / "data" / "food-101"
-    fx.make_food101(root)
+    make_food101(root)
     spec = BENCHMARKS["food-101"]
     a = load_split(spec, root, "train", val_fraction=0.25, max_items=6)
     b = load_split(spec, root, "train", val_fraction=0.25, max_items=6)
@@ -132,8 +137,8 @@ def test_cap_is_stratified_and_deterministic(tmp_path):
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
     root = tmp_path / "data" / "food-101"
-    fx.make_food101(root)
-    fx.corrupt(root / "images" / "baklava" / "test1.jpg")
+    make_food101(root)
+    corrupt(root / "images" / "baklava" / "test1.jpg")
     (root / "images" / "apple_pie" / "test0.jpg").unlink()  # listed in test.json but gone
     test = load_split(BENCHMARKS["food-101"], root, "test")
     items = [test[i] for i in range(len(test))]
@@ -160,7 +165,7 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     for batch, n_dropped in DataLoader(AsTensors(), batch_size=4, collate_fn=collate_skip_none):
         total += n_dropped
         if batch is not None:
-            assert isinstance(batch[0], torch.Tensor) and batch[0].shape[1:] == (3, fx.SIZE, fx.SIZE)
+            assert isinstance(batch[0], torch.Tensor) and batch[0].shape[1:] == (3, SIZE, SIZE)
             kept += len(batch[1])
     assert (total, kept) == (2, len(test) - 2)
 
@@ -176,7 +181,7 @@ def test_missing_benchmark_raises_input_error_on_load(tmp_path):
 
 def test_broken_index_is_a_one_line_input_error(tmp_path):
     root = tmp_path / "data" / "iwildcam_v2.0"
-    fx.make_iwildcam(root)
+    make_iwildcam(root)
     (root / "metadata.csv").write_text("split,filename\ntrain,a.jpg\n")
     with pytest.raises(InputError, match="missing column"):
         load_split(BENCHMARKS["iwildcam"], root, "test")
@@ -188,7 +193,7 @@ def test_miniweb_and_digits(tmp_path):
     root = benchmark_root(spec, cfg.evaluation.data_root, cfg.web_dir)
     assert root == cfg.web_dir / "bench" / "miniweb-shape"
     assert "miniweb-shape" in missing_reason(spec, root)
-    fx.make_image_folder(root, ["circle", "square", "triangle"], 5, 2)
+    make_image_folder(root, ["circle", "square", "triangle"], 5, 2)
     train = load_split(spec, root, "train", val_fraction=0.2)
     test = load_split(spec, root, "test")
     assert (len(train), len(test), train.classes) == (12, 6, ["circle", "square", "triangle"])
@@ -209,7 +214,7 @@ def test_miniweb_and_digits(tmp_path):
 
 def test_generic_image_folder_and_webdataset(tmp_path):
     folder = tmp_path / "my set"
-    fx.make_image_folder(folder, ["a", "b"], 4, 3, test_dir="val")
+    make_image_folder(folder, ["a", "b"], 4, 3, test_dir="val")
     (folder / "val" / "b").rename(folder / "val" / "b_tmp")  # a test folder missing a class keeps labels
     (folder / "val" / "b_tmp").rename(folder / "val" / "b")
     [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
@@ -222,7 +227,7 @@ def test_generic_image_folder_and_webdataset(tmp_path):
     _check_items(test, 2)
 
     wds_root = tmp_path / "wds_cars"
-    expected = fx.make_wds(wds_root)
+    expected = make_wds(wds_root)
     [wspec] = resolve_benchmarks([f"wds:{wds_root}"])
     assert wspec.name.startswith("webdataset-wds_cars-")
     wroot = benchmark_root(wspec, cfg.evaluation.data_root, cfg.web_dir)
@@ -238,8 +243,8 @@ def test_generic_image_folder_and_webdataset(tmp_path):
 
 def test_test_folder_with_unknown_class_is_rejected(tmp_path):
     folder = tmp_path / "set"
-    fx.make_image_folder(folder, ["a", "b"], 2, 1)
-    fx.write_image(folder / "test" / "zebra" / "0.png", 0)
+    make_image_folder(folder, ["a", "b"], 2, 1)
+    write_image(folder / "test" / "zebra" / "0.png", 0)
     [spec] = resolve_benchmarks([f"imagefolder:{folder}"])
     with pytest.raises(InputError, match="zebra"):
         load_split(spec, folder, "test")
@@ -272,14 +277,14 @@ def test_datasets_pickle_and_run_in_dataloader_workers(tmp_path):
     from evaluation.benchmarks.items import collate_skip_none
 
     pcam_root = tmp_path / "data" / "pcam"
-    fx.make_pcam(pcam_root)
+    make_pcam(pcam_root)
     pcam = load_split(BENCHMARKS["pcam"], pcam_root, "train", val_fraction=0.2)
     first = pcam[0]  # opens the h5 handle in this process
     clone = pickle.loads(pickle.dumps(pcam))
     assert clone[0][1] == first[1] and clone[0][0].tobytes() == first[0].tobytes()
     food_root = tmp_path / "data" / "food-101"
-    fx.make_food101(food_root)
-    fx.corrupt(food_root / "images" / "baklava" / "test1.jpg")
+    make_food101(food_root)
+    corrupt(food_root / "images" / "baklava" / "test1.jpg")
     food = load_split(BENCHMARKS["food-101"], food_root, "test")
     for ds, n_bad in ((pcam, 0), (food, 1)):
         loader = DataLoader(_ToTensorItems(ds), batch_size=3, num_workers=2, collate_fn=collate_skip_none)
@@ -314,13 +319,13 @@ def test_imagenet_flat_val_is_labelled_like_torchvision(tmp_path, monkeypatch, l
     import torchvision.datasets.imagenet as tv_imagenet
 
     root = tmp_path / "imagenet"
-    expected = fx.make_imagenet_flat_val(root, labels_from)
+    expected = make_imagenet_flat_val(root, labels_from)
     spec = BENCHMARKS["imagenet-1k"]
     assert missing_reason(spec, root) is None
     test = load_split(spec, root, "test")
     assert len(test) == expected["test"] and len(test.classes) == 3
     _check_items(test, 3)
-    assert [int(y) for y in test.labels] == fx.IMAGENET_VAL_LABELS
+    assert [int(y) for y in test.labels] == IMAGENET_VAL_LABELS
     if labels_from == "devkit_tar":
         monkeypatch.setattr(tv_imagenet, "_verify_archive", lambda *a, **k: None)
         tv_imagenet.parse_devkit_archive(str(root))
@@ -334,7 +339,7 @@ def test_imagenet_flat_val_is_labelled_like_torchvision(tmp_path, monkeypatch, l
 
 def test_imagenet_flat_val_without_labels_names_what_to_add(tmp_path):
     root = tmp_path / "imagenet"
-    fx.make_imagenet_flat_val(root, "none")
+    make_imagenet_flat_val(root, "none")
     with pytest.raises(InputError) as err:
         load_split(BENCHMARKS["imagenet-1k"], root, "test")
     assert "LOC_val_solution.csv" in str(err.value) and "ILSVRC2012_devkit_t12" in str(err.value)
@@ -346,7 +351,7 @@ def test_fmow_fixture_mixes_the_two_timestamp_forms(tmp_path):
     import pandas as pd
 
     root = tmp_path / "fmow_v1.1"
-    fx.make_fmow(root)
+    make_fmow(root)
     stamps = pd.read_csv(root / "rgb_metadata.csv")["timestamp"]
     assert stamps.str.contains(r"\.\d{3}Z$").any() and stamps.str.contains(r":\d{2}Z$").any()
     with pytest.raises(ValueError):
@@ -361,8 +366,8 @@ def test_dtd_official_tar_layout_reads_like_torchvision(tmp_path):
 
     spec = BENCHMARKS["dtd"]
     tv_root, official_root = tmp_path / "a" / "dtd", tmp_path / "b" / "dtd"
-    fx.make_dtd(tv_root, "torchvision")
-    fx.make_dtd(official_root, "official")
+    make_dtd(tv_root, "torchvision")
+    make_dtd(official_root, "official")
     assert "other layout" in missing_reason(spec, tmp_path / "c" / "dtd")
     splits = {}
     for root in (tv_root, official_root):
@@ -386,9 +391,9 @@ def test_dtd_official_tar_layout_reads_like_torchvision(tmp_path):
 def test_inat_class_names_come_from_categories_json(tmp_path):
     spec = BENCHMARKS["inat-2018"]
     plain, named = tmp_path / "a" / "inat2018", tmp_path / "b" / "inat2018"
-    fx.make_inat2018(plain)
-    fx.make_inat2018(named, with_categories_json=True)
+    make_inat2018(plain)
+    make_inat2018(named, with_categories_json=True)
     assert load_split(spec, plain, "test").classes == ["0", "1", "2"]  # the listings' obfuscated names
     test = load_split(spec, named, "test")
-    assert test.classes == [fx.INAT_SPECIES[i] for i in range(3)]
+    assert test.classes == [INAT_SPECIES[i] for i in range(3)]
     _check_items(test, 3)

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests import benchmark_fixtures as fx
+from tests.benchmark_fixtures.indexed import make_food101
+from tests.benchmark_fixtures.wilds import make_fmow
 from tests.test_eval_run import pretrain_tiny_aim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_one_unreadable_benchmark_does_not_stop_the_others(tmp_path):
     pretrain_tiny_aim(tmp_path / "model", steps=4)
     data = tmp_path / "data"
-    fx.make_fmow(data / "fmow_v1.1")
+    make_fmow(data / "fmow_v1.1")
     # a damaged download: the csv is there (so the set counts as present) but its rows are cut short
     csv_path = data / "fmow_v1.1" / "rgb_metadata.csv"
     csv_path.write_text(csv_path.read_text().splitlines()[0].replace("timestamp", "timestmp") + "\n")
-    fx.make_food101(data / "food-101")
+    make_food101(data / "food-101")
     workdir = tmp_path / "run"
     sets = [
         f"workdir={workdir}",

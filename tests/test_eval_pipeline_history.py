@@ -15,7 +15,7 @@ from pathlib import Path
 from shared.config import load_config
 from shared.miniweb.generate import generate_web
 from shared.miniweb.server import serve_in_background
-from tests import benchmark_fixtures as fx
+from tests.benchmark_fixtures.wilds import make_fmow
 
 ROOT = Path(__file__).resolve().parents[1]
 # The smallest pipeline that still runs every stage for real: a small mini web, our own filter network,
@@ -110,7 +110,7 @@ def test_run_twice_archives_the_first_runs_own_curation(tmp_path):
     # the report is still written with the failure in it, and `openaim run` exits non-zero
 
     data = tmp_path / "data"
-    fx.make_fmow(data / "fmow_v1.1")
+    make_fmow(data / "fmow_v1.1")
     (data / "fmow_v1.1" / "rgb_metadata.csv").write_text("split,category\ntrain,airport\n")
     third = _run(
         [
