@@ -3,41 +3,27 @@ resume, disk full."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from curation.download import download_pool, failure_histogram, iter_pool, normalise_error
 from curation.extract import pair_uid
 from shared.config.curation import DownloadConfig
+from tests.http_server import LoggedServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = b"TOP-SECRET-LOCAL-FILE-CONTENT"
-
-
-def _jpeg(i: int) -> bytes:
-    rng = np.random.default_rng(i)
-    arr = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
-    arr[: 10 + i % 20] = (i * 37) % 255
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _png_bomb(side: int = 30000) -> bytes:
@@ -48,51 +34,6 @@ def _png_bomb(side: int = 30000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1000)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-class TinyImageServer:
-    """Serves /img/<i>.jpg (optionally slowly), 404 for /missing/*, a bomb at /bomb.png, a secret at
-    /secret."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.request_log: list[str] = []
-        self.delay = delay
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                outer.request_log.append(self.path)
-                if self.path.startswith("/img/"):
-                    time.sleep(outer.delay)
-                    body, ctype = _jpeg(int(self.path.split("/")[-1].split(".")[0])), "image/jpeg"
-                elif self.path == "/bomb.png":
-                    body, ctype = _png_bomb(), "image/png"
-                elif self.path == "/secret":
-                    body, ctype = SECRET, "image/jpeg"
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Self:
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def write_pairs(path: Path, urls: list[str]) -> list[str]:
@@ -117,24 +58,25 @@ def test_normalise_error_reasons():
 
 
 def test_download_is_safe_and_summarises_failures(tmp_path):
-    with TinyImageServer() as srv:
+    with LoggedServer() as srv:
+        srv.files.update({"bomb.png": _png_bomb(), "secret": SECRET})
         good = [f"{srv.base_url}/img/{i}.jpg" for i in range(12)]
-        unsafe = [f"http://localhost:{srv.port}/secret", "file:///etc/hostname",
+        unsafe = [f"http://localhost:{srv.port}/file/secret", "file:///etc/hostname",
                   f"file://{tmp_path}/secret.jpg",
-                  f"http://10.1.2.3:{srv.port}/secret"]
+                  f"http://10.1.2.3:{srv.port}/file/secret"]
         (tmp_path / "secret.jpg").write_bytes(SECRET)
         missing = [f"{srv.base_url}/missing/{i}.jpg" for i in range(3)]
-        urls = good + missing + [f"{srv.base_url}/bomb.png"] + unsafe
+        urls = good + missing + [f"{srv.base_url}/file/bomb.png"] + unsafe
         uids = write_pairs(tmp_path / "pairs.parquet", urls)
         cfg = DownloadConfig(processes=1, threads=4, image_size=32, samples_per_shard=8, timeout=5,
                              max_image_pixels=4_000_000)
         summary = download_pool(cfg, tmp_path / "pairs.parquet", tmp_path / "pool", allow_hosts=["127.0.0.1"])
-        log = list(srv.request_log)
+        log = list(srv.requests)
     assert summary["downloaded"] == 12 and summary["requested"] == 16  # the 4 unsafe never reach img2dataset
     assert summary["failures"]["http 404"] == 3
     assert summary["failures"].get("image too large", 0) + summary["failures"].get("not an image", 0) == 1
     assert sum(summary["refused_before_download"].values()) == 4
-    assert "/secret" not in log and len([p for p in log if p.startswith("/img/")]) == 12
+    assert "/file/secret" not in log and len([p for p in log if p.startswith("/img/")]) == 12
     content = pool_content(tmp_path / "pool")
     assert set(content) == set(uids[:12])
     for tar in (tmp_path / "pool").glob("*.tar"):
@@ -145,7 +87,7 @@ def test_download_is_safe_and_summarises_failures(tmp_path):
 
 def test_pyspark_distributor_local_mode(tmp_path):
     pytest.importorskip("pyspark")
-    with TinyImageServer() as srv:
+    with LoggedServer() as srv:
         uids = write_pairs(tmp_path / "pairs.parquet", [f"{srv.base_url}/img/{i}.jpg" for i in range(6)])
         cfg = DownloadConfig(distributor="pyspark", processes=1, threads=2, image_size=32,
                              samples_per_shard=3, timeout=5)
@@ -160,6 +102,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from curation.download import download_pool
 from shared.config.curation import DownloadConfig
+from tests.http_server import LoggedServer
 cfg = DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6, timeout=10)
 download_pool(cfg, Path({pairs!r}), Path({pool!r}), ["127.0.0.1"])
 """
@@ -167,7 +110,7 @@ download_pool(cfg, Path({pairs!r}), Path({pool!r}), ["127.0.0.1"])
 
 def test_kill9_during_download_then_resume_refetches_no_finished_shard(tmp_path):
     n = 30
-    with TinyImageServer(delay=0.15) as srv:
+    with LoggedServer(delay=0.15) as srv:
         urls = [f"{srv.base_url}/img/{i}.jpg" for i in range(n)]
         write_pairs(tmp_path / "pairs.parquet", urls)
         pool = tmp_path / "pool"
@@ -185,10 +128,10 @@ def test_kill9_during_download_then_resume_refetches_no_finished_shard(tmp_path)
         for stats in done_before:
             shard = pq.read_table(str(stats).replace("_stats.json", ".parquet")).to_pydict()
             finished_urls |= set(shard["url"])
-        srv.request_log.clear()
+        srv.requests.clear()
         summary = download_pool(DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6,
                                                timeout=10), tmp_path / "pairs.parquet", pool, ["127.0.0.1"])
-        refetched = {srv.base_url + p for p in srv.request_log} & finished_urls
+        refetched = {srv.base_url + p for p in srv.requests} & finished_urls
         # an uninterrupted run for comparison
         summary_ref = download_pool(DownloadConfig(processes=1, threads=2, image_size=32, samples_per_shard=6,
                                                    timeout=10),

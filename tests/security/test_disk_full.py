@@ -16,7 +16,8 @@ from curation.download import download_pool, finished_shards
 from shared.config.curation import DownloadConfig
 from shared.config.training import ModelConfig
 from shared.errors import DiskFullError
-from tests.security.conftest import ALLOW, LoggedServer
+from tests.http_server import LoggedServer
+from tests.security.conftest import ALLOW
 from tests.security.test_download_policy import _write_pairs
 from training.checkpoint import complete_checkpoints, write_checkpoint
 
