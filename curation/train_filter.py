@@ -29,10 +29,11 @@ from shared.atomic import atomic_dir, atomic_write_json
 from shared.config.curation import TrainFilterConfig
 from shared.errors import InputError
 from shared.progress import progress_bar
+from training.optim import warmup_cosine
 
 # Bump when the trained filter network change for the same config and inputs: this step and every step after
 # it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 1
+VERSION = 2  # 2: the lr schedule is training.optim.warmup_cosine (a slightly different warm-up ramp)
 
 log = logging.getLogger("openaim.curation")
 
@@ -120,12 +121,9 @@ def train_filter_network(cfg: TrainFilterConfig, hq_dir: Path, out_dir: Path, se
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
-    def lr_factor(s: int) -> float:  # linear warmup, then cosine to 0
-        if s < warmup:
-            return (s + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    # The factor on cfg.lr: warm-up from 1/warmup of it, then cosine to 0 (the probes' schedule).
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total, warmup, peak=1.0, start=1.0 / warmup))
     loss_fn = open_clip.ClipLoss()
     history: list[dict] = []
     model.train()
