@@ -15,7 +15,6 @@ import collections
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cli_output import problem_lines
+
 ROOT = Path(__file__).resolve().parents[1]
-INFO_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|DEBUG) openaim")
 GOOD_KINDS = {"match", "near_dup", "exact_dup"}
 # Small enough for 2 cores, big enough for the filter network to learn what a good caption is.
 WEB = ["web.n_images=1000", "web.hq_size=1200", "web.bench_train_per_class=4", "web.bench_test_per_class=10",
@@ -294,8 +294,7 @@ def test_bad_input_is_one_line_and_damages_nothing(built, served, case, tmp_path
         extra = ["curation.filter.model=hf-hub:apple/DFN-public"]
     out = _cli([*overrides, f"workdir={workdir}", *extra])
     assert out.returncode != 0
-    # (the plain log's INFO progress records of the steps before the failure are not part of the error)
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip() and not INFO_RECORD.match(ln)]
+    lines = problem_lines(out.stderr)  # not the progress records of the steps before the failure
     assert len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith("error:") and "Traceback" not in out.stderr
     assert _digest(shards) == before

@@ -28,6 +28,7 @@ from shared.miniweb.datasets import BENCH_TASKS
 from shared.miniweb.generate import generate_web, is_complete
 from shared.miniweb.links import BROKEN_REASONS, KINDS, UNSAFE_REASONS
 from shared.miniweb.scenes import COLORS, SHAPES
+from tests.cli_output import problem_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,8 +278,8 @@ def test_cli_serve_says_when_port_is_busy(tmp_path, web):
         res = _cli("web", "serve", str(web.out), "--port", str(blocker.getsockname()[1]), timeout=60)
     assert res.returncode == 1
     # one error line (a logged warning that the pages point at another port may precede it)
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "busy" in errors[0] and "Traceback" not in res.stderr
+    errors = problem_lines(res.stderr, warnings=False)
+    assert len(errors) == 1 and errors[0].startswith("error:") and "busy" in errors[0], res.stderr
 
 
 def test_cli_serve_runs_in_the_foreground_until_interrupted(web):
