@@ -1,13 +1,16 @@
 """Step 1 of curation: Common Crawl WARC/WAT files (or DataComp-style url/caption parquet) -> image-text pairs
 
-A WARC *response* record with an HTML payload carries a page's raw HTML: we parse its ``<img src alt>`` tags,
-decoded with the charset of the HTTP header, else of a ``<meta>`` in the first 1024 bytes, else detected
+Records are read with FastWARC (plain or gzip files). A WARC *response* record with an HTML payload carries
+a page's raw HTML (its transfer and content codings undone): we parse its ``<img src alt>`` tags with
+selectolax's lexbor (the HTML standard's tree builder, scripting off) from text we decode first, with the
+charset of the HTTP header, else of a ``<meta>`` in the first 1024 bytes, else detected
 (charset-normalizer); an unknown label falls through to the next source, bad bytes become U+FFFD. A WAT
 *metadata* record (``Content-Type: application/json``, an ``Envelope`` object) carries the same links already
 extracted (``Envelope > Payload-Metadata > HTTP-Response-Metadata > HTML-Metadata > Links[]`` entries with
 ``path == "IMG@/src"``). Other records (``warcinfo``, ``request``, a WARC's own ``metadata`` records,
 ``resource``, ``revisit``, WET ``conversion``) carry no image links and are skipped, not counted corrupt. A
-file with no record of either kind (a WET file, a warcinfo-only file) is an error that says what it holds.
+file with no record of either kind (a WET file, a warcinfo-only file) is an error that says what it holds. A
+file cut short or damaged part-way counts one corrupt record and keeps the records before the damage.
 
 A pair is (absolute image URL, alt text, page URL). Links that must never be fetched (non-http(s), internal
 hosts in any spelling a browser accepts: see shared.netsafety) are dropped here; the binding check is made
@@ -22,24 +25,26 @@ from __future__ import annotations
 
 import codecs
 import glob
-import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from functools import partial
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import charset_normalizer
 import pyarrow as pa
 import pyarrow.parquet as pq
-from warcio.archiveiterator import ArchiveIterator
-from warcio.exceptions import ArchiveLoadFailed
+from fastwarc.stream_io import BrotliReader, ChunkedReader, GzipReader
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+from selectolax.lexbor import LexborHTMLParser
 
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
@@ -47,7 +52,8 @@ from shared.netsafety import guarded_opener, is_policy_block, url_rejection
 
 # Bump when the extracted pairs change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 2  # 2: input uids kept, charset header > meta > detection, non-link records skipped
+VERSION = 3  # 2: input uids kept, charset header > meta > detection, non-link records skipped;
+# 3: FastWARC records, HTML parsed by the HTML standard's rules (lexbor), cut gzip members counted
 
 log = logging.getLogger("openaim.curation")
 
@@ -72,30 +78,21 @@ class ExtractStats:
                 "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
 
 
-class _ImgTagParser(HTMLParser):
-    """Collects (src, alt) of every <img>; the page's <base href> changes what relative srcs resolve to."""
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[tuple[str, str]] = []
-        self.base: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k.lower(): (v or "") for k, v in attrs}
-        if tag == "img" and a.get("src"):
-            self.images.append((a["src"], a.get("alt", "")))
-        elif tag == "base" and a.get("href") and self.base is None:
-            self.base = a["href"]
-
-    handle_startendtag = handle_starttag
-
-
 def links_from_html(html: str, page_url: str) -> list[tuple[str, str]]:
-    """(absolute src, alt) of each <img> in a page; relative srcs resolve against the page (or its <base>)."""
-    parser = _ImgTagParser()
-    parser.feed(html)
-    parser.close()
-    base = urljoin(page_url, parser.base) if parser.base else page_url
-    return [(urljoin(base, src.strip()), alt) for src, alt in parser.images]
+    """(absolute src, alt) of each <img> of a page, in document order. The page is parsed as the HTML standard
+    says a browser with scripting off parses it (lexbor): ``<noscript>`` fallbacks count; text that only
+    looks like a tag (inside ``<title>``, ``<textarea>``, comments, scripts) does not; of a repeated
+    attribute the first counts. Relative srcs resolve against the page, or its first ``<base href>``."""
+    tree = LexborHTMLParser(html)
+    base_tag = tree.css_first("base[href]")
+    base = urljoin(page_url, (base_tag.attributes.get("href") or "").strip()) if base_tag else page_url
+    out = []
+    for img in tree.tags("img"):
+        attrs = img.attributes
+        src = attrs.get("src")
+        if src:
+            out.append((urljoin(base, src.strip()), attrs.get("alt") or ""))
+    return out
 
 
 def links_from_wat(meta: dict | bytes, page_url: str) -> list[tuple[str, str]]:
@@ -155,27 +152,71 @@ def decode_html(body: bytes, content_type: str | None) -> str:
     return body.decode(codec or "utf-8", errors="replace")
 
 
+# The HTTP transfer and content codings a page's bytes may arrive in, and FastWARC's reader that undoes each.
+_HTTP_DECODERS = {"chunked": ChunkedReader, "gzip": GzipReader, "x-gzip": GzipReader,
+                  "deflate": partial(GzipReader, zlib=True), "br": BrotliReader}
+
+
+def decode_payload(body: bytes, http_headers) -> bytes:
+    """A response's page bytes: its Transfer-Encoding, then its Content-Encoding codings undone, last applied
+    first. A body that does not decode as its header says is kept as it stands (a coding we do not know, or
+    bytes that are not what the header claims: what warcio's reader did)."""
+    for header in ("Transfer-Encoding", "Content-Encoding"):
+        codings = [c.strip().lower() for c in (http_headers.get(header) or "").split(",")]
+        for coding in reversed(codings):
+            decoder = _HTTP_DECODERS.get(coding)
+            if decoder is None:
+                continue  # identity, empty, or unknown
+            try:
+                body = decoder(io.BytesIO(body)).read()
+            except OSError:
+                return body
+    return body
+
+
 def _is_wat_record(record) -> bool:
-    ctype = (record.rec_headers.get_header("Content-Type") or "").lower()
-    return record.rec_type == "metadata" and "json" in ctype
+    ctype = (record.headers.get("Content-Type") or "").lower()
+    return record.record_type == WarcRecordType.metadata and "json" in ctype
+
+
+class TruncatedRecord(Exception):
+    """The file ends inside this record (a cut download): nothing after it can be read."""
+
+
+def _read_all(record) -> bytes:
+    """The rest of a record's block (its payload once the HTTP headers are parsed); TruncatedRecord when the
+    file ends before the length its headers declare."""
+    body = record.reader.read()
+    if len(body) < record.content_length:
+        raise TruncatedRecord
+    return body
+
+
+def _skipped(record) -> None:
+    """Pass over a record that holds no links (None), checking that the file does not end inside it."""
+    if record.reader.consume() < record.content_length:
+        raise TruncatedRecord
 
 
 def record_links(record) -> list[tuple[str, str]] | None:
-    """(url, alt) of the image links of one WARC/WAT record, or None for a record that holds none by its
-    kind (warcinfo, request, WARC metadata, non-HTML response, ...). Raises on a damaged record of a parsed
-    kind."""
-    page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
-    if record.rec_type == "response":
-        ctype = record.http_headers.get_header("Content-Type") if record.http_headers else None
-        if record.http_headers is None or (ctype and "html" not in ctype.lower()):
-            return None
-        return links_from_html(decode_html(record.content_stream().read(), ctype), page_url)
+    """(url, alt) of the image links of one WARC/WAT record (FastWARC, read with ``parse_http=False``), or
+    None for a record that holds none by its kind (warcinfo, request, WARC metadata, non-HTML response, ...).
+    Raises TruncatedRecord when the file ends inside the record, another exception on a damaged record of a
+    parsed kind."""
+    page_url = record.headers.get("WARC-Target-URI") or ""
+    if record.record_type == WarcRecordType.response and record.is_http:
+        record.parse_http()
+        ctype = record.http_headers.get("Content-Type")
+        if ctype and "html" not in ctype.lower():
+            return _skipped(record)
+        body = decode_payload(_read_all(record), record.http_headers)
+        return links_from_html(decode_html(body, ctype), page_url)
     if _is_wat_record(record):
-        payload = json.loads(record.content_stream().read())
+        payload = json.loads(_read_all(record))
         if not isinstance(payload, dict) or not isinstance(payload.get("Envelope"), dict):
             return None  # JSON metadata that is not a WAT envelope
         return links_from_wat(payload, page_url)
-    return None
+    return _skipped(record)
 
 
 def _no_records_message(source: str, kinds: Counter) -> str:
@@ -189,22 +230,42 @@ def _no_records_message(source: str, kinds: Counter) -> str:
             "use the WARC or WAT files of the crawl")
 
 
-def _warc_links(stream, source: str, stats: ExtractStats, size: int) -> Iterator[tuple[str, str, str]]:
-    """(url, alt, page_url) of every image link in a WARC or WAT file. Corrupt records are counted and
-    skipped; a stream that breaks mid-file ends that file (warcio cannot resynchronise inside a damaged gzip
-    member). A file with no record to take links from raises InputError saying what it holds."""
-    archive = ArchiveIterator(stream)
-    it = iter(archive)
+def _gzip_tail_broken(stream, start: int) -> bool:
+    """Whether a gzip file, from the member where its last record began, fails to end in whole gzip members:
+    FastWARC reads a download cut off before the next member gave a byte of its record as a quiet end."""
+    stream.seek(start)
+    data = stream.read()
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        try:
+            member.decompress(data)
+        except zlib.error:
+            return True
+        if not member.eof:
+            return True
+        data = member.unused_data
+    return False
+
+
+def _warc_links(stream, source: str, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
+    """(url, alt, page_url) of every image link in a WARC or WAT file (plain or gzip; FastWARC). Corrupt
+    records are counted and skipped; a file that breaks (cut short, bytes that are not a WARC record, a
+    damaged gzip member) counts one corrupt record and ends there. A file with no record to take links
+    from raises InputError saying what it holds."""
+    gzipped = stream.read(2) == b"\x1f\x8b"
+    stream.seek(0)
+    it = iter(ArchiveIterator(stream, parse_http=False))
     first = True
     kinds: Counter = Counter()  # record types seen
     parsed = 0  # records of a kind that holds links
+    last_record_at = 0  # where the last record read began (in a gzip file, its member's start)
     while True:
         try:
             record = next(it)
+            if record.headers.get("Content-Length") is None:
+                raise TruncatedRecord  # the file ends inside the record's WARC header block
         except StopIteration:
-            # warcio ends quietly on a truncated last gzip member: bytes left past the last whole record
-            # mean one record was cut off.
-            if archive.offset < size:
+            if gzipped and _gzip_tail_broken(stream, last_record_at):
                 if first:
                     raise InputError(f"{source}: not a readable WARC/WAT file (no complete record)") from None
                 stats.corrupt_records += 1
@@ -213,20 +274,26 @@ def _warc_links(stream, source: str, stats: ExtractStats, size: int) -> Iterator
             elif parsed == 0:
                 raise InputError(_no_records_message(source, kinds)) from None
             return
-        except (ArchiveLoadFailed, OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
+        except (TruncatedRecord, OSError, ValueError) as exc:
             if first:
-                raise InputError(f"{source}: not a readable WARC/WAT file ({type(exc).__name__})") from None
+                why = "no complete record" if isinstance(exc, TruncatedRecord) else type(exc).__name__
+                raise InputError(f"{source}: not a readable WARC/WAT file ({why})") from None
             stats.corrupt_records += 1
             log.warning("%s: damaged stream after %d records (%s); rest of file skipped",
-                        source, stats.records, exc)
+                        source, stats.records, exc or "cut short")
             return
-        if first and not (record.format == "warc" and record.rec_headers.get_header("WARC-Type")):
-            raise InputError(f"{source}: not a readable WARC/WAT file (first record has no WARC header)")
+        last_record_at = record.stream_pos
         first = False
-        kinds[record.rec_type] += 1
-        page_url = record.rec_headers.get_header("WARC-Target-URI") or ""
+        kinds[str(record.record_type)] += 1
+        page_url = record.headers.get("WARC-Target-URI") or ""
         try:
             links = record_links(record)
+        except TruncatedRecord:
+            stats.corrupt_records += 1
+            if sum(kinds.values()) == 1:
+                raise InputError(f"{source}: not a readable WARC/WAT file (no complete record)") from None
+            log.warning("%s: truncated after %d records; the damaged tail was skipped", source, stats.records)
+            return
         except Exception as exc:  # noqa: BLE001 - one bad record never stops a crawl
             parsed += 1
             stats.records += 1
@@ -373,7 +440,7 @@ def file_links(local: str, source: str, stats: ExtractStats) -> Iterator[tuple[s
     except OSError as exc:
         raise InputError(f"cannot read {source}: {exc.strerror}") from None
     with stream:
-        for url, alt, page_url in _warc_links(stream, source, stats, os.path.getsize(local)):
+        for url, alt, page_url in _warc_links(stream, source, stats):
             yield url, alt, page_url, None
 
 

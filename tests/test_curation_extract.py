@@ -392,3 +392,65 @@ def test_non_text_parquet_columns_and_bad_uids_name_file_and_column(tmp_path):
                    bad_uid)
     with pytest.raises(InputError, match=r"uids.parquet: column 'uid' row 0"):
         extract_pairs(ExtractConfig(), [str(bad_uid)], tmp_path / "pairs")
+
+
+def test_html_is_parsed_by_the_html_standard_rules():
+    """lexbor builds the tree a browser (scripting off) builds: <noscript> fallbacks are images; tag-like
+    text inside <title>, <textarea> and comments is not; a repeated attribute keeps its first value."""
+    page = ('<html><head><title><img src="/t.jpg" alt="title text"></title></head><body>'
+            '<noscript><img src="/ns.jpg" alt="fallback"></noscript>'
+            '<textarea><img src="/ta.jpg" alt="typed"></textarea>'
+            '<!-- <img src="/c.jpg" alt="comment"> -->'
+            '<img src="/a.jpg" alt="first" alt="second"><IMG SRC=" /caps.jpg " ALT="a &amp; b">'
+            '</body></html>')
+    assert links_from_html(page, "http://example.com/p") == [
+        ("http://example.com/ns.jpg", "fallback"), ("http://example.com/a.jpg", "first"),
+        ("http://example.com/caps.jpg", "a & b")]
+
+
+def _coded_warc(path: Path, captures: list[tuple[list[tuple[str, str]], bytes]]) -> None:
+    """Responses whose HTTP headers name transfer/content codings; ``captures``: (headers, wire bytes)."""
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        for i, (headers, body) in enumerate(captures):
+            http = _http("200 OK", [("Content-Type", "text/html; charset=utf-8"), *headers], body)
+            w.write_record(w.create_warc_record(f"http://h{i}.example/p", "response",
+                                                payload=io.BytesIO(body), http_headers=http))
+
+
+def test_transfer_and_content_codings_are_undone_and_a_lying_header_keeps_the_bytes(tmp_path):
+    def page(i: int) -> bytes:
+        return f'<img src="/{i}.jpg" alt="coded page {i}">'.encode()
+
+    def chunked(body: bytes) -> bytes:
+        return b"".join(b"%x\r\n%s\r\n" % (len(body[k:k + 7]), body[k:k + 7])
+                        for k in range(0, len(body), 7)) + b"0\r\n\r\n"
+
+    warc = tmp_path / "coded.warc.gz"
+    _coded_warc(warc, [
+        ([("Content-Encoding", "gzip")], gzip.compress(page(0))),
+        ([("Transfer-Encoding", "chunked")], chunked(page(1))),
+        ([("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip")], chunked(gzip.compress(page(2)))),
+        ([("Content-Encoding", "gzip")], page(3)),  # says gzip, is not: read as it stands
+        ([("Content-Encoding", "x-unknown")], page(4)),
+    ])
+    stats = extract_pairs(ExtractConfig(), [str(warc)], tmp_path / "pairs")
+    t = pq.read_table(tmp_path / "pairs").to_pydict()
+    assert sorted(t["caption"]) == [f"coded page {i}" for i in range(5)]
+    assert stats["records"] == 5 and stats["corrupt_records"] == 0
+
+
+def test_a_file_cut_between_gzip_members_counts_the_cut(tmp_path):
+    """Cut inside a gzip member that had not yet given a byte of its record: the records before it are kept,
+    the cut counts as one corrupt record (a reader that stops quietly would miss it)."""
+    warc = tmp_path / "crawl.warc.gz"
+    write_warc(warc, {f"http://example.com/p{i}.html": f'<img src="/{i}.jpg" alt="picture {i}">'
+                      for i in range(4)})
+    data = warc.read_bytes()
+    third = [k for k in range(len(data) - 1) if data[k:k + 3] == b"\x1f\x8b\x08"][3]
+    for cut, kept in ((third + 5, 3), (third, 3), (len(data), 4)):
+        (tmp_path / "cut.warc.gz").write_bytes(data[:cut])
+        stats = extract_pairs(ExtractConfig(), [str(tmp_path / "cut.warc.gz")], tmp_path / "pairs")
+        assert (stats["kept"], stats["corrupt_records"]) == (kept, int(cut == third + 5)), cut
