@@ -14,7 +14,9 @@ Its worker processes therefore fetch through ``shared.netsafety.guarded_opener``
 ``GuardedDownloader``): every connection, redirect hops included, goes only to a checked, pinned address, and
 a refused fetch is recorded as "blocked by policy" with nothing about what lay behind it (a name that does
 not resolve is refused the same way). URLs that fail the textual check are dropped before the list is handed
-over. Its default opt-out header check (X-Robots-Tag noai/noimageai/noindex/noimageindex) stays on.
+over, by the engine tasks that write it (``download_list/``, one parquet file per pairs partition, which
+img2dataset reads file by file: no process holds the whole list). Its default opt-out header check
+(X-Robots-Tag noai/noimageai/noindex/noimageindex) stays on.
 Decompression bombs: OpenCV (which img2dataset decodes with) refuses images over
 ``OPENCV_IO_MAX_IMAGE_PIXELS`` *before* allocating, which we set from ``cfg.max_image_pixels``;
 ``max_image_area`` repeats the cap, and PIL's MAX_IMAGE_PIXELS covers our own later decodes.
@@ -64,15 +66,16 @@ import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.engine import spark_session
-from shared.atomic import atomic_path, atomic_write_json
+from curation.engine import LocalEngine, spark_session
+from shared.atomic import atomic_dir, atomic_write_json
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, InputError, OpenAIMError, disk_full_as_error, disk_full_message
 from shared.netsafety import BLOCKED, guarded_opener, url_rejection
 
 # Bump when the downloaded pool change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 2  # 2: guarded connections, "blocked by policy", damaged shards refetched
+VERSION = 3  # 2: guarded connections, "blocked by policy", damaged shards refetched;
+# 3: the download list is a folder, one file per pairs partition (img2dataset shards each file alone)
 
 log = logging.getLogger("openaim.curation")
 
@@ -164,19 +167,33 @@ def verify_shards(pool_dir: Path) -> int:
     return dropped
 
 
-def safe_download_list(pairs_path: Path, out_path: Path, allow_hosts: list[str]) -> tuple[int, Counter]:
-    """Write img2dataset's input (url, caption, uid) keeping only URLs that pass the textual check. Refusals
-    are counted as "blocked by policy" only. (The binding check: on each connection.)"""
-    t = pq.read_table(pairs_path, columns=["uid", "url", "caption"])
-    keep_idx, rejected = [], Counter()
-    for i, url in enumerate(t.column("url").to_pylist()):
-        if url_rejection(url, allow_hosts):
-            rejected[BLOCKED] += 1
-        else:
-            keep_idx.append(i)
-    with atomic_path(out_path) as tmp:
-        pq.write_table(t.take(pa.array(keep_idx, type=pa.int64())), tmp)
-    return len(keep_idx), rejected
+def pairs_partitions(pairs_path: Path) -> list[Path]:
+    """The pairs partitions: the extract step's ``pairs/part-*.parquet`` (a folder), or one parquet file."""
+    return sorted(pairs_path.glob("*.parquet")) if pairs_path.is_dir() else [pairs_path]
+
+
+def download_list_part(allow_hosts: list[str], out_dir: Path, part: Path) -> tuple[int, int]:
+    """One task: the rows (url, caption, uid) of one pairs partition whose URL passes the textual check, to
+    ``out_dir/<part name>`` (none when no row does; ``out_dir`` is swapped in whole); (kept, refused). The
+    binding check: on each connection."""
+    t = pq.read_table(part, columns=["uid", "url", "caption"])
+    keep = [not url_rejection(url, allow_hosts) for url in t.column("url").to_pylist()]
+    kept = sum(keep)
+    if kept:
+        pq.write_table(t.filter(pa.array(keep, type=pa.bool_())), out_dir / part.name)
+    return kept, len(keep) - kept
+
+
+def write_download_list(engine, pairs_path: Path, out_dir: Path,
+                        allow_hosts: list[str]) -> tuple[int, Counter]:
+    """img2dataset's input: a folder of parquet files, one per pairs partition, written by engine tasks (the
+    URL check runs in the tasks; nothing here holds more than the counts). Refusals are counted as "blocked
+    by policy" only."""
+    with atomic_dir(out_dir) as tmp:
+        task = functools.partial(download_list_part, allow_hosts, tmp)
+        counts = engine.map(task, pairs_partitions(pairs_path))
+    refused = sum(r for _, r in counts)
+    return sum(k for k, _ in counts), Counter({BLOCKED: refused} if refused else {})
 
 
 _installed_policy: tuple[str, ...] | None = None
@@ -363,8 +380,10 @@ def download_in_own_session(cfg: DownloadConfig, url_list: Path, pool_dir: Path,
         raise OpenAIMError(f"download process failed (exit {proc.returncode}): {last}")
 
 
-def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str]) -> dict:
-    """Download every safe pair of ``pairs_path`` into ``pool_dir`` (resumes a killed run), return a summary.
+def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str],
+                  engine=None) -> dict:
+    """Download every safe pair of ``pairs_path`` (a pairs folder or file) into ``pool_dir`` (resumes a killed
+    run), return a summary. The download list is written by ``engine``'s tasks (in-process when None).
 
     Raises InputError when no image at all could be downloaded (the pool would be empty), DiskFullError
     when the disk fills up.
@@ -374,8 +393,8 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
         kill_previous_run(pool_dir)
         if verify_shards(pool_dir):
             log.warning("download: damaged shards of an earlier run in %s will be fetched again", pool_dir)
-        url_list = pool_dir.parent / "download_list.parquet"
-        n_safe, rejected = safe_download_list(pairs_path, url_list, allow_hosts)
+        url_list = pool_dir.parent / "download_list"
+        n_safe, rejected = write_download_list(engine or LocalEngine(), pairs_path, url_list, allow_hosts)
         if rejected:
             log.warning("download: %d URLs %s", sum(rejected.values()), BLOCKED)
         if n_safe == 0:
@@ -450,7 +469,7 @@ def _finish_interrupted_swap(pool_dir: Path) -> None:
 
 
 def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str],
-               fingerprint: str, restart: bool = False) -> None:
+               fingerprint: str, restart: bool = False, engine=None) -> None:
     """Get a finished download for ``fingerprint`` (the download step's fingerprint) ready to swap in, without
     touching ``pool_dir``: download it into ``staging_dir(pool_dir)``, resuming a killed download of the same
     fingerprint there (unless ``restart``). Nothing to do if ``pool_dir`` already holds it (its step record
@@ -468,7 +487,7 @@ def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_host
     stage.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": False})
     try:
-        summary = download_pool(cfg, pairs_path, stage, allow_hosts)
+        summary = download_pool(cfg, pairs_path, stage, allow_hosts, engine)
     except InputError as exc:
         kept = (f"{pool_dir.name}/ was kept as it was" if pool_dir.exists()
                 else f"no {pool_dir.name}/ was made")

@@ -121,7 +121,7 @@ class _Steps:
         # succeeded: a failed, empty or interrupted download leaves pool/ and the record as they were.
         if self.force or not self.cache.check(spec).fresh:
             download.stage_pool(self.cur.download, self.dir / "pairs", pool, self.cur.extract.allow_hosts,
-                                spec.fingerprint, restart=self.force)
+                                spec.fingerprint, restart=self.force, engine=self.engine)
 
         def fn() -> None:
             atomic_write_json(stats, download.swap_in_pool(pool, spec.fingerprint))
