@@ -199,9 +199,9 @@ def _safety(steps: _Steps, out: Path) -> None:
 
 def _select_and_write(steps: _Steps) -> None:
     d, cur = steps.dir, steps.cur
-    with atomic_dir(d / "shards") as shards:
+    with atomic_dir(d / "shards") as shards, atomic_dir(d / "subset") as subset:
         stats = run_select(steps.engine, steps.parts(), [d / "dedup" / "keep", d / "safety" / "keep"],
-                           d / "pool", shards, d / "subset.npy", cur.select, cur.safety.blur_faces)
+                           d / "pool", shards, subset, d / "subset.npy", cur.select, cur.safety.blur_faces)
     atomic_write_json(d / "select_stats.json", stats)
 
 

@@ -80,7 +80,7 @@ def select_spec(cfg, cache: StageCache) -> StepSpec:
     return StepSpec("select", config=conf,
                     inputs={k: cache.outputs_hash(k) for k in ("download", "score", "dedup", "safety")},
                     version=select_parts.VERSION,
-                    outputs=[d / "shards", d / "subset.npy", d / "select_stats.json"])
+                    outputs=[d / "shards", d / "subset", d / "subset.npy", d / "select_stats.json"])
 
 
 def step_specs(cfg, cache: StageCache) -> list[StepSpec]:

@@ -1,4 +1,4 @@
-"""Write the curated dataset: webdataset shards (``jpg``, ``txt``, ``json``) and the DataComp uid subset.
+"""Write the curated dataset: webdataset shards (``jpg``, ``txt``, ``json``), one task per pool shard.
 
 One task per pool shard (``write_part_shards``, run by curation.engine) streams that shard's kept samples
 into its own output tars. The pipeline builds the shards directory in a temporary sibling and swaps it in
@@ -15,13 +15,10 @@ import logging
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import webdataset as wds
 from PIL import Image
 
 from curation.safety import blur_faces as blur_image_faces
-from curation.select import uid_subset
-from shared.atomic import atomic_path
 
 log = logging.getLogger("openaim.curation")
 
@@ -83,14 +80,3 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
         for p in out_dir.glob(f"{stem}-*.tar"):
             p.unlink()
     return {"written": len(samples), "shards": shards, "faces_blurred": faces}
-
-
-def write_subset(uids: list[str], path: Path) -> None:
-    """Save the DataComp-style subset (sorted "u8,u8" array of the kept uids), atomically."""
-    save_subset(uid_subset(uids), path)
-
-
-def save_subset(arr: np.ndarray, path: Path) -> None:
-    """Save an already sorted subset array atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
