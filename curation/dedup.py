@@ -111,16 +111,21 @@ def exact_duplicates(sha256: Sequence[str], scores: np.ndarray) -> np.ndarray:
     return _keep_best_per_group(labels, np.asarray(scores))
 
 
-def _set_threads() -> None:
-    # faiss bundles its own OpenMP runtime, which reads OMP_WAIT_POLICY once, at import. Its default
-    # (spinning threads) turns into seconds of spin-waiting when other jobs hold the cores (measured:
-    # PCA training 10.6 s -> 0.2 s at load 4 with PASSIVE). Set before the first import unless the
-    # user chose a policy; torch's separate runtime is not affected.
+def import_faiss():
+    """faiss, imported with passive OpenMP threads. faiss bundles its own OpenMP runtime, which reads
+    OMP_WAIT_POLICY once, at import. Its default (spinning threads) turns into seconds of spin-waiting
+    when other jobs hold the cores (measured: PCA training 10.6 s -> 0.2 s at load 4 with PASSIVE). Set
+    before the first import unless the user chose a policy; torch's separate runtime is not affected."""
     if "faiss" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import faiss
 
-    faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+    return faiss
+
+
+def _set_threads() -> None:
+    """faiss (imported by ``import_faiss``) on every core."""
+    import_faiss().omp_set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def _range_pairs(index, queries: np.ndarray, radius: float,

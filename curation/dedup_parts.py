@@ -5,14 +5,16 @@
    global ids to one small file per part they came from.
 2. Near copies, cluster-partitioned (SemDeDup-style): a sample of the exact survivors (a bounded number of
    rows per part) trains, on the driver, a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
-   ~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact).
-   Every part task assigns each row
-   to its nearest centroid (where it is a *member*) and sends it as a *query* to every other centroid
-   within ``BOUNDARY_MARGIN`` cosine of that one (at most ``MAX_PROBES``), and each zoomed view
-   (curation.copy_detection) the same way: a copy near a boundary is met from either side. A cluster
-   task compares its queries and members with one matrix product and checks the candidate pairs on the
-   stored descriptors at the threshold. The pairs (with both scores) come back as files; the driver
-   applies ``dedup.keep_best_of_neighbours`` to the linked rows only (memory: the pairs, not the pool).
+   ~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact,
+   one task holding every survivor). Every part task assigns each row to its nearest centroid (where it
+   is a *member*) and sends it as a *query* to every other centroid within ``BOUNDARY_MARGIN`` cosine of
+   that one (at most ``MAX_PROBES``), and each zoomed view (curation.copy_detection) the same way: a copy
+   near a boundary is met from either side. A cluster task compares its members with each other and its
+   queries with its members, one matrix product per block of rows: on the stored descriptors at the
+   threshold (exact) without a PCA; with one, in the PCA space at ``threshold - dedup.CANDIDATE_MARGIN``,
+   each candidate then checked on the stored descriptors (as the single-node ``dedup.ivf_pairs``). The
+   pairs (with both scores) come back as files; the driver applies ``dedup.keep_best_of_neighbours`` to
+   the linked rows only (memory: the pairs, not the pool).
 3. Eval leaks: the evaluation index (curation.eval_index, small) is shipped to every part task, which
    also writes the part's keep file ``dedup/keep/<shard>.parquet`` (uid, keep, reason: exact_dup,
    near_dup, eval_leak, in that precedence).
@@ -20,15 +22,19 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import shutil
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from curation import dedup
 from curation.copy_detection import dedup_vectors
@@ -37,10 +43,13 @@ from curation.parts import Part, quantize, read_part
 from shared.atomic import atomic_path
 from shared.config.curation import DedupConfig
 
+log = logging.getLogger("openaim.curation")
+
 # Bump when the keep files (this module, dedup.py, copy_detection.py, eval_index.py, parts.py) change for
 # the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that
 # change no result (comments, refactors) need no bump. 2: cluster-partitioned, registry eval sets, int8.
-VERSION = 2
+# 3: nearest cluster by faiss's top-k, within-cluster candidates in the PCA space (when used), verified.
+VERSION = 3
 
 # sqrt(CLUSTERS_PER_ROW * n) clusters balance the two products: assigning rows to centroids (n x k) and
 # comparing each vector sent to a cluster with its members (n x probes x n / k), as in dedup.ivf_pairs.
@@ -49,12 +58,15 @@ REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PC
 ROWS_PER_TASK = 8192  # rows (members + queries) per reduce task: bounds a task's memory
 SAMPLE_BASE = 4096  # rows sampled for the PCA, plus TRAIN_PER_CLUSTER per centroid for k-means
 TRAIN_PER_CLUSTER = 40  # faiss k-means asks for >= 39 training points per centroid
-KMEANS_ITER = 10
+KMEANS_ITER = 5  # at 1e6 (benchmarks/curation_scale.py --dedup data) 5 and 10 gave the same cluster sizes
+# and recall, at half the driver time (3.5 s vs 9.2 s on 2 loaded cores)
 MAX_PROBES = 8  # at 4, 0.6% of planted pairs needed more (benchmarks/curation_scale.py --dedup)
 BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
+# (1e6 rows of the --dedup benchmark, 1733 clusters: nearest only finds 0.956 of the planted pairs; margin
+# 0.05 finds all with 1.51 vectors sent per row, 0.1 with 1.65: the margin costs little, recall is kept)
 EXACT_ROWS_PER_BUCKET = 200_000
 PAIR_BLOCK = 1 << 22  # similarities per matrix product in a cluster task (16 MiB of float32)
-SENT_PER_ROW = 4  # vectors a row sends on average (itself, zoomed views, boundary copies): sizes tasks
+FANOUT_SAMPLE = 10_000  # sample rows assigned on the driver to size the cluster tasks
 
 
 @dataclass(frozen=True)
@@ -126,14 +138,15 @@ def _survivors(plan: Plan, index: int, data: dict) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def sample_part(plan: Plan, rate: float, index: int) -> np.ndarray:
-    """A seeded sample of a part's exact survivors' dedup vectors (the k-means / PCA training set)."""
+def sample_part(plan: Plan, rate: float, index: int) -> tuple[np.ndarray, int]:
+    """A seeded sample of a part's exact survivors' dedup vectors (the k-means / PCA training set) and
+    the number of views each row has (the vector and its zoomed views)."""
     data = read_part(plan.parts[index].path, ("score", "embedding", "copy"))
     rows = _survivors(plan, index, data)
     rng = np.random.default_rng(index)
     picked = rows[rng.random(len(rows)) < rate]
     x, _ = _vectors({k: v[picked] for k, v in data.items() if k != "score"}, plan.cfg.filter_weight)
-    return x
+    return x, data["copy"].shape[1]
 
 
 @dataclass(frozen=True)
@@ -150,19 +163,23 @@ class Clusters:
             return v
         return dedup._normalised((v - self.pca_mean) @ self.pca_components.T)
 
-    def probes(self, vr: np.ndarray) -> list[np.ndarray]:
-        """Per vector, the clusters it is sent to: its nearest, then every one within the margin."""
-        if len(self.centroids) == 1:
-            return [np.zeros(1, np.int64)] * len(vr)
-        sims = vr @ self.centroids.T  # [n, k]
-        k = min(MAX_PROBES, sims.shape[1])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
-            np.broadcast_to(np.arange(k), sims.shape).copy()
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        by_sim = np.argsort(-top_sims, axis=1, kind="stable")
-        top, top_sims = np.take_along_axis(top, by_sim, axis=1), np.take_along_axis(top_sims, by_sim, axis=1)
-        close = top_sims >= top_sims[:, :1] - BOUNDARY_MARGIN
-        return [t[c] for t, c in zip(top, close, strict=True)]
+    def assign(self, vr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, cluster, nearest) for every (vector, cluster) it is sent to: its nearest cluster
+        (nearest = True), then every other one within ``BOUNDARY_MARGIN`` cosine of it, at most
+        ``MAX_PROBES`` in all."""
+        n, k = len(vr), len(self.centroids)
+        if k == 1:
+            return np.arange(n), np.zeros(n, np.int64), np.ones(n, bool)
+        faiss = dedup.import_faiss()
+        # faiss's top-k (blocked product + heap) rather than numpy: a [rows, k] similarity matrix with
+        # r = 64 is memory-bound, and finding the few clusters within the margin in it cost more than the
+        # product. One OpenMP thread: a task has one core (curation.engine), and faiss's runtime may have
+        # been loaded after the engine set its limits.
+        with threadpool_limits(1, user_api="openmp"):
+            sims, ids = faiss.knn(np.ascontiguousarray(vr, np.float32), self.centroids, min(MAX_PROBES, k),
+                                  metric=faiss.METRIC_INNER_PRODUCT)  # [n, probes], best first
+        rows, rank = np.nonzero(sims >= sims[:, :1] - BOUNDARY_MARGIN)
+        return rows, ids[rows, rank].astype(np.int64), rank == 0
 
 
 def n_clusters(n: int) -> int:
@@ -172,7 +189,7 @@ def n_clusters(n: int) -> int:
 def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0) -> Clusters:
     """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters."""
     dedup._set_threads()
-    import faiss  # after _set_threads: see there
+    faiss = dedup.import_faiss()
     from threadpoolctl import threadpool_limits
 
     mean = comps = None
@@ -196,73 +213,89 @@ def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed:
 
 
 def emit_clusters(plan: Plan, clusters: Clusters, index: int):
-    """(bucket, (cluster, role, gids, scores, stored int8 vectors)) blocks for a part's exact
-    survivors, one block per (cluster, role): role 0 = members (their nearest cluster), 1 = queries
-    (another cluster within the margin, or a zoomed view's clusters)."""
+    """(bucket, (cluster, role, gids, scores, stored int8 vectors, PCA-space vectors)) for a part's exact
+    survivors, one record of row-aligned arrays per bucket: role 0 = member (a row's own vector in its
+    nearest cluster), 1 = query (its vector in another cluster within the margin, or a zoomed view in its
+    clusters). The PCA-space vectors (float16, 64-d: a quarter of a 512-d int8 vector's bytes) are None
+    when the clusters have no PCA."""
     part = plan.parts[index]
     data = read_part(part.path, ("score", "embedding", "copy"))
     rows = _survivors(plan, index, data)
     w = plan.cfg.filter_weight
     x, views = _vectors({k: v[rows] for k, v in data.items() if k != "score"}, w)
     scores, gids = data["score"][rows].astype(np.float64), part.offset + rows
+    pca = clusters.pca_components is not None
+    sent = []  # per view: (row, cluster, role, int8 vectors, PCA-space float16 vectors or None)
     for v, vecs in enumerate([x, *views]):
-        reduced = clusters.reduce(vecs)  # the PCA space only picks the clusters
-        # copy descriptors alone (w = 0) are the stored int8 values themselves
+        # copy descriptors alone (w = 0) are the stored int8 values themselves; the tasks check pairs on
+        # the stored form (normalised again), and search in the PCA space when there is one
         packed = data["copy"][rows, v].astype(np.int8) if w <= 0 else quantize(vecs)
-        probes = clusters.probes(reduced)
-        row = np.repeat(np.arange(len(probes)), [len(p) for p in probes])
-        rank = np.concatenate([np.arange(len(p)) for p in probes]) if probes else np.zeros(0, np.int64)
-        cluster = np.concatenate(probes) if probes else np.zeros(0, np.int64)
-        role = np.where((rank == 0) & (v == 0), 0, 1)
-        order = np.lexsort((row, role, cluster))  # blocks of one (cluster, role), rows in part order
-        cuts = np.flatnonzero(np.diff(cluster[order]) | np.diff(role[order])) + 1
-        for block in np.split(order, cuts) if len(order) else []:
-            c, r, sel = int(cluster[block[0]]), int(role[block[0]]), row[block]
-            # the stored int8 form travels (a task normalises it again)
-            yield c % clusters.buckets, (c, r, gids[sel], scores[sel], packed[sel])
+        reduced = clusters.reduce(vecs)
+        row, cluster, nearest = clusters.assign(reduced)
+        sent.append((row, cluster, np.where(nearest & (v == 0), 0, 1).astype(np.int8), packed[row],
+                     reduced[row].astype(np.float16) if pca else None))
+    row, cluster, role, packed = (np.concatenate([s[i] for s in sent]) for i in range(4))
+    reduced = np.concatenate([s[4] for s in sent]) if pca else None
+    bucket = cluster % clusters.buckets
+    order = np.argsort(bucket, kind="stable")
+    cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+    for sel in np.split(order, cuts) if len(order) else []:
+        r = row[sel]
+        yield int(bucket[sel[0]]), (cluster[sel], role[sel], gids[r], scores[r], packed[sel],
+                                    None if reduced is None else reduced[sel])
 
 
-def _cluster_pairs(members: list, queries: list, threshold: float):
-    """Copy pairs (gid_a, gid_b, score_a, score_b) among a cluster's members and from its queries to its
-    members, on the stored descriptors (blocks of (gids, scores, int8 vectors)): one matrix product per
-    block of queries, so the within-cluster search is exact."""
-    mg, ms, mf = (np.concatenate([m[k] for m in members]) for k in range(3))
-    mf = dedup._normalised(mf)
+def _cluster_pairs(f: np.ndarray, reduced: np.ndarray | None, gids: np.ndarray, scores: np.ndarray,
+                   members: int, threshold: float):
+    """Copy pairs (gid_a, gid_b, score_a, score_b) within one cluster: ``f`` holds its unit vectors,
+    members first (``members`` of them), then queries; every member against every member and every
+    query against every member, one matrix product per block of rows. Without ``reduced`` the products
+    are taken on ``f`` at the threshold (exact). With it (the vectors in the clusters' PCA space) they are
+    taken there at ``threshold - dedup.CANDIDATE_MARGIN`` (8x fewer operations at 512-d) and each
+    candidate is checked on ``f``, as the single-node search (dedup.ivf_pairs) does."""
+    search = f if reduced is None else reduced
+    radius = threshold if reduced is None else threshold - dedup.CANDIDATE_MARGIN
     out = []
-    step = max(1, PAIR_BLOCK // len(mg))  # similarities per product
-    for s in range(0, len(mg), step):
-        a, b = np.nonzero(mf[s:s + step] @ mf.T >= threshold)
+    step = max(1, PAIR_BLOCK // max(1, members))
+    for s in range(0, len(f), step):
+        a, b = np.nonzero(search[s:s + step] @ search[:members].T >= radius)
         a += s
-        upper = a < b
-        out.append((mg[a[upper]], mg[b[upper]], ms[a[upper]], ms[b[upper]]))
-    if queries:
-        qg, qs, qf = (np.concatenate([q[k] for q in queries]) for k in range(3))
-        qf = dedup._normalised(qf)
-        for s in range(0, len(qg), step):
-            qi, mj = np.nonzero(qf[s:s + step] @ mf.T >= threshold)
-            qi += s
-            other = qg[qi] != mg[mj]
-            out.append((qg[qi[other]], mg[mj[other]], qs[qi[other]], ms[mj[other]]))
+        # member-member pairs once (a < b); query-member pairs unless both are one row
+        wanted = np.where(a < members, a < b, gids[a] != gids[b])
+        a, b = a[wanted], b[wanted]
+        if reduced is not None:
+            ok = np.einsum("ij,ij->i", f[a], f[b]) >= threshold
+            a, b = a[ok], b[ok]
+        out.append((gids[a], gids[b], scores[a], scores[b]))
     return out
 
 
-def reduce_clusters(plan: Plan, bucket: int, rows) -> int:
-    """Every cluster of this bucket, one at a time; its pairs to ``near/pairs-<bucket>.npz``."""
-    by_cluster: dict[int, tuple[list, list]] = {}
-    for c, role, *block in rows:  # block: (gids, scores, int8 vectors)
-        by_cluster.setdefault(c, ([], []))[role].append(block)
+def reduce_clusters(plan: Plan, bucket: int, records) -> tuple[int, int]:
+    """Every cluster of this bucket, one at a time; its pairs to ``near/pairs-<bucket>.npz``. Returns
+    (vectors received, pairs found)."""
+    records = list(records)
+    received = sum(len(r[0]) for r in records)
     found = []
-    for c in sorted(by_cluster):
-        members, queries = by_cluster[c]
-        if members:
-            found += _cluster_pairs(sorted(members, key=lambda m: m[0][0]),
-                                    sorted(queries, key=lambda q: q[0][0]), plan.cfg.near_threshold)
-    cols = [np.concatenate([f[k] for f in found]) if found else np.zeros(0) for k in range(4)]
+    if records:
+        cluster, role, gids, scores, packed = (np.concatenate([r[i] for r in records]) for i in range(5))
+        order = np.lexsort((gids, role, cluster))  # by cluster, members first, then by global id
+        cluster, role, gids, scores = cluster[order], role[order], gids[order], scores[order]
+        unit = dedup._normalised(packed[order])
+        reduced = None
+        if records[0][5] is not None:
+            reduced = np.concatenate([r[5] for r in records])[order].astype(np.float32)
+        starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True])
+        for c0, c1 in itertools.pairwise(starts):
+            members = int((role[c0:c1] == 0).sum())
+            if members:
+                found += _cluster_pairs(unit[c0:c1], None if reduced is None else reduced[c0:c1],
+                                        gids[c0:c1], scores[c0:c1], members, plan.cfg.near_threshold)
+    cols = [np.concatenate([p[k] for p in found]) if found else np.zeros(0) for k in range(4)]
     folder = plan.work / "near"
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"pairs-{bucket:06d}.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, a=cols[0].astype(np.int64), b=cols[1].astype(np.int64), sa=cols[2], sb=cols[3])
-    return len(cols[0])
+    with atomic_path(folder / f"pairs-{bucket:06d}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, a=cols[0].astype(np.int64), b=cols[1].astype(np.int64), sa=cols[2], sb=cols[3])
+    return received, len(cols[0])
 
 
 def resolve_near(plan: Plan) -> int:
@@ -290,7 +323,7 @@ def resolve_near(plan: Plan) -> int:
 def finish_part(plan: Plan, eval_index: Path | None, out: Path, index: int) -> dict:
     """The part's keep file from the exact and near losers and the eval-leak check; returns its counts."""
     part = plan.parts[index]
-    data = read_part(part.path, ("uid", "embedding", "copy"))
+    data = read_part(part.path, ("uid", "embedding", "copy") if eval_index is not None else ("uid",))
     n = len(data["uid"])
     reason = np.full(n, "", dtype=object)
     near = _losers(plan.work / "near", index) - part.offset
@@ -323,6 +356,7 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
         buckets = max(1, math.ceil(n / EXACT_ROWS_PER_BUCKET))
         engine.group_reduce(items, partial(emit_sha, plan, buckets), partial(reduce_exact, plan), buckets)
     if cfg.near and n > 1:
+        started = time.perf_counter()
         survivors = n - sum(len(_losers(work / "exact", i)) for i in items)
         if cfg.index == "flat" or (cfg.index == "auto" and survivors <= cfg.flat_max):
             # one cluster: every pair compared exactly, by one task that holds every survivor
@@ -330,13 +364,26 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
         else:
             k = n_clusters(survivors)
             rate = min(1.0, (SAMPLE_BASE + TRAIN_PER_CLUSTER * k) / max(1, survivors))
-            sample = np.concatenate(engine.map(partial(sample_part, plan, rate), items))
+            samples = engine.map(partial(sample_part, plan, rate), items)
+            sample, views = np.concatenate([s[0] for s in samples]), max(s[1] for s in samples)
             reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
-            buckets = min(k, max(1, math.ceil(survivors * SENT_PER_ROW / ROWS_PER_TASK)))
-            clusters = train_clusters(sample, survivors, reduce, buckets)
-        engine.group_reduce(items, partial(emit_clusters, plan, clusters), partial(reduce_clusters, plan),
-                            clusters.buckets)
-        resolve_near(plan)
+            clusters = train_clusters(sample, survivors, reduce, 1)
+            # tasks of ~ROWS_PER_TASK vectors: each row sends its views to about as many clusters as the
+            # sample's rows are sent to
+            probe = sample[:FANOUT_SAMPLE]
+            fanout = len(clusters.assign(clusters.reduce(probe))[0]) / max(1, len(probe))
+            buckets = min(k, max(1, math.ceil(survivors * views * fanout / ROWS_PER_TASK)))
+            clusters = replace(clusters, buckets=buckets)
+        trained = time.perf_counter()
+        done = engine.group_reduce(items, partial(emit_clusters, plan, clusters),
+                                   partial(reduce_clusters, plan), clusters.buckets)
+        searched = time.perf_counter()
+        dropped = resolve_near(plan)
+        log.info("dedup near: %d survivors, %d clusters in %d tasks, %.2f vectors sent per row, %d pairs, "
+                 "%d dropped; %.1f s sample + train, %.1f s assign + compare, %.1f s resolve", survivors,
+                 len(clusters.centroids), clusters.buckets, sum(d[0] for d in done) / max(1, survivors),
+                 sum(d[1] for d in done), dropped, trained - started, searched - trained,
+                 time.perf_counter() - searched)
     counts = engine.map(partial(finish_part, plan, eval_index, out), items)
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     return {"in": total["in"], "out": total["out"],

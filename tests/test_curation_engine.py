@@ -119,6 +119,21 @@ def test_many_clusters_keep_recall(pool, tmp_path, monkeypatch):
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
 
 
+def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch):
+    """Index "ivf" (what pools past REDUCE_ABOVE survivors get): ~40 clusters, candidates found in the
+    PCA-64 space at a looser radius, then checked on the stored descriptors: the same rows as the exact
+    single-process rule, on 2 worker processes."""
+    root, x, sha, scores, _ = pool
+    monkeypatch.setattr(dedup_parts, "TRAIN_PER_CLUSTER", 10)
+    cfg = DedupConfig(decontaminate=False, index="ivf")
+    engine = LocalEngine(2)
+    try:
+        dedup_parts.run_dedup(engine, list_parts(root / "parts"), cfg, tmp_path / "w", tmp_path / "k", None)
+    finally:
+        engine.close()
+    assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
+
+
 def test_spark_engine_dedup_equals_local(pool, tmp_path):
     pytest.importorskip("pyspark")
     root, x, sha, scores, ev = pool
