@@ -4,7 +4,9 @@ Records are read with FastWARC (plain or gzip files). A WARC *response* record w
 a page's raw HTML (its transfer and content codings undone): we parse its ``<img src alt>`` tags with
 selectolax's lexbor (the HTML standard's tree builder, scripting off) from text we decode first, with the
 charset of the HTTP header, else of a ``<meta>`` in the first 1024 bytes, else detected
-(charset-normalizer); an unknown label falls through to the next source, bad bytes become U+FFFD. A WAT
+(charset-normalizer); labels mean what the WHATWG Encoding Standard says (webencodings), a label it does not
+know falls through to the next source, bad bytes become U+FFFD. At most ``max_page_bytes`` of a record are
+read, before and after its codings are undone (a gzip or brotli bomb is never inflated whole). A WAT
 *metadata* record (``Content-Type: application/json``, an ``Envelope`` object) carries the same links already
 extracted (``Envelope > Payload-Metadata > HTTP-Response-Metadata > HTML-Metadata > Links[]`` entries with
 ``path == "IMG@/src"``). Other records (``warcinfo``, ``request``, a WARC's own ``metadata`` records,
@@ -42,6 +44,7 @@ from urllib.parse import urljoin, urlsplit
 import charset_normalizer
 import pyarrow as pa
 import pyarrow.parquet as pq
+import webencodings
 from fastwarc.stream_io import BrotliReader, ChunkedReader, GzipReader
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from selectolax.lexbor import LexborHTMLParser
@@ -52,8 +55,10 @@ from shared.netsafety import guarded_opener, is_policy_block, url_rejection
 
 # Bump when the extracted pairs change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 3  # 2: input uids kept, charset header > meta > detection, non-link records skipped;
-# 3: FastWARC records, HTML parsed by the HTML standard's rules (lexbor), cut gzip members counted
+VERSION = 4  # 2: input uids kept, charset header > meta > detection, non-link records skipped;
+# 3: FastWARC records, HTML parsed by the HTML standard's rules (lexbor), cut gzip members counted;
+# 4: charset labels by the WHATWG table (a Python-only codec label such as rot13 or zlib falls through, not a
+# corrupt record; utf-7 is no web encoding; latin1 is windows-1252), pages cut at max_page_bytes and counted
 
 log = logging.getLogger("openaim.curation")
 
@@ -69,13 +74,15 @@ def pair_uid(url: str, caption: str) -> str:
 class ExtractStats:
     records: int = 0
     corrupt_records: int = 0
+    oversized_records: int = 0  # cut at max_page_bytes: only their first max_page_bytes were parsed
     links: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
-        return {"records": self.records, "corrupt_records": self.corrupt_records, "links": self.links,
-                "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        return {"records": self.records, "corrupt_records": self.corrupt_records,
+                "oversized_records": self.oversized_records, "links": self.links, "kept": self.kept,
+                "dropped": dict(sorted(self.dropped.items()))}
 
 
 def links_from_html(html: str, page_url: str) -> list[tuple[str, str]]:
@@ -112,22 +119,20 @@ def links_from_wat(meta: dict | bytes, page_url: str) -> list[tuple[str, str]]:
 
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-zA-Z0-9_.:-]+)""", re.IGNORECASE)
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-# What the HTML standard decodes a few common labels as (a page labelled latin-1 is really windows-1252).
-_LABEL_ALIASES = {"iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "us-ascii": "cp1252",
-                  "ascii": "cp1252", "x-user-defined": "cp1252"}
 
 
-def _codec(label: str | None) -> str | None:
-    """The Python codec for a charset label, or None when the label is unknown (the next source is tried)."""
-    if not label:
+def _web_codec(label: str | None, in_meta: bool = False) -> codecs.CodecInfo | None:
+    """The codec a browser decodes with for a charset label: the WHATWG Encoding Standard's label table
+    (webencodings), so ``latin1``/``ascii`` mean windows-1252 and Python-only codecs (``rot13``, ``zlib``,
+    ``utf-7``, ...) are unknown. None for an unknown label, and for the "replacement" encoding
+    (``iso-2022-kr`` and kin: a browser shows such a page as one U+FFFD, we try the next source instead).
+    From a ``<meta>``, UTF-16 means UTF-8 and x-user-defined means windows-1252 (HTML standard, prescan)."""
+    encoding = webencodings.lookup(label.strip("\t\n\f\r \"'")) if label else None
+    if encoding is None or encoding.name == "replacement":
         return None
-    label = label.strip("\"' ").lower()
-    label = _LABEL_ALIASES.get(label, label)
-    try:
-        name = codecs.lookup(label).name
-    except LookupError:
-        return None
-    return "utf-8" if name.startswith("utf-16") else name  # a <meta> or header can't mean UTF-16 (HTML spec)
+    if in_meta and encoding.name in ("utf-16le", "utf-16be", "x-user-defined"):
+        encoding = webencodings.lookup("utf-8" if encoding.name.startswith("utf-16") else "windows-1252")
+    return encoding.codec_info
 
 
 def header_charset(content_type: str | None) -> str | None:
@@ -140,16 +145,19 @@ def header_charset(content_type: str | None) -> str | None:
 
 def decode_html(body: bytes, content_type: str | None) -> str:
     """Decode a page like a browser: BOM, then the HTTP header's charset, then a ``<meta>`` charset in the
-    first 1024 bytes, then detection; unknown labels are skipped and undecodable bytes become U+FFFD."""
+    first 1024 bytes, then detection; labels the WHATWG Encoding Standard does not know are skipped and
+    undecodable bytes become U+FFFD."""
     for bom, name in _BOMS:
         if body.startswith(bom):
             return body[len(bom):].decode(name, errors="replace")
     meta = _META_CHARSET.search(body[:1024])
-    codec = _codec(header_charset(content_type)) or _codec(meta.group(1).decode("ascii") if meta else None)
+    codec = _web_codec(header_charset(content_type)) or _web_codec(
+        meta.group(1).decode("ascii") if meta else None, in_meta=True)
     if codec is None:
         best = charset_normalizer.from_bytes(body[:65536]).best()
-        codec = _codec(best.encoding) if best is not None else None
-    return body.decode(codec or "utf-8", errors="replace")
+        # A detected name is a Python text codec that decoded the bytes (it need not be a WHATWG label).
+        codec = codecs.lookup(best.encoding) if best is not None else None
+    return (codec or codecs.lookup("utf-8")).decode(body, "replace")[0]
 
 
 # The HTTP transfer and content codings a page's bytes may arrive in, and FastWARC's reader that undoes each.
@@ -157,10 +165,24 @@ _HTTP_DECODERS = {"chunked": ChunkedReader, "gzip": GzipReader, "x-gzip": GzipRe
                   "deflate": partial(GzipReader, zlib=True), "br": BrotliReader}
 
 
-def decode_payload(body: bytes, http_headers) -> bytes:
+def _read_capped(stream, max_bytes: int) -> tuple[bytes, bool]:
+    """At most ``max_bytes`` from a stream, read a MiB at a time (a bomb is never inflated whole), and
+    whether more was there."""
+    out = bytearray()
+    while len(out) < max_bytes:
+        chunk = stream.read(min(1 << 20, max_bytes - len(out)))
+        if not chunk:
+            return bytes(out), False
+        out += chunk
+    return bytes(out), bool(stream.read(1))
+
+
+def decode_payload(body: bytes, http_headers, max_bytes: int) -> tuple[bytes, bool]:
     """A response's page bytes: its Transfer-Encoding, then its Content-Encoding codings undone, last applied
-    first. A body that does not decode as its header says is kept as it stands (a coding we do not know, or
-    bytes that are not what the header claims: what warcio's reader did)."""
+    first, each cut at ``max_bytes``; and whether a coding's output was cut. A body that does not decode as
+    its header says is kept as it stands (a coding we do not know, or bytes that are not what the header
+    claims: what warcio's reader did)."""
+    cut = False
     for header in ("Transfer-Encoding", "Content-Encoding"):
         codings = [c.strip().lower() for c in (http_headers.get(header) or "").split(",")]
         for coding in reversed(codings):
@@ -168,10 +190,11 @@ def decode_payload(body: bytes, http_headers) -> bytes:
             if decoder is None:
                 continue  # identity, empty, or unknown
             try:
-                body = decoder(io.BytesIO(body)).read()
+                body, more = _read_capped(decoder(io.BytesIO(body)), max_bytes)
             except OSError:
-                return body
-    return body
+                return body, cut
+            cut = cut or more
+    return body, cut
 
 
 def _is_wat_record(record) -> bool:
@@ -183,13 +206,15 @@ class TruncatedRecord(Exception):
     """The file ends inside this record (a cut download): nothing after it can be read."""
 
 
-def _read_all(record) -> bytes:
-    """The rest of a record's block (its payload once the HTTP headers are parsed); TruncatedRecord when the
-    file ends before the length its headers declare."""
-    body = record.reader.read()
-    if len(body) < record.content_length:
+def _read_block(record, max_bytes: int) -> tuple[bytes, bool]:
+    """The rest of a record's block (its payload once the HTTP headers are parsed), cut at ``max_bytes``, and
+    whether it was cut (the rest is passed over, not held); TruncatedRecord when the file ends before the
+    length its headers declare."""
+    body, cut = _read_capped(record.reader, max_bytes)
+    length = len(body) + (1 + record.reader.consume() if cut else 0)  # 1: the byte that showed there was more
+    if length < record.content_length:
         raise TruncatedRecord
-    return body
+    return body, cut
 
 
 def _skipped(record) -> None:
@@ -198,24 +223,36 @@ def _skipped(record) -> None:
         raise TruncatedRecord
 
 
-def record_links(record) -> list[tuple[str, str]] | None:
-    """(url, alt) of the image links of one WARC/WAT record (FastWARC, read with ``parse_http=False``), or
-    None for a record that holds none by its kind (warcinfo, request, WARC metadata, non-HTML response, ...).
-    Raises TruncatedRecord when the file ends inside the record, another exception on a damaged record of a
-    parsed kind."""
+class OversizedRecord(Exception):
+    """A WAT record longer than ``max_page_bytes``: a cut JSON document cannot be parsed."""
+
+
+def record_links(record, max_page_bytes: int) -> tuple[list[tuple[str, str]], bool] | None:
+    """(url, alt) of the image links of one WARC/WAT record (FastWARC, read with ``parse_http=False``) and
+    whether its page was cut at ``max_page_bytes``, or None for a record that holds none by its kind
+    (warcinfo, request, WARC metadata, non-HTML response, ...). Raises TruncatedRecord when the file ends
+    inside the record, OversizedRecord for a WAT record over the cap, another exception on a damaged record
+    of a parsed kind."""
     page_url = record.headers.get("WARC-Target-URI") or ""
     if record.record_type == WarcRecordType.response and record.is_http:
         record.parse_http()
         ctype = record.http_headers.get("Content-Type")
         if ctype and "html" not in ctype.lower():
             return _skipped(record)
-        body = decode_payload(_read_all(record), record.http_headers)
-        return links_from_html(decode_html(body, ctype), page_url)
+        # A page over the cap is parsed from its first max_page_bytes, as a record Common Crawl stored cut at
+        # its fetch limit (WARC-Truncated) is parsed today, and as a browser shows the part it has: the
+        # links there are real. It is counted (oversized_records), so a crawl full of bombs shows.
+        raw, cut = _read_block(record, max_page_bytes)
+        body, decoded_cut = decode_payload(raw, record.http_headers, max_page_bytes)
+        return links_from_html(decode_html(body, ctype), page_url), cut or decoded_cut
     if _is_wat_record(record):
-        payload = json.loads(_read_all(record))
+        raw, cut = _read_block(record, max_page_bytes)
+        if cut:
+            raise OversizedRecord
+        payload = json.loads(raw)
         if not isinstance(payload, dict) or not isinstance(payload.get("Envelope"), dict):
             return None  # JSON metadata that is not a WAT envelope
-        return links_from_wat(payload, page_url)
+        return links_from_wat(payload, page_url), False
     return _skipped(record)
 
 
@@ -247,11 +284,13 @@ def _gzip_tail_broken(stream, start: int) -> bool:
     return False
 
 
-def _warc_links(stream, source: str, stats: ExtractStats) -> Iterator[tuple[str, str, str]]:
+def _warc_links(stream, source: str, stats: ExtractStats,
+                max_page_bytes: int) -> Iterator[tuple[str, str, str]]:
     """(url, alt, page_url) of every image link in a WARC or WAT file (plain or gzip; FastWARC). Corrupt
-    records are counted and skipped; a file that breaks (cut short, bytes that are not a WARC record, a
-    damaged gzip member) counts one corrupt record and ends there. A file with no record to take links
-    from raises InputError saying what it holds."""
+    records are counted and skipped; pages over ``max_page_bytes`` are counted and parsed from their first
+    ``max_page_bytes`` (a WAT record over it is counted and skipped); a file that breaks (cut short, bytes
+    that are not a WARC record, a damaged gzip member) counts one corrupt record and ends there. A file with
+    no record to take links from raises InputError saying what it holds."""
     gzipped = stream.read(2) == b"\x1f\x8b"
     stream.seek(0)
     it = iter(ArchiveIterator(stream, parse_http=False))
@@ -287,7 +326,13 @@ def _warc_links(stream, source: str, stats: ExtractStats) -> Iterator[tuple[str,
         kinds[str(record.record_type)] += 1
         page_url = record.headers.get("WARC-Target-URI") or ""
         try:
-            links = record_links(record)
+            found = record_links(record, max_page_bytes)
+        except OversizedRecord:
+            parsed += 1
+            stats.records += 1
+            stats.oversized_records += 1
+            log.debug("%s: WAT record over %d bytes skipped", source, max_page_bytes)
+            continue
         except TruncatedRecord:
             stats.corrupt_records += 1
             if sum(kinds.values()) == 1:
@@ -300,10 +345,14 @@ def _warc_links(stream, source: str, stats: ExtractStats) -> Iterator[tuple[str,
             stats.corrupt_records += 1
             log.debug("%s: corrupt record skipped: %s", source, exc)
             continue
-        if links is None:
+        if found is None:
             continue
+        links, cut = found
         parsed += 1
         stats.records += 1
+        if cut:
+            stats.oversized_records += 1
+            log.debug("%s: page of %s cut at %d bytes", source, page_url, max_page_bytes)
         for url, alt in links:
             yield url, alt, page_url
 
@@ -430,8 +479,11 @@ def _reason_kind(why: str) -> str:
     return " ".join(why.split(" ")[:2])
 
 
-def file_links(local: str, source: str, stats: ExtractStats) -> Iterator[tuple[str, str, str, str | None]]:
-    """(url, alt, page_url, uid or None) of every image link of one local source file (WARC, WAT, parquet)."""
+def file_links(local: str, source: str, stats: ExtractStats,
+               max_page_bytes: int = ExtractConfig.model_fields["max_page_bytes"].default,
+               ) -> Iterator[tuple[str, str, str, str | None]]:
+    """(url, alt, page_url, uid or None) of every image link of one local source file (WARC, WAT, parquet);
+    ``max_page_bytes``: ExtractConfig's, the most bytes of one record's page read."""
     if local.endswith(".parquet"):
         yield from _parquet_links(local, stats)
         return
@@ -440,7 +492,7 @@ def file_links(local: str, source: str, stats: ExtractStats) -> Iterator[tuple[s
     except OSError as exc:
         raise InputError(f"cannot read {source}: {exc.strerror}") from None
     with stream:
-        for url, alt, page_url in _warc_links(stream, source, stats):
+        for url, alt, page_url in _warc_links(stream, source, stats, max_page_bytes):
             yield url, alt, page_url, None
 
 

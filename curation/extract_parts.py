@@ -41,7 +41,8 @@ def source_pairs(cfg: ExtractConfig, buckets: int, stats_dir: Path, task: tuple[
     name = Path(src).name
     with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir:
         local = extract._open_source(src, cfg.allow_hosts, Path(tmpdir))
-        for n, (url, alt, page_url, uid) in enumerate(extract.file_links(local, src, stats)):
+        links = extract.file_links(local, src, stats, cfg.max_page_bytes)
+        for n, (url, alt, page_url, uid) in enumerate(links):
             caption = extract.screen_link(url, alt, cfg, stats)  # the URL safety check, in the task
             if caption is not None:
                 key = stable_bucket(f"{url}\x00{caption}", buckets)
@@ -70,7 +71,7 @@ def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: Path, s
     with atomic_dir(out_dir) as tmp:
         kept = engine.group_reduce(list(enumerate(sources)), partial(source_pairs, cfg, buckets, work),
                                    partial(write_bucket, tmp), buckets)
-    total = {"records": 0, "corrupt_records": 0, "links": 0}
+    total = {"records": 0, "corrupt_records": 0, "oversized_records": 0, "links": 0}
     dropped: Counter = Counter()
     for path in sorted(work.glob("*.json")):
         s = json.loads(path.read_text())

@@ -103,7 +103,8 @@ def curation_manifest(cfg, ran: list[str], reused: list[str]) -> dict:
     dd, sf = _read_json(d / "dedup" / "stats.json"), _read_json(d / "safety" / "stats.json")
     step_counts = {
         "extract": {"in": ex.get("links"), "out": ex.get("kept"), "records": ex.get("records"),
-                    "corrupt_records": ex.get("corrupt_records"), "dropped": ex.get("dropped")},
+                    "corrupt_records": ex.get("corrupt_records"),
+                    "oversized_records": ex.get("oversized_records"), "dropped": ex.get("dropped")},
         "download": {"in": dl.get("requested"), "out": dl.get("downloaded"),
                      "refused_before_download": dl.get("refused_before_download")},
         "score": {"in": dl.get("downloaded"), "out": dd.get("in")},

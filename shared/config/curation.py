@@ -16,6 +16,13 @@ class ExtractConfig(StrictModel):
                                    description="hosts (names, or IP addresses: any name resolving to one) "
                                                "fetched although not globally routable")
     min_caption_chars: int = Field(1, ge=0)
+    # Web input is hostile: a 1 MiB gzip or brotli body can inflate to gigabytes. Common Crawl stores at most
+    # 1 MiB of a page (more is cut, WARC-Truncated), so 16 MiB decoded is far past an honest page. A task's
+    # peak memory grows with it: parsing a cut page of parse errors (a bomb of NULs) costs ~20x its size.
+    max_page_bytes: int = Field(16 << 20, ge=1024,
+                                description="the most bytes of one record read, stored and after its "
+                                            "transfer/content codings are undone; a page over it is parsed "
+                                            "from its first max_page_bytes and counted as oversized_records")
 
 
 class DownloadConfig(StrictModel):
