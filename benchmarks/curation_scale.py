@@ -22,8 +22,10 @@ path (curation.extract: FastWARC + selectolax/lexbor) against the warcio + html.
 With ``--dedup N [N ...]`` it instead times the dedup step's cluster-partitioned near-duplicate search
 (curation.dedup_parts.run_dedup on the local engine, score parts written from curation_bench's planted
 512-d vectors) against today's single-node search (dedup.near_duplicates, index "ivf") on the same
-vectors in the same run: wall time, their ratio (target <= 1.5) and recall of the planted pairs
-(target >= 0.99).
+vectors in the same run: wall time, their ratio (target <= 1.5), recall of the planted pairs
+(target >= 0.99) and whether the dropped rows equal the single-node search's and, up to ``EXACT_MAX``
+rows, the exact flat search's on the stored int8 descriptors. Rows of earlier code kept by hand under
+"### Earlier runs" in that section survive a rewrite.
 
 Figures go to benchmarks/RESULTS.md under "## Curation at scale", "## Curation: partitioned
 near-duplicate search" and "## Curation: WARC parsing".
@@ -52,6 +54,7 @@ from benchmarks.results_md import write_section
 
 SECTION = "## Curation at scale"
 DEDUP_SECTION = "## Curation: partitioned near-duplicate search"
+DEDUP_EARLIER = "### Earlier runs"
 PARSE_SECTION = "## Curation: WARC parsing"
 STEPS = ("extract", "score", "dedup", "safety", "select")
 PORT = 18999  # baked into the web's URLs only; nothing is served
@@ -387,6 +390,8 @@ def report(results: list[dict], workers: int) -> str:
     table = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                       + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
     byte_rows = "\n".join(f"| {k} | {v / big['images']:,.0f} |" for k, v in big["bytes"].items())
+    loads = ", ".join(f"n={r['images']}: {r['load'][0]:.1f}-{r['load'][1]:.1f}"
+                      for r in results if "load" in r)
     return "\n".join([
         SECTION, "",
         (f"`benchmarks/curation_scale.py` ({time.strftime('%Y-%m-%d')}, "
@@ -395,7 +400,9 @@ def report(results: list[dict], workers: int) -> str:
          f"Pools of {small['images']} and {big['images']} images (mini web, written directly), each step in "
          "a fresh process as build-dataset runs it. Peak RSS in MiB; ratio = 10N / N (target <= 1.25); "
          "throughput = items per CPU second (driver + workers), items = pairs for extract, pool images else. "
-         "Scoring (randomly initialised own filter network, CPU) runs in the driver: it has no workers."), "",
+         "Scoring (randomly initialised own filter network, CPU) runs in the driver: it has no workers. "
+         f"Command: `{' '.join(['benchmarks/curation_scale.py', *sys.argv[1:]])}`; 1-minute load average at "
+         f"the start and end of each size: {loads}."), "",
         table, "",
         f"Bytes stored per pool image at n={big['images']}:", "",
         "| output | bytes / image |", "|---|---|", byte_rows, "",
@@ -438,13 +445,15 @@ def main() -> None:
                 print(rows[-1], flush=True)
             text = dedup_report(rows, args.workers)
             print(text)
-            if not args.no_write:
-                write_section(DEDUP_SECTION, text)
+            if not args.no_write:  # rows of earlier code, kept by hand under this heading, stay
+                write_section(DEDUP_SECTION, text, keep=DEDUP_EARLIER)
             return
         results = []
         for n in args.sizes:
             print(f"n={n} ...", flush=True)
+            load = os.getloadavg()[0]
             results.append(measure_size(base, n, args.workers))
+            results[-1]["load"] = [load, os.getloadavg()[0]]  # 1-minute load average, start and end
             print(json.dumps(results[-1]), flush=True)  # each size's figures as soon as they exist
         text = report(results, args.workers)
         print(text)

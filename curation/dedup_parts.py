@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -55,7 +56,9 @@ VERSION = 3
 # comparing each vector sent to a cluster with its members (n x probes x n / k), as in dedup.ivf_pairs.
 CLUSTERS_PER_ROW = 3
 REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PCA-64 space
-ROWS_PER_TASK = 8192  # rows (members + queries) per reduce task: bounds a task's memory
+ROWS_PER_TASK = 4096  # vectors (members + queries) per cluster task: bounds a task's memory (~4 KB per
+# 768-d vector at its peak). At 8192 the largest worker on the 20k-image mini web peaked at 1.30x the
+# 2k-image one (whose single flat task holds ~5.5k vectors), at 4096 at 1.04x (benchmarks/curation_scale.py)
 SAMPLE_BASE = 4096  # rows sampled for the PCA, plus TRAIN_PER_CLUSTER per centroid for k-means
 TRAIN_PER_CLUSTER = 40  # faiss k-means asks for >= 39 training points per centroid
 KMEANS_ITER = 5  # at 1e6 (benchmarks/curation_scale.py --dedup data) 5 and 10 gave the same cluster sizes
@@ -66,7 +69,6 @@ BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) 
 # 0.05 finds all with 1.51 vectors sent per row, 0.1 with 1.65: the margin costs little, recall is kept)
 EXACT_ROWS_PER_BUCKET = 200_000
 PAIR_BLOCK = 1 << 22  # similarities per matrix product in a cluster task (16 MiB of float32)
-FANOUT_SAMPLE = 10_000  # sample rows assigned on the driver to size the cluster tasks
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class Clusters:
     pca_mean: np.ndarray | None
     pca_components: np.ndarray | None  # [r, D]
     buckets: int
+    bucket_of: np.ndarray | None = None  # [k] the task (bucket) of each cluster; None: cluster % buckets
 
     def reduce(self, v: np.ndarray) -> np.ndarray:
         if self.pca_components is None:
@@ -180,6 +183,20 @@ class Clusters:
                                   metric=faiss.METRIC_INNER_PRODUCT)  # [n, probes], best first
         rows, rank = np.nonzero(sims >= sims[:, :1] - BOUNDARY_MARGIN)
         return rows, ids[rows, rank].astype(np.int64), rank == 0
+
+
+def pack_clusters(load: np.ndarray, capacity: float) -> tuple[np.ndarray, int]:
+    """(bucket of each cluster, buckets): ceil(total / capacity) buckets, clusters placed largest first on
+    the least loaded bucket, so tasks hold about the same number of vectors (``cluster % buckets`` put
+    up to 1.6x the target in one task on the 20k-image mini web)."""
+    buckets = int(max(1, min(len(load), math.ceil(load.sum() / capacity))))
+    heap = [(0.0, b) for b in range(buckets)]
+    bucket_of = np.zeros(len(load), np.int64)
+    for c in np.argsort(-load, kind="stable").tolist():
+        total, b = heapq.heappop(heap)
+        bucket_of[c] = b
+        heapq.heappush(heap, (total + float(load[c]), b))
+    return bucket_of, buckets
 
 
 def n_clusters(n: int) -> int:
@@ -236,7 +253,7 @@ def emit_clusters(plan: Plan, clusters: Clusters, index: int):
                      reduced[row].astype(np.float16) if pca else None))
     row, cluster, role, packed = (np.concatenate([s[i] for s in sent]) for i in range(4))
     reduced = np.concatenate([s[4] for s in sent]) if pca else None
-    bucket = cluster % clusters.buckets
+    bucket = cluster % clusters.buckets if clusters.bucket_of is None else clusters.bucket_of[cluster]
     order = np.argsort(bucket, kind="stable")
     cuts = np.flatnonzero(np.diff(bucket[order])) + 1
     for sel in np.split(order, cuts) if len(order) else []:
@@ -278,12 +295,16 @@ def reduce_clusters(plan: Plan, bucket: int, records) -> tuple[int, int]:
     found = []
     if records:
         cluster, role, gids, scores, packed = (np.concatenate([r[i] for r in records]) for i in range(5))
+        reduced = np.concatenate([r[5] for r in records]) if records[0][5] is not None else None
+        del records  # the task's peak is ~4 KB per 768-d vector: its float32 form and one int8 copy
         order = np.lexsort((gids, role, cluster))  # by cluster, members first, then by global id
         cluster, role, gids, scores = cluster[order], role[order], gids[order], scores[order]
-        unit = dedup._normalised(packed[order])
-        reduced = None
-        if records[0][5] is not None:
-            reduced = np.concatenate([r[5] for r in records])[order].astype(np.float32)
+        unit = packed[order].astype(np.float32)
+        del packed
+        # in place, norms without a [rows, D] temporary: no third copy
+        unit /= np.sqrt(np.maximum(np.einsum("ij,ij->i", unit, unit), 1e-24))[:, None]
+        if reduced is not None:
+            reduced = reduced[order].astype(np.float32)
         starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1], True])
         for c0, c1 in itertools.pairwise(starts):
             members = int((role[c0:c1] == 0).sum())
@@ -368,12 +389,12 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
             sample, views = np.concatenate([s[0] for s in samples]), max(s[1] for s in samples)
             reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
             clusters = train_clusters(sample, survivors, reduce, 1)
-            # tasks of ~ROWS_PER_TASK vectors: each row sends its views to about as many clusters as the
-            # sample's rows are sent to
-            probe = sample[:FANOUT_SAMPLE]
-            fanout = len(clusters.assign(clusters.reduce(probe))[0]) / max(1, len(probe))
-            buckets = min(k, max(1, math.ceil(survivors * views * fanout / ROWS_PER_TASK)))
-            clusters = replace(clusters, buckets=buckets)
+            # each cluster's vectors, estimated from where the sample's rows are sent (their zoomed views
+            # assumed to go where they go), packed into tasks of ~ROWS_PER_TASK vectors
+            _, sent, _ = clusters.assign(clusters.reduce(sample))
+            load = np.bincount(sent, minlength=len(clusters.centroids)) * (views * survivors / len(sample))
+            bucket_of, buckets = pack_clusters(load, ROWS_PER_TASK)
+            clusters = replace(clusters, buckets=buckets, bucket_of=bucket_of)
         trained = time.perf_counter()
         done = engine.group_reduce(items, partial(emit_clusters, plan, clusters),
                                    partial(reduce_clusters, plan), clusters.buckets)

@@ -134,6 +134,18 @@ def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch):
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
 
 
+def test_pack_clusters_balances_tasks():
+    """Clusters packed largest first onto the least loaded task: no task far over the capacity when the
+    clusters allow it (cluster % buckets would put 0, 2 and 4 together here: 17 of 20)."""
+    load = np.array([9.0, 1, 4, 1, 4, 1])
+    bucket_of, buckets = dedup_parts.pack_clusters(load, 10)
+    assert buckets == 2
+    per_task = np.bincount(bucket_of, weights=load, minlength=buckets)
+    assert sorted(per_task.tolist()) == [10.0, 10.0]
+    one, buckets = dedup_parts.pack_clusters(np.array([3.0]), 10)
+    assert buckets == 1 and one.tolist() == [0]
+
+
 def test_spark_engine_dedup_equals_local(pool, tmp_path):
     pytest.importorskip("pyspark")
     root, x, sha, scores, ev = pool
