@@ -169,7 +169,10 @@ def verify_shards(pool_dir: Path) -> int:
 
 def pairs_partitions(pairs_path: Path) -> list[Path]:
     """The pairs partitions: the extract step's ``pairs/part-*.parquet`` (a folder), or one parquet file."""
-    return sorted(pairs_path.glob("*.parquet")) if pairs_path.is_dir() else [pairs_path]
+    if not pairs_path.is_dir():
+        return [pairs_path]
+    # (pathlib's glob also matches dot files: a killed write's temporary sibling is not a partition)
+    return sorted(p for p in pairs_path.glob("*.parquet") if not p.name.startswith("."))
 
 
 def download_list_part(allow_hosts: list[str], out_dir: Path, part: Path) -> tuple[int, int]:

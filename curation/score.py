@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from curation.copy_detection import DIM, VIEWS, copy_views
 from curation.download import pool_shards, shard_samples
 from curation.parts import list_parts, write_part
+from shared.atomic import remove_stale_tmp
 from shared.errors import OpenAIMError
 from shared.torchrun import barrier, rank_world
 
@@ -153,6 +154,7 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
         log.info("score: %d of %d shards already scored, resuming", len(mine) - len(todo), len(mine))
     task = progress.add_task("score", total=len(mine), completed=len(mine) - len(todo)) if progress else None
     for shard in todo:
+        remove_stale_tmp(_part_path(out_dir, shard))  # a killed run's half-written part (this rank owns it)
         _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
         if progress:
             progress.advance(task)

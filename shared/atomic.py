@@ -7,6 +7,7 @@ which is atomic on POSIX when source and target are on the same file system.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -28,6 +29,19 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     return Path(name)
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> int:
+    """Delete the temporary siblings a killed writer of ``path`` left behind; returns how many.
+
+    Only for an output with one writer at a time (e.g. the part a rank owns): a concurrent writer's
+    temporary file would be deleted under it.
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 @contextlib.contextmanager

@@ -157,3 +157,18 @@ def test_pool_of_empty_shards_is_one_line_error(setup, tmp_path):
     with pytest.raises(OpenAIMError) as err:
         score_pool(pool, _net(setup[1]), tmp_path / "out")
     assert "empty" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rerun_removes_a_killed_writers_half_written_part(setup):
+    # What kill -9 during pq.write_table leaves: the part's temporary sibling, no part.
+    root, net_dir = setup
+    ref, out = root / "out_ref_tmp", root / "out_half"
+    score_pool(root / "pool", _net(net_dir), ref)
+    score_pool(root / "pool", _net(net_dir), out)
+    (out / "parts" / "00001.parquet").unlink()
+    half = out / "parts" / ".00001.parquet.k1ll3d.tmp.parquet"
+    half.write_bytes((ref / "parts" / "00001.parquet").read_bytes()[:100])
+    score_pool(root / "pool", _net(net_dir), out)
+    assert not half.exists()
+    names = sorted(p.name for p in (out / "parts").iterdir())
+    assert names == sorted(p.name for p in (ref / "parts").iterdir())
