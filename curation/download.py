@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.engine import LocalEngine, spark_session
-from shared.atomic import atomic_dir, atomic_write_json
+from shared.atomic import atomic_dir, atomic_write_json, finished_files
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, InputError, OpenAIMError, disk_full_as_error, disk_full_message
 from shared.netsafety import BLOCKED, guarded_opener, url_rejection
@@ -169,10 +169,7 @@ def verify_shards(pool_dir: Path) -> int:
 
 def pairs_partitions(pairs_path: Path) -> list[Path]:
     """The pairs partitions: the extract step's ``pairs/part-*.parquet`` (a folder), or one parquet file."""
-    if not pairs_path.is_dir():
-        return [pairs_path]
-    # (pathlib's glob also matches dot files: a killed write's temporary sibling is not a partition)
-    return sorted(p for p in pairs_path.glob("*.parquet") if not p.name.startswith("."))
+    return finished_files(pairs_path, "*.parquet") if pairs_path.is_dir() else [pairs_path]
 
 
 def download_list_part(allow_hosts: list[str], out_dir: Path, part: Path) -> tuple[int, int]:

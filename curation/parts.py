@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.atomic import atomic_path
+from shared.atomic import atomic_path, finished_files
 from shared.errors import OpenAIMError
 
 COLUMNS = ("uid", "key", "sha256", "score", "embedding", "copy")
@@ -104,8 +104,7 @@ class Part:
 
 def list_parts(parts_dir: Path) -> list[Part]:
     """Every part in shard order with its global row offset (parquet footers only: cheap)."""
-    # (pathlib's glob also matches dot files: a killed write's temporary sibling is not a part)
-    paths = [p for p in sorted(Path(parts_dir).glob("*.parquet")) if not p.name.startswith(".")]
+    paths = finished_files(parts_dir, "*.parquet")
     out, offset = [], 0
     for p in paths:
         n = pq.ParquetFile(p).metadata.num_rows

@@ -31,6 +31,15 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     return Path(name)
 
 
+def finished_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files of ``folder`` matching ``pattern``, in name order, without the temporary siblings of writes
+    in progress or killed (pathlib's glob matches their dot names too). An absent folder has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(pattern) if not p.name.startswith("."))
+
+
 def remove_stale_tmp(path: str | os.PathLike) -> int:
     """Delete the temporary siblings a killed writer of ``path`` left behind; returns how many.
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from curation.download import iter_pool
 from evaluation.report.collect import as_number
+from shared.atomic import finished_files
 
 
 @dataclass
@@ -59,16 +60,11 @@ def _example_picks(rows: list[dict], per_group: int) -> list[dict]:
     return picks
 
 
-def _parquet_parts(folder: Path) -> list[Path]:
-    """The parquet parts of a curation output folder, in name order (a killed write's dot file skipped)."""
-    return [p for p in sorted(folder.glob("*.parquet")) if not p.name.startswith(".")]
-
-
 def _rows_for(folder: Path, columns: list[str], uids: set[str]) -> dict[str, dict]:
     """{uid: row} of the rows of a folder's parquet parts whose uid is in ``uids``, read batch by batch."""
     wanted = pa.array(sorted(uids), type=pa.string())
     out: dict[str, dict] = {}
-    for path in _parquet_parts(folder):
+    for path in finished_files(folder, "*.parquet"):
         for batch in pq.ParquetFile(path).iter_batches(columns=["uid", *columns], batch_size=1 << 16):
             hits = batch.filter(pc.is_in(batch.column("uid").cast(pa.string()), value_set=wanted))
             for row in hits.to_pylist():
@@ -79,7 +75,7 @@ def _rows_for(folder: Path, columns: list[str], uids: set[str]) -> dict[str, dic
 def _sampled_scores(folder: Path) -> tuple[list[str], list[float], int, int]:
     """(uids, scores, rows in the score parts, stride): every ``stride``-th row (in part order), at most
     ~SAMPLE_ROWS of them."""
-    files = [pq.ParquetFile(p) for p in _parquet_parts(folder)]
+    files = [pq.ParquetFile(p) for p in finished_files(folder, "*.parquet")]
     n = sum(f.metadata.num_rows for f in files)
     stride = max(1, math.ceil(n / SAMPLE_ROWS))
     uids: list[str] = []
@@ -101,14 +97,14 @@ def read_curation_samples(curation_dir: Path, manifest: dict | None, notes: list
     pool/*.tar (images). A pair is kept when both masks keep it and its score reaches the threshold
     (curation.select's rule). None when the scores are absent."""
     scores_path = curation_dir / "scores" / "parts"
-    if not _parquet_parts(scores_path):
+    if not finished_files(scores_path, "*.parquet"):
         return None
     threshold = as_number((manifest or {}).get("threshold"))
     try:
         uids, scores, n, stride = _sampled_scores(scores_path)
         wanted = set(uids)
         masks = {name: _rows_for(curation_dir / name / "keep", ["keep", "reason"], wanted)
-                 for name in ("dedup", "safety") if _parquet_parts(curation_dir / name / "keep")}
+                 for name in ("dedup", "safety") if finished_files(curation_dir / name / "keep", "*.parquet")}
     except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
         notes.append(f"curation files in {curation_dir} are unreadable ({type(exc).__name__}: {exc})")
         return None
