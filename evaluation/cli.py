@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
+from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config, say
 
 
 def evaluate(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Probe frozen trunks (attentive + linear, a grid of lr x wd) on the benchmarks found on disk."""
 
     def body(cfg):
-        from rich.console import Console
-
         from evaluation.run import evaluate_from_config
 
         path = evaluate_from_config(cfg)
-        Console().print(f"[bold green]results:[/] {path}")
+        say("results:", "bold green", path)
 
     run_with_config(body, config, set_, debug)
 
@@ -23,11 +21,9 @@ def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = Fals
     """Write the HTML + Markdown report from the evaluation results."""
 
     def body(cfg):
-        from rich.console import Console
-
         from evaluation.report import report_from_config
 
         path = report_from_config(cfg)
-        Console().print(f"[bold green]report:[/] {path}")
+        say("report:", "bold green", path)
 
     run_with_config(body, config, set_, debug)

@@ -23,11 +23,19 @@ SetOpt = Annotated[list[str] | None,
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show full tracebacks")]
 
 
+def say(label: str, style: str, text: object, stderr: bool = False) -> None:
+    """Print ``label`` in ``style`` then ``text`` as plain text: square brackets in a message or a path
+    (gloo's ``[/__w/.../pair.cc:561]``, ``[bold]``) are printed as they are, never read as rich markup."""
+    from rich.console import Console
+    from rich.text import Text
+
+    line = Text.assemble((label, style), " ", str(text))
+    Console(stderr=stderr, highlight=False, soft_wrap=True).print(line)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit."""
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    say("error:", "bold red", message, stderr=True)
     sys.exit(code)
 
 

@@ -83,3 +83,26 @@ def test_debug_shows_the_cause_a_one_line_error_hides(tmp_path):
     assert "ConfigError" in debug.stderr and "not valid YAML" in debug.stderr
     assert any(f"yaml.{kind}" in debug.stderr for kind in ("parser.ParserError", "scanner.ScannerError")), \
         debug.stderr
+
+
+def test_error_line_prints_square_brackets_as_text(tmp_path):
+    """A message is printed as it is, never read as rich markup: gloo's errors hold
+    `[/__w/pytorch/.../pair.cc:561]`, which rich took for a closing tag (MarkupError, a traceback of the
+    printer instead of the error)."""
+    typo = tmp_path / "[bold]run[/x]" / "gloo [/__w/pytorch/pair.cc:561]"
+    out = _run("report", "--set", f"workdir={typo}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert "MarkupError" not in out.stderr, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(typo) in lines[0], out.stderr
+
+
+def test_fail_prints_the_message_verbatim(capsys):
+    from shared.cli_common import fail
+
+    message = "Connection closed by peer [/__w/pytorch/third_party/gloo/pair.cc:561] [bold]x[/] [/x]"
+    with pytest.raises(SystemExit) as exit_info:
+        fail(message, 7)
+    assert exit_info.value.code == 7
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
