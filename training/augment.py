@@ -192,13 +192,28 @@ def color_jitter(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_MEAN_STD: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as float32 [3, 1, 1] tensors on ``device``, made once per device.
+    (torchvision's normalize copies them from pageable host memory and checks ``(std == 0).any()`` on
+    every call: a device-to-host read per batch.)"""
+    if device not in _MEAN_STD:
+        _MEAN_STD[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1)
+                                  for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return _MEAN_STD[device]
+
+
 def to_model_input(images: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [B, 3, S, S] (+ jitter parameters [B, JITTER_PARAMS]) -> the model's float32 input:
-    colour jitter, then ImageNet mean/std, on the images' device."""
+    """uint8 [B, 3, S, S] (+ jitter parameters [B, JITTER_PARAMS], on the host) -> the model's float32
+    input: colour jitter, then ImageNet mean/std, on the images' device, without reading the device
+    (torchvision's arithmetic: the same floats as its normalize)."""
     x = images.float().div_(255.0)
     if jitter is not None:
         x = color_jitter(x, jitter)
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = _mean_std(x.device)
+    return x.sub_(mean).div_(std)
 
 
 def augment(img: Image.Image, size: int, rng: np.random.Generator, scale: tuple[float, float] = (0.4, 1.0),
