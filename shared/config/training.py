@@ -122,9 +122,11 @@ class FSDPConfig(StrictModel):
     # for the memory of the unsharded weights of every block. None: True under FSDP, and under HSDP
     # too (the gather stays inside a node, on NVLink).
     reshard_after_forward: bool | None = None
-    # dtype of the gradient reduce-scatter / all-reduce. bf16 halves the gradient traffic (7B on 512
-    # GPUs: see docs/scale.md); fp32 sums exactly. Parameters are gathered in bf16 either way when
-    # training.precision is bf16.
+    # dtype of the gradient reduce-scatter / all-reduce. fp32 (the default, every shipped config, and
+    # torchtitan's only choice) sums in full precision. bf16 is an opt-in that halves the gradient
+    # traffic (7B on 512 GPUs: see docs/scale.md) and rounds every partial sum to 8 mantissa bits: use
+    # it only where benchmarks/RESULTS.md shows the same loss curve as fp32 for that setting (no such
+    # measurement exists yet). Parameters are gathered in bf16 either way when training.precision is bf16.
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     # HSDP only: ranks per shard group (the inner mesh dimension; replicas = world / this).
     # None = the processes of one node (torchrun's LOCAL_WORLD_SIZE).
