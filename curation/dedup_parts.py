@@ -373,6 +373,7 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
     plan = make_plan(parts, work, cfg)
     n = sum(p.rows for p in parts)
     items = range(len(parts))
+    near_tasks: dict = {}
     if cfg.exact:
         buckets = max(1, math.ceil(n / EXACT_ROWS_PER_BUCKET))
         engine.group_reduce(items, partial(emit_sha, plan, buckets), partial(reduce_exact, plan), buckets)
@@ -400,6 +401,9 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
                                    partial(reduce_clusters, plan), clusters.buckets)
         searched = time.perf_counter()
         dropped = resolve_near(plan)
+        # the largest cluster task (vectors received) against its target, for benchmarks/curation_parts_scale
+        near_tasks = {"near_tasks": {"largest": max(d[0] for d in done), "target": ROWS_PER_TASK,
+                                     "pairs": sum(d[1] for d in done)}}
         log.info("dedup near: %d survivors, %d clusters in %d tasks, %.2f vectors sent per row, %d pairs, "
                  "%d dropped; %.1f s sample + train, %.1f s assign + compare, %.1f s resolve", survivors,
                  len(clusters.centroids), clusters.buckets, sum(d[0] for d in done) / max(1, survivors),
@@ -408,4 +412,4 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
     counts = engine.map(partial(finish_part, plan, eval_index, out), items)
     total = {k: sum(c[k] for c in counts) for k in counts[0]}
     return {"in": total["in"], "out": total["out"],
-            "dropped": {r: total[r] for r in ("exact_dup", "near_dup", "eval_leak")}}
+            "dropped": {r: total[r] for r in ("exact_dup", "near_dup", "eval_leak")}, **near_tasks}
