@@ -150,6 +150,9 @@ class LocalEngine:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def set_step(self, name: str) -> None:
+        """Nothing to label here (see SparkEngine.set_step)."""
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
@@ -225,6 +228,11 @@ class SparkEngine:
         rows = self.sc.parallelize(items, max(1, len(items))).flatMap(partial(_spark_emit, emit))
         grouped = rows.partitionBy(buckets, partitionFunc=int)  # the key is already the bucket
         return self._collect(grouped.mapPartitionsWithIndex(partial(_spark_reduce, reduce)))
+
+    def set_step(self, name: str) -> None:
+        """The Spark jobs that follow belong to curation step ``name``: their job group, which the Spark UI
+        and its REST API (/api/v1/applications/<app>/jobs) show, so an operator sees which step runs."""
+        self.sc.setJobGroup(name, f"openaim curation step {name}")
 
     def close(self) -> None:
         if self._own:

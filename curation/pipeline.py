@@ -73,9 +73,16 @@ class _Steps:
         self.reused: list[str] = []
         self._net = None
         self._engine = None
+        self._step = ""  # the step running now: the engine labels its jobs with it
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def _begin(self, step: str) -> None:
+        self._step = step
+        if self._engine is not None:
+            self._engine.set_step(step)
+
     def _run(self, spec: StepSpec, fn, outputs_hash=None) -> None:
+        self._begin(spec.name)
         did = self.cache.run(spec, fn, force=self.force, outputs_hash=outputs_hash)
         (self.ran if did else self.reused).append(spec.name)
         log.info("%-12s %s", spec.name, "done" if did else "reused (config, inputs and version unchanged)")
@@ -87,6 +94,7 @@ class _Steps:
             for stale in self.dir.glob(".shuffle-*"):  # a killed run's shuffle files: never read again
                 shutil.rmtree(stale, ignore_errors=True)
             self._engine = make_engine(self.cur.engine, self.cur.workers, scratch_root=self.dir)
+            self._engine.set_step(self._step)
         return self._engine
 
     def close(self) -> None:
@@ -120,6 +128,7 @@ class _Steps:
         # finished shards) before this step's record is touched, and swapped in place of pool/ only once it
         # succeeded: a failed, empty or interrupted download leaves pool/ and the record as they were.
         if self.force or not self.cache.check(spec).fresh:
+            self._begin(spec.name)
             download.stage_pool(self.cur.download, self.dir / "pairs", pool, self.cur.extract.allow_hosts,
                                 spec.fingerprint, restart=self.force, engine=self.engine)
 
