@@ -91,7 +91,10 @@ def test_init_weights():
     bound = (6 / (qkv.in_features + qkv.in_features)) ** 0.5  # per q/k/v matrix: fan_in = fan_out = D
     for part in qkv.weight.chunk(3):
         assert part.abs().max() <= bound and part.abs().max() > 0.9 * bound
-    assert torch.all(model.head.in_proj.bias == 0) and torch.all(model.patch_embed.proj.bias == 0)
+    assert torch.all(model.head.in_proj.bias == 0)
+    # the patch Conv2d bias keeps PyTorch's default (as l3m): U(+-1/sqrt(C*p*p)), not zero
+    bias, bias_bound = model.patch_embed.proj.bias, (3 * 8 * 8) ** -0.5
+    assert bias.abs().max() <= bias_bound and bias.abs().max() > 0.5 * bias_bound
     assert torch.all(model.post_trunk_norm.weight == 1) and model.patch_embed.norm.eps == 1e-6
     names = model.no_weight_decay_names()
     assert "patch_embed.proj.bias" in names and "blocks.0.norm_1.weight" in names

@@ -53,12 +53,17 @@ class AIM(nn.Module):
 
     # ------------------------------------------------------------------------------ setup
     def init_weights(self) -> None:
-        """Xavier-uniform linears with zero bias (as l3m), the patch Conv2d initialised like a linear
-        on the flattened patch (as MAE), LayerNorms at ones/zeros.
+        """Xavier-uniform linears with zero bias (as l3m), the patch Conv2d weight initialised like a
+        linear on the flattened patch (as MAE and l3m), LayerNorms at ones/zeros.
 
         The fused qkv [3D, D] is initialised as three D x D matrices: l3m's trunk (GenericAttention)
         has separate q_proj/k_proj/v_proj linears, each xavier-uniform with fan_in = fan_out = D
         (std 1/sqrt(D)); xavier on the fused matrix would see fan_out 3D and start 1/sqrt(2) smaller.
+
+        The patch Conv2d bias keeps PyTorch's default Conv2d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        with fan_in = C*p*p (std ~0.024 at patch 14): l3m's preprocessor re-initialises only the weight,
+        on direct construction and in its runner's meta-device init_parameters. It is drawn here
+        explicitly, so a model built on meta and materialised with `to_empty` + `init_weights` gets it too.
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -73,7 +78,8 @@ class AIM(nn.Module):
                 nn.init.xavier_uniform_(part)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
+        bound = 1 / math.sqrt(w[0].numel())  # nn.Conv2d.reset_parameters' bias bound
+        nn.init.uniform_(self.patch_embed.proj.bias, -bound, bound)
 
     def seed_prefix_rng(self, seed: int) -> None:
         self.prefix_generator.manual_seed(seed)
