@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ log = logging.getLogger("openaim.eval")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# ml-aim's eval transform: resize the short side to 256 for a 224 crop, i.e. img_size * 256 / 224.
-RESIZE_RATIO = 256 / 224
+# ml-aim's eval transform resizes the short side to ceil(img_size / 0.875) (256 for a 224 crop), bicubic.
+CROP_FRACTION = 0.875
 
 
 def resolve_blocks(blocks: str | list[int], n_blocks: int, model: Any, depth: int) -> list[int]:
@@ -57,10 +58,17 @@ def resolve_blocks(blocks: str | list[int], n_blocks: int, model: Any, depth: in
     return chosen
 
 
+def resize_size(img_size: int) -> int:
+    """The short side an image is resized to before the img_size center crop: ml-aim's ceil(img / 0.875)
+    (224 -> 256, 64 -> 74, 128 -> 147)."""
+    return math.ceil(img_size / CROP_FRACTION)
+
+
 def eval_transform(img_size: int):
-    """Resize (bicubic) to img_size*256/224, center crop img_size, ImageNet mean/std."""
+    """ml-aim's eval transform at any size: resize (bicubic) the short side to resize_size(img_size),
+    center crop img_size, ImageNet mean/std."""
     return T.Compose([
-        T.Resize(round(img_size * RESIZE_RATIO), interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(resize_size(img_size), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(img_size),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -69,7 +77,7 @@ def eval_transform(img_size: int):
 
 def preprocessing_key(img_size: int, data_key: Any = None) -> str:
     """Short hash of everything besides the trunk that changes the features (transform, which items)."""
-    return hash_json({"resize": round(img_size * RESIZE_RATIO), "crop": img_size, "interp": "bicubic",
+    return hash_json({"resize": resize_size(img_size), "crop": img_size, "interp": "bicubic",
                       "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "data": data_key})[:12]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from evaluation.features import (
     eval_transform,
     extract_split_features,
     feature_path,
     load_features,
+    resize_size,
     resolve_blocks,
 )
 from shared.errors import ConfigError
@@ -71,6 +74,26 @@ def test_eval_transform_resizes_crops_and_normalises():
     x = eval_transform(32)(img)
     assert x.shape == (3, 32, 32)
     assert torch.allclose(x[0], torch.full((32, 32), (1 - 0.485) / 0.229), atol=1e-4)
+
+
+def mlaim_val_transform(img_size: int):
+    """ml-aim's val_transforms(img_size) (aim-v1/aim/v1/torch/data.py, bd9e068), restated: the short side
+    resized bicubic to ceil(img_size / 0.875), a center crop of img_size, ImageNet mean/std."""
+    return T.Compose([T.Resize(math.ceil(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(img_size), T.ToTensor(),
+                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+
+@pytest.mark.parametrize("img_size", [224, 64, 128, 37])
+def test_eval_transform_is_mlaim_at_every_size(img_size):
+    # ml-aim's sizes (224 -> 256) and those where round(img * 256 / 224) differs from ceil(img / 0.875)
+    assert {224: 256, 64: 74, 128: 147, 37: 43}[img_size] == resize_size(img_size)
+    rng = np.random.default_rng(img_size)
+    for h, w in [(333, 500), (500, 333), (img_size, img_size + 1), (97, 61)]:  # landscape, portrait, tiny
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ours, theirs = eval_transform(img_size)(img), mlaim_val_transform(img_size)(img)
+        assert ours.shape == (3, img_size, img_size)
+        assert torch.equal(ours, theirs), (img_size, h, w)
 
 
 def test_resolve_blocks():
