@@ -62,6 +62,18 @@ def top1_bars(
     title: str = "Top-1 accuracy per benchmark (attentive probe)",
 ) -> bytes | None:
     """Horizontal grouped bars: one group per benchmark, one bar per checkpoint (values in percent)."""
+    fig = top1_figure(benchmarks, series, title)
+    return None if fig is None else _png(fig)
+
+
+@_styled
+def top1_figure(
+    benchmarks: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    title: str = "Top-1 accuracy per benchmark (attentive probe)",
+) -> Figure | None:
+    """The figure of `top1_bars`. Its legend sits outside the axes, right of them: inside, wherever it
+    went, some run's bars (they reach any length up to 100%) would run under it."""
     if not benchmarks or not series or all(v is None for _, vals in series for v in vals):
         return None
     n_series = len(series)
@@ -91,8 +103,9 @@ def top1_bars(
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_title(_fit(title, 70), loc="left")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", frameon=True, framealpha=0.9) if n_series > 1 else None
-    return _png(fig)
+    if n_series > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -229,7 +242,7 @@ def curation_funnel(
     ax.set_title("Curation funnel: pairs left after each step", loc="left")
     ax.grid(axis="x", alpha=0.3)
     if n_runs > 1:
-        ax.legend(loc="lower right", frameon=True, framealpha=0.9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
