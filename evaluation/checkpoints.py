@@ -15,7 +15,7 @@ from shared.config.evaluation import EvaluationConfig
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json
 from training.checkpoint import complete_checkpoints, load_model_for_eval
-from training.model.aim import build_aim
+from training.model.aim import INIT_VERSION, build_aim
 
 
 @dataclass
@@ -82,7 +82,7 @@ def load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
         return (
             model.eval(),
             arch_cfg,
-            hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed}),
+            hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed, "init": INIT_VERSION}),
         )
     try:
         model, model_cfg = load_model_for_eval(entry.path)

@@ -153,3 +153,16 @@ def test_patch_bias_is_conv2d_default_over_many_draws():
     bound = 1 / math.sqrt(3 * 14 * 14)
     assert conv_bias.abs().max() <= bound and conv_bias.abs().max() > 0.99 * bound
     assert abs(conv_bias.double().std().item() / ours.std().item() - 1) < TOL
+
+
+def test_random_baseline_cache_key_follows_the_init_recipe(monkeypatch):
+    # features of the random-weights baseline are cached under a hash of arch + seed: a changed init must
+    # change it, or an old cache (zero patch bias) would be read back
+    from evaluation import checkpoints
+
+    cfg = ModelConfig(arch="aim-tiny", depth=1, head_depth=1)
+    entry = checkpoints.CheckpointEntry("random-init", None, 0)
+    before = checkpoints.load_trunk(entry, cfg, seed=0)[2]
+    assert checkpoints.load_trunk(entry, cfg, seed=0)[2] == before
+    monkeypatch.setattr(checkpoints, "INIT_VERSION", checkpoints.INIT_VERSION + 1)
+    assert checkpoints.load_trunk(entry, cfg, seed=0)[2] != before

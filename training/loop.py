@@ -68,7 +68,7 @@ from training.optim import build_optimizer, lr_at, peak_lr, set_lr
 # Bump when the trained weights (the whole training/ package) change for the same config and inputs: this
 # step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
 # refactors) need no bump.
-VERSION = 2  # 2: colour-jitter factors as float32 from the per-image jitter table
+VERSION = 3  # 2: colour-jitter factors as float32 from the per-image jitter table; 3: patch bias init (l3m's)
 
 log = logging.getLogger("openaim.training")
 

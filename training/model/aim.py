@@ -29,6 +29,10 @@ from training.model.patch_embed import PatchEmbed
 from training.model.pos_embed import sincos_pos_embed_2d
 from training.model.prefix import sample_prefix_lengths
 
+# Bump when init_weights draws different weights for the same seed: a random-weights baseline's feature
+# cache is keyed by it (evaluation.checkpoints.load_trunk). 2: patch bias at Conv2d's default (was zero).
+INIT_VERSION = 2
+
 # The paper's best 6 blocks for the attentive probe (0-based, inclusive ranges).
 _BEST_BLOCKS = {"aim-600m": range(14, 20), "aim-1b": range(12, 18), "aim-3b": range(12, 18),
                 "aim-7b": range(14, 20)}
