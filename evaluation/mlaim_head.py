@@ -26,13 +26,14 @@ from typing import Any
 import torch
 
 from evaluation.benchmarks import registry
+from evaluation.benchmarks.names import is_generic
 from evaluation.features import extract_split_features, feature_path, resolve_blocks
 from evaluation.probe_grid import classification_metrics
 from evaluation.probes import AttentiveProbe
 from evaluation.results import write_result
 from shared.atomic import atomic_path
-from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig
-from shared.errors import InputError
+from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig, released_head_blocks
+from shared.errors import ConfigError, InputError
 from shared.torchrun import rank_world
 from training.model.mlaim_compat import read_mlaim_state_dict
 
@@ -99,10 +100,37 @@ def head_logits(probe: AttentiveProbe, feats: torch.Tensor, batch_size: int = 25
 
 def head_for(heads: list[ProbeHeadConfig], checkpoint: Path | None,
              benchmark: str) -> ProbeHeadConfig | None:
-    """The configured head for this checkpoint x benchmark, if any."""
+    """The configured head for this checkpoint x benchmark (its spec name), if any."""
     if checkpoint is None:
         return None
-    return next((h for h in heads if Path(h.checkpoint) == checkpoint and h.benchmark == benchmark), None)
+
+    def spec_name(configured: str) -> str:  # a generic entry's spec is named after its resolved path
+        return registry.generic_spec(configured).name if is_generic(configured) else configured
+
+    matches = (h for h in heads if Path(h.checkpoint) == checkpoint and spec_name(h.benchmark) == benchmark)
+    return next(matches, None)
+
+
+def head_blocks(ev: EvaluationConfig, head_cfg: ProbeHeadConfig, model, depth: int) -> tuple[list[int], str]:
+    """The blocks a head reads (0-based) and where that choice came from, for the log.
+
+    A released head's file name says it (``*_best_layers.pth``: the paper's best 6, ``*_last_layers.pth``:
+    the last 6, whatever evaluation.n_blocks is); an explicit ``blocks`` list must then be those blocks.
+    Any other head reads its ``blocks``, else evaluation.blocks."""
+    released = released_head_blocks(head_cfg.path)
+    if released is not None:
+        marker, named = released
+        blocks = resolve_blocks(named, 6, model, depth)
+        if isinstance(head_cfg.blocks, list):
+            explicit = resolve_blocks(head_cfg.blocks, ev.n_blocks, model, depth)
+            if explicit != blocks:
+                raise ConfigError(f"evaluation.heads: blocks {explicit} of {head_cfg.path} contradict its "
+                                  f"file name: a {marker} head reads blocks {blocks}")
+        return blocks, f"{named!r}, from the file name ({marker})"
+    if head_cfg.blocks is not None:
+        return resolve_blocks(head_cfg.blocks, ev.n_blocks, model, depth), "the head's blocks"
+    return (resolve_blocks(ev.blocks, ev.n_blocks, model, depth),
+            "evaluation.blocks (the file name names no released blocks)")
 
 
 def evaluate_head(ev: EvaluationConfig, eval_dir: Path, entry, spec, root, model, model_cfg, ckpt_hash: str,
@@ -111,7 +139,9 @@ def evaluate_head(ev: EvaluationConfig, eval_dir: Path, entry, spec, root, model
     ranks under torchrun). Writes and returns the result record on rank 0 (None elsewhere); its probe is
     named "attentive", so the report compares it with the published attentive-probe numbers."""
     start = time.perf_counter()
-    blocks = resolve_blocks(head_cfg.blocks or ev.blocks, ev.n_blocks, model, model_cfg.depth)
+    blocks, source = head_blocks(ev, head_cfg, model, model_cfg.depth)
+    if rank_world()[0] == 0:
+        log.info("%s %s: head %s reads blocks %s: %s", entry.name, spec.name, head_cfg.path, blocks, source)
     dataset = registry.load_split(spec, root, "test", ev.probe.val_fraction, ev.seed)
     data_key = {"benchmark": spec.name, "split": "test", "val_fraction": ev.probe.val_fraction,
                 "seed": ev.seed, "max_items": None, "n": len(dataset)}

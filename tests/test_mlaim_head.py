@@ -2,6 +2,7 @@
 `evaluation.heads`: the logits are the ones ml-aim's AttentionPoolingClassifier computes."""
 
 import csv
+import logging
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 
 from evaluation.benchmarks.demo_sets import digits
 from evaluation.features import eval_transform
-from evaluation.mlaim_head import head_logits, load_mlaim_head, save_mlaim_head
+from evaluation.mlaim_head import head_blocks, head_logits, load_mlaim_head, save_mlaim_head
+from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig
 from shared.config.loading import load_config
 from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
@@ -85,9 +87,10 @@ def test_heads_that_do_not_fit_are_refused(tmp_path):
         load_mlaim_head(tmp_path / "absent.pth", 64, 2)
 
 
-def test_openaim_eval_applies_a_released_head(tmp_path):
+def test_openaim_eval_applies_a_released_head(tmp_path, caplog):
     """A custom-width ml-aim backbone + a random head for digits: eval's top-1 is the top-1 of ml-aim's
     head on the trunk's features, and no probe is trained."""
+    caplog.set_level(logging.INFO, logger="openaim.eval")
     torch.manual_seed(0)
     trunk = build_aim(ModelConfig(arch=None, width=64, depth=3, heads=2, img_size=32, patch_size=8,
                                   head_width=32, head_depth=1)).eval()
@@ -105,6 +108,7 @@ def test_openaim_eval_applies_a_released_head(tmp_path):
     rows = list(csv.DictReader(evaluate_from_config(cfg).open()))
     got = [(r["benchmark"], r["probe"], r["lr"], r["n_train"]) for r in rows]
     assert got == [("digits", "attentive", "", "0")]
+    assert f"head {head_file} reads blocks [1, 2]: the head's blocks" in caplog.text
 
     test = digits(None, "test")
     transform = eval_transform(32)
@@ -117,3 +121,28 @@ def test_openaim_eval_applies_a_released_head(tmp_path):
     with pytest.raises(ConfigError, match="heads.0..checkpoint"):
         load_config(None, overrides[:2] + [(f"evaluation.heads=[{{checkpoint: other.pth, benchmark: digits, "
                                             f"path: '{head_file}'}}]")])
+
+
+def test_head_blocks_come_from_a_released_file_name_and_are_stated():
+    # Apple's heads: *_last_layers.pth reads the last 6 blocks (whatever evaluation.n_blocks is),
+    # *_best_layers.pth the paper's best 6 (aim-600m: 14-19); another file reads its blocks, else
+    # evaluation.blocks
+    ev = EvaluationConfig(n_blocks=2, blocks="last6")
+    released = build_aim(ModelConfig(arch="aim-600m"), device="meta")
+    tiny = build_aim(ModelConfig(arch=None, width=32, depth=8, heads=2, img_size=16, patch_size=8,
+                                 head_width=32, head_depth=1), device="meta")
+
+    def head(path, blocks=None):
+        return ProbeHeadConfig(checkpoint="c.pth", benchmark="digits", path=path, blocks=blocks)
+
+    blocks, source = head_blocks(ev, head("aim_600m_2bimgs_attnprobe_head_best_layers.pth"), released, 24)
+    assert blocks == [14, 15, 16, 17, 18, 19] and "file name (best_layers)" in source
+    blocks, source = head_blocks(ev, head("/h/aim_600m_2bimgs_attnprobe_head_last_layers.pth"), released, 24)
+    assert blocks == [18, 19, 20, 21, 22, 23] and "file name (last_layers)" in source
+    agreeing = head("x_best_layers.pth", [14, 19, 15, 16, 17, 18])
+    assert head_blocks(ev, agreeing, released, 24)[0] == list(range(14, 20))
+    with pytest.raises(ConfigError, match=r"blocks \[18, 19, 20, 21, 22, 23\].*best_layers head reads"):
+        head_blocks(ev, head("x_best_layers.pth", [18, 19, 20, 21, 22, 23]), released, 24)
+    assert head_blocks(ev, head("mine.pth", [1, 2]), tiny, 8) == ([1, 2], "the head's blocks")
+    blocks, source = head_blocks(ev, head("mine.pth"), tiny, 8)
+    assert blocks == [6, 7] and source.startswith("evaluation.blocks")

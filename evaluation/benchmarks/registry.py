@@ -24,13 +24,19 @@ import numpy as np
 
 from evaluation.benchmarks import demo_sets, generic
 from evaluation.benchmarks.items import SplitView
+from evaluation.benchmarks.names import (
+    DEMO_NAMES,
+    GENERIC_PREFIXES,
+    MINIWEB_TASKS,
+    PAPER_NAMES,
+    check_benchmark_name,
+)
 from evaluation.benchmarks.paper_sets import CARVED as _CARVED
 from evaluation.benchmarks.paper_sets import PAPER_SPECS
 from evaluation.benchmarks.spec import BenchmarkSpec
 from evaluation.benchmarks.splits import cap, carve_val
 from shared.errors import ConfigError, InputError
 
-MINIWEB_TASKS = ("miniweb-shape", "miniweb-color", "miniweb-count", "miniweb-texture")
 _DEMO = [
     BenchmarkSpec(
         name=task, title=f"mini web: {task.split('-', 1)[1]}", num_classes=None,
@@ -53,8 +59,10 @@ _DEMO = [
 BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in PAPER_SPECS + _DEMO}
 PAPER_BENCHMARKS: list[str] = [spec.name for spec in PAPER_SPECS]
 DEMO_BENCHMARKS: list[str] = [spec.name for spec in _DEMO]
+# the config checks names against evaluation.benchmarks.names (no loaders imported): the same names
+assert (tuple(PAPER_BENCHMARKS), tuple(DEMO_BENCHMARKS)) == (PAPER_NAMES, DEMO_NAMES)
 
-_GENERIC_PREFIXES = {"imagefolder": "imagefolder", "wds": "webdataset"}
+_GENERIC_PREFIXES = GENERIC_PREFIXES
 
 
 def generic_spec(text: str) -> BenchmarkSpec:
@@ -99,8 +107,11 @@ def resolve_benchmarks(names: list[str]) -> list[BenchmarkSpec]:
         elif name.split(":", 1)[0] in _GENERIC_PREFIXES and ":" in name:
             picked = [generic_spec(name)]
         else:
-            valid = ", ".join(["all", "paper", "demo", *BENCHMARKS, "imagefolder:<path>", "wds:<path>"])
-            raise ConfigError(f"unknown benchmark {name!r}; valid: {valid}")
+            try:
+                check_benchmark_name(name)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            raise AssertionError(f"benchmark {name!r} is named but has no spec")
         for spec in picked:
             out.setdefault(spec.name, spec)
     return list(out.values())

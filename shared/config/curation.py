@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from evaluation.benchmarks.names import check_benchmark_name
 from shared.config.base import StrictModel
 
 
@@ -92,6 +93,8 @@ class DedupConfig(StrictModel):
                                  description="registry benchmark names to decontaminate against; "
                                  "empty = every "
                                  "benchmark found (mini web sets, evaluation.data_root)")
+
+    _known_eval_sets = field_validator("eval_sets")(lambda names: [check_benchmark_name(n) for n in names])
 
 
 class SafetyConfig(StrictModel):

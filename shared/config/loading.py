@@ -5,6 +5,7 @@ Every problem becomes a `ConfigError` whose message is one line naming the key a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from shared.config.root import OpenAIMConfig
 from shared.errors import ConfigError
+from shared.names import unknown_name
 
 # The shipped configs (configs/*.yaml in a checkout) are package data: shared/config/defaults links to
 # configs/, and the wheel carries the files, so an installed openaim finds them without a checkout.
@@ -79,6 +81,8 @@ def _format_validation_error(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "literal_error":  # a value that names one of a fixed set: say which are close
+        msg = unknown_name("value", err["input"], re.findall(r"'([^']*)'", err["ctx"]["expected"]))
     extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"invalid config: {key}: {msg}{extra}"
 

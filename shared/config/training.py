@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from shared.config.base import StrictModel
+from shared.names import unknown_name
 
 # The paper's trunks (width, depth, heads) and their shared head; "aim-tiny"/"aim-small" run on CPU.
 AIM_PRESETS: dict[str, dict] = {
@@ -49,7 +50,7 @@ class ModelConfig(StrictModel):
     def _fill_and_check(self) -> ModelConfig:
         if self.arch is not None:
             if self.arch not in AIM_PRESETS:
-                raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(AIM_PRESETS)}")
+                raise ValueError(unknown_name("arch", self.arch, AIM_PRESETS))
             for key, value in AIM_PRESETS[self.arch].items():
                 if getattr(self, key) is None:
                     object.__setattr__(self, key, value)
