@@ -22,16 +22,16 @@ def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt
     """Curate image-text pairs into webdataset shards: extract, download, score, dedup, safety, select."""
 
     def body(cfg):
-        import os
-
         from curation.pipeline import build_dataset as run
+        from curation.pipeline import join_scoring
+        from curation.score import BACKEND, WAIT_FOR_RANK0
+        from shared.torchrun import torchrun_stage
 
-        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun the other ranks only join the score step
-            from curation.pipeline import join_scoring
-
-            join_scoring(cfg, force=force)
-            return
-        manifest = run(cfg, force=force)
+        with torchrun_stage(BACKEND, WAIT_FOR_RANK0) as (rank, _):
+            if rank > 0:  # under torchrun the other ranks only join the score step
+                join_scoring(cfg, force=force)
+                return
+            manifest = run(cfg, force=force)
         q = manifest.get("quality") or {}
         typer.echo(f"kept {manifest['kept']} pairs (threshold {manifest['threshold']:.4f}) -> "
                    f"{cfg.curation_dir / 'shards'}; ran: {', '.join(manifest['ran']) or 'nothing'}"

@@ -10,8 +10,10 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
 
     def body(cfg):
         from evaluation.run import evaluate_from_config
+        from shared.torchrun import torchrun_stage
 
-        path = evaluate_from_config(cfg)
+        with torchrun_stage():
+            path = evaluate_from_config(cfg)
         say("results:", "bold green", path)
 
     run_with_config(body, config, set_, debug)

@@ -33,6 +33,13 @@ class PartialFailure(OpenAIMError):
     exit_code = 1
 
 
+class PeerError(OpenAIMError):
+    """A collective with the other torchrun ranks failed: a rank died, hung past the timeout, or closed
+    its connection. Exit code 4, so a launcher (or a person) tells it from this rank's own errors."""
+
+    exit_code = 4
+
+
 class DiskFullError(OpenAIMError):
     """A write ran out of disk space (ENOSPC / quota). Finished outputs are untouched (atomic writes)."""
 

@@ -1,22 +1,77 @@
-"""Joining a torchrun launch from a stage that is not training: rank, world size, this rank's device.
+"""A stage under torchrun: its life cycle (`torchrun_stage`), rank, world size, this rank's device.
 
 torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; without them every function here is a no-op for one
-process, so the same code runs alone or across processes. Training has its own richer set-up
-(training/distributed.py: DDP/FSDP, device ids); curation scoring and evaluation use this one.
+process, so the same code runs alone or across processes. Every stage (training, evaluation,
+curation scoring) runs inside `torchrun_stage`; training adds its own set-up on top (training/
+distributed.py: meshes, DDP/FSDP, per-phase timeouts).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from shared.errors import PeerError
+
 
 def local_device() -> str:
     """"cuda:LOCAL_RANK" when CUDA is present (one GPU per rank), else "cpu"."""
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+# How gloo and NCCL word a failed collective (a plain RuntimeError from gloo, DistError subclasses else).
+_PEER_FAILURE_TEXT = ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer",
+                      "NCCL", "gloo")
+
+
+@contextmanager
+def torchrun_stage(backend: str = "auto", timeout: timedelta | None = None,
+                   timeouts_hint: str = "") -> Iterator[tuple[int, int]]:
+    """One life cycle for a stage: join torchrun's process group (and pick this rank's GPU), run the
+    body, then leave: after a body that succeeded every rank waits for the others (a barrier: no rank
+    tears the group down while a peer still talks to it); then, success or not, the group is
+    destroyed, which joins gloo's worker threads and NCCL's watchdog. Yields (rank, world size).
+
+    A group left alive until interpreter exit is what aborted ranks that had finished their work
+    ("terminate called without an active exception", exit -6, torchrun reporting the run FAILED): its
+    threads still held work whose tensors reach into Python while the interpreter is torn down. After
+    this, the process's exit code is the body's own: 0, or its error's (shared.cli_common.guarded).
+    A body that failed skips the barrier (its peers may be waiting in another collective); torchrun
+    sees its non-zero exit and stops the others. A failed collective becomes one line (PeerError, exit
+    code 4) naming this rank and ``timeouts_hint`` (which setting bounds the wait)."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_device())
+    rank, world = rank_world(backend, timeout)
+    succeeded = False
+    try:
+        try:
+            yield rank, world
+            succeeded = True
+        finally:
+            leave_process_group(succeeded)  # its barrier can fail too: a peer that left
+    except RuntimeError as exc:
+        if world > 1 and (isinstance(exc, dist.DistError) or any(t in str(exc) for t in _PEER_FAILURE_TEXT)):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PeerError(f"rank {rank} of {world}: a collective with the other ranks failed (a rank died, "
+                            f"hung or closed its connection): {first}"
+                            + (f"; {timeouts_hint}" if timeouts_hint else "")) from exc
+        raise
+
+
+def leave_process_group(succeeded: bool) -> None:
+    """Barrier (only after success, only with peers), then destroy every process group of this process."""
+    if not dist.is_initialized():
+        return
+    try:
+        if succeeded and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def rank_world(backend: str = "auto", timeout: timedelta | None = None) -> tuple[int, int]:

@@ -41,6 +41,9 @@ def test_set_overrides_nested_values_with_yaml_types():
     ("training.model.heads=5", "training.model"),
     ("training.nonsense=1", "training.nonsense"),
     ("web.port=notaport", "web.port"),
+    ("training.timeouts.step_s=0", "training.timeouts.step_s"),
+    ("training.timeouts.step_s=4000", "training.timeouts"),  # longer than startup_s (1800)
+    ("training.process_group_timeout_s=60", "training.process_group_timeout_s"),  # now training.timeouts
 ])
 def test_bad_values_raise_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -33,9 +33,13 @@ def _overrides(work: Path, ckpt: Path, bench: Path) -> list[str]:
 
 
 def _eval(launcher: list[str], work: Path, ckpt: Path, bench: Path) -> str:
+    return run_eval(launcher, work, _overrides(work, ckpt, bench))
+
+
+def run_eval(launcher: list[str], work: Path, overrides: list[str]) -> str:
     """Run `openaim eval` (its output goes to a file: a pipe could fill up); on timeout kill the group."""
     log = work.parent / f"{work.name}.log"
-    cmd = [*launcher, "-m", "shared.cli", "eval", *_overrides(work, ckpt, bench)]
+    cmd = [*launcher, "-m", "shared.cli", "eval", *overrides]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=ENV,
                                 cwd=work.parent)

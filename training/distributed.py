@@ -31,7 +31,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.nn.parallel import DistributedDataParallel
 
-from shared.config.training import FSDPConfig
+from shared.config.training import FSDPConfig, TimeoutsConfig
 from shared.errors import ConfigError
 from shared.torchrun import local_device, rank_world
 
@@ -52,6 +52,7 @@ class DistInfo:
 
 def init_distributed(parallel: str, timeout_s: int) -> DistInfo:
     """Join torchrun's process group (if launched by it) with an explicit timeout; pick the device.
+    Runs inside shared.torchrun.torchrun_stage, which joins first and destroys the group at the end.
 
     A single process asked for fsdp/hsdp gets a process group of one, so FSDP2 runs as it would on
     a node (one GPU measures the shipped path)."""
@@ -70,9 +71,60 @@ def init_distributed(parallel: str, timeout_s: int) -> DistInfo:
     return DistInfo(rank, world, local_world, device)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def timeouts_hint(cfg: TimeoutsConfig) -> str:
+    return (f"collectives wait training.timeouts.step_s ({cfg.step_s} s) after the first step, "
+            f"training.timeouts.startup_s ({cfg.startup_s} s) before it and around checkpoints")
+
+
+class PhaseTimeouts:
+    """The process groups' timeouts by phase (training.timeouts), as torchtitan splits them: startup_s
+    until the first step has finished on every rank, step_s after it, so a hung or dead rank stops the
+    run after ~step_s instead of the start-up allowance. Checkpoint saves and the final export run under
+    startup_s again (rank 0 writes files while the others wait in a barrier). The groups: the default
+    one and the mesh's (the step's collectives), and `io_groups` (the checkpoint writer's, whose DCP
+    collectives may run in a background thread while steps go on), which keep startup_s throughout."""
+
+    def __init__(self, cfg: TimeoutsConfig, mesh: DeviceMesh | None, io_groups=()):
+        self.startup, self.step = timedelta(seconds=cfg.startup_s), timedelta(seconds=cfg.step_s)
+        self.active = dist.is_initialized()
+        self.step_groups = [None, *(mesh.get_all_groups() if mesh is not None else [])]  # None: default
+        self.steps_running = False
+        if self.active:
+            for group in io_groups:
+                if group is not None:
+                    dist.set_timeout(self.startup, group)
+            self._set(self.startup)
+
+    def _set(self, timeout: timedelta) -> None:
+        if self.active:
+            for group in self.step_groups:
+                dist.set_timeout(timeout, group)
+
+    def first_step_done(self, device: torch.device) -> None:
+        """Switch to step_s, once. A barrier first: a rank still finishing start-up under the long
+        timeout must not meet a peer's collective already under the short one."""
+        if self.steps_running:
+            return
+        self.steps_running = True
+        if self.active and dist.get_world_size() > 1:
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+        self._set(self.step)
+        log.info("collectives time out after %ds from now on (training.timeouts.step_s)", self.step.seconds)
+
+    @contextlib.contextmanager
+    def io(self):
+        """startup_s for a checkpoint save (every rank enters it after the same step), then step_s again."""
+        self._set(self.startup)
+        try:
+            yield
+        finally:
+            if self.steps_running:
+                self._set(self.step)
+
+    def steps_over(self) -> None:
+        """startup_s for what follows the last step: the last save's wait, final/, the last barrier."""
+        self.steps_running = False
+        self._set(self.startup)
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from shared.atomic import atomic_dir
 from shared.config.training import TrainingConfig
 from shared.errors import ConfigError, InputError, OpenAIMError
 from shared.progress import progress_bar
-from shared.torchrun import barrier, broadcast_from_rank0
+from shared.torchrun import barrier, broadcast_from_rank0, torchrun_stage
 from training import checkpoint as ck
 from training import distributed as dd
 from training.augment import to_model_input
@@ -126,11 +126,10 @@ def train_from_config(cfg, resume: bool = True) -> Path:
     shards = [cfg.expand_path(p) for p in tcfg.data.shards] or [str(cfg.curation_dir / "shards" / "*.tar")]
     curated = curated_shard_list(shards) if n_in < tcfg.global_batch_size else []
     imagenet = [cfg.expand_path(p) for p in tcfg.data.imagenet]  # image folders or shard patterns
-    info = dd.init_distributed(tcfg.parallel, tcfg.process_group_timeout_s)
-    try:
+    with torchrun_stage(timeout=timedelta(seconds=tcfg.timeouts.startup_s),
+                        timeouts_hint=dd.timeouts_hint(tcfg.timeouts)):
+        info = dd.init_distributed(tcfg.parallel, tcfg.timeouts.startup_s)
         return train(tcfg, Path(cfg.training_dir), curated, imagenet, info, resume)
-    finally:
-        dd.shutdown()
 
 
 def _decide_resume(tcfg: TrainingConfig, out: Path, resume: bool) -> dict:
@@ -243,6 +242,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     writer = ck.CheckpointWriter(out, mcfg, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
                                  async_save=tcfg.async_checkpoint and world > 1)
     keep_steps = set(tcfg.keep_checkpoints)
+    timeouts = dd.PhaseTimeouts(tcfg.timeouts, mesh, [writer.group])
 
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -260,6 +260,10 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
                 "after it: lower training.optim.lr or check the data")
 
     def save(step_done: int) -> None:
+        with timeouts.io():
+            _save(step_done)
+
+    def _save(step_done: int) -> None:
         check_finite()
         # The open log window (steps since the last metrics line), so a resumed run logs the same means.
         window = {"loss_sum": float(dd.all_reduce_mean(loss_sum)), "steps": steps_in_window}
@@ -312,6 +316,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
             loss_sum += step_loss
             steps_in_window += 1
             done = step + 1
+            timeouts.first_step_done(device)
 
             if done % tcfg.log_every == 0 or done == tcfg.steps:
                 check_finite()
@@ -336,6 +341,7 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
                 progress.update(progress_task, completed=done)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or done in keep_steps:
                 save(done)
+        timeouts.steps_over()
         writer.close()
     finally:
         progress.stop()

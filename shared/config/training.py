@@ -134,6 +134,25 @@ class FSDPConfig(StrictModel):
     shard_size: int | None = Field(None, ge=1)
 
 
+class TimeoutsConfig(StrictModel):
+    """How long a collective (all-reduce, all-gather, barrier...) waits for the slowest rank before the
+    run stops with an error, by phase (torchtitan's split: long while starting, short once steps run)."""
+
+    # From joining the process group until the first optimizer step has finished on every rank: the
+    # rendezvous, building and sharding the model, torch.compile, loading a checkpoint, the first batch.
+    # Checkpoint saves and the final export (rank 0 writes files while the others wait) get it too.
+    startup_s: int = Field(1800, ge=10)
+    # Every collective after the first step (the gradient reductions, the log steps' reductions): a hung
+    # or dead rank stops the run after about this long instead of after startup_s.
+    step_s: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _step_within_startup(self):
+        if self.step_s > self.startup_s:
+            raise ValueError(f"step_s ({self.step_s}) is longer than startup_s ({self.startup_s})")
+        return self
+
+
 class TrainingConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -167,8 +186,8 @@ class TrainingConfig(StrictModel):
     async_checkpoint: bool = True
     # A metrics line (loss, img/s, ETA) every this many steps; also where non-finite losses are checked.
     log_every: int = Field(10, ge=1)
-    # Process-group timeout: how long a collective waits for a slow rank (rank 0's checkpoint I/O).
-    process_group_timeout_s: int = Field(1800, ge=10)
+    # Process-group timeouts by phase (start-up and checkpoint I/O; steps).
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     seed: int = 0
 
     @field_validator("activation_checkpointing", mode="before")
