@@ -150,11 +150,11 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from tests.test_eval_run_features import tiny_aim, make_images
     from evaluation.features import extract_split_features
-    from shared.torchrun import rank_world
+    from shared.torchrun import torchrun_stage
     model, _ = tiny_aim()
     data = make_images(Path({imgs!r}), 11, corrupt=(4,))
-    feats, skipped = extract_split_features(model, data, Path(sys.argv[1]), [0, 2], 32, batch_size=3)
-    rank, world = rank_world()
+    with torchrun_stage() as (rank, world):  # join, work, barrier, leave: as `openaim eval` runs it
+        feats, skipped = extract_split_features(model, data, Path(sys.argv[1]), [0, 2], 32, batch_size=3)
     torch.save({{"feats": feats.feats, "labels": feats.labels, "skipped": skipped, "world": world}},
                sys.argv[1] + f".rank{{rank}}.pt")
 """)

@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     import curation.score as score
-    from shared.torchrun import rank_world
+    from shared.torchrun import torchrun_stage
     from curation.filter_network import load_filter_network
     from shared.config.curation import FilterNetworkConfig
 
@@ -76,8 +76,8 @@ SCRIPT = textwrap.dedent("""
 
     net = load_filter_network(FilterNetworkConfig(model="own"), Path(sys.argv[1]))
     out = Path(sys.argv[3])
-    score.score_pool(Path(sys.argv[2]), net, out, batch_size=3, num_workers=int(sys.argv[4]))
-    rank, world = rank_world()  # the group score_pool joined
+    with torchrun_stage(score.BACKEND, score.WAIT_FOR_RANK0) as (rank, world):  # as build-dataset runs it
+        score.score_pool(Path(sys.argv[2]), net, out, batch_size=3, num_workers=int(sys.argv[4]))
     assert len(list((out / "parts").glob("*.parquet"))) == 5
     (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "scored": scored}))
 """)
@@ -116,16 +116,16 @@ STEP_SCRIPT = textwrap.dedent("""
     from shared.stage_cache import StepSpec
     from curation.pipeline import _Steps
     from curation.score import BACKEND, WAIT_FOR_RANK0
-    from shared.torchrun import rank_world
+    from shared.torchrun import torchrun_stage
 
     workdir = Path(sys.argv[1])
     cfg = load_config(None, [f"workdir={workdir}", "curation.filter.batch_size=3"])
     steps = _Steps(cfg, False, None)
-    rank, world = rank_world(BACKEND, WAIT_FOR_RANK0)  # joins the group as the score step does
-    if rank == 0 and not steps.cache.load("download"):  # the pool is ready: stand in for the steps before
-        for name in ("download", "train-filter"):
-            steps.cache.record(StepSpec(name, config={"fixture": True}), outputs_hash=name + "-fixture")
-    steps.score()
+    with torchrun_stage(BACKEND, WAIT_FOR_RANK0) as (rank, world):  # joins the group as build-dataset does
+        if rank == 0 and not steps.cache.load("download"):  # the pool is ready: stand in for earlier steps
+            for name in ("download", "train-filter"):
+                steps.cache.record(StepSpec(name, config={"fixture": True}), outputs_hash=name + "-fixture")
+        steps.score()
     (workdir / f"rank{rank}.json").write_text(json.dumps({"world": world, "ran": steps.ran,
                                                           "reused": steps.reused}))
 """)
