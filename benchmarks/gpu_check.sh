@@ -9,13 +9,20 @@
 #      bf16), fed by the real data loader over synthetic webdataset shards + an image folder, then one
 #      DCP checkpoint save; MFU (trunk+head) printed against row 2's in the same run, then each logged
 #      window's images/s, MFU and data wait (share of the window's wall time blocked on the loader).
+#   5. ml-l3m's AIMv1 600M training step (Apple's code, benchmarks/l3m_step.py) at the same batch and
+#      precision, after ours, with each of our rows' images/s as a ratio to it (needs .l3m/ prepared:
+#      benchmarks/RESULTS.md "ml-l3m on the same GPU"; skipped with a line saying so otherwise).
 # Prints Markdown tables; paste them into benchmarks/RESULTS.md under "## Training".
 #
-#   bash benchmarks/gpu_check.sh --compile --backends auto   # the recorded run (about 4-5 minutes)
+#   bash benchmarks/gpu_check.sh --compile --backends auto --no-whole-model   # the run to record (<= 8 min:
+#                                                                             # not yet timed with section 5)
+#   bash benchmarks/gpu_check.sh --compile --backends auto   # + the whole-model row (about 4-5 minutes
+#                                                            # before section 5 existed)
 #   bash benchmarks/gpu_check.sh                 # every backend, no compile in section 2
 #   bash benchmarks/gpu_check.sh --batch 48      # images per step (default 64)
 #   bash benchmarks/gpu_check.sh --no-shipped    # skip section 3
 #   bash benchmarks/gpu_check.sh --compile --backends auto --no-whole-model   # without the whole-model row
+#   bash benchmarks/gpu_check.sh --no-l3m        # skip section 5
 #   bash benchmarks/gpu_check.sh --cpu-smoke     # aim-tiny on CPU, 2 steps: checks the script runs
 #
 # xformers: if it is not importable and a wheel lies in .whl/, it is installed offline first
@@ -203,7 +210,7 @@ for b in backends:
         baseline_mfu[b] = result
 
 # 3. the shipped path: the training loop itself, configs/aim-600m.yaml, one process, FSDP2
-shipped_ok = True
+shipped_ok, shipped_ips = True, None
 # From here on dynamo logs each recompilation with its reason: one printed between two of the loop's "step"
 # lines places a slow window's time in compilation rather than in the loader or the device.
 torch._logging.set_logs(recompiles=True)
@@ -267,7 +274,7 @@ if not args.no_shipped:
             wait = r.get("data_wait_share")
             print(f"| {first}-{r['step']} | {r['images_per_s']:.1f} | {r['images_per_s'] * fl_all / peak:.1%} | "
                   f"{'n/a' if wait is None else f'{wait:.1%}'} |")
-        shipped_ok = math.isfinite(rows[-1]["loss"])
+        shipped_ok, shipped_ips = math.isfinite(rows[-1]["loss"]), ips
     except Exception as err:
         shipped_ok = False
         print(f"| shipped aim-600m | failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''} |")
@@ -288,8 +295,56 @@ if (args.compile or args.cpu_smoke) and not args.no_whole_model and backend_work
     if whole is not None and base:
         print(f"\nwhole-model compile MFU (trunk+head) {whole:.1%} vs per-block {base:.1%} (ratio {whole / base:.2f})")
 
+# images/s of our rows, for section 5 (ml-l3m's step, a separate process) to set against its own
+if os.environ.get("OPENAIM_GPU_SUMMARY"):
+    summary = {f"ours, model alone ({b}{', per-block compiled' if args.compile else ''})":
+               m * peak / fl_all for b, m in baseline_mfu.items()}
+    if shipped_ips is not None:
+        summary["ours, shipped aim-600m path"] = shipped_ips
+    with open(os.environ["OPENAIM_GPU_SUMMARY"], "w") as f:
+        json.dump(summary, f)
 print("\nMFU on CPU is against the GPU peak and meaningless; the smoke run only checks the script." if args.cpu_smoke else "")
 sys.exit(0 if agreement_ok and shipped_ok else 1)
 PYEOF
+# Arguments: --no-l3m is this wrapper's; --batch, --compile and --cpu-smoke also go to section 5.
+ours_args=() l3m_flags=() batch=64 no_l3m=0 prev=""
+for a in "$@"; do
+  case "$a" in
+    --no-l3m) no_l3m=1 ;;
+    *) ours_args+=("$a") ;;
+  esac
+  case "$a" in --compile|--cpu-smoke) l3m_flags+=("$a") ;; esac
+  [[ "$prev" == "--batch" ]] && batch="$a"
+  prev="$a"
+done
+SUMMARY="$(mktemp /tmp/openaim_gpu_summary.XXXXXX.json)"
+L3M_TMP=""
+trap 'rm -f "$SCRIPT" "$SUMMARY"; [[ -n "$L3M_TMP" ]] && rm -rf "$L3M_TMP"' EXIT
+status=0
 # -u: unbuffered, so a run stopped mid-way (e.g. by a wall-time limit during the last row) keeps what it printed
-"$PY" -u "$SCRIPT" "$@"
+OPENAIM_GPU_SUMMARY="$SUMMARY" "$PY" -u "$SCRIPT" ${ours_args[@]+"${ours_args[@]}"} || status=$?
+
+# 5. ml-l3m's AIMv1 600M training step (Apple's code) at the same batch and precision, in its own process
+# after ours (its compile and imports stay out of our timings; its failure cannot cost our rows). Its code
+# and the wheels it needs are not in this repo: $L3M_DIR (default .l3m/, ignored) holds them, prepared as
+# benchmarks/RESULTS.md "ml-l3m on the same GPU" says.
+L3M_DIR="${L3M_DIR:-.l3m}"
+if (( no_l3m )); then
+  :
+elif [[ -f "$L3M_DIR/ml-l3m.zip" ]]; then
+  L3M_TMP="$(mktemp -d /tmp/openaim_l3m.XXXXXX)"
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$L3M_TMP/site" "$L3M_DIR"/wheels/*.whl \
+      && "$PY" -m zipfile -e "$L3M_DIR/ml-l3m.zip" "$L3M_TMP/code"; then
+    echo -e "\nSection 5: ml-l3m's AIMv1 step, batch $batch, ${l3m_flags[*]:-eager}"
+    PYTHONPATH="$L3M_TMP/site${PYTHONPATH:+:$PYTHONPATH}" "$PY" -u benchmarks/l3m_step.py --l3m "$L3M_TMP/code/src" \
+      --config "$L3M_TMP/code/configs/aimv1/001_aim_v1_600M.yaml" --batch "$batch" --compare "$SUMMARY" \
+      ${l3m_flags[@]+"${l3m_flags[@]}"} || status=$?
+  else
+    echo "ml-l3m: $L3M_DIR did not unpack (wheels or zip): section 5 failed"
+    status=1
+  fi
+else
+  echo -e "\nml-l3m: not prepared ($L3M_DIR/ml-l3m.zip is missing): section 5 skipped; benchmarks/RESULTS.md" \
+    "\"ml-l3m on the same GPU\" says how to prepare it"
+fi
+exit $status
