@@ -126,8 +126,9 @@ class FSDPConfig(StrictModel):
     # dtype of the gradient reduce-scatter / all-reduce. fp32 (the default, every shipped config, and
     # torchtitan's only choice) sums in full precision. bf16 is an opt-in that halves the gradient
     # traffic (7B on 512 GPUs: see docs/scale.md) and rounds every partial sum to 8 mantissa bits: use
-    # it only where benchmarks/RESULTS.md shows the same loss curve as fp32 for that setting (no such
-    # measurement exists yet). Parameters are gathered in bf16 either way when training.precision is bf16.
+    # it only where benchmarks/RESULTS.md shows the same loss curve as fp32 for that setting (measured
+    # only on a tiny 2-rank CPU run so far: "Gradient reduction dtype"). Parameters are gathered in bf16
+    # either way when training.precision is bf16.
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     # HSDP only: ranks per shard group (the inner mesh dimension; replicas = world / this).
     # None = the processes of one node (torchrun's LOCAL_WORLD_SIZE).
