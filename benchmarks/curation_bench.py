@@ -103,8 +103,8 @@ def scoring_bench(tmp: Path, n: int, batch: int, repeats: int, models: list[str]
     from PIL import Image
 
     from curation import score
-    from curation.download import shard_samples
     from curation.filter_network import load_filter_network
+    from curation.pool import shard_samples
     from shared.config.curation import FilterNetworkConfig
 
     pool = tmp / "pool"

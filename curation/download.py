@@ -53,7 +53,6 @@ import signal
 import site
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import traceback
@@ -513,31 +512,3 @@ def swap_in_pool(pool_dir: Path, fingerprint: str) -> dict:
         raise OpenAIMError(f"no finished download to put in place of {pool_dir}: rerun to download it")
     return state["summary"]
 
-
-def pool_shards(pool_dir: Path) -> list[Path]:
-    """The finished pool shards (a tar counts only once img2dataset wrote its stats file)."""
-    return [Path(p) for p in sorted(glob.glob(str(pool_dir / "[0-9]*.tar")))
-            if Path(p[:-4] + "_stats.json").is_file()]
-
-
-def shard_samples(shard: Path):
-    """Yield (key, jpg bytes, caption, meta dict) for every complete sample of one pool tar, in tar order."""
-    with tarfile.open(shard) as tar:
-        pending: dict[str, dict[str, bytes]] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.rpartition(".")
-            entry = pending.setdefault(key, {})
-            entry[ext] = tar.extractfile(member).read()
-            if {"jpg", "txt", "json"} <= entry.keys():
-                del pending[key]
-                yield key, entry["jpg"], entry["txt"].decode("utf-8"), json.loads(entry["json"])
-
-
-def iter_pool(pool_dir: Path, uids: set[str] | None = None):
-    """Yield (uid, jpg bytes, caption, meta dict) for each sample of the pool (only ``uids`` if given)."""
-    for shard in pool_shards(pool_dir):
-        for _, jpg, caption, meta in shard_samples(shard):
-            if uids is None or meta.get("uid") in uids:
-                yield meta.get("uid"), jpg, caption, meta

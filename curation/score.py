@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation.copy_detection import DIM, VIEWS, copy_views
-from curation.download import pool_shards, shard_samples
 from curation.parts import list_parts, write_part
+from curation.pool import pool_shards, shard_samples
 from shared.atomic import remove_stale_tmp
 from shared.errors import OpenAIMError
 from shared.torchrun import barrier, rank_world

@@ -21,7 +21,6 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -29,6 +28,7 @@ from shared.atomic import atomic_dir, atomic_write_json
 from shared.config.curation import TrainFilterConfig
 from shared.errors import InputError
 from shared.progress import progress_bar
+from shared.wds_reader import read_samples
 from training.optim import warmup_cosine
 
 # Bump when the trained filter network change for the same config and inputs: this step and every step after
@@ -68,12 +68,11 @@ def read_pairs(hq_dir: Path) -> tuple[list[bytes], list[str]]:
     jpgs: list[bytes] = []
     caps: list[str] = []
     try:
-        # nodesplitter=None: this one process reads every shard, even as rank 0 of a torchrun build-dataset
-        for sample in wds.WebDataset([str(s) for s in shards], shardshuffle=False, empty_check=False,
-                                     nodesplitter=None):
-            if "jpg" in sample and "txt" in sample:
-                jpgs.append(sample["jpg"])
-                caps.append(sample["txt"].decode("utf-8", "replace").strip())
+        for shard in shards:  # this one process reads every shard, even as rank 0 of a torchrun build-dataset
+            for sample in read_samples(shard):
+                if "jpg" in sample and "txt" in sample:
+                    jpgs.append(sample["jpg"])
+                    caps.append(sample["txt"].decode("utf-8", "replace").strip())
     except Exception as err:
         raise InputError(f"cannot read high-quality shards in {hq_dir}: {err}") from err
     if len(jpgs) < 2:

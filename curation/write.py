@@ -18,7 +18,9 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
+from curation.pool import POOL_FIELDS
 from curation.safety import blur_faces as blur_image_faces
+from shared.wds_reader import indexed_samples
 
 log = logging.getLogger("openaim.curation")
 
@@ -49,26 +51,21 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
     at a time: memory holds one image, whatever the shard's size. Returns counts (written, shards, faces).
     """
     with tarfile.open(pool_shard) as tar:
-        members: dict[str, dict[str, tarfile.TarInfo]] = {}
-        for m in tar.getmembers():
-            if m.isfile():
-                key, _, ext = m.name.rpartition(".")
-                members.setdefault(key, {})[ext] = m
-        samples = []  # (uid, key) of the kept samples present in this shard
-        for key, files in members.items():
-            if {"jpg", "txt", "json"} <= files.keys():
-                meta = json.loads(tar.extractfile(files["json"]).read())
+        samples = []  # (uid, member headers, url) of the kept samples present in this shard
+        for members in indexed_samples(tar, str(pool_shard)):
+            if all(field in members for field in POOL_FIELDS):
+                meta = json.loads(tar.extractfile(members["json"]).read())
                 if meta.get("uid") in kept:
-                    samples.append((meta["uid"], key, meta.get("url", "")))
+                    samples.append((meta["uid"], members, meta.get("url", "")))
         samples = [samples[i] for i in hashed_order([s[0] for s in samples])]
         faces = 0
         stem = pool_shard.stem
         pattern = str(out_dir / f"{stem}-%04d.tar")
         # A fixed member mtime: the same kept samples give the same tar bytes on every engine and rerun.
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=0) as sink:
-            for i, (uid, key, url) in enumerate(samples):
-                jpg = tar.extractfile(members[key]["jpg"]).read()
-                caption = tar.extractfile(members[key]["txt"]).read().decode("utf-8")
+            for i, (uid, members, url) in enumerate(samples):
+                jpg = tar.extractfile(members["jpg"]).read()
+                caption = tar.extractfile(members["txt"]).read().decode("utf-8")
                 if blur_faces:
                     jpg, n = _blur(jpg)
                     faces += n

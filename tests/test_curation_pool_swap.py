@@ -56,7 +56,7 @@ def _snapshot(workdir: Path) -> dict:
 
 
 def _image_sides(pool: Path) -> set[int]:
-    from curation.download import iter_pool
+    from curation.pool import iter_pool
 
     return {Image.open(io.BytesIO(jpg)).size[0] for _, jpg, _, _ in iter_pool(pool)}
 

@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 
 def _pool(pool_dir):
-    from curation.download import iter_pool
+    from curation.pool import iter_pool
 
     return {uid: (meta["sha256"], caption) for uid, _, caption, meta in iter_pool(pool_dir)}
 

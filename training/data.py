@@ -54,10 +54,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from webdataset.tariterators import tarfile_samples
 
 from shared.config.training import TrainingConfig
 from shared.errors import InputError
+from shared.wds_reader import read_samples
 from training.augment import augment_uint8
 
 log = logging.getLogger("openaim.training")
@@ -161,7 +161,7 @@ class ShardReader:
             while len(window) < max(1, self.shuffle_buffer):
                 visit = base + self.reader + next_k * readers
                 before = len(window)
-                window.extend(tarfile_samples([{"url": self.shard_at(visit)}], handler=self.on_error))
+                window.extend(read_samples(self.shard_at(visit), handler=self.on_error))
                 next_k += 1
                 empty = 0 if len(window) > before else empty + 1
                 if empty > 2 * len(self.urls) + 20:

@@ -18,6 +18,7 @@ from torchvision.datasets.folder import make_dataset
 
 from evaluation.benchmarks.items import FileImages, TarMemberImages
 from shared.errors import InputError
+from shared.wds_reader import indexed_samples
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
@@ -185,38 +186,26 @@ def webdataset(root: Path, split: str) -> TarMemberImages:
         raise InputError(f"{root / split}: no .tar shards")
     members, labels = [], []
     for shard in shards:
-        samples: dict[str, dict] = {}
-        order: list[str] = []
+        found: list[tuple[str, tuple[str, int, int], str]] = []  # (key, image member, cls) per sample
         try:
             with tarfile.open(shard, "r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    # webdataset keys: everything up to the first dot of the basename is the sample key
-                    directory, base = os.path.split(info.name)
-                    key, _, ext = base.partition(".")
-                    key = f"{directory}/{key}"
-                    if key not in samples:
-                        samples[key] = {}
-                        order.append(key)
-                    if ext.lower() == "cls":
-                        samples[key]["cls"] = tar.extractfile(info).read().decode().strip()
-                    elif ext.lower() in _WDS_IMAGE_KEYS and "image" not in samples[key]:
-                        samples[key]["image"] = (str(shard), info.offset_data, info.size)
-        except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
+                for sample in indexed_samples(tar, str(shard)):
+                    image = next((info for field, info in sample.items() if field in _WDS_IMAGE_KEYS), None)
+                    if image is None or "cls" not in sample:
+                        continue  # a sample without image or label cannot be evaluated
+                    cls = tar.extractfile(sample["cls"]).read().decode().strip()
+                    found.append((sample["__key__"], (str(shard), image.offset_data, image.size), cls))
+        except (tarfile.TarError, OSError, UnicodeDecodeError, ValueError) as exc:
             raise InputError(f"cannot read shard {shard}: {exc}") from None
-        for key in order:
-            sample = samples[key]
-            if "image" not in sample or "cls" not in sample:
-                continue  # a sample without image or label cannot be evaluated
+        for key, image, cls in found:
             try:
-                label = int(sample["cls"])
+                label = int(cls)
             except ValueError:
-                raise InputError(f"{shard}: sample {key} has a non-integer cls {sample['cls']!r}") from None
+                raise InputError(f"{shard}: sample {key} has a non-integer cls {cls!r}") from None
             if not 0 <= label < len(classes):
                 raise InputError(
                     f"{shard}: sample {key} has cls {label}, classnames.txt lists {len(classes)}"
                 )
-            members.append(sample["image"])
+            members.append(image)
             labels.append(label)
     return TarMemberImages(members, labels, classes)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.download import iter_pool
+from curation.pool import iter_pool
 from evaluation.report.collect import as_number
 from shared.atomic import finished_files
 
