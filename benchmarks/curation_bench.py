@@ -5,10 +5,11 @@
 (a) `score.score_pool` (tar reading, JPEG decoding, preprocessing, copy descriptors, part files) against
     the bare filter-network forward (image + text towers) on the very same, already decoded batches.
     Throughput ratio = bare time / score_pool time (target >= 0.8). Runs are interleaved, best kept.
-(b) `dedup.near_duplicates(index="ivf")` on 1e4, 1e5, 1e6 clustered 512-d unit vectors with planted
-    near-duplicate pairs: wall time, and recall of the planted pairs (a planted pair counts when the
-    IVF pair list holds it); on the sizes where it is affordable, recall of every pair an exact flat
-    search finds (target: 1e6 in <= 60 s on 2 cores with recall >= 0.95).
+(b) `near_duplicates(index="ivf")` (the single-node reference, tests/reference_dedup.py) on 1e4, 1e5, 1e6
+    clustered 512-d unit vectors with planted near-duplicate pairs: wall time, and recall of the planted
+    pairs (a planted pair counts when the IVF pair list holds it); on the sizes where it is affordable,
+    recall of every pair an exact flat search finds (target: 1e6 in <= 60 s on 2 cores with recall >=
+    0.95).
 (c) `build_dataset` on a served mini web: a full run, then a rerun after changing select.fraction
     (target <= 5% of the full run's time).
 
@@ -179,26 +180,28 @@ def planted_embeddings(n: int, d: int, n_pairs: int, seed: int = 0):
 
 
 def previous_ivf_pairs(x, threshold: float, seed: int = 0):
-    """The baseline: `dedup.ivf_pairs` as it was before the 2026-11-27 tuning (self pairs only). PCA to 128
-    dims, faiss IndexIVFFlat with 2 sqrt(n) lists, nprobe 4, range search at threshold - 0.08, exact check."""
+    """The baseline: `ivf_pairs` (tests/reference_dedup.py) as it was before the 2026-11-27 tuning (self
+    pairs only). PCA to 128 dims, faiss IndexIVFFlat with 2 sqrt(n) lists, nprobe 4, range search at
+    threshold - 0.08, exact check."""
     import faiss
     import numpy as np
 
     from curation import dedup
+    from tests import reference_dedup
 
-    dedup._set_threads()
+    dedup.set_faiss_threads()
     n, d = x.shape
     rng = np.random.default_rng(seed)
     pca = faiss.PCAMatrix(d, 128)
     pca.train(x[np.sort(rng.choice(n, min(n, 50_000), replace=False))])
-    reduced = dedup._normalised(pca.apply(x))
+    reduced = dedup.normalised(pca.apply(x))
     nlist = int(max(1, min(2 * np.sqrt(n), n // 32)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(128), 128, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed, index.cp.niter = seed, 10
     index.train(reduced[np.sort(rng.choice(n, min(n, nlist * 32), replace=False))])
     index.add(reduced)
     index.nprobe = min(4, nlist)
-    ci, cj = dedup._range_pairs(index, reduced, threshold - 0.08, upper_only=True)
+    ci, cj = reference_dedup.range_pairs(index, reduced, threshold - 0.08, upper_only=True)
     ok = np.einsum("ij,ij->i", x[ci], x[cj]) >= threshold
     return ci[ok], cj[ok]
 
@@ -208,6 +211,7 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int],
     import numpy as np
 
     from curation import dedup
+    from tests import reference_dedup
 
     rows = []
     for n in sizes:
@@ -215,27 +219,27 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int],
         scores = np.random.default_rng(1).random(n).astype(np.float32)
         planted = set(zip(pa.tolist(), pb.tolist(), strict=True))
         found = {}
-        real_ivf = dedup.ivf_pairs
+        real_ivf = reference_dedup.ivf_pairs
 
         # keep the IVF pair list that near_duplicates computes
         def recording(*args, found=found, real_ivf=real_ivf, **kw):
             found["pairs"] = real_ivf(*args, **kw)
             return found["pairs"]
 
-        dedup.ivf_pairs = recording
+        reference_dedup.ivf_pairs = recording
         try:
             t0 = time.perf_counter()
-            keep = dedup.near_duplicates(x, scores, threshold, index="ivf")
+            keep = reference_dedup.near_duplicates(x, scores, threshold, index="ivf")
             t_ivf = time.perf_counter() - t0
         finally:
-            dedup.ivf_pairs = real_ivf
+            reference_dedup.ivf_pairs = real_ivf
         i, j = found["pairs"]
         got = set(zip(i.tolist(), j.tolist(), strict=True))
         recall_planted = len(planted & got) / len(planted)
         old_cell, ratio_cell, old_recall = "-", "-", "-"
         if n in baseline_sizes:  # the same data, right after: both see about the same machine load
             t0 = time.perf_counter()
-            oi, oj = previous_ivf_pairs(dedup._normalised(x), threshold)
+            oi, oj = previous_ivf_pairs(dedup.normalised(x), threshold)
             t_old = time.perf_counter() - t0
             old_cell, ratio_cell = f"{t_old:.1f}", f"{t_ivf / t_old:.2f}"
             old_pairs = set(zip(oi.tolist(), oj.tolist(), strict=True))
@@ -243,7 +247,7 @@ def dedup_bench(sizes: list[int], exact_max: int, baseline_sizes: set[int],
         exact_cell, t_flat_cell = "n/a (exact search too slow here)", "-"
         if n <= exact_max:
             t0 = time.perf_counter()
-            fi, fj = dedup.flat_pairs(dedup._normalised(x), threshold)
+            fi, fj = reference_dedup.flat_pairs(dedup.normalised(x), threshold)
             t_flat = time.perf_counter() - t0
             exact = set(zip(fi.tolist(), fj.tolist(), strict=True))
             exact_cell = f"{len(exact & got) / max(1, len(exact)):.4f} of {len(exact)}"

@@ -21,11 +21,11 @@ path (curation.extract: FastWARC + selectolax/lexbor) against the warcio + html.
 
 With ``--dedup N [N ...]`` it instead times the dedup step's cluster-partitioned near-duplicate search
 (curation.dedup_parts.run_dedup on the local engine, score parts written from curation_bench's planted
-512-d vectors) against today's single-node search (dedup.near_duplicates, index "ivf") on the same
-vectors in the same run: wall time, their ratio (target <= 1.5), recall of the planted pairs
-(target >= 0.99) and whether the dropped rows equal the single-node search's and, up to ``EXACT_MAX``
-rows, the exact flat search's on the stored int8 descriptors. Rows of earlier code kept by hand under
-"### Earlier runs" in that section survive a rewrite.
+512-d vectors) against the single-node reference search (tests/reference_dedup.near_duplicates, index
+"ivf") on the same vectors in the same run: wall time, their ratio (target <= 1.5), recall of the planted
+pairs (target >= 0.99) and whether the dropped rows equal the single-node search's and, up to
+``EXACT_MAX`` rows, the exact flat search's on the stored int8 descriptors. Rows of earlier code kept by
+hand under "### Earlier runs" in that section survive a rewrite.
 
 Figures go to benchmarks/RESULTS.md under "## Curation at scale", "## Curation: partitioned
 near-duplicate search" and "## Curation: WARC parsing".
@@ -298,6 +298,7 @@ def dedup_compare(base: Path, n: int, workers: int, threshold: float = 0.9) -> l
     from curation.engine import LocalEngine
     from curation.parts import list_parts, quantize, write_part
     from shared.config.curation import DedupConfig
+    from tests import reference_dedup
 
     x, pa_, pb = planted_embeddings(n, 512, n_pairs=max(100, n // 100))
     scores = np.random.default_rng(1).random(n).astype(np.float32)
@@ -326,15 +327,15 @@ def dedup_compare(base: Path, n: int, workers: int, threshold: float = 0.9) -> l
             found |= set(zip(lo.tolist(), hi.tolist(), strict=True))
     kept_parts = _kept(folder / "keep")
     t0 = time.perf_counter()
-    keep = dedup.near_duplicates(x, scores, threshold, index="ivf")
+    keep = reference_dedup.near_duplicates(x, scores, threshold, index="ivf")
     t_single = time.perf_counter() - t0
     load_end = os.getloadavg()[0]
     # the dropped rows against the single-node search, and against the exact flat search where affordable
     # (the search the int8 descriptors allow: the partitioned search checks pairs on them)
     same = [f"single-node: {'equal' if np.array_equal(kept_parts, keep) else 'differ'}"]
     if n <= EXACT_MAX:
-        q = dedup._normalised(quantize(x).astype(np.float32))
-        exact = dedup.near_duplicates(q, scores, threshold, index="flat")
+        q = dedup.normalised(quantize(x).astype(np.float32))
+        exact = reference_dedup.near_duplicates(q, scores, threshold, index="flat")
         same.append(f"exact: {'equal' if np.array_equal(kept_parts, exact) else 'differ'} "
                     f"({int((kept_parts != exact).sum())} rows)")
     shutil.rmtree(folder, ignore_errors=True)
@@ -358,7 +359,8 @@ def dedup_report(rows: list, workers: int) -> str:
          "centroids from a sample, each row sent to its nearest centroid and to every other within "
          f"{dedup_parts.BOUNDARY_MARGIN} cosine of it (at most {dedup_parts.MAX_PROBES}), one task per group "
          "of clusters finding candidates in the PCA space and checking them on the stored int8 descriptors) "
-         "against today's single-node search (`dedup.near_duplicates(index=\"ivf\")`) on the same clustered "
+         "against the single-node reference search (`tests/reference_dedup.near_duplicates(index=\"ivf\")`) "
+         "on the same clustered "
          "512-d vectors with planted copies at cosine 0.92-0.99, threshold 0.9, right after. Targets: ratio "
          "<= 1.5, recall >= 0.99. Dropped rows compared with the single-node search, and up to "
          f"n = {EXACT_MAX:,} with the exact flat search on the stored int8 descriptors. Load: the 1-minute "

@@ -11,8 +11,7 @@ Crops move it: a copy cut 5-8% in from each border and scaled back is a zoom by 
 everything off-centre by up to a pixel of the thumbnail, and striped scenes then fall to cosine ~0.2.
 So every image also gets *zoomed views* (central crops at `ZOOMS`) that serve as extra queries: a
 crop of A matches A's zoomed view. The similarity of two images is the best cosine over views
-(measured on the demo web's 340 true copy pairs: minimum 0.93 with views, 0.16 without; distinct
-scenes exceed 0.92 in 6 of 100,000 pairs, all single large objects of one shape and colour).
+(measured on the demo web's copy pairs: benchmarks/RESULTS.md, "Curation: dedup design figures").
 
 `dedup_vectors` optionally mixes in the filter embedding (weight w: inner product = w * filter cosine
 + (1 - w) * copy cosine). The default weight is 0: on the mini web the filter embedding only adds

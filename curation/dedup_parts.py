@@ -1,7 +1,7 @@
 """The dedup step over score parts, on an engine (curation.engine): exact copies, near copies, eval leaks.
 
 1. Exact copies: a shuffle by sha256 (``stable_bucket``). Each bucket keeps the best of every group of
-   identical bytes (score, then global id: the rule of ``dedup.exact_duplicates``) and writes the losers'
+   identical bytes (the highest score, then the lowest global id) and writes the losers'
    global ids to one small file per part they came from.
 2. Near copies, cluster-partitioned (SemDeDup-style): a sample of the exact survivors (a bounded number of
    rows per part) trains, on the driver, a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
@@ -12,7 +12,7 @@
    near a boundary is met from either side. A cluster task compares its members with each other and its
    queries with its members, one matrix product per block of rows: on the stored descriptors at the
    threshold (exact) without a PCA; with one, in the PCA space at ``threshold - dedup.CANDIDATE_MARGIN``,
-   each candidate then checked on the stored descriptors (as the single-node ``dedup.ivf_pairs``). The
+   each candidate then checked on the stored descriptors. The
    pairs (with both scores) come back as files; the driver applies ``dedup.keep_best_of_neighbours`` to
    the linked rows only (memory: the pairs, not the pool).
 3. Eval leaks: the evaluation index (curation.eval_index, small) is shipped to every part task, which
@@ -53,22 +53,17 @@ log = logging.getLogger("openaim.curation")
 VERSION = 3
 
 # sqrt(CLUSTERS_PER_ROW * n) clusters balance the two products: assigning rows to centroids (n x k) and
-# comparing each vector sent to a cluster with its members (n x probes x n / k), as in dedup.ivf_pairs.
+# comparing each vector sent to a cluster with its members (n x probes x n / k).
 CLUSTERS_PER_ROW = 3
 REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PCA-64 space
+# Why these values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
 ROWS_PER_TASK = 4096  # vectors (members + queries) per cluster task: bounds a task's memory (~4 KB per
-# 768-d vector at its peak). At 8192 the largest worker on the 20k-image mini web peaked at 1.30x the
-# 2k-image one (whose single flat task holds ~5.5k vectors), at 4096 at 1.04x (benchmarks/curation_scale.py)
-SAMPLE_BASE = 4096  # rows sampled for the PCA, plus TRAIN_PER_CLUSTER per centroid for k-means
-TRAIN_PER_CLUSTER = 40  # faiss k-means asks for >= 39 training points per centroid
-KMEANS_ITER = 5  # at 1e6 (benchmarks/curation_scale.py --dedup data) 5 and 10 gave the same cluster sizes
-# and recall, at half the driver time (3.5 s vs 9.2 s on 2 loaded cores)
-MAX_PROBES = 8  # at 4, 0.6% of planted pairs needed more (benchmarks/curation_scale.py --dedup)
+# 768-d vector at its peak: its float32 form and one int8 copy)
+SAMPLE_BASE = 4096  # rows sampled for the PCA, plus dedup.TRAIN_PER_CENTROID per centroid for k-means
+KMEANS_ITER = 5
+MAX_PROBES = 8  # most clusters a vector is sent to
 BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
-# (1e6 rows of the --dedup benchmark, 1733 clusters: nearest only finds 0.956 of the planted pairs; margin
-# 0.05 finds all with 1.51 vectors sent per row, 0.1 with 1.65: the margin costs little, recall is kept)
 EXACT_ROWS_PER_BUCKET = 200_000
-PAIR_BLOCK = 1 << 22  # similarities per matrix product in a cluster task (16 MiB of float32)
 
 
 @dataclass(frozen=True)
@@ -164,7 +159,7 @@ class Clusters:
     def reduce(self, v: np.ndarray) -> np.ndarray:
         if self.pca_components is None:
             return v
-        return dedup._normalised((v - self.pca_mean) @ self.pca_components.T)
+        return dedup.normalised((v - self.pca_mean) @ self.pca_components.T)
 
     def assign(self, vr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, cluster, nearest) for every (vector, cluster) it is sent to: its nearest cluster
@@ -205,7 +200,7 @@ def n_clusters(n: int) -> int:
 
 def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0) -> Clusters:
     """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters."""
-    dedup._set_threads()
+    dedup.set_faiss_threads()
     faiss = dedup.import_faiss()
     from threadpoolctl import threadpool_limits
 
@@ -213,14 +208,16 @@ def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed:
     x = sample
     if reduce and sample.shape[1] > dedup.PCA_DIM:
         pca = faiss.PCAMatrix(sample.shape[1], dedup.PCA_DIM)
-        with threadpool_limits(1, user_api="blas"):  # see dedup.ivf_pairs
+        # One BLAS thread: the eigendecomposition is many short parallel sections, each of which waits
+        # for a descheduled thread on a loaded machine.
+        with threadpool_limits(1, user_api="blas"):
             pca.train(np.ascontiguousarray(sample, dtype=np.float32))
         mean = faiss.vector_to_array(pca.mean).astype(np.float32)
         comps = faiss.vector_to_array(pca.A).reshape(dedup.PCA_DIM, sample.shape[1]).astype(np.float32)
-        x = dedup._normalised((sample - mean) @ comps.T)
-    k = int(max(1, min(n_clusters(n), len(x) // TRAIN_PER_CLUSTER)))
+        x = dedup.normalised((sample - mean) @ comps.T)
+    k = int(max(1, min(n_clusters(n), len(x) // dedup.TRAIN_PER_CENTROID)))
     if k == 1:
-        centroids = dedup._normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
+        centroids = dedup.normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
     else:
         kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
                               min_points_per_centroid=1)
@@ -269,11 +266,11 @@ def _cluster_pairs(f: np.ndarray, reduced: np.ndarray | None, gids: np.ndarray, 
     query against every member, one matrix product per block of rows. Without ``reduced`` the products
     are taken on ``f`` at the threshold (exact). With it (the vectors in the clusters' PCA space) they are
     taken there at ``threshold - dedup.CANDIDATE_MARGIN`` (8x fewer operations at 512-d) and each
-    candidate is checked on ``f``, as the single-node search (dedup.ivf_pairs) does."""
+    candidate is checked on ``f``."""
     search = f if reduced is None else reduced
     radius = threshold if reduced is None else threshold - dedup.CANDIDATE_MARGIN
     out = []
-    step = max(1, PAIR_BLOCK // max(1, members))
+    step = max(1, dedup.PRODUCT_BLOCK // max(1, members))
     for s in range(0, len(f), step):
         a, b = np.nonzero(search[s:s + step] @ search[:members].T >= radius)
         a += s
@@ -332,7 +329,7 @@ def resolve_near(plan: Plan) -> int:
     scores = np.empty(len(linked), np.float64)
     scores[inverse] = np.r_[sa, sb]
     i, j = inverse[:len(a)], inverse[len(a):]
-    i, j = dedup._unique_pairs([(i, j)])
+    i, j = dedup.unique_pairs([(i, j)])
     keep = dedup.keep_best_of_neighbours(len(linked), i, j, scores)
     _write_losers(plan, plan.work / "near", "all", linked[~keep])
     return int((~keep).sum())
@@ -385,7 +382,7 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
             clusters = Clusters(np.ones((1, 1), np.float32), None, None, 1)
         else:
             k = n_clusters(survivors)
-            rate = min(1.0, (SAMPLE_BASE + TRAIN_PER_CLUSTER * k) / max(1, survivors))
+            rate = min(1.0, (SAMPLE_BASE + dedup.TRAIN_PER_CENTROID * k) / max(1, survivors))
             samples = engine.map(partial(sample_part, plan, rate), items)
             sample, views = np.concatenate([s[0] for s in samples]), max(s[1] for s in samples)
             reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE

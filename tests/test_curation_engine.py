@@ -13,12 +13,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import dedup, dedup_parts
+from curation import dedup_parts
 from curation.copy_detection import DIM, VIEWS
+from curation.dedup import decontaminate
 from curation.engine import LocalEngine, SparkEngine
 from curation.extract import ExtractStats, file_links, pair_uid, screen_link
 from curation.parts import list_parts, quantize, read_part, write_part
 from shared.config.curation import DedupConfig, ExtractConfig
+from tests import reference_dedup
 
 
 def planted(n: int, seed: int = 0):
@@ -55,13 +57,13 @@ def reference_keep(x, sha, scores, cfg: DedupConfig, eval_emb=None):
     """The single-process rule on the stored (int8) descriptors."""
     q = quantize(x).astype(np.float32)
     q /= np.linalg.norm(q, axis=2, keepdims=True)
-    keep = dedup.exact_duplicates(sha, scores)
+    keep = reference_dedup.exact_duplicates(sha, scores)
     idx = np.flatnonzero(keep)
-    m = dedup.near_duplicates(q[idx, 0], scores[idx], cfg.near_threshold, index="flat",
-                              views=[q[idx, v] for v in range(1, VIEWS)])
+    m = reference_dedup.near_duplicates(q[idx, 0], scores[idx], cfg.near_threshold, index="flat",
+                                        views=[q[idx, v] for v in range(1, VIEWS)])
     keep[idx[~m]] = False
     if eval_emb is not None:
-        keep &= dedup.decontaminate(q[:, 0], eval_emb, cfg.eval_threshold)
+        keep &= decontaminate(q[:, 0], eval_emb, cfg.eval_threshold)
     return keep
 
 

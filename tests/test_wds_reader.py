@@ -32,8 +32,9 @@ def _jpeg(seed: int) -> bytes:
 
 
 def _fields(key: str, n: int, upper: bool = False) -> dict:
-    fields = {"jpg": _jpeg(n), "txt": f"caption {n}".encode(),
-              "json": json.dumps({"uid": f"uid-{n}", "url": f"http://h/{n}"}).encode(), "cls": str(n % 3).encode()}
+    meta = {"uid": f"uid-{n}", "url": f"http://h/{n}"}
+    fields = {"jpg": _jpeg(n), "txt": f"caption {n}".encode(), "json": json.dumps(meta).encode(),
+              "cls": str(n % 3).encode()}
     return {"__key__": key, **{(k.upper() if upper else k): v for k, v in fields.items()}}
 
 
