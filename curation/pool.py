@@ -1,19 +1,44 @@
-"""The downloaded pool (``pool/``) as the later steps read it: img2dataset's finished webdataset shards.
+"""The downloaded pool (``pool/``) on disk: img2dataset's shards, their samples and their failures.
 
-A pool shard counts once img2dataset wrote its ``NNNNN_stats.json``; its samples (``jpg``, ``txt`` and
-``json`` with our ``uid``) are read with the one webdataset reader (shared.wds_reader).
+img2dataset writes per shard ``NNNNN.tar`` (successes: jpg + txt + json with our ``uid``), ``NNNNN.parquet``
+(every input row with ``status`` and ``error_message``) and ``NNNNN_stats.json``, whose presence marks the
+shard done. The later steps (score, write, the report) read the samples of the finished shards here, with
+the one webdataset reader (shared.wds_reader); the download step (curation.download) checks and counts
+the shards here.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from shared.netsafety import BLOCKED
 from shared.wds_reader import read_samples
 
 POOL_FIELDS = ("jpg", "txt", "json")  # what img2dataset writes for each downloaded image
+
+# Ordered: the first pattern that matches an img2dataset error message names its reason.
+_REASONS: list[tuple[str, str]] = [
+    (re.escape(BLOCKED), BLOCKED),
+    (r"No space left on device|\[Errno 28\]", "disk full"),
+    (r"HTTP Error (\d+)", "http {0}"),
+    (r"timed? ?out|timeout", "timeout"),
+    (r"Connection refused", "connection refused"),
+    (r"Connection reset|RemoteDisconnected|BrokenPipe|closed connection", "connection reset"),
+    (r"IncompleteRead|truncated", "truncated body"),
+    (r"redirect", "redirect loop"),
+    (r"X-Robots-Tag", "opted out (x-robots-tag)"),
+    (r"image area too large|exceeds limit|too large|pixel", "image too large"),
+    (r"decod|cannot identify|Unsupported image", "not an image"),
+    (r"Name or service not known|getaddrinfo|nodename", "dns failure"),
+    (r"unknown url type|unsafe", "unsafe url"),
+]
 
 
 def pool_shards(pool_dir: Path) -> list[Path]:
@@ -35,3 +60,68 @@ def iter_pool(pool_dir: Path, uids: set[str] | None = None) -> Iterator[tuple[st
         for _, jpg, caption, meta in shard_samples(shard):
             if uids is None or meta.get("uid") in uids:
                 yield meta.get("uid"), jpg, caption, meta
+
+
+def normalise_error(message: str | None) -> str:
+    """Map an img2dataset error message to a short reason ('http 404', 'timeout', ...)."""
+    if not message:
+        return "unknown"
+    for pattern, label in _REASONS:
+        m = re.search(pattern, message, flags=re.IGNORECASE)
+        if m:
+            return label.format(*m.groups())
+    return message.strip().splitlines()[0][:60]
+
+
+def finished_shards(pool_dir: Path) -> list[Path]:
+    """Paths without suffix (``pool/00003``) of the shards img2dataset finished (their stats file exists)."""
+    return [Path(p[: -len("_stats.json")]) for p in sorted(glob.glob(str(pool_dir / "[0-9]*_stats.json")))]
+
+
+def shard_file(shard: Path, suffix: str) -> Path:
+    return shard.with_name(shard.name + suffix)
+
+
+def failure_histogram(pool_dir: Path) -> dict:
+    """Counts of successes and of each normalised failure reason, from the finished shards' parquet files."""
+    hist: Counter = Counter()
+    n_ok = n_total = 0
+    for shard in finished_shards(pool_dir):
+        t = pq.read_table(shard_file(shard, ".parquet"), columns=["status", "error_message"])
+        statuses, errors = t.column("status").to_pylist(), t.column("error_message").to_pylist()
+        for status, err in zip(statuses, errors, strict=True):
+            n_total += 1
+            if status == "success":
+                n_ok += 1
+            else:
+                hist[normalise_error(err)] += 1
+    return {"requested": n_total, "downloaded": n_ok, "failed": n_total - n_ok,
+            "failures": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+
+def _tar_is_complete(path: Path) -> bool:
+    """A closed tar ends in whole 512-byte blocks, the last two all zero (end of archive): a write cut short
+    does not. O(1): a resume checks every shard without reading the pool."""
+    size = path.stat().st_size
+    if size < 1024 or size % 512:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
+
+
+def verify_shards(pool_dir: Path) -> int:
+    """Drop finished-looking shards whose stats, tar or parquet is incomplete (a write cut short by a kill or
+    a full disk), so a resume fetches them again. Returns how many shards were dropped."""
+    dropped = 0
+    for shard in finished_shards(pool_dir):
+        try:
+            json.loads(shard_file(shard, "_stats.json").read_text())
+            pq.read_metadata(shard_file(shard, ".parquet"))  # the footer: written last
+            if not _tar_is_complete(shard_file(shard, ".tar")):
+                raise ValueError("truncated tar")
+        except Exception:  # noqa: BLE001 - any damage means: fetch this shard again
+            for suffix in ("_stats.json", ".tar", ".parquet"):  # stats first: it marks the shard done
+                shard_file(shard, suffix).unlink(missing_ok=True)
+            dropped += 1
+    return dropped

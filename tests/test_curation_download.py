@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.download import download_pool, failure_histogram, normalise_error
+from curation.download import download_pool
 from curation.extract import pair_uid
-from curation.pool import iter_pool
+from curation.pool import failure_histogram, iter_pool, normalise_error
 from shared.config.curation import DownloadConfig
 from tests.http_server import LoggedServer
 

@@ -179,8 +179,9 @@ def test_ctrl_c_during_a_new_download_keeps_the_pool(web, built, tmp_path):
 
 
 def test_resume_against_a_dead_server_drops_only_its_failed_shards(web, tmp_path):
-    from curation.download import download_pool, failure_histogram
+    from curation.download import download_pool
     from curation.extract import resolve_sources
+    from curation.pool import failure_histogram
     from shared.config import load_config
     from shared.miniweb.server import serve_in_background
 

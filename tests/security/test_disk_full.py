@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.download import download_pool, finished_shards
+from curation.download import download_pool
+from curation.pool import finished_shards
 from shared.config.curation import DownloadConfig
 from shared.config.training import ModelConfig
 from shared.errors import DiskFullError

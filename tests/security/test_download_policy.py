@@ -9,9 +9,9 @@ import socket
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.download import download_pool, finished_shards
+from curation.download import download_pool
 from curation.extract import pair_uid
-from curation.pool import iter_pool
+from curation.pool import finished_shards, iter_pool
 from shared.config.curation import DownloadConfig
 from shared.netsafety import BLOCKED
 from tests.security.conftest import ALLOW, INTERNAL_IP, hop

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.download import _RUN_FILE, _RUN_TOKEN_ENV, finished_shards, kill_previous_run, verify_shards
 from curation.extract import resolve_sources
+from curation.img2dataset_run import _RUN_FILE, _RUN_TOKEN_ENV, kill_previous_run
+from curation.pool import finished_shards, verify_shards
 from curation.select import subset_to_uids
 from shared.config.curation import ExtractConfig
 from tests.extract_local import extract_pairs
