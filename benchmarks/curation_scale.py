@@ -346,7 +346,7 @@ def dedup_compare(base: Path, n: int, workers: int, threshold: float = 0.9) -> l
 
 
 def dedup_report(rows: list, workers: int) -> str:
-    from curation import dedup_parts
+    from curation import dedup_clusters
 
     head = ["n", "planted pairs", "partitioned s", "single-node s", "ratio", "recall planted",
             "dropped (partitioned)", "dropped (single-node)", "dropped rows vs", "load (start-end)"]
@@ -357,10 +357,10 @@ def dedup_report(rows: list, workers: int) -> str:
          f"The dedup step's near-duplicate search as build-dataset runs it (`dedup_parts.run_dedup`, local "
          f"engine, {workers} worker processes: score parts of 10k rows, PCA-64 and ~sqrt(3n) k-means "
          "centroids from a sample, each row sent to its nearest centroid and to every other within "
-         f"{dedup_parts.BOUNDARY_MARGIN} cosine of it (at most {dedup_parts.MAX_PROBES}), one task per group "
-         "of clusters finding candidates in the PCA space and checking them on the stored int8 descriptors) "
-         "against the single-node reference search (`tests/reference_dedup.near_duplicates(index=\"ivf\")`) "
-         "on the same clustered "
+         f"{dedup_clusters.BOUNDARY_MARGIN} cosine of it (at most {dedup_clusters.MAX_PROBES}), one task per "
+         "group of clusters finding candidates in the PCA space and checking them on the stored int8 "
+         "descriptors) against the single-node reference search "
+         "(`tests/reference_dedup.near_duplicates(index=\"ivf\")`) on the same clustered "
          "512-d vectors with planted copies at cosine 0.92-0.99, threshold 0.9, right after. Targets: ratio "
          "<= 1.5, recall >= 0.99. Dropped rows compared with the single-node search, and up to "
          f"n = {EXACT_MAX:,} with the exact flat search on the stored int8 descriptors. Load: the 1-minute "

@@ -7,8 +7,8 @@
    rows per part) trains, on the driver, a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
    ~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact,
    one task holding every survivor). Every part task assigns each row to its nearest centroid (where it
-   is a *member*) and sends it as a *query* to every other centroid within ``BOUNDARY_MARGIN`` cosine of
-   that one (at most ``MAX_PROBES``), and each zoomed view (curation.copy_detection) the same way: a copy
+   is a *member*) and sends it as a *query* to every other centroid close to that one
+   (curation.dedup_clusters), and each zoomed view (curation.copy_detection) the same way: a copy
    near a boundary is met from either side. A cluster task compares its members with each other and its
    queries with its members, one matrix product per block of rows: on the stored descriptors at the
    threshold (exact) without a PCA; with one, in the PCA space at ``threshold - dedup.CANDIDATE_MARGIN``,
@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
@@ -35,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from threadpoolctl import threadpool_limits
 
 from curation import dedup
 from curation.copy_detection import dedup_vectors
+from curation.dedup_clusters import Clusters, n_clusters, pack_clusters, train_clusters
 from curation.engine import stable_bucket
 from curation.parts import Part, quantize, read_part
 from shared.atomic import atomic_path
@@ -46,23 +45,18 @@ from shared.config.curation import DedupConfig
 
 log = logging.getLogger("openaim.curation")
 
-# Bump when the keep files (this module, dedup.py, copy_detection.py, eval_index.py, parts.py) change for
+# Bump when the keep files (this module, dedup.py, dedup_clusters.py, copy_detection.py, eval_index.py,
+# parts.py) change for
 # the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that
 # change no result (comments, refactors) need no bump. 2: cluster-partitioned, registry eval sets, int8.
 # 3: nearest cluster by faiss's top-k, within-cluster candidates in the PCA space (when used), verified.
 VERSION = 3
 
-# sqrt(CLUSTERS_PER_ROW * n) clusters balance the two products: assigning rows to centroids (n x k) and
-# comparing each vector sent to a cluster with its members (n x probes x n / k).
-CLUSTERS_PER_ROW = 3
 REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PCA-64 space
 # Why these values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
 ROWS_PER_TASK = 4096  # vectors (members + queries) per cluster task: bounds a task's memory (~4 KB per
 # 768-d vector at its peak: its float32 form and one int8 copy)
 SAMPLE_BASE = 4096  # rows sampled for the PCA, plus dedup.TRAIN_PER_CENTROID per centroid for k-means
-KMEANS_ITER = 5
-MAX_PROBES = 8  # most clusters a vector is sent to
-BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
 EXACT_ROWS_PER_BUCKET = 200_000
 
 
@@ -144,86 +138,6 @@ def sample_part(plan: Plan, rate: float, index: int) -> tuple[np.ndarray, int]:
     picked = rows[rng.random(len(rows)) < rate]
     x, _ = _vectors({k: v[picked] for k, v in data.items() if k != "score"}, plan.cfg.filter_weight)
     return x, data["copy"].shape[1]
-
-
-@dataclass(frozen=True)
-class Clusters:
-    """The trained clustering, shipped to every task: optional PCA (mean, components) and centroids."""
-
-    centroids: np.ndarray  # [k, r] unit
-    pca_mean: np.ndarray | None
-    pca_components: np.ndarray | None  # [r, D]
-    buckets: int
-    bucket_of: np.ndarray | None = None  # [k] the task (bucket) of each cluster; None: cluster % buckets
-
-    def reduce(self, v: np.ndarray) -> np.ndarray:
-        if self.pca_components is None:
-            return v
-        return dedup.normalised((v - self.pca_mean) @ self.pca_components.T)
-
-    def assign(self, vr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, cluster, nearest) for every (vector, cluster) it is sent to: its nearest cluster
-        (nearest = True), then every other one within ``BOUNDARY_MARGIN`` cosine of it, at most
-        ``MAX_PROBES`` in all."""
-        n, k = len(vr), len(self.centroids)
-        if k == 1:
-            return np.arange(n), np.zeros(n, np.int64), np.ones(n, bool)
-        faiss = dedup.import_faiss()
-        # faiss's top-k (blocked product + heap) rather than numpy: a [rows, k] similarity matrix with
-        # r = 64 is memory-bound, and finding the few clusters within the margin in it cost more than the
-        # product. One OpenMP thread: a task has one core (curation.engine), and faiss's runtime may have
-        # been loaded after the engine set its limits.
-        with threadpool_limits(1, user_api="openmp"):
-            sims, ids = faiss.knn(np.ascontiguousarray(vr, np.float32), self.centroids, min(MAX_PROBES, k),
-                                  metric=faiss.METRIC_INNER_PRODUCT)  # [n, probes], best first
-        rows, rank = np.nonzero(sims >= sims[:, :1] - BOUNDARY_MARGIN)
-        return rows, ids[rows, rank].astype(np.int64), rank == 0
-
-
-def pack_clusters(load: np.ndarray, capacity: float) -> tuple[np.ndarray, int]:
-    """(bucket of each cluster, buckets): ceil(total / capacity) buckets, clusters placed largest first on
-    the least loaded bucket, so tasks hold about the same number of vectors (``cluster % buckets`` put
-    up to 1.6x the target in one task on the 20k-image mini web)."""
-    buckets = int(max(1, min(len(load), math.ceil(load.sum() / capacity))))
-    heap = [(0.0, b) for b in range(buckets)]
-    bucket_of = np.zeros(len(load), np.int64)
-    for c in np.argsort(-load, kind="stable").tolist():
-        total, b = heapq.heappop(heap)
-        bucket_of[c] = b
-        heapq.heappush(heap, (total + float(load[c]), b))
-    return bucket_of, buckets
-
-
-def n_clusters(n: int) -> int:
-    return math.ceil(math.sqrt(CLUSTERS_PER_ROW * n))
-
-
-def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0) -> Clusters:
-    """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters."""
-    dedup.set_faiss_threads()
-    faiss = dedup.import_faiss()
-    from threadpoolctl import threadpool_limits
-
-    mean = comps = None
-    x = sample
-    if reduce and sample.shape[1] > dedup.PCA_DIM:
-        pca = faiss.PCAMatrix(sample.shape[1], dedup.PCA_DIM)
-        # One BLAS thread: the eigendecomposition is many short parallel sections, each of which waits
-        # for a descheduled thread on a loaded machine.
-        with threadpool_limits(1, user_api="blas"):
-            pca.train(np.ascontiguousarray(sample, dtype=np.float32))
-        mean = faiss.vector_to_array(pca.mean).astype(np.float32)
-        comps = faiss.vector_to_array(pca.A).reshape(dedup.PCA_DIM, sample.shape[1]).astype(np.float32)
-        x = dedup.normalised((sample - mean) @ comps.T)
-    k = int(max(1, min(n_clusters(n), len(x) // dedup.TRAIN_PER_CENTROID)))
-    if k == 1:
-        centroids = dedup.normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
-    else:
-        kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
-                              min_points_per_centroid=1)
-        kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
-        centroids = kmeans.centroids
-    return Clusters(np.ascontiguousarray(centroids, np.float32), mean, comps, buckets)
 
 
 def emit_clusters(plan: Plan, clusters: Clusters, index: int):

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import dedup_parts
+from curation import dedup, dedup_clusters, dedup_parts
 from curation.copy_detection import DIM, VIEWS
 from curation.dedup import decontaminate
 from curation.engine import LocalEngine, SparkEngine
@@ -114,7 +114,7 @@ def test_partitioned_dedup_equals_single_process(pool, tmp_path, workers):
 def test_many_clusters_keep_recall(pool, tmp_path, monkeypatch):
     """With ~40 clusters (not one) every planted copy is still found: the boundary rows go to each side."""
     root, x, sha, scores, _ = pool
-    monkeypatch.setattr(dedup_parts, "TRAIN_PER_CLUSTER", 10)
+    monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
     cfg = DedupConfig(decontaminate=False, flat_max=50)
     dedup_parts.run_dedup(LocalEngine(1), list_parts(root / "parts"), cfg, tmp_path / "w", tmp_path / "k",
                           None)
@@ -126,7 +126,7 @@ def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch):
     PCA-64 space at a looser radius, then checked on the stored descriptors: the same rows as the exact
     single-process rule, on 2 worker processes."""
     root, x, sha, scores, _ = pool
-    monkeypatch.setattr(dedup_parts, "TRAIN_PER_CLUSTER", 10)
+    monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
     cfg = DedupConfig(decontaminate=False, index="ivf")
     engine = LocalEngine(2)
     try:
@@ -140,11 +140,11 @@ def test_pack_clusters_balances_tasks():
     """Clusters packed largest first onto the least loaded task: no task far over the capacity when the
     clusters allow it (cluster % buckets would put 0, 2 and 4 together here: 17 of 20)."""
     load = np.array([9.0, 1, 4, 1, 4, 1])
-    bucket_of, buckets = dedup_parts.pack_clusters(load, 10)
+    bucket_of, buckets = dedup_clusters.pack_clusters(load, 10)
     assert buckets == 2
     per_task = np.bincount(bucket_of, weights=load, minlength=buckets)
     assert sorted(per_task.tolist()) == [10.0, 10.0]
-    one, buckets = dedup_parts.pack_clusters(np.array([3.0]), 10)
+    one, buckets = dedup_clusters.pack_clusters(np.array([3.0]), 10)
     assert buckets == 1 and one.tolist() == [0]
 
 
