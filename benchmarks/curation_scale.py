@@ -176,13 +176,16 @@ def measure_size(base: Path, n: int, workers: int) -> dict:
 
 # -- WARC -> pairs parsing -------------------------------------------------------------------------------
 def parse_shipped(paths: list[Path]) -> int:
-    """What the extract step runs per WARC file: curation.extract's FastWARC + selectolax (lexbor) path."""
-    from curation.extract import ExtractStats, _warc_links
+    """What the extract step runs per WARC file: curation.warc_links' FastWARC + selectolax (lexbor) path."""
+    from curation.extract import ExtractStats
+    from curation.warc_links import warc_links
+    from shared.config.curation import ExtractConfig
 
+    max_page_bytes = ExtractConfig.model_fields["max_page_bytes"].default
     links = 0
     for p in paths:
         with open(p, "rb") as f:
-            links += sum(1 for _ in _warc_links(f, str(p), ExtractStats()))
+            links += sum(1 for _ in warc_links(f, str(p), ExtractStats(), max_page_bytes))
     return links
 
 
@@ -206,13 +209,13 @@ class _BaselineImgParser(HTMLParser):
 
 def parse_warcio(paths: list[Path]) -> int:
     """The baseline: the path curation.extract ran before FastWARC + selectolax, warcio's reader (which undoes
-    transfer/content codings) and html.parser, with the same charset decoding (curation.extract.decode_html)
-    and URL resolution."""
+    transfer/content codings) and html.parser, with the same charset decoding
+    (curation.warc_links.decode_html) and URL resolution."""
     from urllib.parse import urljoin
 
     from warcio.archiveiterator import ArchiveIterator
 
-    from curation.extract import decode_html
+    from curation.warc_links import decode_html
 
     links = 0
     for p in paths:

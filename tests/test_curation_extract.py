@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.extract import links_from_html, pair_uid, resolve_sources
+from curation.extract import pair_uid, resolve_sources
+from curation.warc_links import links_from_html
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError
 from tests.extract_local import extract_pairs
