@@ -26,7 +26,7 @@ from PIL import Image
 
 from curation.select import uid_subset
 from evaluation.report import report_from_config
-from tests.test_report import config, make_run
+from tests.report_runs import config, make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
