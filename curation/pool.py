@@ -79,6 +79,7 @@ def finished_shards(pool_dir: Path) -> list[Path]:
 
 
 def shard_file(shard: Path, suffix: str) -> Path:
+    """One file of a finished shard: ``pool/00003`` + ``.tar`` -> ``pool/00003.tar``."""
     return shard.with_name(shard.name + suffix)
 
 
