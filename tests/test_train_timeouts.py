@@ -28,6 +28,14 @@ def _worker_of_rank(agent: int, rank: int) -> int:
     raise AssertionError(f"no worker with RANK={rank} among {children}")
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for the agent to read its exit code."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 def _steps_done(metrics: Path) -> int:
     try:
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -53,13 +61,16 @@ def test_a_hung_peer_after_the_first_step_is_detected_within_step_s(tmp_path):
         while _steps_done(metrics) < 3:  # steps run: the short timeout is in force
             assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        stopped = _worker_of_rank(agent.pid, 1)
+        waiting, stopped = _worker_of_rank(agent.pid, 0), _worker_of_rank(agent.pid, 1)
         os.kill(stopped, signal.SIGSTOP)
         hung_at = time.monotonic()
         while "error:" not in log.read_text(errors="replace"):
             assert time.monotonic() - hung_at < 120, log.read_text()[-3000:]
             time.sleep(0.1)
         detected_after = time.monotonic() - hung_at
+        while not _exited(waiting):  # rank 0 ends on its own, with its own exit code
+            assert time.monotonic() - hung_at < 120, log.read_text()[-3000:]
+            time.sleep(0.1)
         os.kill(stopped, signal.SIGKILL)  # spares the agent's 30 s wait for a stopped process to take SIGTERM
         agent.wait(timeout=120)
     finally:
