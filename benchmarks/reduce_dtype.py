@@ -37,7 +37,7 @@ def run(work: Path, folder: Path, steps: int, reduce_dtype: str) -> list[float]:
     sets = [*TINY, f"workdir={work}", f"training.data.imagenet=['{folder}']", f"training.steps={steps}",
             f"training.checkpoint_every={steps}", f"training.fsdp.reduce_dtype={reduce_dtype}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shared.cli", "train", *[a for s in sets for a in ("--set", s)]]
+           "-m", "openaim", "train", *[a for s in sets for a in ("--set", s)]]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode:

@@ -2,7 +2,7 @@
 
     openaim build-dataset --config configs/demo.yaml --set curation.select.fraction=0.3
     openaim train-filter --config configs/demo.yaml
-    torchrun --nproc_per_node 4 -m shared.cli build-dataset --config ...   # the score step on 4 processes
+    torchrun --nproc_per_node 4 -m openaim build-dataset --config ...   # the score step on 4 processes
 """
 
 from __future__ import annotations

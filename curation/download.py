@@ -9,7 +9,7 @@ The pipeline never downloads into ``pool/`` itself: a new download is fetched in
 interrupted leaves the previous ``pool/`` as it was.
 
 Safety: img2dataset fetches whatever it is given, ``file://`` included, and follows redirects on its own. Its
-worker processes therefore fetch through ``shared.netsafety.guarded_opener`` (installed in each worker by
+worker processes therefore fetch through ``curation.netsafety.guarded_opener`` (installed in each worker by
 ``curation.img2dataset_run.GuardedDownloader``): every connection, redirect hops included, goes only to a
 checked, pinned address, and a refused fetch is recorded as "blocked by policy" with nothing about what lay
 behind it (a name that does not resolve is refused the same way). URLs that fail the textual check are
@@ -30,7 +30,7 @@ SparkSession or start a local one (``local[processes]``). On a real cluster, sta
 
     spark-submit --master spark://HOST:7077 --num-executors 16 --executor-cores 4 \\
         --conf spark.task.maxFailures=100 --py-files openaim.zip \\
-        -m shared.cli build-dataset --config my.yaml --set curation.download.distributor=pyspark
+        openaim/__main__.py build-dataset --config my.yaml --set curation.download.distributor=pyspark
 
 (or, in a driver script, build ``SparkSession.builder.master("spark://HOST:7077")...getOrCreate()`` and call
 ``build_dataset(cfg)``); ``pool/`` must then be on storage every executor can write (HDFS, S3, NFS).
@@ -52,11 +52,11 @@ import pyarrow.parquet as pq
 
 from curation.engine import LocalEngine
 from curation.img2dataset_run import download_in_own_session, kill_previous_run, run_img2dataset
+from curation.netsafety import BLOCKED, url_rejection
 from curation.pool import failure_histogram, finished_shards, normalise_error, shard_file, verify_shards
 from shared.atomic import atomic_dir, atomic_write_json, finished_files
 from shared.config.curation import DownloadConfig
 from shared.errors import InputError, OpenAIMError, disk_full_as_error
-from shared.netsafety import BLOCKED, url_rejection
 
 # Bump when the downloaded pool change for the same config and inputs: this step and every step after it
 # rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.

@@ -168,7 +168,7 @@ def spark_session(workers: int, app: str = "openaim-curation"):
 
         spark-submit --master spark://HOST:7077 --conf spark.executor.cores=4 \\
             --conf spark.task.maxFailures=8 --py-files openaim.zip \\
-            shared/cli.py build-dataset --config my.yaml --set curation.engine=spark
+            openaim/__main__.py build-dataset --config my.yaml --set curation.engine=spark
 
     (``openaim.zip``: the repository's packages; the curation folder must be on storage every executor
     reads and writes: HDFS, S3 or NFS)."""

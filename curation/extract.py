@@ -4,7 +4,7 @@ WARC and WAT files are read record by record (curation.warc_links: FastWARC, the
 HTML tree, WAT link metadata); DataComp-style parquet files row by row.
 
 A pair is (absolute image URL, alt text, page URL). Links that must never be fetched (non-http(s), internal
-hosts in any spelling a browser accepts: see shared.netsafety) are dropped here; the binding check is made
+hosts in any spelling a browser accepts: see curation.netsafety) are dropped here; the binding check is made
 when the download connects. Sources given as http(s) URLs are fetched through the same guarded connection.
 
 This module reads and screens one source; the extract step (curation.extract_parts, on an engine) writes the
@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.netsafety import guarded_opener, is_policy_block, url_rejection
 from curation.warc_links import warc_links
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
-from shared.netsafety import guarded_opener, is_policy_block, url_rejection
 
 # Bump when the extracted pairs change for the same config and inputs (this module or curation.warc_links):
 # this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
@@ -149,7 +149,7 @@ def resolve_sources(sources: list[str], default_dir: Path) -> list[str]:
 
 def fetch_source(src: str, allow_hosts: list[str], dest: Path, timeout: float = 60.0) -> None:
     """Download an http(s) source to ``dest`` through the guarded opener: every connection and redirect hop
-    is checked and pinned (shared.netsafety). A refusal says only "blocked by policy"."""
+    is checked and pinned (curation.netsafety). A refusal says only "blocked by policy"."""
     why = url_rejection(src, allow_hosts)
     if why:
         raise InputError(f"refusing to fetch source {src}: {why}")

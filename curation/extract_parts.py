@@ -1,7 +1,7 @@
 """The extract step on an engine: one task per source file, a hash shuffle for the global pair dedup.
 
 Each task reads one WARC/WAT/parquet source (curation.extract's readers), drops empty captions and
-URLs that fail the safety check (shared.netsafety, inside the task), and sends every pair to the bucket
+URLs that fail the safety check (curation.netsafety, inside the task), and sends every pair to the bucket
 of its (url, caption) hash; its counts go to a small stats file. Each bucket task keeps the first
 occurrence of every pair (source order, then link order: the single-process rule) and writes
 ``pairs/part-<bucket>.parquet`` (uid, url, caption, page_url, source) sorted by uid. No process holds a

@@ -1,7 +1,7 @@
 """Running img2dataset for the download step: every fetch guarded, in a process session of its own.
 
 Safety: img2dataset fetches whatever it is given, ``file://`` included, and follows redirects on its own.
-Its worker processes therefore fetch through ``shared.netsafety.guarded_opener`` (installed in each worker by
+Its workers therefore fetch through ``curation.netsafety.guarded_opener`` (installed in each worker by
 ``GuardedDownloader``): every connection, redirect hops included, goes only to a checked, pinned address.
 
 Processes: with the multiprocessing distributor the download runs in a child process in its own session
@@ -32,10 +32,10 @@ from collections import deque
 from pathlib import Path
 
 from curation.engine import spark_session
+from curation.netsafety import guarded_opener
 from curation.pool import finished_shards, normalise_error
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, OpenAIMError, disk_full_message
-from shared.netsafety import guarded_opener
 
 log = logging.getLogger("openaim.curation")
 

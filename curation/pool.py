@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from shared.netsafety import BLOCKED
+from curation.netsafety import BLOCKED
 from shared.wds_reader import read_samples
 
 POOL_FIELDS = ("jpg", "txt", "json")  # what img2dataset writes for each downloaded image

@@ -9,7 +9,7 @@ Shards are scored one after the other; within a shard a torch DataLoader with ``
 processes decodes the JPEGs (each worker a strided share of the batches) while this process runs the
 forward pass. Under torchrun rank r scores shards r::world (each part file is independent). For
 build-dataset that is
-    torchrun --nproc_per_node N -m shared.cli build-dataset --config ...
+    torchrun --nproc_per_node N -m openaim build-dataset --config ...
 (rank 0 runs every step; the other ranks wait for it at the score step, score their shards and exit).
 """
 

@@ -1,7 +1,7 @@
 """Each curation step's identity: the config keys, inputs, VERSION and outputs the stage cache records.
 
 `openaim build-dataset` (curation.pipeline) runs a step unless its spec matches the record, and `openaim
-status` (shared.pipeline) reads the same specs to say what is stale. A step's version is its step
+status` (openaim.pipeline) reads the same specs to say what is stale. A step's version is its step
 module's ``VERSION`` (the partitioned modules' versions include the readers they build on). The engine
 (``curation.engine``, ``curation.workers``) is in no spec: it never changes a result.
 """

@@ -28,12 +28,12 @@ from shared.atomic import atomic_dir, atomic_write_json
 from shared.config.curation import TrainFilterConfig
 from shared.errors import InputError
 from shared.progress import progress_bar
+from shared.schedule import warmup_cosine
 from shared.wds_reader import read_samples
-from training.optim import warmup_cosine
 
 # Bump when the trained filter network change for the same config and inputs: this step and every step after
 # it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 2  # 2: the lr schedule is training.optim.warmup_cosine (a slightly different warm-up ramp)
+VERSION = 2  # 2: the lr schedule is the one warm-up + cosine, shared.schedule (a slightly different warm-up)
 
 log = logging.getLogger("openaim.curation")
 

@@ -1,4 +1,5 @@
-"""`openaim eval` and `openaim report`. Only typer/stdlib/shared.cli_common at module level."""
+"""`openaim eval`. Only typer/stdlib/shared.cli_common at module level. (`openaim report`, which reads every
+stage, is the roof's: openaim.pipeline_cli.)"""
 
 from __future__ import annotations
 
@@ -15,17 +16,5 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = Fa
         with torchrun_stage():
             path = evaluate_from_config(cfg)
         say("results:", "bold green", path)
-
-    run_with_config(body, config, set_, debug)
-
-
-def report(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Write the HTML + Markdown report from the evaluation results."""
-
-    def body(cfg):
-        from evaluation.report import report_from_config
-
-        path = report_from_config(cfg)
-        say("report:", "bold green", path)
 
     run_with_config(body, config, set_, debug)

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from evaluation.benchmarks import registry
-from evaluation.benchmarks.names import is_generic
 from evaluation.features import extract_split_features, feature_path, resolve_blocks
 from evaluation.probe_grid import classification_metrics
 from evaluation.probes import AttentiveProbe
 from evaluation.results import write_result
 from shared.atomic import atomic_path
+from shared.config.benchmark_names import is_generic
 from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig, released_head_blocks
 from shared.errors import ConfigError, InputError
 from shared.torchrun import rank_world

@@ -15,7 +15,7 @@ import torch
 
 from evaluation.probes import build_probe_stack, decay_mask, stacked_cross_entropy
 from shared.config.evaluation import ProbeConfig
-from training.optim import warmup_cosine
+from shared.schedule import warmup_cosine
 
 
 @dataclass

@@ -9,7 +9,7 @@ evaluated and written, then the command ends with a non-zero exit (shared.errors
 Features and per-benchmark probe results are cached: a rerun with unchanged weights, data and probe
 config trains nothing. run_info.json records this run's config, torch version, device and wall time.
 
-Under torchrun (``torchrun --nproc_per_node N -m shared.cli eval --config ...``) each split's features are
+Under torchrun (``torchrun --nproc_per_node N -m openaim eval --config ...``) each split's features are
 extracted in shards across the ranks, then the probe jobs (checkpoint x benchmark x probe kind) are dealt
 out round-robin; rank 0 gathers the results and writes every file, the same files a single process writes.
 """

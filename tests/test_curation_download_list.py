@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from curation.download import write_download_list
 from curation.engine import LocalEngine
-from shared.netsafety import BLOCKED
+from curation.netsafety import BLOCKED
 
 
 def test_download_list_has_one_file_per_pairs_part_with_unsafe_urls_dropped(tmp_path):

@@ -134,7 +134,7 @@ def test_bad_inputs_are_one_line_input_errors(tmp_path):
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=root, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "openaim", *args], cwd=root, capture_output=True,
                           text=True, check=False, timeout=120,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
 

@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 def _cli_args(overrides: list[str]) -> list[str]:
     sets = [a for o in overrides for a in ("--set", o)]
-    return [sys.executable, "-m", "shared.cli", "build-dataset", *sets]
+    return [sys.executable, "-m", "openaim", "build-dataset", *sets]
 
 
 def _cli(overrides: list[str]) -> subprocess.CompletedProcess:

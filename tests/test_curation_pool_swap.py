@@ -76,7 +76,7 @@ def _download_step(overrides: list[str]):
 
 def _cli(overrides: list[str], **kw) -> subprocess.Popen:
     sets = [a for o in overrides for a in ("--set", o)]
-    args = [sys.executable, "-m", "shared.cli", "build-dataset", *sets]
+    args = [sys.executable, "-m", "openaim", "build-dataset", *sets]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, **kw)
 

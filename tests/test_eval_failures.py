@@ -44,7 +44,7 @@ def test_one_unreadable_benchmark_does_not_stop_the_others(tmp_path):
     args = [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "eval", *args],
+        [sys.executable, "-m", "openaim", "eval", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -72,7 +72,7 @@ def test_one_unreadable_benchmark_does_not_stop_the_others(tmp_path):
 
     # the report names the failure and its reason in the Missing/Failed table
     rep = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "report", *args],
+        [sys.executable, "-m", "openaim", "report", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 
 def _run(overrides: list[str]) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "shared.cli", "run", *[a for o in overrides for a in ("--set", o)]]
+    args = [sys.executable, "-m", "openaim", "run", *[a for o in overrides for a in ("--set", o)]]
     return subprocess.run(
         args,
         cwd=ROOT,

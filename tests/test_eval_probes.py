@@ -23,7 +23,7 @@ from evaluation.probes import (
     stacked_cross_entropy,
 )
 from shared.config.evaluation import ProbeConfig
-from training.optim import warmup_cosine
+from shared.schedule import warmup_cosine
 
 torch.set_num_threads(2)
 

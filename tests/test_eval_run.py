@@ -205,7 +205,7 @@ def test_rerun_reuses_features_and_probe_results(evaluated, monkeypatch):
 
 def _openaim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], check=False, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "openaim", *args], check=False, capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120)
 
 

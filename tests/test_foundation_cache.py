@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from openaim.pipeline import pipeline_plan
 from shared.atomic import atomic_dir, atomic_open, atomic_write_json
 from shared.config.loading import load_config
-from shared.pipeline import pipeline_plan
 from shared.stage_cache import StageCache, StepSpec, hash_path, plan
 
 

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 
-from shared.cli import COMMANDS
+from openaim.cli import COMMANDS
 
 
 def _run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "openaim", *args], capture_output=True, text=True,
                           check=False, timeout=120, **kw)
 
 
 def test_help_imports_no_torch():
-    code = ("import sys; from shared.cli import cli\n"
+    code = ("import sys; from openaim.cli import cli\n"
             "try:\n    cli(['--help'], prog_name='openaim')\nexcept SystemExit:\n    pass\n"
             "import json; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'open_clip', 'pandas', 'faiss', 'curation', 'training', 'evaluation'))))")
@@ -29,7 +29,7 @@ def test_help_imports_no_torch():
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_command_help_imports_no_torch(name):
-    code = ("import sys; from shared.cli import cli\n"
+    code = ("import sys; from openaim.cli import cli\n"
             f"try:\n    cli([{name!r}, '--help'], prog_name='openaim')\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")

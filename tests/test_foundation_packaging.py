@@ -28,6 +28,10 @@ def test_wheel_ships_the_configs_and_loads_them_without_a_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert {f"shared/config/defaults/{name}" for name in shipped} <= names, sorted(names)[:20]
+        # the roof package and the console script pointing into it
+        assert {"openaim/cli.py", "openaim/__main__.py", "openaim/report/__init__.py"} <= names
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "openaim = openaim.cli:main" in zf.read(entry_points).decode()
         site = tmp_path / "site"
         zf.extractall(site)
     # A fresh process that sees only the unpacked wheel, run from an unrelated folder.
@@ -49,6 +53,10 @@ def test_wheel_ships_the_configs_and_loads_them_without_a_checkout(tmp_path):
     assert got["file"].startswith(str(site))
     assert got["names"] == shipped
     assert set(got["widths"]) == set(shipped) and all(w > 0 for w in got["widths"].values())
+    # the installed command answers from the unpacked wheel (python -m openaim, as the console script)
+    out = subprocess.run([sys.executable, "-m", "openaim", "--help"], capture_output=True, text=True,
+                         timeout=120, check=False, cwd=elsewhere, env=env)
+    assert out.returncode == 0 and "build-dataset" in out.stdout, out.stderr[-3000:]
 
 
 def test_a_missing_config_outside_configs_is_still_an_error(tmp_path):

@@ -64,7 +64,7 @@ def test_disabled_and_invisible_tasks_log_nothing(caplog):
 
 def test_piped_command_shows_progress_in_its_log(tmp_path):
     """`openaim web generate > log`: the log says what ran (the bar alone would show nothing)."""
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "web", "generate", str(tmp_path / "web"),
+    out = subprocess.run([sys.executable, "-m", "openaim", "web", "generate", str(tmp_path / "web"),
                           "--n-images", "40", "--set", "web.hq_size=20",
                           "--set", "web.bench_train_per_class=2", "--set", "web.bench_test_per_class=2"],
                          capture_output=True, text=True, timeout=300, check=False)

@@ -248,7 +248,7 @@ def test_skip_if_done_and_refuses_foreign_folder(web, tmp_path):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "openaim", *args], capture_output=True, text=True,
                           check=False, timeout=timeout, cwd=ROOT)
 
 
@@ -286,7 +286,7 @@ def test_cli_serve_runs_in_the_foreground_until_interrupted(web):
     import signal
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "web", "serve", str(web.out)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "openaim", "web", "serve", str(web.out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # printed once the port is bound

@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from shared.netsafety import address_is_global, canonical_host, is_safe_url, url_rejection
+from curation.netsafety import address_is_global, canonical_host, is_safe_url, url_rejection
 
 
 @pytest.mark.parametrize("url", [

@@ -15,7 +15,7 @@ import pytest
 
 from curation.select import subset_to_uids
 from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS
-from evaluation.report import report_from_config
+from openaim.report import report_from_config
 from shared.errors import InputError
 from tests.report_runs import EVALUATED, config, make_run
 
@@ -296,7 +296,7 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{history}']\n")
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "report", "--config", str(good)],
+        [sys.executable, "-m", "openaim", "report", "--config", str(good)],
         cwd=root,
         capture_output=True,
         text=True,
@@ -310,7 +310,7 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: t\nworkdir: {tmp_path / 'w'}\nreport:\n  compare: ['{tmp_path / 'absent'}']\n")
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "report", "--config", str(bad)],
+        [sys.executable, "-m", "openaim", "report", "--config", str(bad)],
         cwd=root,
         capture_output=True,
         text=True,
@@ -324,7 +324,7 @@ def test_report_cli_writes_and_fails_in_one_line(tmp_path):
 def test_curation_samples_read_a_large_pool_as_a_uniform_sample(tmp_path, monkeypatch):
     """A pool larger than SAMPLE_ROWS is read as every k-th scored row (never whole); kept/dropped follow
     curation.select's rule (both masks keep it and the score reaches the threshold), with reasons."""
-    from evaluation.report import curation_samples
+    from openaim.report import curation_samples
     from tests.test_report_render import write_curated_pool
 
     make_run(tmp_path / "run", seed=8)

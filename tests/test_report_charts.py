@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from evaluation.report.charts import top1_bars, top1_figure
+from openaim.report.charts import top1_bars, top1_figure
 
 BENCHMARKS = ["miniweb-shape", "miniweb-color", "miniweb-count", "miniweb-texture", "digits"]
 

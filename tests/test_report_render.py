@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from curation.select import uid_subset
-from evaluation.report import report_from_config
+from openaim.report import report_from_config
 from tests.report_runs import config, make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

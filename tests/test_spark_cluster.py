@@ -151,7 +151,7 @@ def local_run(tmp_path_factory) -> tuple[Path, int]:
     (root / "ref").mkdir()
     (root / "ref" / "web").symlink_to(root / "web", target_is_directory=True)
     with serve_in_background(root / "web", host="127.0.0.1", port=port):
-        local = subprocess.run([sys.executable, "-m", "shared.cli", "build-dataset", "--config", str(config)],
+        local = subprocess.run([sys.executable, "-m", "openaim", "build-dataset", "--config", str(config)],
                                check=False, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr[-3000:]
     print(f"wall: local reference build {time.monotonic() - started:.0f} s")

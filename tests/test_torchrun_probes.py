@@ -39,7 +39,7 @@ def _eval(launcher: list[str], work: Path, ckpt: Path, bench: Path) -> str:
 def run_eval(launcher: list[str], work: Path, overrides: list[str]) -> str:
     """Run `openaim eval` (its output goes to a file: a pipe could fill up); on timeout kill the group."""
     log = work.parent / f"{work.name}.log"
-    cmd = [*launcher, "-m", "shared.cli", "eval", *overrides]
+    cmd = [*launcher, "-m", "openaim", "eval", *overrides]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, env=ENV,
                                 cwd=work.parent)

@@ -35,7 +35,7 @@ def _env() -> dict:
 
 
 def _train_cmd(workdir: Path, sets: list[str], extra: tuple[str, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "shared.cli", "train", "--set", f"workdir={workdir}"]
+    cmd = [sys.executable, "-m", "openaim", "train", "--set", f"workdir={workdir}"]
     for s in TINY + sets:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -188,7 +188,7 @@ def _torchrun(workdir: Path, sets: list[str], nproc: int, timeout: int = 240) ->
 
 def _torchrun_cmd(workdir: Path, sets: list[str], nproc: int) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "shared.cli", "train", "--set", f"workdir={workdir}"]
+           "-m", "openaim", "train", "--set", f"workdir={workdir}"]
     for s in TINY + sets:
         cmd += ["--set", s]
     return cmd

@@ -1,7 +1,7 @@
 """`openaim train`: pretrain AIM. Runs alone or under torchrun:
 
     openaim train --config configs/demo.yaml
-    python -m torch.distributed.run --nproc_per_node 8 -m shared.cli train --config configs/aim-600m.yaml
+    python -m torch.distributed.run --nproc_per_node 8 -m openaim train --config configs/aim-600m.yaml
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AdamW with the AIM recipe's parameter groups and its warm-up + cosine learning-rate schedule.
+"""AdamW with the AIM recipe's parameter groups and its warm-up + cosine learning rate (shared.schedule).
 
 The schedule is a pure function of the step (no hidden state), so a resumed run sets exactly the
 learning rate an uninterrupted run would have used.
@@ -6,12 +6,11 @@ learning rate an uninterrupted run would have used.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from shared.config.training import OptimConfig
+from shared.schedule import warmup_cosine
 
 
 def peak_lr(optim_cfg: OptimConfig, global_batch_size: int) -> float:
@@ -52,16 +51,6 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig, global_batch_size:
 
 def warmup_steps(optim_cfg: OptimConfig, total_steps: int) -> int:
     return round(optim_cfg.warmup_fraction * total_steps)
-
-
-def warmup_cosine(step: int, total_steps: int, warmup: int, peak: float, start: float = 0.0) -> float:
-    """The one warm-up + cosine schedule (pretraining and the probes use it): linear from `start` at
-    step 0 to `peak` at step `warmup`, then cosine to 0 at `total_steps`. `step` is 0-based: the lr
-    of the optimizer update of step `step`."""
-    if step < warmup:
-        return start + (peak - start) * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lr_at(step: int, total_steps: int, peak: float, optim_cfg: OptimConfig) -> float:

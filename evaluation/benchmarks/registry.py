@@ -24,17 +24,17 @@ import numpy as np
 
 from evaluation.benchmarks import demo_sets, generic
 from evaluation.benchmarks.items import SplitView
-from evaluation.benchmarks.names import (
+from evaluation.benchmarks.paper_sets import CARVED as _CARVED
+from evaluation.benchmarks.paper_sets import PAPER_SPECS
+from evaluation.benchmarks.spec import BenchmarkSpec
+from evaluation.benchmarks.splits import cap, carve_val
+from shared.config.benchmark_names import (
     DEMO_NAMES,
     GENERIC_PREFIXES,
     MINIWEB_TASKS,
     PAPER_NAMES,
     check_benchmark_name,
 )
-from evaluation.benchmarks.paper_sets import CARVED as _CARVED
-from evaluation.benchmarks.paper_sets import PAPER_SPECS
-from evaluation.benchmarks.spec import BenchmarkSpec
-from evaluation.benchmarks.splits import cap, carve_val
 from shared.errors import ConfigError, InputError
 
 _DEMO = [
@@ -59,7 +59,7 @@ _DEMO = [
 BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in PAPER_SPECS + _DEMO}
 PAPER_BENCHMARKS: list[str] = [spec.name for spec in PAPER_SPECS]
 DEMO_BENCHMARKS: list[str] = [spec.name for spec in _DEMO]
-# the config checks names against evaluation.benchmarks.names (no loaders imported): the same names
+# the config checks names against shared.config.benchmark_names (no loaders imported): the same names
 assert (tuple(PAPER_BENCHMARKS), tuple(DEMO_BENCHMARKS)) == (PAPER_NAMES, DEMO_NAMES)
 
 _GENERIC_PREFIXES = GENERIC_PREFIXES

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from evaluation.benchmarks.names import check_benchmark_name
 from shared.config.base import StrictModel
+from shared.config.benchmark_names import check_benchmark_name
 
 
 class ExtractConfig(StrictModel):

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from evaluation.benchmarks.names import DEMO_NAMES, PAPER_NAMES, check_benchmark_name
 from shared.config.base import StrictModel
+from shared.config.benchmark_names import DEMO_NAMES, PAPER_NAMES, check_benchmark_name
 from shared.names import closest_names, unknown_name
 
 BLOCK_CHOICES = ("last6", "best")

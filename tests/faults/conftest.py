@@ -41,7 +41,7 @@ def openaim(*args: str, timeout: float = 600, check: bool = True, code: Path = R
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
     if code != ROOT:
         env["PYTHONPATH"] = str(code)
-    out = subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "openaim", *args], capture_output=True, text=True,
                          check=False, timeout=timeout, cwd=code, env=env, **kw)
     if check and out.returncode != 0:
         raise AssertionError(f"openaim {' '.join(args[:1])} failed ({out.returncode}):\n{out.stderr[-3000:]}")

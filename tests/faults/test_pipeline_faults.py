@@ -77,7 +77,7 @@ KILL_POINTS = [
 def run_and_kill(args: list[str], reached, rng: random.Random, limit: float = 300) -> bool:
     """Start `openaim run`; once `reached()` holds, wait a random moment and kill -9 its process group.
     Returns False if the run finished before the kill point was reached."""
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "run", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "openaim", "run", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + limit
     try:

@@ -49,12 +49,12 @@ def test_fraction_change_reruns_only_downstream_and_report_compares(served_web, 
     assert third["reused"] == ["train", "eval"]
     assert "would run" not in openaim("status", *sets(changed)).stdout
 
-    # A copy of the code with a comment appended to every curation, training and evaluation source file:
+    # A copy of the code with a comment appended to every openaim, curation, training and evaluation file:
     # `openaim status` says fresh, and `openaim run` reruns nothing.
     code = tmp_path / "code"
-    for part in ("shared", "curation", "training", "evaluation", "configs"):
+    for part in ("openaim", "shared", "curation", "training", "evaluation", "configs"):
         shutil.copytree(ROOT / part, code / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for stage in ("curation", "training", "evaluation"):
+    for stage in ("openaim", "curation", "training", "evaluation"):
         for src in (code / stage).rglob("*.py"):
             with src.open("a") as f:
                 f.write("\n# a comment changes no result\n")

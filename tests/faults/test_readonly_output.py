@@ -23,7 +23,7 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 def _as_nobody_works() -> bool:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return os.geteuid() != 0  # not root: permissions already apply to us
-    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import shared.cli"], cwd=ROOT,
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import openaim.cli"], cwd=ROOT,
                            capture_output=True, timeout=60, check=False)
     return probe.returncode == 0
 
@@ -59,7 +59,7 @@ def test_read_only_output_keeps_previous_outputs(shared_tmp, command):
     workdir.mkdir()  # `openaim report` refuses a workdir that does not exist (a typo'd path)
     sets = ["--set", f"workdir={workdir}", "--set", "web.n_images=40", "--set", "web.hq_size=20",
             "--set", "web.bench_train_per_class=2", "--set", "web.bench_test_per_class=2"]
-    first = subprocess.run([sys.executable, "-m", "shared.cli", *command, *sets], cwd=ROOT,
+    first = subprocess.run([sys.executable, "-m", "openaim", *command, *sets], cwd=ROOT,
                            capture_output=True, text=True, timeout=300, check=False)
     assert first.returncode == 0, first.stderr
     out_dir = workdir / ("report" if command == ["report"] else "web")
@@ -71,7 +71,7 @@ def test_read_only_output_keeps_previous_outputs(shared_tmp, command):
     home.mkdir()
     home.chmod(0o777)
 
-    second = subprocess.run([*_prefix(), sys.executable, "-m", "shared.cli", *command, *sets,
+    second = subprocess.run([*_prefix(), sys.executable, "-m", "openaim", *command, *sets,
                              *(["--set", "web.seed=7"] if command[0] == "web" else [])],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                             env={**os.environ, "HOME": str(home), "MPLCONFIGDIR": str(home)})

@@ -1,4 +1,4 @@
-"""The URL policy enforced where the connection is made (shared.netsafety.guarded_opener), in-process:
+"""The URL policy enforced where the connection is made (curation.netsafety.guarded_opener), in-process:
 redirect chains into internal addresses and other schemes, numeric host spellings, DNS rebinding."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import urllib.error
 
 import pytest
 
-from shared.netsafety import BLOCKED, guarded_opener, is_policy_block
+from curation.netsafety import BLOCKED, guarded_opener, is_policy_block
 from tests.security.conftest import ALLOW, ALLOWED_IP, INTERNAL_IP, hop
 
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 
 from curation.download import download_pool
 from curation.extract import pair_uid
+from curation.netsafety import BLOCKED
 from curation.pool import finished_shards, iter_pool
 from shared.config.curation import DownloadConfig
-from shared.netsafety import BLOCKED
 from tests.security.conftest import ALLOW, INTERNAL_IP, hop
 
 

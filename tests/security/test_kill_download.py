@@ -71,7 +71,7 @@ def test_kill9_of_build_dataset_during_download_leaves_no_process(served_web, tm
     overrides = [*tiny_overrides(workdir, port), f'curation.extract.sources=["{source}"]']
     marker = uuid.uuid4().hex
     env = {**os.environ, MARKER_ENV: marker, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "build-dataset", *sets(overrides)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "openaim", "build-dataset", *sets(overrides)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage = workdir / "curation" / "pool.partial"
     try:

@@ -1,6 +1,6 @@
-"""The names a config may use for benchmarks, without importing any loader (the config checks them at load,
-before torch or torchvision is imported). The registry's specs carry exactly these names (registry.py
-checks it at import).
+"""The benchmark names a config may use (shared.config checks them at load, before torch or torchvision is
+imported; here with the configs, which import no stage). The registry's specs (evaluation.benchmarks.registry)
+carry exactly these names (registry.py checks it at import).
 """
 
 from __future__ import annotations

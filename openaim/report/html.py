@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from evaluation.report.document import Block, Bullets, Code, Figure, Heading, Inline, Link, Paragraph, Table
+from openaim.report.document import Block, Bullets, Code, Figure, Heading, Inline, Link, Paragraph, Table
 
 _CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --band: #f6f8fa; --accent: #0969da; }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.report.document import Block, Bullets, Code, Heading, Table, text
-from evaluation.report.run_data import STAGES, RunData
+from openaim.report.document import Block, Bullets, Code, Heading, Table, text
+from openaim.report.run_data import STAGES, RunData
 
 
 def probe_details(runs: list[RunData]) -> list[Block]:

@@ -1,6 +1,6 @@
 """Reading a run's outputs for the report: eval results, missing and failed benchmarks, the eval run's info
 (config, torch, device), stage wall times, training metrics and the curation manifest, into a RunData
-(evaluation.report.run_data); this run's curation scores and sample pairs: evaluation.report.curation_samples.
+(openaim.report.run_data); this run's curation scores and sample pairs: openaim.report.curation_samples.
 
 Every input may be absent or damaged (a stage not run yet, a killed run): readers never raise for that,
 they return what they could read and add a note saying what was not there, and the report shows the note.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.benchmarks.registry import BENCHMARKS, PAPER_BENCHMARKS, benchmark_root, how_to_get
-from evaluation.report.run_data import BenchmarkInfo, ResultRow, RunData
+from openaim.report.run_data import BenchmarkInfo, ResultRow, RunData
 from shared.errors import InputError
 from shared.stage_cache import hash_file
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evaluation.report.document import Block, Bullets, Heading, Paragraph, Table, text
-from evaluation.report.run_data import RunData
-from evaluation.report.tables import fmt, pretrained_checkpoint, pretrained_vs_random, probes_present
+from openaim.report.document import Block, Bullets, Heading, Paragraph, Table, text
+from openaim.report.run_data import RunData
+from openaim.report.tables import fmt, pretrained_checkpoint, pretrained_vs_random, probes_present
 
 
 def summary(runs: list[RunData], target_gap_points: float | None = None) -> list[Block]:
@@ -155,7 +155,7 @@ def _short(value: str, width: int = 80) -> str:
 
 
 def _archived_because(root: Path | None) -> str:
-    """History runs (shared.pipeline) say why they were archived in run.json."""
+    """History runs (openaim.pipeline) say why they were archived in run.json."""
     try:
         reasons = json.loads((root / "run.json").read_text()).get("archived_because") if root else None
     except (OSError, ValueError, AttributeError):

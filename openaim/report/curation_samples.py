@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.pool import iter_pool
-from evaluation.report.collect import as_number
+from openaim.report.collect import as_number
 from shared.atomic import finished_files
 
 

@@ -27,8 +27,8 @@ import evaluation.run
 import training.loop
 from curation.pipeline import build_dataset
 from curation.step_specs import step_specs
-from evaluation.report import report_from_config
 from evaluation.run import evaluate_from_config
+from openaim.report import report_from_config
 from shared.atomic import atomic_write_bytes, atomic_write_json
 from shared.config.root import OpenAIMConfig
 from shared.errors import PartialFailure

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-from evaluation.report import charts
-from evaluation.report.document import Block, Figure, Heading, Images, Table, text
-from evaluation.report.run_data import RunData, is_intermediate, step_of
-from evaluation.report.tables import fmt, pretrained_checkpoint, probes_present
+from openaim.report import charts
+from openaim.report.document import Block, Figure, Heading, Images, Table, text
+from openaim.report.run_data import RunData, is_intermediate, step_of
+from openaim.report.tables import fmt, pretrained_checkpoint, probes_present
 
 
 def pretraining(runs: list[RunData], images: Images) -> list[Block]:

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from evaluation.report.document import Table
-from evaluation.report.run_data import BenchmarkInfo, ResultRow, RunData
 from evaluation.results import RANDOM_INIT
+from openaim.report.document import Table
+from openaim.report.run_data import BenchmarkInfo, ResultRow, RunData
 
 PROBES = ("attentive", "linear")
 DASH = "—"

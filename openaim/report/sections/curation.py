@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from evaluation.report import charts
-from evaluation.report.collect import funnel, parallel_filters
-from evaluation.report.curation_samples import CurationSamples
-from evaluation.report.document import Block, Bullets, Figure, Heading, Images, Table, text
-from evaluation.report.run_data import RunData
+from openaim.report import charts
+from openaim.report.collect import funnel, parallel_filters
+from openaim.report.curation_samples import CurationSamples
+from openaim.report.document import Block, Bullets, Figure, Heading, Images, Table, text
+from openaim.report.run_data import RunData
 
 
 def curation(runs: list[RunData], images: Images, samples: CurationSamples | None = None) -> list[Block]:

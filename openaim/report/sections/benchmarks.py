@@ -3,18 +3,18 @@ and accuracy over training."""
 
 from __future__ import annotations
 
-from evaluation.report import charts
-from evaluation.report.document import Block, Figure, Heading, Images, Link, Paragraph, Table, text
-from evaluation.report.references import AIM_IMAGENET_ATTENTIVE, ML_AIM_README, PAPER
-from evaluation.report.run_data import BenchmarkInfo, RunData, is_intermediate, step_of
-from evaluation.report.tables import (
+from evaluation.results import RANDOM_INIT
+from openaim.report import charts
+from openaim.report.document import Block, Figure, Heading, Images, Link, Paragraph, Table, text
+from openaim.report.references import AIM_IMAGENET_ATTENTIVE, ML_AIM_README, PAPER
+from openaim.report.run_data import BenchmarkInfo, RunData, is_intermediate, step_of
+from openaim.report.tables import (
     benchmark_table,
     fmt,
     pretrained_checkpoint,
     probes_present,
     table_benchmarks,
 )
-from evaluation.results import RANDOM_INIT
 
 
 def benchmarks(catalog: list[BenchmarkInfo], runs: list[RunData], images: Images) -> list[Block]:

@@ -13,7 +13,7 @@ from evaluation.results import RANDOM_INIT
 _STEP_SUFFIX = re.compile(r"-step_(\d+)$")
 
 
-# Stage wall times as shared.pipeline records them in <workdir>/pipeline.json, in pipeline order.
+# Stage wall times as openaim.pipeline records them in <workdir>/pipeline.json, in pipeline order.
 STAGES = ("build-dataset", "train", "eval", "report")
 
 

@@ -15,16 +15,16 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from evaluation.report.collect import benchmark_catalog, load_compare_run, load_run
-from evaluation.report.curation_samples import read_curation_samples
-from evaluation.report.document import text
-from evaluation.report.html import render_html
-from evaluation.report.markdown import render_markdown
-from evaluation.report.sections.benchmarks import accuracy_over_training, benchmarks
-from evaluation.report.sections.curation import curation
-from evaluation.report.sections.overview import summary
-from evaluation.report.sections.pretraining import loss_vs_probe, pretraining
-from evaluation.report.sections.run_details import probe_details, provenance, runtime
+from openaim.report.collect import benchmark_catalog, load_compare_run, load_run
+from openaim.report.curation_samples import read_curation_samples
+from openaim.report.document import text
+from openaim.report.html import render_html
+from openaim.report.markdown import render_markdown
+from openaim.report.sections.benchmarks import accuracy_over_training, benchmarks
+from openaim.report.sections.curation import curation
+from openaim.report.sections.overview import summary
+from openaim.report.sections.pretraining import loss_vs_probe, pretraining
+from openaim.report.sections.run_details import probe_details, provenance, runtime
 from shared import __version__
 from shared.atomic import atomic_write_bytes, atomic_write_text
 from shared.config.root import OpenAIMConfig

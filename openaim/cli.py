@@ -1,5 +1,7 @@
-"""The `openaim` command. Subcommands live with their stage and are imported only when invoked,
-so `openaim --help` answers fast and never imports torch."""
+"""The `openaim` command. Subcommands live with their stage (or, for those spanning stages, in
+openaim.pipeline_cli) and are imported only when invoked, so `openaim --help` answers fast and never
+imports torch. ``python -m openaim`` runs it; launchers that want a script path (spark-submit) take
+``openaim/__main__.py``."""
 
 from __future__ import annotations
 
@@ -44,25 +46,25 @@ def _eval() -> Any:
 
 
 def _report() -> Any:
-    from evaluation.cli import report
+    from openaim.pipeline_cli import report
 
     return report
 
 
 def _run() -> Any:
-    from shared.pipeline_cli import run
+    from openaim.pipeline_cli import run
 
     return run
 
 
 def _status() -> Any:
-    from shared.pipeline_cli import status
+    from openaim.pipeline_cli import status
 
     return status
 
 
 def _demo() -> Any:
-    from shared.pipeline_cli import demo
+    from openaim.pipeline_cli import demo
 
     return demo
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evaluation.report.document import Block, Bullets, Code, Figure, Heading, Inline, Link, Paragraph, Table
+from openaim.report.document import Block, Bullets, Code, Figure, Heading, Inline, Link, Paragraph, Table
 
 
 def _inline(parts: list[Inline]) -> str:
