@@ -15,3 +15,25 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (tests/s3_server.py), its endpoint and keys in the standard AWS
+    variables for this process and the processes it starts, and the bucket openaim-test created."""
+    from tests.s3_server import BUCKET, MotoServer
+
+    pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        saved = {k: os.environ.get(k) for k in server.aws_env}
+        os.environ.update(server.aws_env)
+        try:
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
