@@ -31,19 +31,21 @@ from curation.parts import list_parts
 from curation.safety import safety_part
 from curation.select_parts import run_select
 from curation.step_specs import (
+    chosen_steps,
     dedup_spec,
     download_spec,
     extract_spec,
     safety_spec,
     score_spec,
     select_spec,
+    step_names,
     train_filter_spec,
 )
 from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
 from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
-from shared.torchrun import broadcast_from_rank0, local_device, rank_world
+from shared.torchrun import broadcast_from_rank0, leave_process_group, local_device, rank_world
 
 log = logging.getLogger("openaim.curation")
 
@@ -148,15 +150,20 @@ class _Steps:
 
     def score(self) -> None:
         """The score step. Under torchrun every rank calls this: rank 0 (which ran the steps before) reads
-        and writes the stage cache and tells the others whether the step reruns; if so, all score."""
+        and writes the stage cache and tells the others whether the step reruns; then every rank leaves
+        the process group (no collective follows: the ranks share the pool through the scoring queue)
+        and, if the step reruns, scores until every part exists, so a rank that dies mid-shard stops no
+        other rank and each rank exits when the queue is empty."""
         out = self.dir / "scores"
 
         def fn() -> None:
             score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size,
-                             num_workers=self.cur.filter.num_workers)
+                             num_workers=self.cur.filter.num_workers, lease_s=self.cur.filter.lease_s)
 
         if rank_world(score.BACKEND, score.WAIT_FOR_RANK0)[0] != 0:
-            if broadcast_from_rank0(None):  # waits here until rank 0 reaches this step
+            rerun = broadcast_from_rank0(None)  # waits here until rank 0 reaches this step
+            leave_process_group(succeeded=True)
+            if rerun:
                 fn()
             return
         spec = score_spec(self.cfg, self.cache)
@@ -165,7 +172,9 @@ class _Steps:
         # (No record at all means a killed run, whose parts are resumed.)
         if rerun and (out / "parts").exists() and (self.force or self.cache.load("score")):
             shutil.rmtree(out / "parts")
+            shutil.rmtree(out / score.CLAIMS, ignore_errors=True)
         broadcast_from_rank0(rerun)  # the other ranks score with rank 0, or go home
+        leave_process_group(succeeded=True)  # a barrier while every rank is alive, then no group
         self._run(spec, fn)
 
     def dedup(self) -> None:
@@ -214,22 +223,22 @@ def _select_and_write(steps: _Steps) -> None:
     atomic_write_json(d / "select_stats.json", stats)
 
 
-def build_dataset(cfg, force: bool = False) -> dict:
-    """Run (or reuse) every curation step and write ``manifest.json``; returns the manifest."""
+def build_dataset(cfg, force: bool = False, only: list[str] | None = None) -> dict | None:
+    """Run (or reuse) every curation step, or the steps in ``only`` (``--steps``: refused when an input step
+    outside them is not fresh), and write ``manifest.json`` once the last step (select) is done; returns the
+    manifest, or None when ``only`` stops before select."""
     cfg.curation_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar() as progress:
         steps = _Steps(cfg, force, progress)
+        names = step_names(cfg) if only is None else chosen_steps(cfg, steps.cache, only)
         try:
-            steps.extract()
-            steps.download()
-            if cfg.curation.filter.model == "own":
-                steps.train_filter()
-            steps.score()
-            steps.dedup()
-            steps.safety()
-            steps.select()
+            for name in names:
+                getattr(steps, name.replace("-", "_"))()
         finally:
             steps.close()
+    if names[-1] != "select":
+        log.info("ran %s, reused %s", ", ".join(steps.ran) or "nothing", ", ".join(steps.reused) or "nothing")
+        return None
     manifest = curation_manifest(cfg, steps.ran, steps.reused)
     atomic_write_json(cfg.curation_dir / "manifest.json", manifest)
     q = manifest.get("quality") or {}

@@ -5,12 +5,15 @@ are written atomically to one part, ``out_dir/parts/<shard>.parquet`` (layout in
 skips the shards whose part exists, so a killed scoring run resumes where it stopped. The parts are the
 step's output: nothing assembles them, every later step maps over them.
 
-Shards are scored one after the other; within a shard a torch DataLoader with ``num_workers`` > 1
+Shards are taken from a queue (curation.shard_queue: claim records under ``out_dir/.claims``, leases that
+expire), so any number of ranks, on any number of nodes, share the pool: each rank takes a free shard,
+scores it, writes its part, and takes the next; a rank killed mid-shard holds its shard only until its
+lease (``curation.filter.lease_s``) expires, then another rank takes it; each rank returns as soon as every
+part exists, waiting for no particular rank. Within a shard a torch DataLoader with ``num_workers`` > 1
 processes decodes the JPEGs (each worker a strided share of the batches) while this process runs the
-forward pass. Under torchrun rank r scores shards r::world (each part file is independent). For
-build-dataset that is
-    torchrun --nproc_per_node N -m openaim build-dataset --config ...
-(rank 0 runs every step; the other ranks wait for it at the score step, score their shards and exit).
+forward pass. For build-dataset's score step alone, on every node:
+    torchrun --nnodes M --nproc_per_node N ... -m openaim build-dataset --config ... --steps score
+(rank 0 decides from the stage cache whether the step reruns and records it; the other ranks follow it).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from curation.copy_detection import DIM, VIEWS, copy_views
 from curation.parts import list_parts, write_part
 from curation.pool import pool_shards, shard_samples
+from curation.shard_queue import ShardQueue
 from shared.atomic import remove_stale_tmp
 from shared.errors import OpenAIMError
-from shared.torchrun import barrier, rank_world
 
 # Bump when the scores (this module, filter_network.py, copy_detection.py) change for the same config and
 # inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no result
@@ -42,6 +45,7 @@ log = logging.getLogger("openaim.curation")
 # The process group curation joins under torchrun: gloo, since only small objects travel, and a long
 # timeout, since rank 0 may download for hours before the other ranks' first collective (the score step).
 BACKEND, WAIT_FOR_RANK0 = "gloo", timedelta(days=2)
+CLAIMS = ".claims"  # the queue's claim records, beside parts/ (hidden: the stage cache skips dot-files)
 
 
 class _ShardBatches(IterableDataset):
@@ -134,29 +138,36 @@ def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarr
 
 
 def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
-               progress=None) -> None:
+               progress=None, lease_s: float = 60.0) -> list[str]:
     """Score every finished pool shard into ``out_dir/parts/<shard>.parquet`` (resumable per shard).
 
-    Under torchrun every rank must call this: rank r scores shards r::world; every rank returns once every
-    part exists. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
+    Every rank (or process, on any node) that calls this takes shards from the queue under
+    ``out_dir/.claims`` (hidden: not part of the step's outputs) until every part exists; returns the
+    shards this call scored. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
     """
-
-    rank, world = rank_world(BACKEND, WAIT_FOR_RANK0)
-    shards = pool_shards(Path(pool_dir))
+    shards = {s.stem: s for s in pool_shards(Path(pool_dir))}
     if not shards:
         raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed "
                            "(see the failure histogram)")
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
-    mine = shards[rank::world]
-    todo = [s for s in mine if not _part_path(out_dir, s).is_file()]
-    if len(todo) < len(mine):
-        log.info("score: %d of %d shards already scored, resuming", len(mine) - len(todo), len(mine))
-    task = progress.add_task("score", total=len(mine), completed=len(mine) - len(todo)) if progress else None
-    for shard in todo:
-        remove_stale_tmp(_part_path(out_dir, shard))  # a killed run's half-written part (this rank owns it)
-        _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
+
+    def done(stem: str) -> bool:
+        return _part_path(out_dir, shards[stem]).is_file()
+
+    finished = sum(map(done, shards))
+    if finished:
+        log.info("score: %d of %d shards already scored, resuming", finished, len(shards))
+    task = progress.add_task("score", total=len(shards), completed=finished) if progress else None
+    queue = ShardQueue(out_dir / CLAIMS, lease_s)
+    scored = []
+    for claim in queue.take(sorted(shards), done):
+        shard = shards[claim.shard]
+        with queue.holding(claim):
+            remove_stale_tmp(_part_path(out_dir, shard))  # the half-written part of a dead owner
+            _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
+        scored.append(claim.shard)
         if progress:
             progress.advance(task)
-    barrier()  # every part is written before any rank returns
     list_parts(out_dir / "parts")  # one clear error when no shard held a decodable image
+    return scored

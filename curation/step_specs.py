@@ -49,7 +49,7 @@ def score_spec(cfg, cache: StageCache) -> StepSpec:
     inputs = {"download": cache.outputs_hash("download")}
     if cfg.curation.filter.model == "own":
         inputs["train-filter"] = cache.outputs_hash("train-filter")
-    conf = cfg.curation.filter.model_dump(mode="json", exclude={"num_workers", "device"})
+    conf = cfg.curation.filter.model_dump(mode="json", exclude={"num_workers", "device", "lease_s"})
     return StepSpec("score", config={"curation.filter": conf}, inputs=inputs, version=score.VERSION,
                     outputs=[cfg.curation_dir / "scores"])
 
@@ -83,9 +83,40 @@ def select_spec(cfg, cache: StageCache) -> StepSpec:
                     outputs=[d / "shards", d / "subset", d / "subset.npy", d / "select_stats.json"])
 
 
+# Every curation step, in run order, with the function that gives its identity now.
+SPECS = {"extract": extract_spec, "download": download_spec, "train-filter": train_filter_spec,
+         "score": score_spec, "dedup": dedup_spec, "safety": safety_spec, "select": select_spec}
+
+
+def step_names(cfg) -> list[str]:
+    """The curation steps of this config in run order (train-filter only for the own filter network)."""
+    return [name for name in SPECS if name != "train-filter" or cfg.curation.filter.model == "own"]
+
+
 def step_specs(cfg, cache: StageCache) -> list[StepSpec]:
     """Every curation step's identity as of now, in run order (what `openaim status` checks)."""
-    fns = [extract_spec, download_spec, train_filter_spec, score_spec, dedup_spec, safety_spec, select_spec]
-    if cfg.curation.filter.model != "own":
-        fns.remove(train_filter_spec)
-    return [fn(cfg, cache) for fn in fns]
+    return [SPECS[name](cfg, cache) for name in step_names(cfg)]
+
+
+def chosen_steps(cfg, cache: StageCache, steps: list[str]) -> list[str]:
+    """``--steps``: the named steps in run order, once every input step that is not among them is fresh.
+
+    A step's inputs named after another step are that step's recorded outputs; a step among ``steps`` runs
+    (or is reused) before the steps that take it. Raises one line naming the first stale input step."""
+    names = step_names(cfg)
+    unknown = [s for s in steps if s not in names]
+    if unknown:
+        raise InputError(f"--steps: unknown step {unknown[0]!r}; "
+                         f"the steps of this config: {', '.join(names)}")
+    chosen = [name for name in names if name in steps]
+    if not chosen:
+        raise InputError(f"--steps: no step named; the steps of this config: {', '.join(names)}")
+    for name in chosen:
+        for upstream in SPECS[name](cfg, cache).inputs:
+            if upstream not in SPECS or upstream in chosen:
+                continue
+            state = cache.check(SPECS[upstream](cfg, cache))
+            if not state.fresh:
+                raise InputError(f"--steps {name}: its input step {upstream} is not fresh "
+                                 f"({state.reasons[0]}); run `build-dataset --steps {upstream}` first")
+    return chosen

@@ -103,7 +103,7 @@ from curation.parts import read_part
 from curation.score import score_pool
 from shared.config.curation import FilterNetworkConfig
 net = load_filter_network(FilterNetworkConfig(model="own"), Path(sys.argv[1]))
-score_pool(Path(sys.argv[2]), net, Path(sys.argv[3]), batch_size=2)
+score_pool(Path(sys.argv[2]), net, Path(sys.argv[3]), batch_size=2, lease_s=3.0)
 """
 
 
@@ -123,7 +123,8 @@ def test_kill_mid_scoring_then_rerun_is_byte_identical(setup):
     proc.wait()
     if killed:
         assert len(list((out / "parts").glob("*.parquet"))) < 4
-    score_pool(root / "pool", _net(net_dir), out, batch_size=2)
+    # the killed process's claim on the shard it was scoring blocks it until its 3 s lease expires
+    score_pool(root / "pool", _net(net_dir), out, batch_size=2, lease_s=3.0)
     names = sorted(p.name for p in (out / "parts").iterdir())
     assert names == sorted(p.name for p in (ref / "parts").iterdir())
     for part in (ref / "parts").iterdir():

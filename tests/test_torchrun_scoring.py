@@ -1,14 +1,18 @@
 """Scoring under real torchrun (2 CPU processes, gloo) and with DataLoader decode workers: the same score
-parts (parts/<shard>.parquet), byte for byte, as one process decoding in-process; and the
-build-dataset score step (stage cache on rank 0 only) across 2 ranks, rerun reused by every rank."""
+parts (parts/<shard>.parquet), byte for byte, as one process decoding in-process; the build-dataset score
+step (stage cache on rank 0 only) across 2 ranks, rerun reused by every rank; and `build-dataset --steps
+score` on two torchrun nodes, one killed -9 mid-shard beside a busy loop, the other finishing the queue."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = tuple(f"parts/{s:05d}.parquet" for s in range(5))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +108,8 @@ def test_two_ranks_with_decode_workers_equal_one_in_process_run(pool, reference,
     assert json.loads((one / "rank0.json").read_text()) == {"world": 1, "scored": scored}
     ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["scored"] == ["00000.tar", "00002.tar", "00004.tar"]
-    assert ranks[1]["scored"] == ["00001.tar", "00003.tar"]
+    # The ranks took the shards from the queue: each shard scored once, by one of them.
+    assert sorted(ranks[0]["scored"] + ranks[1]["scored"]) == scored
 
     # A rerun resumes from the parts: no rank scores anything again, the outputs are unchanged.
     run_killing_group([*TORCHRUN, str(script), str(net_dir), str(root / "pool"), str(two), "2"], env=ENV,
@@ -156,3 +166,110 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
     run_killing_group([*TORCHRUN, str(script), str(work)], env=ENV, cwd=tmp_path, timeout=300)
     assert json.loads((work / "rank0.json").read_text())["reused"] == ["score"]
     assert (work / ".steps" / "score.json").read_text() == record
+
+
+def _stand_in_for_earlier_steps(work: Path, overrides: list[str]) -> None:
+    """Records for download and train-filter matching this config now (their outputs are the fixture's
+    pool and network), so `--steps score` finds its input steps fresh."""
+    from curation.step_specs import download_spec, train_filter_spec
+    from shared.config import load_config
+    from shared.stage_cache import StageCache
+
+    cfg = load_config(None, overrides)
+    (cfg.curation_dir / "download_stats.json").write_text("{}")
+    cache = StageCache(cfg.workdir)
+    for spec in (download_spec(cfg, cache), train_filter_spec(cfg, cache)):
+        cache.record(spec)
+
+
+def _claims(scores: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((scores / ".claims").glob("*.*"))
+            if p.read_text()}
+
+
+def _stop_mid_shard(node: subprocess.Popen, scores: Path, rank: int, timeout: float) -> tuple[str, int]:
+    """Wait until ``rank`` holds a claim whose part is not written, freeze the rank (SIGSTOP, so it cannot
+    finish the part in between), and return (claim name, rank pid) once that still holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.poll() is None, "the node finished before it was killed"
+        for name, record in _claims(scores).items():
+            _host, pid, who = record["owner"].split(":")
+            if who != f"rank{rank}" or (scores / "parts" / f"{name.split('.')[0]}.parquet").exists():
+                continue
+            os.kill(int(pid), signal.SIGSTOP)
+            if not (scores / "parts" / f"{name.split('.')[0]}.parquet").exists():
+                return name, int(pid)
+            os.kill(int(pid), signal.SIGCONT)  # it finished the part in between: wait for its next claim
+        time.sleep(0.02)
+    raise AssertionError(f"rank {rank} never held a claim mid-shard")
+
+
+def _wait_for_rank_exit(node: subprocess.Popen, scores: Path, rank: int, timeout: float) -> bool:
+    """Wait until the process of ``rank`` (its pid from its claims) has exited; False if its node's agent
+    exited first."""
+    deadline = time.monotonic() + timeout
+    pids = set()
+    while time.monotonic() < deadline:
+        pids |= {int(r["owner"].split(":")[1]) for r in _claims(scores).values()
+                 if r["owner"].endswith(f":rank{rank}")}
+        if pids and not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        if node.poll() is not None:
+            return False
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} still running after {timeout} s")
+
+
+def test_steps_score_on_two_nodes_one_killed_mid_shard(pool, reference, tmp_path):
+    """`build-dataset --steps score` on two torchrun nodes (static rendezvous on 127.0.0.1, one rank each)
+    beside a busy loop. Node 1 is killed -9 (agent and rank) while its rank holds a shard it has not
+    written: node 0's rank goes on taking shards, takes the dead rank's once its lease has expired, and
+    exits when every part exists; the parts equal a one-process run, and the step is recorded."""
+    import shutil
+
+    root, net_dir = pool
+    work = tmp_path / "run"
+    shutil.copytree(root / "pool", work / "curation" / "pool")
+    shutil.copytree(net_dir, work / "curation" / "filter")
+    lease = 4.0
+    overrides = [f"workdir={work}", "curation.filter.batch_size=3", f"curation.filter.lease_s={lease}"]
+    _stand_in_for_earlier_steps(work, overrides)
+    scores = work / "curation" / "scores"
+    port = _free_port()
+    nodes = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", str(port),
+              "--max-restarts", "0", "-m", "openaim", "build-dataset", "--steps", "score",
+              *[a for o in overrides for a in ("--set", o)]] for r in (0, 1)]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    logs = [tmp_path / f"node{r}.log" for r in (0, 1)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, start_new_session=True, stdout=log.open("wb"),
+                              stderr=subprocess.STDOUT) for cmd, log in zip(nodes, logs, strict=True)]
+    try:
+        claim, pid = _stop_mid_shard(procs[1], scores, rank=1, timeout=240)
+        os.killpg(procs[1].pid, signal.SIGKILL)  # node 1 is gone: its agent and its rank
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+        assert not (work / ".steps" / "score.json").exists(), "the step finished before the kill"
+        rank0 = _wait_for_rank_exit(procs[0], scores, rank=0, timeout=240)
+    finally:
+        busy.kill()
+        for proc in procs:  # node 0's agent waits in torchrun's exit barrier for the lost node: stop it
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        busy.wait()
+    out = logs[0].read_text(errors="replace")
+    # Rank 0 exited on its own, after the score step's success line (the CLI prints it last) and record.
+    assert rank0 and f"ran the steps score in {work / 'curation'}" in out, out[-3000:]
+    assert procs[1].returncode != 0
+
+    shard, gen = claim.rsplit(".", 1)
+    claims = _claims(scores)
+    dead = claims[claim]
+    taken = claims[f"{shard}.{int(gen) + 1}"]  # the next generation: node 0's rank took it ...
+    assert taken["owner"].endswith(":rank0") and taken["taken_from"]["owner"] == dead["owner"]
+    assert taken["claimed_at"] >= dead["expires"] >= killed_at - lease  # ... once the lease had expired
+    assert json.loads((work / ".steps" / "score.json").read_text())["step"] == "score"
+    for name in OUTPUTS:
+        assert (scores / name).read_bytes() == (reference / name).read_bytes(), name

@@ -51,6 +51,9 @@ class FilterNetworkConfig(StrictModel):
         1, ge=0, description="image-decoding processes per scoring rank (0/1: in the scoring process)")
     device: str = Field(
         "auto", description="'auto' (cuda:LOCAL_RANK when CUDA is present, else cpu), 'cpu' or 'cuda[:i]'")
+    lease_s: float = Field(
+        60.0, gt=0, description="seconds a scoring rank's claim on a pool shard lasts unless renewed (every "
+                                 "third of it while the rank lives): a dead rank's shard is taken after this")
 
 
 class TrainFilterConfig(StrictModel):

@@ -1,4 +1,8 @@
-"""The documented spark-submit recipe on a real Spark standalone cluster on loopback, one worker killed.
+"""Curation steps where they belong: `build-dataset --steps`, and the documented spark-submit recipe on a
+real Spark standalone cluster on loopback with one worker killed.
+
+`--steps` on a copy of a local run: a step whose input step (not listed) is stale is refused in one line
+naming it, with nothing written; listing that step too runs both, reusing the rest.
 
 A master and two 1-core workers, each its own JVM (tests/spark_cluster.py). A small mini web is curated
 once with the local engine (the reference). A copy of that run, whose extract, dedup, safety and select
@@ -231,3 +235,40 @@ def test_documented_spark_submit_survives_a_killed_worker(local_run, tmp_path):
     assert {k: v for k, v in manifest.items() if k not in per_run} == \
            {k: v for k, v in ref_manifest.items() if k not in per_run}
     print(f"wall: cluster up {up_s:.0f} s, spark-submit run with the kill {spark_s:.0f} s")
+
+
+def _build(config: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "openaim", "build-dataset", "--config", str(config), *args]
+    return subprocess.run(command, check=False, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_steps_runs_a_subset_and_refuses_a_stale_input(local_run, tmp_path):
+    from tests.cli_output import problem_lines
+
+    root, port = local_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "ref", run, symlinks=True)
+    config = write_config(tmp_path / "run.yaml", run, port, dedup={"near_threshold": 0.8})
+    records = {p.name: p.read_bytes() for p in (run / ".steps").iterdir()}
+    manifest = (run / "curation" / "manifest.json").read_bytes()
+
+    out = _build(config, "--steps", "select")
+    assert out.returncode != 0
+    assert problem_lines(out.stderr) == [("error: --steps select: its input step dedup is not fresh (config "
+                                          "curation.dedup.near_threshold: 0.9 -> 0.8); run `build-dataset "
+                                          "--steps dedup` first")]
+    assert {p.name: p.read_bytes() for p in (run / ".steps").iterdir()} == records
+    assert (run / "curation" / "manifest.json").read_bytes() == manifest
+
+    out = _build(config, "--steps", "select,dedup")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "curation" / "manifest.json").read_text())["ran"] == ["dedup", "select"]
+    after = {p.name: p.read_bytes() for p in (run / ".steps").iterdir()}
+    assert {name for name in records if after[name] != records[name]} == {"dedup.json", "select.json"}
+
+    # A subset that stops before select (here: the scores, fresh) reuses them and writes no manifest.
+    out = _build(config, "--steps", "score")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == f"ran the steps score in {run / 'curation'}"
+    assert {p.name: p.read_bytes() for p in (run / ".steps").iterdir()} == after

@@ -1,0 +1,134 @@
+"""Pool shards handed out to scoring ranks through claim records in storage, with leases that expire.
+
+A claim is a small JSON record ``<claims>/<shard>.<generation>`` holding its owner and when its lease
+expires. It is created exclusively (``O_CREAT | O_EXCL``: of two ranks creating the same record one
+wins; object stores offer the same as a conditional put), so a shard has one owner per generation. The
+owner renews its lease (rewrites its own record) every third of ``lease_s`` while it scores the shard, and
+ends it when the shard's output is written (or it fails).
+A shard is done when its output exists (written atomically, last); it is free when it has no claim, or
+when its newest claim's lease has expired: a rank that died (kill -9, a lost node) holds its shard only
+until then, and the next rank takes it by creating the next generation, exclusively again.
+
+Ranks take shards until every one is done: a rank with nothing to take waits while other ranks hold live
+leases (one of them may die), and returns as soon as every output exists. No rank waits for a given
+rank, and any number of ranks (a torchrun job, several jobs, a restarted job) share one queue.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.atomic import atomic_write_json
+
+
+def default_owner() -> str:
+    """host:pid[:rank]: who holds a claim, in the record (for people and tests; never parsed)."""
+    rank = os.environ.get("RANK")
+    return f"{socket.gethostname()}:{os.getpid()}" + (f":rank{rank}" if rank is not None else "")
+
+
+@dataclass
+class Claim:
+    shard: str
+    generation: int
+    path: Path
+
+
+class ShardQueue:
+    """The claims of one step's shards under ``folder`` (``<folder>/<shard>.<generation>``)."""
+
+    def __init__(self, folder: Path, lease_s: float, owner: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.folder, self.lease_s = Path(folder), float(lease_s)
+        self.owner = owner or default_owner()
+        self.clock = clock  # wall clock: leases are compared across hosts
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _record(self) -> dict:
+        return {"owner": self.owner, "expires": self.clock() + self.lease_s}
+
+    def newest(self, shard: str) -> tuple[int, dict | None]:
+        """(generation, record) of the shard's newest claim; (-1, None) when it has none. A record being
+        written (created but still empty) reads as live."""
+        found = self.folder.glob(f"{glob.escape(shard)}.*")
+        gens = [int(p.suffix[1:]) for p in found if p.suffix[1:].isdigit()]
+        if not gens:
+            return -1, None
+        gen = max(gens)
+        try:
+            return gen, json.loads((self.folder / f"{shard}.{gen}").read_text())
+        except (OSError, ValueError):
+            return gen, {"owner": "?", "expires": self.clock() + self.lease_s}
+
+    def try_claim(self, shard: str) -> Claim | None:
+        """Claim a free shard (no claim, or an expired one); None when another rank holds a live lease or
+        won the race for the same generation."""
+        gen, record = self.newest(shard)
+        if record is not None and record["expires"] > self.clock():
+            return None
+        path = self.folder / f"{shard}.{gen + 1}"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._record() | {"claimed_at": self.clock(), "taken_from": record}, f)
+        return Claim(shard, gen + 1, path)
+
+    def renew(self, claim: Claim) -> None:
+        record = json.loads(claim.path.read_text())
+        atomic_write_json(claim.path, record | self._record())
+
+    def release(self, claim: Claim) -> None:
+        """End the lease now (the shard is done, or this rank gave up on it): a rerun or another rank may
+        take the shard at once if its output is missing."""
+        record = json.loads(claim.path.read_text())
+        atomic_write_json(claim.path, record | {"expires": self.clock(), "released": True})
+
+    @contextmanager
+    def holding(self, claim: Claim) -> Iterator[Claim]:
+        """Renew the claim's lease in a background thread while the body runs; release it after."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    self.renew(claim)
+                except OSError:
+                    pass  # storage hiccup: the next renewal may succeed; at worst another rank takes it
+
+        thread = threading.Thread(target=renew, name=f"lease-{claim.shard}", daemon=True)
+        thread.start()
+        try:
+            yield claim
+        finally:
+            stop.set()
+            thread.join()
+            self.release(claim)
+
+    def take(self, shards: list[str], done: Callable[[str], bool], poll_s: float | None = None
+             ) -> Iterator[Claim]:
+        """Claims of the shards not ``done``, one at a time, until every shard is done: yields a claim to
+        work on (the caller makes the shard done before asking for the next), waits while the shards left
+        are held by live leases."""
+        poll_s = min(1.0, self.lease_s / 4) if poll_s is None else poll_s
+        while True:
+            left = [s for s in shards if not done(s)]
+            if not left:
+                return
+            claim = next((c for c in map(self.try_claim, left) if c is not None), None)
+            if claim is None:
+                time.sleep(poll_s)
+                continue
+            if done(claim.shard):  # finished by its previous owner between the check and the claim
+                continue
+            yield claim

@@ -1,0 +1,71 @@
+"""The scoring queue's claims (curation.shard_queue) on a real folder: one owner per generation, a live
+lease blocks others, an expired one is taken at the next generation, renewal keeps a shard, and of many
+threads racing for the same claim exactly one wins. (The end-to-end case, a rank killed mid-shard under
+torchrun, is tests/test_torchrun_scoring.py.)"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from curation.shard_queue import ShardQueue
+
+
+class Clock:
+    """A wall clock the test moves by hand (leases are minutes long in real runs)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_claims_leases_and_takeover(tmp_path):
+    clock = Clock()
+    a = ShardQueue(tmp_path, lease_s=10, owner="a", clock=clock)
+    b = ShardQueue(tmp_path, lease_s=10, owner="b", clock=clock)
+    claim = a.try_claim("00000")
+    assert claim is not None and claim.generation == 0
+    assert b.try_claim("00000") is None  # a live lease
+    assert b.try_claim("00001").generation == 0
+
+    clock.now += 8
+    a.renew(claim)  # renewed before it expired: still a's
+    clock.now += 8
+    assert b.try_claim("00000") is None
+    clock.now += 3  # 11 s after the renewal: expired
+    taken = b.try_claim("00000")
+    assert taken is not None and taken.generation == 1
+    record = json.loads(taken.path.read_text())
+    assert record["owner"] == "b" and record["taken_from"]["owner"] == "a"
+    assert record["claimed_at"] >= record["taken_from"]["expires"]
+    assert a.newest("00000")[0] == 1 and a.try_claim("00000") is None
+    b.release(taken)  # done (or given up): free at once, without waiting for the lease
+    assert a.try_claim("00000").generation == 2
+
+
+def test_take_yields_until_done_and_waits_for_live_leases(tmp_path):
+    clock = Clock()
+    done: set[str] = set()
+    q = ShardQueue(tmp_path, lease_s=10, owner="q", clock=clock)
+    other = ShardQueue(tmp_path, lease_s=10, owner="other", clock=clock)
+    assert other.try_claim("s2") is not None  # held by a rank that then dies
+    got = []
+    waits = 0
+    for claim in q.take(["s1", "s2", "s3"], done.__contains__, poll_s=0):
+        got.append(claim.shard)
+        done.add(claim.shard)
+        if claim.shard == "s3":
+            clock.now += 11  # s2's owner is gone: its lease runs out
+            waits += 1
+    assert got == ["s1", "s3", "s2"] and waits == 1
+
+
+def test_one_winner_per_generation(tmp_path):
+    queues = [ShardQueue(tmp_path, lease_s=60, owner=f"t{i}") for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        claims = list(pool.map(lambda q: q.try_claim("00007"), queues))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1 and winners[0].generation == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00007.0"]
