@@ -164,14 +164,14 @@ class LocalEngine:
 
 def spark_session(workers: int, app: str = "openaim-curation"):
     """(session, started here): the active SparkSession; under ``spark-submit`` one on its master; else a
-    ``local[workers]`` one (Spark in this machine's JVM). On a cluster:
+    ``local[workers]`` one (Spark in this machine's JVM). On a cluster, the spark-submit recipe of
+    docs/scale.md (run verbatim by tests/test_curation_cluster.py against a standalone cluster):
 
-        spark-submit --master spark://HOST:7077 --conf spark.executor.cores=4 \\
-            --conf spark.task.maxFailures=8 --py-files openaim.zip \\
+        spark-submit --master spark://HOST:7077 --conf spark.task.maxFailures=8 \\
             openaim/__main__.py build-dataset --config my.yaml --set curation.engine=spark
 
-    (``openaim.zip``: the repository's packages; the curation folder must be on storage every executor
-    reads and writes: HDFS, S3 or NFS)."""
+    (openaim installed on every node, PYSPARK_PYTHON naming its python; the workdir on storage every
+    executor reads and writes)."""
     try:  # pyspark is optional (the spark extra): imported where Spark is asked for
         from pyspark.sql import SparkSession
     except ImportError:

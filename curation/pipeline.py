@@ -249,8 +249,8 @@ def build_dataset(cfg, force: bool = False, only: list[str] | None = None) -> di
 
 
 def join_scoring(cfg, force: bool = False) -> None:
-    """A torchrun rank other than 0 in build-dataset: wait for rank 0 at the score step and score this
-    rank's share of the pool's shards if the step reruns (rank 0 runs every other step)."""
+    """A torchrun rank other than 0 in build-dataset: wait for rank 0 at the score step and, if the step
+    reruns, take shards from the scoring queue until every part exists (rank 0 runs every other step)."""
     _Steps(cfg, force, None).score()
 
 
