@@ -9,9 +9,9 @@ Shards are taken from a queue (curation.shard_queue: claim records under ``out_d
 expire), so any number of ranks, on any number of nodes, share the pool: each rank takes a free shard,
 scores it, writes its part, and takes the next; a rank killed mid-shard holds its shard only until its
 lease (``curation.filter.lease_s``) expires, then another rank takes it; each rank returns as soon as every
-part exists, waiting for no particular rank. Within a shard a torch DataLoader with ``num_workers`` > 1
-processes decodes the JPEGs (each worker a strided share of the batches) while this process runs the
-forward pass. For build-dataset's score step alone, on every node:
+part exists, waiting for no particular rank. A shard's tar is read once, by the scoring process; a torch
+DataLoader with ``num_workers`` > 1 processes decodes its JPEGs batch by batch from those bytes while
+this process runs the forward pass. For build-dataset's score step alone, on every node:
     torchrun --nnodes M --nproc_per_node N ... -m openaim build-dataset --config ... --steps score
 (rank 0 decides from the stage cache whether the step reruns and records it; the other ranks follow it).
 """
@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from curation.copy_detection import DIM, VIEWS, copy_views
 from curation.parts import list_parts, write_part
@@ -48,54 +49,45 @@ BACKEND, WAIT_FOR_RANK0 = "gloo", timedelta(days=2)
 CLAIMS = ".claims"  # the queue's claim records, beside parts/ (hidden: the stage cache skips dot-files)
 
 
-class _ShardBatches(IterableDataset):
-    """An iterable over one shard yielding preprocessed batches; picklable for DataLoader workers.
+class _ShardBatches(Dataset):
+    """The preprocessed batches of one shard, read once: batch ``b`` is the decodable samples among
+    ``batch_size`` consecutive ones (from sample ``b * batch_size``), whoever decodes it, so the batches
+    (and so the scores, bit for bit) do not depend on the number of workers.
 
-    A batch is the decodable samples among ``batch_size`` consecutive ones of the shard, whoever decodes
-    it, so the batches (and so the scores, bit for bit) do not depend on the number of workers. With W
-    DataLoader workers, worker w decodes batches w, w+W, ... (every worker reads the tar, only its own
-    batches are decoded) and yields one item per batch, an empty one when nothing in it decodes: the
-    loader takes one item from each worker in turn, so the batches come out in shard order.
+    The scoring process reads the tar into memory (``samples``: key, JPEG bytes, caption, meta) before the
+    DataLoader starts its workers, which share it (forked) or receive it: one read of each tar from
+    storage per shard, not one per decode worker. Each worker decodes the batches the loader hands it, and
+    the loader returns them in batch order (an empty batch when nothing in it decodes).
     """
 
-    def __init__(self, shard: Path, preprocess, batch_size: int, tokenizer=None):
+    def __init__(self, shard_name: str, samples: list, preprocess, batch_size: int, tokenizer=None):
         # Captions are tokenised here too (when a tokenizer is given), so that with workers all the
         # per-sample CPU work overlaps the forward pass.
-        self.shard, self.preprocess = shard, preprocess
+        self.shard_name, self.samples, self.preprocess = shard_name, samples, preprocess
         self.batch_size, self.tokenizer = batch_size, tokenizer
 
-    def _batch(self, rows: list[dict], images: list):
-        if not images:
-            return rows, None, None
-        tokens = self.tokenizer([r["caption"] for r in rows]) if self.tokenizer is not None else None
-        return rows, torch.stack(images), tokens
+    def __len__(self) -> int:
+        return math.ceil(len(self.samples) / self.batch_size)
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    def __getitem__(self, block: int):
         rows: list[dict] = []
         images: list = []
-        block = 0
-        for n, (key, jpg, caption, meta) in enumerate(shard_samples(self.shard)):
-            if n // self.batch_size != block:
-                if block % workers == worker:
-                    yield self._batch(rows, images)
-                rows, images, block = [], [], n // self.batch_size
-            if block % workers != worker:
-                continue
+        for key, jpg, caption, meta in self.samples[block * self.batch_size:(block + 1) * self.batch_size]:
             try:
                 with Image.open(io.BytesIO(jpg)) as im:
                     rgb = im.convert("RGB")
                     image, copy = self.preprocess(rgb), copy_views(rgb)
             except Exception as exc:  # noqa: BLE001 - a bad image in the pool is skipped, never fatal
-                log.warning("score: skipping undecodable image %s in %s (%s)", key, self.shard.name, exc)
+                log.warning("score: skipping undecodable image %s in %s (%s)", key, self.shard_name, exc)
                 continue
             images.append(image)
             rows.append({"uid": meta.get("uid"), "url": meta.get("url", ""), "caption": caption,
-                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard.name, "key": key,
+                         "sha256": hashlib.sha256(jpg).hexdigest(), "shard": self.shard_name, "key": key,
                          "copy": copy})
-        if rows and block % workers == worker:
-            yield self._batch(rows, images)
+        if not images:
+            return rows, None, None
+        tokens = self.tokenizer([r["caption"] for r in rows]) if self.tokenizer is not None else None
+        return rows, torch.stack(images), tokens
 
 
 def _as_is(batch):
@@ -106,7 +98,8 @@ def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
                 ) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
     """Score one shard: (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, views, 768]
     float16). ``num_workers`` > 1 decodes in that many DataLoader worker processes; 0 or 1 in this one."""
-    batches = _ShardBatches(shard, net.preprocess, batch_size, tokenizer=net.tokenizer)
+    samples = list(shard_samples(shard))  # the one read of this tar
+    batches = _ShardBatches(shard.name, samples, net.preprocess, batch_size, tokenizer=net.tokenizer)
     workers = num_workers if num_workers > 1 else 0
     loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
                         prefetch_factor=2 if workers else None)

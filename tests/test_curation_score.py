@@ -173,3 +173,41 @@ def test_rerun_removes_a_killed_writers_half_written_part(setup):
     assert not half.exists()
     names = sorted(p.name for p in (out / "parts").iterdir())
     assert names == sorted(p.name for p in (ref / "parts").iterdir())
+
+
+READS_SCRIPT = """
+import sys
+from pathlib import Path
+tar, log = sys.argv[3], sys.argv[4]
+
+def count_opens(event, args):  # inherited by the forked DataLoader workers: counts their opens too
+    if event == "open" and str(args[0]) == tar:
+        with open(log, "a") as f:
+            f.write("open\\n")
+
+sys.addaudithook(count_opens)
+import numpy as np
+from curation.filter_network import load_filter_network
+from curation.score import score_shard
+from shared.config.curation import FilterNetworkConfig
+net = load_filter_network(FilterNetworkConfig(model="own"), Path(sys.argv[1]))
+with_workers = score_shard(Path(tar), net, batch_size=2, num_workers=int(sys.argv[2]))
+print(with_workers[1].tolist())
+"""
+
+
+def test_one_read_per_tar_with_decode_workers(setup, tmp_path):
+    """A shard's tar is opened once per scoring, by the scoring process, with 2 decode workers as with
+    none (audit hook on open, in every process); the scores are the same."""
+    root, net_dir = setup
+    tar = str(root / "pool" / "00001.tar")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    scores = {}
+    for workers in (2, 0):
+        log = tmp_path / f"opens-{workers}.log"
+        out = subprocess.run([sys.executable, "-c", READS_SCRIPT, str(net_dir), str(workers), tar, str(log)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert log.read_text().splitlines() == ["open"], workers
+        scores[workers] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert scores[2] == scores[0] and len(scores[0]) > 0
