@@ -80,25 +80,25 @@ def digests(curation: Path) -> dict[str, str]:
 
 
 def _shuffle_writer(ui: str) -> dict | None:
-    """A finished task of a running dedup job that wrote shuffle output, as the driver's REST API shows it:
-    {"app", "stage", "partition", "executor"}; None while there is none."""
+    """A finished task that wrote shuffle output in a map stage of a dedup job that is still running (so
+    the stage's output is still needed), as the driver's REST API shows it: {"app", "stage", "partition",
+    "executor"}; None while there is none."""
     apps = get_json(f"{ui}/api/v1/applications")
     if not apps:
         return None
     app = apps[0]["id"]
-    for job in get_json(f"{ui}/api/v1/applications/{app}/jobs?status=running"):
-        if job.get("jobGroup") != "dedup":
+    dedup = {stage for job in get_json(f"{ui}/api/v1/applications/{app}/jobs?status=running")
+             if job.get("jobGroup") == "dedup" for stage in job["stageIds"]}
+    if not dedup:
+        return None
+    for stage in get_json(f"{ui}/api/v1/applications/{app}/stages?status=active&details=true"):
+        if stage["stageId"] not in dedup:
             continue
-        for stage in job["stageIds"]:
-            try:
-                tasks = get_json(f"{ui}/api/v1/applications/{app}/stages/{stage}/0/taskList?length=1000")
-            except URLError:  # the stage has not started
-                continue
-            for t in tasks:
-                written = t.get("taskMetrics", {}).get("shuffleWriteMetrics", {}).get("bytesWritten", 0)
-                if t["status"] == "SUCCESS" and written > 0:
-                    return {"app": app, "stage": stage, "partition": t["partitionId"],
-                            "executor": t["executorId"]}
+        for t in (stage.get("tasks") or {}).values():
+            written = t.get("taskMetrics", {}).get("shuffleWriteMetrics", {}).get("bytesWritten", 0)
+            if t["status"] == "SUCCESS" and written > 0:
+                return {"app": app, "stage": stage["stageId"], "partition": t["partitionId"],
+                        "executor": t["executorId"]}
     return None
 
 
