@@ -53,6 +53,8 @@ SECTION = "## Curation: bookkeeping against parts"
 STEPS = ("extract", "dedup", "safety", "select")
 ROWS_PER_PART = 4
 EMB_DIM, COPY_DIM, EVAL_ROWS = 8, 32, 64
+TASK_PARTS = 100  # curation.task_bytes set to this many parts' bytes: at the paper's scale a 1 GiB task holds
+# ~500 parts of ~2 MB; this pool's parts are ~2 KB, so the default 1 GiB would put every part in one task
 GROUP_POOL_PARTS = 1000  # the planted near-copy group's pool: this many parts besides the group's own
 GROUP_ROWS_PER_PART = 100
 
@@ -203,6 +205,8 @@ def run_step(root: Path, step: str, workers: int, flat_max: int) -> dict:
 
     extract_cfg, dedup_cfg, select_cfg = _configs(flat_max)
     engine = LocalEngine(workers, scratch_root=root)
+    parts = list_parts(root / "scores" / "parts")
+    task_bytes = TASK_PARTS * int(np.median([p.bytes for p in parts]))
     stats: dict = {}
     try:
         pids = set(engine.map(partial(_warm, _STEP_MODULES[step]), range(max(1, workers))))
@@ -221,24 +225,22 @@ def run_step(root: Path, step: str, workers: int, flat_max: int) -> dict:
 
             with atomic_dir(root / "dedup" / "keep") as keep:
                 stats = run_dedup(engine, list_parts(root / "scores" / "parts"), dedup_cfg,
-                                  root / "dedup" / "work", keep, root / "eval_index.npy")
+                                  root / "dedup" / "work", keep, root / "eval_index.npy", task_bytes)
             shutil.rmtree(root / "dedup" / "work", ignore_errors=True)
         elif step == "safety":
-            from curation.safety import safety_part
+            from curation.safety import run_safety
 
             text = np.random.default_rng(3).standard_normal((2, EMB_DIM)).astype(np.float32)
             text /= np.linalg.norm(text, axis=1, keepdims=True)
             with atomic_dir(root / "safety" / "keep") as keep:
-                counts = engine.map(partial(safety_part, concept_text=text, threshold=0.8, out=keep),
-                                    [p.path for p in list_parts(root / "scores" / "parts")])
-            stats = {"in": sum(c["in"] for c in counts), "out": sum(c["out"] for c in counts)}
+                stats = run_safety(engine, list_parts(root / "scores" / "parts"), text, 0.8, keep, task_bytes)
         elif step == "select":
             from curation.select_parts import run_select
 
             with atomic_dir(root / "shards") as shards, atomic_dir(root / "subset") as subset:
                 stats = run_select(engine, list_parts(root / "scores" / "parts"),
                                    [root / "dedup" / "keep", root / "safety" / "keep"], root / "pool", shards,
-                                   subset, root / "subset.npy", select_cfg, False)
+                                   subset, root / "subset.npy", select_cfg, False, task_bytes)
         driver_cpu = time.process_time() - before[0]
         worker_cpu = sum(_proc_cpu(p) for p in pids if p != os.getpid()) - before[1]
     finally:
@@ -360,7 +362,8 @@ def report(results: list[dict], group: dict | None, workers: int, command: str) 
         (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
          f"{os.cpu_count()} cores shared with other jobs, local engine with {workers} worker processes, "
          f"1-minute load {os.getloadavg()[0]:.1f} at the end). A synthetic pool of P parts of "
-         f"{ROWS_PER_PART} rows (curation_parts_scale.make_pool), each step in a fresh process. CPU per "
+         f"{ROWS_PER_PART} rows (curation_parts_scale.make_pool), each step in a fresh process, "
+         f"curation.task_bytes = {TASK_PARTS} parts' bytes (P / {TASK_PARTS} tasks). CPU per "
          "part: the step's work after imports (driver alone, and driver + workers); driver MiB = its peak "
          "RSS; files = every file the step's processes created under the pool's folder, temporary ones "
          "included (audit hook)."), "",

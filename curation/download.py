@@ -127,9 +127,9 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
             run_img2dataset(cfg, url_list, pool_dir, allow_hosts)  # Spark owns its executors' lifetimes
         else:
             download_in_own_session(cfg, url_list, pool_dir, allow_hosts)
-        verify_shards(pool_dir)
+        verify_shards(pool_dir, checked=done_before)  # the shards of this call: the others were at the start
         _drop_failed_run(pool_dir, done_before)
-        summary = failure_histogram(pool_dir)
+        summary = failure_histogram(pool_dir, engine)
     summary["refused_before_download"] = dict(rejected)
     if summary["downloaded"] == 0:
         raise InputError(f"empty pool: all {summary['requested']} downloads failed "

@@ -52,6 +52,23 @@ def stable_bucket(key: str | bytes, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") % buckets
 
 
+TASK_BYTES = 1 << 30  # curation.task_bytes' default: input bytes per task when small parts are grouped
+
+
+def byte_groups(sizes: list[int], target: int) -> list[range]:
+    """Consecutive items grouped into tasks of about ``target`` bytes (an item over it is a task alone), so
+    the number of tasks follows the data's bytes, not its number of files."""
+    groups, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > target:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far: VmHWM where Linux has it (getrusage's ru_maxrss keeps
     the peak of the process image before an exec, so a spawned worker would report its parent's)."""

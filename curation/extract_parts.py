@@ -25,6 +25,7 @@ from curation import extract
 from curation.engine import stable_bucket
 from shared.atomic import atomic_dir, atomic_path, atomic_write_json
 from shared.config.curation import ExtractConfig
+from shared.stage_cache import combine_digests, digest_file, hash_json
 
 # The extract step's version: curation.extract's (its readers decide what a pair is) plus this module's
 # own, 1 (pairs/ parts from the engine's hash shuffle). Bump the 1 when this module changes the pairs.
@@ -56,14 +57,17 @@ def write_bucket(out_dir: Path, bucket: int, rows) -> dict:
     rows = sorted(rows, key=lambda r: (r[0], r[1], r[5], r[6]))
     first = [r for k, r in enumerate(rows) if k == 0 or rows[k - 1][:2] != r[:2]]
     table = sorted((r[4] or extract.pair_uid(r[0], r[1]), *r[:4]) for r in first)
-    with atomic_path(out_dir / f"part-{bucket:05d}.parquet") as tmp:
+    path = out_dir / f"part-{bucket:05d}.parquet"
+    with atomic_path(path) as tmp:
         pq.write_table(pa.table({c: [t[i] for t in table] for i, c in enumerate(COLUMNS)},
                                 schema=pa.schema([(c, pa.string()) for c in COLUMNS])), tmp)
-    return {"kept": len(first), "duplicate pair": len(rows) - len(first)}
+    return {"kept": len(first), "duplicate pair": len(rows) - len(first), "digest": digest_file(path)}
 
 
 def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: Path, stats_path: Path) -> dict:
-    """The extract step: ``out_dir`` (swapped in whole) gets the pair parts, ``stats_path`` the counts."""
+    """The extract step: ``out_dir`` (swapped in whole) gets the pair parts, ``stats_path`` the counts.
+    Returns the counts and, under ``outputs_digest``, the digest of both (the tasks' records of the parts
+    they wrote, and the counts): the step's identity without reading its outputs."""
     buckets = max(1, math.ceil(len(sources) / SOURCES_PER_BUCKET))
     work = out_dir.with_name(out_dir.name + ".stats")
     shutil.rmtree(work, ignore_errors=True)
@@ -83,4 +87,4 @@ def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: Path, s
     stats = {**total, "kept": sum(k["kept"] for k in kept),
              "dropped": dict(sorted((k, v) for k, v in dropped.items() if v))}
     atomic_write_json(stats_path, stats)
-    return stats
+    return stats | {"outputs_digest": combine_digests([*(k["digest"] for k in kept), hash_json(stats)])}

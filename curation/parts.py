@@ -9,9 +9,11 @@ Both are only ever compared by cosine, so each vector is stored scaled by 127 / 
 which a cosine ignores) and rounded: relative to float16 this halves the bytes, and a cosine moves by
 ~1e-4 (storage per image in docs/scale.md).
 
-Nothing concatenates the parts: steps map over them (curation.engine). A row's *global id* is its
-part's offset (the rows of the parts before it, in shard order) plus its row index, the order the
-single-process pipeline used, so ties break the same way.
+Nothing concatenates the parts: steps map over them (curation.engine), small parts grouped into tasks of
+about ``curation.task_bytes``. A row's *key* is ``row_key(part index, row)``: its part's index in shard
+order in the high 32 bits, its row in the low. Keys sort as the single-process pipeline's global row ids
+did (parts in shard order, rows in order), so ties break the same way, and a key names its part without
+any table of part offsets.
 """
 
 from __future__ import annotations
@@ -89,13 +91,30 @@ def read_part(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict:
     return out
 
 
+ROW_BITS = 32  # a part holds fewer than 2**32 rows
+
+
+def row_key(part: int, rows: np.ndarray | int) -> np.ndarray:
+    """The keys of rows of part ``part`` (int64): the part's index high, the row low."""
+    return (np.int64(part) << np.int64(ROW_BITS)) | np.asarray(rows, dtype=np.int64)
+
+
+def key_part(keys: np.ndarray) -> np.ndarray:
+    return np.asarray(keys, dtype=np.int64) >> np.int64(ROW_BITS)
+
+
+def key_row(keys: np.ndarray) -> np.ndarray:
+    return np.asarray(keys, dtype=np.int64) & np.int64((1 << ROW_BITS) - 1)
+
+
 @dataclass(frozen=True)
 class Part:
-    """One score part: its file, its pool shard's stem, and the global id of its first row."""
+    """One score part: its file, its index in shard order (the high bits of its rows' keys) and its size
+    in bytes (what tasks are sized by)."""
 
     path: Path
-    offset: int
-    rows: int
+    index: int
+    bytes: int
 
     @property
     def stem(self) -> str:
@@ -103,14 +122,14 @@ class Part:
 
 
 def list_parts(parts_dir: Path) -> list[Part]:
-    """Every part in shard order with its global row offset (parquet footers only: cheap)."""
-    paths = finished_files(parts_dir, "*.parquet")
-    out, offset = [], 0
-    for p in paths:
-        n = pq.ParquetFile(p).metadata.num_rows
-        out.append(Part(p, offset, n))
-        offset += n
-    if offset == 0:
-        raise OpenAIMError("the pool is empty: no decodable sample in any shard "
+    """Every part in shard order: one listing of the folder with the files' sizes, no file opened."""
+    out = [Part(p, i, p.stat().st_size) for i, p in enumerate(finished_files(parts_dir, "*.parquet"))]
+    if not out:
+        raise OpenAIMError(f"the pool is empty: no score part in {parts_dir} "
                            "(every download failed? see the failure histogram)")
     return out
+
+
+def count_rows(parts: list[Part]) -> int:
+    """The rows of ``parts`` from their parquet footers (one task's parts: callers map it over tasks)."""
+    return sum(pq.ParquetFile(p.path).metadata.num_rows for p in parts)

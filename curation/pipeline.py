@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from curation.extract_parts import run_extract
 from curation.filter_network import load_filter_network
 from curation.manifest import curation_manifest
 from curation.parts import list_parts
-from curation.safety import safety_part
+from curation.safety import run_safety
 from curation.select_parts import run_select
 from curation.step_specs import (
     chosen_steps,
@@ -44,7 +43,7 @@ from curation.step_specs import (
 from shared.atomic import atomic_dir, atomic_write_json
 from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
-from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
+from shared.stage_cache import StageCache, StepSpec, combine_digests, hash_file, hash_json, listing_digest
 from shared.torchrun import broadcast_from_rank0, leave_process_group, local_device, rank_world
 
 log = logging.getLogger("openaim.curation")
@@ -76,6 +75,7 @@ class _Steps:
         self._net = None
         self._engine = None
         self._step = ""  # the step running now: the engine labels its jobs with it
+        self._parts = None
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _begin(self, step: str) -> None:
@@ -105,7 +105,10 @@ class _Steps:
             self._engine = None
 
     def parts(self) -> list:
-        return list_parts(self.dir / "scores" / "parts")
+        """The score parts, listed once per run (after the score step, which is the only one writing them)."""
+        if self._parts is None:
+            self._parts = list_parts(self.dir / "scores" / "parts")
+        return self._parts
 
     def net(self):
         if self._net is None:
@@ -118,10 +121,12 @@ class _Steps:
         sources = extract.resolve_sources(self.cur.extract.sources, self.cfg.web_dir / "warc")
         pairs, stats = self.dir / "pairs", self.dir / "extract_stats.json"
 
-        def fn() -> None:
-            run_extract(self.engine, self.cur.extract, sources, pairs, stats)
+        done: dict = {}
 
-        self._run(extract_spec(self.cfg, self.cache), fn)
+        def fn() -> None:
+            done.update(run_extract(self.engine, self.cur.extract, sources, pairs, stats))
+
+        self._run(extract_spec(self.cfg, self.cache), fn, outputs_hash=lambda: done["outputs_digest"])
 
     def download(self) -> None:
         pool, stats = self.dir / "pool", self.dir / "download_stats.json"
@@ -137,9 +142,9 @@ class _Steps:
         def fn() -> None:
             atomic_write_json(stats, download.swap_in_pool(pool, spec.fingerprint))
 
-        # The per-shard status files identify the pool; hashing them is cheap even for big pools.
-        self._run(spec, fn, outputs_hash=lambda: hash_json(
-            [hash_path(p) for p in sorted(pool.glob("[0-9]*.parquet"))]))
+        # img2dataset records no digest: the pool is identified by its files' names and sizes (one listing,
+        # nothing read) and the download summary
+        self._run(spec, fn, outputs_hash=lambda: combine_digests([listing_digest(pool), hash_file(stats)]))
 
     def train_filter(self) -> None:
         hq, out = self.cfg.web_dir / "hq", self.dir / "filter"
@@ -155,6 +160,7 @@ class _Steps:
         and, if the step reruns, scores until every part exists, so a rank that dies mid-shard stops no
         other rank and each rank exits when the queue is empty."""
         out = self.dir / "scores"
+        self._parts = None  # listed again after this step
 
         def fn() -> None:
             score.score_pool(self.dir / "pool", self.net(), out, self.cur.filter.batch_size,
@@ -173,21 +179,28 @@ class _Steps:
         if rerun and (out / "parts").exists() and (self.force or self.cache.load("score")):
             shutil.rmtree(out / "parts")
             shutil.rmtree(out / score.CLAIMS, ignore_errors=True)
+            shutil.rmtree(out / "digests", ignore_errors=True)
         broadcast_from_rank0(rerun)  # the other ranks score with rank 0, or go home
         leave_process_group(succeeded=True)  # a barrier while every rank is alive, then no group
-        self._run(spec, fn)
+        self._run(spec, fn, outputs_hash=lambda: score.outputs_digest(out))
+
+    # Each step below returns its outputs' digest, combined from the records its tasks took as they wrote
+    # (shared.stage_cache.digest_file): recording a step reads none of its outputs.
+    def _run_digested(self, spec: StepSpec, fn) -> None:
+        done: list[str] = []
+        self._run(spec, lambda: done.append(fn()), outputs_hash=lambda: done[0])
 
     def dedup(self) -> None:
-        self._run(dedup_spec(self.cfg, self.cache), lambda: _dedup(self, self.dir / "dedup"))
+        self._run_digested(dedup_spec(self.cfg, self.cache), lambda: _dedup(self, self.dir / "dedup"))
 
     def safety(self) -> None:
-        self._run(safety_spec(self.cfg, self.cache), lambda: _safety(self, self.dir / "safety"))
+        self._run_digested(safety_spec(self.cfg, self.cache), lambda: _safety(self, self.dir / "safety"))
 
     def select(self) -> None:
-        self._run(select_spec(self.cfg, self.cache), lambda: _select_and_write(self))
+        self._run_digested(select_spec(self.cfg, self.cache), lambda: _select_and_write(self))
 
 
-def _dedup(steps: _Steps, out: Path) -> None:
+def _dedup(steps: _Steps, out: Path) -> str:
     """Exact copies, near copies, eval leaks over the score parts (curation.dedup_parts)."""
     cfg = steps.cur.dedup
     ev = steps.cfg.evaluation
@@ -199,28 +212,36 @@ def _dedup(steps: _Steps, out: Path) -> None:
         encode = steps.net().encode_images if cfg.filter_weight > 0 else None
         n_eval = build_eval_index(found, eval_index, cfg.filter_weight, encode)
     with atomic_dir(out / "keep") as keep:
-        stats = run_dedup(steps.engine, steps.parts(), cfg, out / "work", keep, eval_index)
+        stats = run_dedup(steps.engine, steps.parts(), cfg, out / "work", keep, eval_index,
+                          steps.cur.task_bytes)
     shutil.rmtree(out / "work", ignore_errors=True)
-    atomic_write_json(out / "stats.json",
-                      stats | {"eval_images": n_eval, "eval_sets": [spec.name for spec, _ in found]})
+    keep_digest = stats.pop("keep_digest")
+    stats |= {"eval_images": n_eval, "eval_sets": [spec.name for spec, _ in found]}
+    atomic_write_json(out / "stats.json", stats)
+    return combine_digests([keep_digest, hash_json(stats)])
 
 
-def _safety(steps: _Steps, out: Path) -> None:
+def _safety(steps: _Steps, out: Path) -> str:
     cfg = steps.cur.safety
     text = np.asarray(steps.net().encode_texts(list(cfg.concepts)), np.float32) if cfg.concepts else None
     with atomic_dir(out / "keep") as keep:
-        counts = steps.engine.map(partial(safety_part, concept_text=text, threshold=cfg.concept_threshold,
-                                          out=keep), [p.path for p in steps.parts()])
-    n, kept = sum(c["in"] for c in counts), sum(c["out"] for c in counts)
-    atomic_write_json(out / "stats.json", {"in": n, "out": kept, "dropped": {"concept": n - kept}})
+        counts = run_safety(steps.engine, steps.parts(), text, cfg.concept_threshold, keep,
+                            steps.cur.task_bytes)
+    n, kept = counts["in"], counts["out"]
+    stats = {"in": n, "out": kept, "dropped": {"concept": n - kept}}
+    atomic_write_json(out / "stats.json", stats)
+    return combine_digests([counts["keep_digest"], hash_json(stats)])
 
 
-def _select_and_write(steps: _Steps) -> None:
+def _select_and_write(steps: _Steps) -> str:
     d, cur = steps.dir, steps.cur
     with atomic_dir(d / "shards") as shards, atomic_dir(d / "subset") as subset:
         stats = run_select(steps.engine, steps.parts(), [d / "dedup" / "keep", d / "safety" / "keep"],
-                           d / "pool", shards, subset, d / "subset.npy", cur.select, cur.safety.blur_faces)
+                           d / "pool", shards, subset, d / "subset.npy", cur.select, cur.safety.blur_faces,
+                           cur.task_bytes)
+    digest = stats.pop("outputs_digest")
     atomic_write_json(d / "select_stats.json", stats)
+    return combine_digests([digest, hash_json(stats)])
 
 
 def build_dataset(cfg, force: bool = False, only: list[str] | None = None) -> dict | None:

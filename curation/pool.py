@@ -16,8 +16,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.engine import TASK_BYTES, LocalEngine, byte_groups
 from curation.netsafety import BLOCKED
 from shared.wds_reader import read_samples
 
@@ -83,19 +85,31 @@ def shard_file(shard: Path, suffix: str) -> Path:
     return shard.with_name(shard.name + suffix)
 
 
-def failure_histogram(pool_dir: Path) -> dict:
-    """Counts of successes and of each normalised failure reason, from the finished shards' parquet files."""
+def shard_failures(shards: list[Path]) -> tuple[int, int, Counter]:
+    """One task: (requested, downloaded, failures by normalised reason) of a group of finished shards, from
+    their parquet files (each distinct message normalised once)."""
     hist: Counter = Counter()
     n_ok = n_total = 0
-    for shard in finished_shards(pool_dir):
+    for shard in shards:
         t = pq.read_table(shard_file(shard, ".parquet"), columns=["status", "error_message"])
-        statuses, errors = t.column("status").to_pylist(), t.column("error_message").to_pylist()
-        for status, err in zip(statuses, errors, strict=True):
-            n_total += 1
-            if status == "success":
-                n_ok += 1
-            else:
-                hist[normalise_error(err)] += 1
+        ok = pc.equal(pc.fill_null(t.column("status"), ""), "success")
+        failed = t.filter(pc.invert(ok)).column("error_message")
+        n_total, n_ok = n_total + t.num_rows, n_ok + t.num_rows - len(failed)
+        for message, count in Counter(failed.to_pylist()).items():
+            hist[normalise_error(message)] += count
+    return n_total, n_ok, hist
+
+
+def failure_histogram(pool_dir: Path, engine=None) -> dict:
+    """Counts of successes and of each normalised failure reason, from the finished shards' parquet files:
+    tasks of ``engine`` (in this process when None) count groups of shards, the driver adds the counts."""
+    shards = finished_shards(pool_dir)
+    groups = byte_groups([shard_file(s, ".parquet").stat().st_size for s in shards], TASK_BYTES)
+    counted = (engine or LocalEngine()).map(shard_failures, [[shards[i] for i in g] for g in groups])
+    hist: Counter = Counter()
+    for _, _, h in counted:
+        hist.update(h)
+    n_total, n_ok = sum(c[0] for c in counted), sum(c[1] for c in counted)
     return {"requested": n_total, "downloaded": n_ok, "failed": n_total - n_ok,
             "failures": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
 
@@ -111,11 +125,14 @@ def _tar_is_complete(path: Path) -> bool:
         return f.read(1024) == bytes(1024)
 
 
-def verify_shards(pool_dir: Path) -> int:
+def verify_shards(pool_dir: Path, checked: set[str] = frozenset()) -> int:
     """Drop finished-looking shards whose stats, tar or parquet is incomplete (a write cut short by a kill or
-    a full disk), so a resume fetches them again. Returns how many shards were dropped."""
+    a full disk), so a resume fetches them again; shards named in ``checked`` (verified earlier in this
+    run) are not opened again. Returns how many shards were dropped."""
     dropped = 0
     for shard in finished_shards(pool_dir):
+        if shard.name in checked:
+            continue
         try:
             json.loads(shard_file(shard, "_stats.json").read_text())
             pq.read_metadata(shard_file(shard, ".parquet"))  # the footer: written last

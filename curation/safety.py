@@ -7,7 +7,7 @@ exceeds the threshold is dropped.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from curation.engine import TASK_BYTES, byte_groups
 from curation.parts import read_part
 from shared.atomic import atomic_path
+from shared.stage_cache import combine_digests, digest_file
 
 # Bump when the safety keep files (this module, parts.py) change for the same config and inputs:
 # this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
@@ -69,6 +71,23 @@ def concept_filter(emb: np.ndarray, net, concepts: list[str], threshold: float) 
     return (emb @ text.T).max(axis=1) <= threshold
 
 
+def run_safety(engine, parts: list, concept_text: np.ndarray | None, threshold: float, out: Path,
+               task_bytes: int = TASK_BYTES) -> dict:
+    """The safety step's keep files (one per score part, into ``out``), parts grouped into tasks of about
+    ``task_bytes``; returns the counts."""
+    tasks = [[parts[i].path for i in group] for group in byte_groups([p.bytes for p in parts], task_bytes)]
+    counts = engine.map(partial(safety_task, concept_text=concept_text, threshold=threshold, out=out), tasks)
+    return {"in": sum(c["in"] for c in counts), "out": sum(c["out"] for c in counts),
+            "keep_digest": combine_digests(c["digest"] for c in counts)}
+
+
+def safety_task(part_paths: list[Path], concept_text: np.ndarray | None, threshold: float, out: Path) -> dict:
+    """A task of the safety step: the keep files of a group of score parts; their counts summed."""
+    counts = [safety_part(p, concept_text, threshold, out) for p in part_paths]
+    return {"in": sum(c["in"] for c in counts), "out": sum(c["out"] for c in counts),
+            "digest": combine_digests(c["digest"] for c in counts)}
+
+
 def safety_part(part_path: Path, concept_text: np.ndarray | None, threshold: float, out: Path) -> dict:
     """One task of the safety step: a score part's keep file (uid, keep, reason "concept" when dropped)
     from its stored image embeddings and the concept prompts' embeddings (computed once, shipped)."""
@@ -79,7 +98,8 @@ def safety_part(part_path: Path, concept_text: np.ndarray | None, threshold: flo
         emb = data["embedding"] / np.maximum(np.linalg.norm(data["embedding"], axis=1, keepdims=True), 1e-12)
         keep = (emb @ concept_text.T).max(axis=1) <= threshold
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / part_path.name) as tmp:
+    path = out / part_path.name
+    with atomic_path(path) as tmp:
         pq.write_table(pa.table({"uid": data["uid"], "keep": keep.tolist(),
                                  "reason": ["" if k else "concept" for k in keep]}), tmp)
-    return {"in": n, "out": int(keep.sum())}
+    return {"in": n, "out": int(keep.sum()), "digest": digest_file(path)}

@@ -31,11 +31,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from curation.copy_detection import DIM, VIEWS, copy_views
-from curation.parts import list_parts, write_part
+from curation.parts import count_rows, list_parts, write_part
 from curation.pool import pool_shards, shard_samples
 from curation.shard_queue import ShardQueue
-from shared.atomic import remove_stale_tmp
+from shared.atomic import atomic_write_text, remove_stale_tmp
 from shared.errors import OpenAIMError
+from shared.stage_cache import combine_digests, digest_file
 
 # Bump when the scores (this module, filter_network.py, copy_detection.py) change for the same config and
 # inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no result
@@ -124,10 +125,30 @@ def _part_path(out_dir: Path, shard: Path) -> Path:
     return out_dir / "parts" / f"{shard.stem}.parquet"
 
 
+def _digest_path(part: Path) -> Path:
+    return part.parent.parent / "digests" / f"{part.stem}.txt"
+
+
 def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray,
                 copies: np.ndarray) -> None:
+    """The part, then its digest record (``digests/<shard>.txt``, shared.stage_cache.digest_file)."""
+    _digest_path(path).unlink(missing_ok=True)  # never an older part's record beside this one
     write_part(path, [r["uid"] for r in rows], [r["key"] for r in rows], [r["sha256"] for r in rows],
                scores, embs, copies)
+    _digest_path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(_digest_path(path), digest_file(path))
+
+
+def outputs_digest(out_dir: Path) -> str:
+    """The score step's identity from the digest records its ranks wrote with the parts (a part from a
+    run that wrote none is hashed once here and its record written)."""
+    digests = []
+    for part in list_parts(out_dir / "parts"):
+        record = _digest_path(part.path)
+        if not record.is_file():
+            atomic_write_text(record, digest_file(part.path))
+        digests.append(record.read_text())
+    return combine_digests(digests)
 
 
 def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
@@ -162,5 +183,7 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
         scored.append(claim.shard)
         if progress:
             progress.advance(task)
-    list_parts(out_dir / "parts")  # one clear error when no shard held a decodable image
+    if not count_rows(list_parts(out_dir / "parts")):  # one clear error when no shard held a decodable image
+        raise OpenAIMError("the pool is empty: no decodable sample in any shard "
+                           "(every download failed? see the failure histogram)")
     return scored

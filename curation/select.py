@@ -54,9 +54,10 @@ def _order_keys(scores: np.ndarray) -> np.ndarray:
     return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint32)
 
 
-def score_histogram(scores: np.ndarray) -> np.ndarray:
-    """Counts of ``scores`` (float32) per bin of the order-preserving key; bins sum over parts."""
-    return np.bincount(_order_keys(scores) >> (32 - HIST_BITS), minlength=1 << HIST_BITS).astype(np.int64)
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """The histogram bin (0 .. 2**HIST_BITS - 1) of each score (float32), in the float order."""
+    return (_order_keys(scores) >> (32 - HIST_BITS)).astype(np.int64)
+
 
 
 def scores_in_bin(scores: np.ndarray, bin_index: int) -> np.ndarray:

@@ -1,23 +1,25 @@
 """The select step over score parts, on an engine: the exact global threshold, then the shards.
 
+Tasks are groups of consecutive parts of about ``task_bytes`` (curation.engine.byte_groups).
+
 1. Threshold (DataComp's top-fraction rule, ``select.selection_threshold``, ties kept) without any
-   process seeing every score: each part task returns a histogram of its survivors' scores over the
-   float32 order (2**16 bins); the driver finds the bin that holds the survivor at rank int(n * fraction);
-   a second pass returns only the scores in that bin, and their exact order gives the threshold. The
-   result is the single-process threshold, bit for bit.
-2. Write: one task per pool shard (curation.write.write_part_shards), streaming its kept samples into
-   its own tars in hashed-uid order. Each task also files its kept uids by range of their leading bits
-   (about ``PARTS_PER_SUBSET_BUCKET`` tasks' worth per range).
-3. Subset: one task per uid range sorts its pieces into ``subset/part-<range>.npy`` (the per-partition
-   subset: DataComp's "u8,u8" records, sorted; the parts in name order are the whole subset, sorted). The
-   DataComp-compatible ``subset.npy`` is then filled part by part into a memory-mapped file: no process
-   holds more than one range's uids.
+   process seeing every score: each task sends sparse counts of its survivors' scores over the float32
+   order (2**16 bins) through the shuffle, split into ``HIST_RANGES`` ranges of bins, and each range's
+   task sums them: the driver receives the 2**16 bins once, whatever the number of parts. It finds the bin
+   that holds the survivor at rank int(n * fraction); a second pass returns only the scores in that bin,
+   and their exact order gives the threshold. The result is the single-process threshold, bit for bit.
+2. Write: per pool shard (curation.write.write_part_shards), its kept samples streamed into its own tars
+   in hashed-uid order. Each task sends its kept uids through the shuffle to their uid range (about
+   ``PARTS_PER_SUBSET_BUCKET`` parts' worth per range), and its counts with them.
+3. Subset: each uid range's task sorts what it received into ``subset/part-<range>.npy`` (the
+   per-partition subset: DataComp's "u8,u8" records, sorted; the parts in name order are the whole subset,
+   sorted): one file per range, no per-(part, range) files. The DataComp-compatible ``subset.npy`` is then
+   filled part by part into a memory-mapped file: no process holds more than one range's uids.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -25,10 +27,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curation import select, write
+from curation.engine import TASK_BYTES, byte_groups
 from curation.parts import Part, read_part
 from shared.atomic import atomic_path
 from shared.config.curation import SelectConfig
 from shared.errors import OpenAIMError
+from shared.stage_cache import combine_digests, digest_file
 
 # Bump when the selected subset and its shards (this module, select.py, write.py) change for the same config
 # and inputs: this step and every step after it rerun (shared/stage_cache.py). 2: per-shard tars in
@@ -50,23 +54,44 @@ def _survivor_scores(part: Part, keep_dirs: list[Path]) -> tuple[list[str], np.n
     return [u for u, s in zip(data["uid"], survive, strict=True) if s], data["score"][survive]
 
 
-def histogram_task(keep_dirs: list[Path], part: Part) -> np.ndarray:
-    return select.score_histogram(_survivor_scores(part, keep_dirs)[1])
+HIST_RANGES = 16  # the histogram is summed through the shuffle in this many ranges of bins
 
 
-def bin_task(keep_dirs: list[Path], bin_index: int, part: Part) -> np.ndarray:
-    return select.scores_in_bin(_survivor_scores(part, keep_dirs)[1], bin_index)
+def emit_histogram(keep_dirs: list[Path], task: list[Part]):
+    """(bin range, (bins, counts)) of a task's survivors: its histogram as sparse counts, split by range."""
+    scores = np.concatenate([_survivor_scores(part, keep_dirs)[1] for part in task])
+    bins, counts = np.unique(select.score_bins(scores), return_counts=True)
+    width = (1 << select.HIST_BITS) // HIST_RANGES
+    where = bins // width
+    for r in np.unique(where).tolist():
+        yield r, (bins[where == r], counts[where == r])
 
 
-def global_threshold(engine, parts: list[Part], keep_dirs: list[Path],
+def sum_histogram(bin_range: int, rows) -> np.ndarray:
+    """One range of the histogram: the sparse counts of every task summed (dense over the range)."""
+    width = (1 << select.HIST_BITS) // HIST_RANGES
+    dense = np.zeros(width, np.int64)
+    for bins, counts in rows:
+        np.add.at(dense, bins - bin_range * width, counts)
+    return dense
+
+
+def bin_task(keep_dirs: list[Path], bin_index: int, task: list[Part]) -> np.ndarray:
+    return np.concatenate([select.scores_in_bin(_survivor_scores(part, keep_dirs)[1], bin_index)
+                           for part in task])
+
+
+def global_threshold(engine, tasks: list[list[Part]], keep_dirs: list[Path],
                      cfg: SelectConfig) -> tuple[float, int]:
-    """(threshold, survivors): the exact top-fraction threshold over every part (or the fixed one)."""
-    hist = np.sum(engine.map(partial(histogram_task, keep_dirs), parts), axis=0)
+    """(threshold, survivors): the exact top-fraction threshold over every part (or the fixed one). The
+    histogram is summed in the shuffle: the driver receives its 2**16 bins once, whatever the parts."""
+    hist = np.concatenate(engine.group_reduce(tasks, partial(emit_histogram, keep_dirs), sum_histogram,
+                                              HIST_RANGES))
     n = int(hist.sum())
     if cfg.threshold is not None:
         return float(cfg.threshold), n
     bin_index, rank, n = select.rank_bin(hist, cfg.fraction)
-    in_bin = engine.map(partial(bin_task, keep_dirs, bin_index), parts)
+    in_bin = engine.map(partial(bin_task, keep_dirs, bin_index), tasks)
     return select.threshold_from_bin(in_bin, rank), n
 
 
@@ -76,24 +101,32 @@ def subset_bucket(subset: np.ndarray, buckets: int) -> np.ndarray:
     return ((subset["f0"] >> np.uint64(32)) * np.uint64(buckets)) >> np.uint64(32)
 
 
-def file_subset_pieces(subset: np.ndarray, pieces: Path, name: str, buckets: int) -> None:
-    """A sorted subset array to ``pieces/<range>/<name>.npy``, one file per uid range it touches."""
+def subset_pieces(subset: np.ndarray, buckets: int):
+    """(uid range, rows) of a sorted subset array, one piece per range it touches."""
     ranges = subset_bucket(subset, buckets)
     starts = np.flatnonzero(np.r_[True, ranges[1:] != ranges[:-1]])
     for start, end in zip(starts, np.r_[starts[1:], len(subset)], strict=True):
-        folder = pieces / f"{int(ranges[start]):05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{name}.npy", subset[start:end])
+        yield int(ranges[start]), subset[start:end]
 
 
-def subset_part_task(pieces: Path, out_dir: Path, bucket: int) -> int:
-    """One uid range: its pieces from every write task, sorted, to ``out_dir/part-<range>.npy``; its rows."""
-    files = sorted((pieces / f"{bucket:05d}").glob("*.npy"))
-    if not files:
-        return 0
-    subset = np.sort(np.concatenate([np.load(f) for f in files]), order=["f0", "f1"])
-    np.save(out_dir / f"part-{bucket:05d}.npy", subset)
-    return len(subset)
+def subset_part_task(out_dir: Path, bucket: int, rows) -> tuple[int, dict, list, str]:
+    """One uid range: its pieces from every write task, sorted, to ``out_dir/part-<range>.npy``; returns
+    its rows, the write counts that travelled with it, the (write task, digest of its tars) pairs among
+    them, and the digest of the subset part written."""
+    pieces, counts, tars = [], {"written": 0, "shards": 0, "faces_blurred": 0}, []
+    for kind, value in rows:
+        if kind == "counts":
+            task_counts, index, digest = value
+            counts = {k: counts[k] + task_counts[k] for k in counts}
+            tars.append((index, digest))
+        else:
+            pieces.append(value)
+    if not pieces:
+        return 0, counts, tars, ""
+    subset = np.sort(np.concatenate(pieces), order=["f0", "f1"])
+    path = out_dir / f"part-{bucket:05d}.npy"
+    np.save(path, subset)
+    return len(subset), counts, tars, digest_file(path)
 
 
 def concat_subset(subset_dir: Path, path: Path) -> int:
@@ -116,31 +149,43 @@ def concat_subset(subset_dir: Path, path: Path) -> int:
 
 
 def write_task(keep_dirs: list[Path], threshold: float, pool_dir: Path, out_dir: Path, shard_size: int,
-               blur_faces: bool, pieces: Path, buckets: int, part: Part) -> dict:
-    uids, scores = _survivor_scores(part, keep_dirs)
-    kept = {u: float(s) for u, s in zip(uids, scores.astype(np.float64), strict=True) if s >= threshold}
-    counts = write.write_part_shards(pool_dir / f"{part.stem}.tar", kept, out_dir, shard_size, blur_faces)
-    if kept:
-        file_subset_pieces(select.uid_subset(list(kept)), pieces, part.stem, buckets)
-    return counts
+               blur_faces: bool, buckets: int, task: tuple[int, list[Part]]):
+    """Write a task's parts' shards; its kept uids go to their uid range through the shuffle (one subset
+    file per range, written by the range's task), its counts to one range."""
+    index, parts = task
+    counts, digests = {"written": 0, "shards": 0, "faces_blurred": 0}, []
+    for part in parts:
+        uids, scores = _survivor_scores(part, keep_dirs)
+        kept = {u: float(s) for u, s in zip(uids, scores.astype(np.float64), strict=True) if s >= threshold}
+        done = write.write_part_shards(pool_dir / f"{part.stem}.tar", kept, out_dir, shard_size, blur_faces)
+        counts = {k: counts[k] + done[k] for k in counts}
+        digests.append(done["digest"])
+        if kept:
+            for bucket, piece in subset_pieces(select.uid_subset(list(kept)), buckets):
+                yield bucket, ("subset", piece)
+    yield index % buckets, ("counts", (counts, index, combine_digests(digests)))
 
 
 def run_select(engine, parts: list[Part], keep_dirs: list[Path], pool_dir: Path, shards_tmp: Path,
-               subset_tmp: Path, subset_path: Path, cfg: SelectConfig, blur_faces: bool) -> dict:
+               subset_tmp: Path, subset_path: Path, cfg: SelectConfig, blur_faces: bool,
+               task_bytes: int = TASK_BYTES) -> dict:
     """Threshold, shards (into ``shards_tmp``) and subset parts (into ``subset_tmp``), both of which the
-    caller swaps in, and ``subset.npy`` built from the parts."""
-    threshold, survivors = global_threshold(engine, parts, keep_dirs, cfg)
+    caller swaps in, and ``subset.npy`` built from the parts. Parts are grouped into tasks of about
+    ``task_bytes`` of score parts."""
+    tasks = [[parts[i] for i in group] for group in byte_groups([p.bytes for p in parts], task_bytes)]
+    threshold, survivors = global_threshold(engine, tasks, keep_dirs, cfg)
     buckets = max(1, math.ceil(len(parts) / PARTS_PER_SUBSET_BUCKET))
-    pieces = subset_tmp / ".pieces"
-    results = engine.map(partial(write_task, keep_dirs, threshold, pool_dir, shards_tmp, cfg.shard_size,
-                                 blur_faces, pieces, buckets), parts)
-    written = sum(r["written"] for r in results)
+    write_tasks = partial(write_task, keep_dirs, threshold, pool_dir, shards_tmp, cfg.shard_size, blur_faces,
+                          buckets)
+    results = engine.group_reduce(list(enumerate(tasks)), write_tasks, partial(subset_part_task, subset_tmp),
+                                  buckets)
+    counts = {k: sum(r[1][k] for r in results) for k in ("written", "shards", "faces_blurred")}
+    written = counts["written"]
     if written == 0:
         raise OpenAIMError(f"no sample scores >= the threshold {threshold:.4f}: nothing to write")
-    engine.map(partial(subset_part_task, pieces, subset_tmp), range(buckets))
-    shutil.rmtree(pieces)
-    concat_subset(subset_tmp, subset_path)
+    concat_subset(subset_tmp, subset_path)  # a function of the subset parts: their digests identify it
+    tars = sorted(t for r in results for t in r[2])
     return {"in": survivors, "out": written, "threshold": threshold,
             "fraction": cfg.fraction if cfg.threshold is None else None,
-            "written": written, "shards": sum(r["shards"] for r in results),
-            "faces_blurred": sum(r["faces_blurred"] for r in results)}
+            "written": written, "shards": counts["shards"], "faces_blurred": counts["faces_blurred"],
+            "outputs_digest": combine_digests([*(d for _, d in tars), *(r[3] for r in results)])}

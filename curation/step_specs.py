@@ -11,12 +11,13 @@ from __future__ import annotations
 from curation import dedup_parts, download, extract, extract_parts, safety, score, select_parts, train_filter
 from curation.eval_index import eval_benchmarks, eval_signature
 from shared.errors import InputError
-from shared.stage_cache import StageCache, StepSpec, hash_json, hash_path
+from shared.stage_cache import StageCache, StepSpec, file_signature, hash_json, hash_path
 
 
 def sources_hash(sources: list[str]) -> str:
-    """Local files by content (a regenerated crawl reruns extraction), URLs by name."""
-    return hash_json([s if s.startswith(("http://", "https://")) else hash_path(s) for s in sources])
+    """Local files by name, size and modification time (a regenerated crawl reruns extraction; a crawl of
+    terabytes is not read to find out), URLs by name."""
+    return hash_json([s if s.startswith(("http://", "https://")) else file_signature(s) for s in sources])
 
 
 def extract_spec(cfg, cache: StageCache) -> StepSpec:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from curation.pool import POOL_FIELDS
 from curation.safety import blur_faces as blur_image_faces
+from shared.stage_cache import combine_digests, digest_file
 from shared.wds_reader import indexed_samples
 
 log = logging.getLogger("openaim.curation")
@@ -45,7 +46,8 @@ def hashed_order(uids: list[str]) -> list[int]:
 def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, shard_size: int,
                       blur_faces: bool) -> dict:
     """One task of the write step: the kept samples (uid -> score) of one pool shard, streamed into
-    ``out_dir/<shard>-NNNN.tar`` (at most ``shard_size`` samples each) in hashed-uid order.
+    ``out_dir/<shard>-NNNN.tar`` (at most ``shard_size`` samples each) in hashed-uid order. Its counts
+    include the digest of the tars it wrote (shared.stage_cache.digest_file).
 
     The pool tar is indexed (member headers only) and each kept sample read, face-blurred and written one
     at a time: memory holds one image, whatever the shard's size. Returns counts (written, shards, faces).
@@ -74,6 +76,6 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
                             "json": json.dumps(meta)})
             shards = sink.shard if samples else 0
     if not samples:  # webdataset opens its first tar lazily; an empty shard leaves nothing behind
-        for p in out_dir.glob(f"{stem}-*.tar"):
-            p.unlink()
-    return {"written": len(samples), "shards": shards, "faces_blurred": faces}
+        Path(pattern % 0).unlink(missing_ok=True)
+    return {"written": len(samples), "shards": shards, "faces_blurred": faces,
+            "digest": combine_digests(digest_file(pattern % k) for k in range(shards))}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,33 @@ def hash_json(obj: Any) -> str:
 def hash_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def digest_file(path: str | Path) -> str:
+    """A writer's record of a file it has just written: ``<bytes>:<sha256>``, taken by the task that wrote
+    it (the bytes are still in the page cache), so no later run reads the file to identify it. A step's
+    outputs hash combines its tasks' records (``combine_digests``) instead of hashing its output trees."""
+    return f"{Path(path).stat().st_size}:{hash_file(path)}"
+
+
+def combine_digests(digests: Iterable[str]) -> str:
+    """One digest of many, in the order given (a task's files in order, a step's tasks in order)."""
+    return hash_json(list(digests))
+
+
+def file_signature(path: str | Path) -> list:
+    """A file's name, size and modification time (ns): what identifies a large input without reading it
+    (a regenerated or replaced file gets a new time)."""
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def listing_digest(folder: str | Path) -> str:
+    """A folder's files by name and size, one listing, no file read (for outputs written by a tool that
+    records no digest, e.g. img2dataset's pool)."""
+    folder = Path(folder)
+    return hash_json(sorted([e.name, e.stat().st_size] for e in os.scandir(folder)
+                            if e.is_file() and not e.name.startswith(".")))
 
 
 def hash_path(path: str | Path) -> str:

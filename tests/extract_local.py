@@ -15,6 +15,8 @@ def extract_pairs(cfg: ExtractConfig, sources: list[str], out_dir: Path, workers
     the counts into ``out_dir``.json; returns the counts."""
     engine = LocalEngine(workers, scratch_root=Path(out_dir).parent)
     try:
-        return run_extract(engine, cfg, sources, Path(out_dir), Path(f"{out_dir}.json"))
+        stats = run_extract(engine, cfg, sources, Path(out_dir), Path(f"{out_dir}.json"))
+        stats.pop("outputs_digest")  # the step's identity, for the stage cache
+        return stats
     finally:
         engine.close()

@@ -86,7 +86,8 @@ def pool(tmp_path_factory):
 def test_parts_roundtrip_keeps_cosines(pool):
     root, x, *_ = pool
     parts = list_parts(root / "parts")
-    assert [p.offset for p in parts] == [0, 130, 260, 390, 520]
+    assert [p.index for p in parts] == [0, 1, 2, 3, 4]
+    assert [p.bytes for p in parts] == [p.path.stat().st_size for p in parts]
     got = read_part(parts[1].path)["copy"]
     got /= np.linalg.norm(got, axis=2, keepdims=True)
     assert np.abs((got * x[130:260]).sum(-1) - 1).max() < 1e-3
@@ -109,6 +110,27 @@ def test_partitioned_dedup_equals_single_process(pool, tmp_path, workers):
     assert stats["dropped"]["eval_leak"] >= 1
     if workers > 1:
         assert engine.worker_peak_rss > 0
+
+
+@pytest.mark.parametrize("task_bytes", [1, 60_000])
+def test_losers_routed_to_their_parts(pool, tmp_path, task_bytes):
+    """Parts grouped into tasks by bytes (one part a task, or a few): the same rows as the single-process
+    rule, and the exact losers reach their parts through the shuffle as one file per part that has any,
+    named by the part (no file per (bucket, part), nothing listed per part)."""
+    root, x, sha, scores, ev = pool
+    parts = list_parts(root / "parts")
+    engine = LocalEngine(2)
+    try:
+        dedup_parts.run_dedup(engine, parts, DedupConfig(), tmp_path / "w", tmp_path / "k", root / "eval.npy",
+                              task_bytes=task_bytes)
+    finally:
+        engine.close()
+    assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, DedupConfig(), ev))
+    losers = np.flatnonzero(~reference_dedup.exact_duplicates(sha, scores)).tolist()
+    owners = sorted({i // 130 for i in losers})
+    assert sorted(p.name for p in (tmp_path / "w" / "exact").iterdir()) == [f"{o:08d}.npy" for o in owners]
+    routed = np.concatenate([np.load(tmp_path / "w" / "exact" / f"{o:08d}.npy") for o in owners])
+    assert sorted((routed >> 32) * 130 + (routed & 0xFFFFFFFF)) == losers
 
 
 def test_many_clusters_keep_recall(pool, tmp_path, monkeypatch):
@@ -204,6 +226,9 @@ def test_partitioned_extract_equals_the_sequential_rule(web, tmp_path, workers):
         got = run_extract(engine, web.curation.extract, sources, tmp_path / "pairs", tmp_path / "stats.json")
     finally:
         engine.close()
+    digest = got.pop("outputs_digest")
     assert got == want_stats and got["dropped"]["duplicate pair"] >= got["kept"] > 0
+    assert digest == run_extract(LocalEngine(1), web.curation.extract, sources, tmp_path / "again",
+                                 tmp_path / "again.json")["outputs_digest"], "the same pairs, the same digest"
     parts = pq.read_table(tmp_path / "pairs").to_pylist()
     assert sorted(map(str, want)) == sorted(map(str, parts))

@@ -300,3 +300,42 @@ def test_bad_input_is_one_line_and_damages_nothing(built, served, case, tmp_path
     assert lines[0].startswith("error:") and "Traceback" not in out.stderr
     assert _digest(shards) == before
     assert {name: (workdir / "curation" / name).read_bytes() for name in finished} == finished
+
+
+def test_select_rerun_reads_no_upstream_output_to_identify_it(built, served, tmp_path, monkeypatch):
+    """After `curation.select.fraction` changes, build-dataset decides extract, download, score, dedup and
+    safety are fresh without hashing any of their outputs (no tree hash at all), and records the select
+    step from its tasks' digests. Runs in this process on a copy of the finished run, with the hash
+    functions patched to log what they read."""
+    from curation import pipeline, step_specs
+    from shared import stage_cache
+    from shared.config import load_config
+
+    workdir_a, overrides, _ = built
+    web_dir, _, _ = served
+    workdir = _copy_run(workdir_a, tmp_path / "run", web_dir)
+    cfg = load_config(None, [*[o for o in overrides if not o.startswith("workdir=")], f"workdir={workdir}",
+                             "curation.select.fraction=0.4"])
+    hashed: list[Path] = []
+    real_file, real_path = stage_cache.hash_file, stage_cache.hash_path
+
+    def logged_file(path):
+        hashed.append(Path(path))
+        return real_file(path)
+
+    def logged_path(path):  # a whole tree read: only the train-filter step's small input (web/hq) may be
+        hashed.append(Path(path))
+        return real_path(path)
+
+    monkeypatch.setattr(stage_cache, "hash_file", logged_file)
+    monkeypatch.setattr(stage_cache, "hash_path", logged_path)
+    monkeypatch.setattr(step_specs, "hash_path", logged_path)
+    manifest = pipeline.build_dataset(cfg)
+    assert manifest["ran"] == ["select"]
+    cur = (workdir / "curation").resolve()
+    upstream = [cur / d for d in ("pairs", "pool", "scores", "dedup", "safety", "filter")]
+    read = [p for p in hashed if any(p.resolve().is_relative_to(u) for u in upstream)]
+    assert not read, f"upstream outputs hashed to decide freshness: {read[:5]}"
+    assert [p for p in hashed if p.suffix == ".tar"], "the select tasks took their tars' digests"
+    trees = [p for p in hashed if p.resolve().is_relative_to(cur) and p.is_dir()]
+    assert not trees, f"output trees hashed whole: {trees}"

@@ -127,6 +127,10 @@ class CurationConfig(StrictModel):
     engine: Literal["local", "spark"] = "local"
     workers: int = Field(1, ge=1,
                          description="local: worker processes (1: in-process); spark: local[N] cores")
+    task_bytes: int = Field(1 << 30, ge=1,
+                            description="input bytes per task of dedup, safety and select: consecutive small "
+                                        "score parts are grouped into one task up to this size (never "
+                                        "changes a result)")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     filter: FilterNetworkConfig = Field(default_factory=FilterNetworkConfig)
