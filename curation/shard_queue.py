@@ -7,7 +7,8 @@ owner renews its lease (rewrites its own record) every third of ``lease_s`` whil
 ends it when the shard's output is written (or it fails).
 A shard is done when its output exists (written atomically, last); it is free when it has no claim, or
 when its newest claim's lease has expired: a rank that died (kill -9, a lost node) holds its shard only
-until then, and the next rank takes it by creating the next generation, exclusively again.
+until then, and the next rank takes it by creating the next generation, exclusively again. (A queue
+opened on the host of a claim's owner that no longer runs, e.g. a rerun after a crash, takes it at once.)
 
 Ranks take shards until every one is done: a rank with nothing to take waits while other ranks hold live
 leases (one of them may die), and returns as soon as every output exists. No rank waits for a given
@@ -36,6 +37,16 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}" + (f":rank{rank}" if rank is not None else "")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Claim:
     shard: str
@@ -52,9 +63,27 @@ class ShardQueue:
         self.owner = owner or default_owner()
         self.clock = clock  # wall clock: leases are compared across hosts
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.host = socket.gethostname()
+        self._dead_at_start = self._dead_local_claims()
 
     def _record(self) -> dict:
-        return {"owner": self.owner, "expires": self.clock() + self.lease_s}
+        return {"owner": self.owner, "host": self.host, "pid": os.getpid(),
+                "expires": self.clock() + self.lease_s}
+
+    def _dead_local_claims(self) -> set[str]:
+        """Claims found at start whose owner ran on this host and is gone (a rerun after a crash on one
+        machine): free at once instead of after their lease. A rank that dies later is seen by its lease
+        only, as on another host."""
+        dead = set()
+        for path in self.folder.iterdir():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("host") == self.host and isinstance(record.get("pid"), int) \
+                    and not _pid_alive(record["pid"]):
+                dead.add(path.name)
+        return dead
 
     def newest(self, shard: str) -> tuple[int, dict | None]:
         """(generation, record) of the shard's newest claim; (-1, None) when it has none. A record being
@@ -73,7 +102,8 @@ class ShardQueue:
         """Claim a free shard (no claim, or an expired one); None when another rank holds a live lease or
         won the race for the same generation."""
         gen, record = self.newest(shard)
-        if record is not None and record["expires"] > self.clock():
+        live = record is not None and record["expires"] > self.clock()
+        if live and f"{shard}.{gen}" not in self._dead_at_start:
             return None
         path = self.folder / f"{shard}.{gen + 1}"
         try:

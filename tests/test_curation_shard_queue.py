@@ -69,3 +69,22 @@ def test_one_winner_per_generation(tmp_path):
     winners = [c for c in claims if c is not None]
     assert len(winners) == 1 and winners[0].generation == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00007.0"]
+
+
+def test_a_rerun_takes_a_dead_local_owners_claim_at_once(tmp_path):
+    """A claim whose owner ran on this host and has exited (a crashed run) is free for a queue opened
+    afterwards, before its lease ends; a live owner's claim is not."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    crashed = ShardQueue(tmp_path, lease_s=600, owner="crashed")
+    crashed_claim = crashed.try_claim("00000")
+    record = json.loads(crashed_claim.path.read_text())
+    crashed_claim.path.write_text(json.dumps(record | {"pid": int(dead.stdout)}))  # the exited process's
+    assert crashed.try_claim("00001") is not None  # live: this process holds it
+
+    rerun = ShardQueue(tmp_path, lease_s=600, owner="rerun")
+    assert rerun.try_claim("00000").generation == 1
+    assert rerun.try_claim("00001") is None
