@@ -4,11 +4,26 @@ torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; without them every function here i
 process, so the same code runs alone or across processes. Every stage (training, evaluation,
 curation scoring) runs inside `torchrun_stage`; training adds its own set-up on top (training/
 distributed.py: meshes, DDP/FSDP, per-phase timeouts).
+
+Restarted rounds of an elastic launch (c10d rendezvous, `--max-restarts`, nodes leaving or joining).
+torchrun's agent shares one TCPStore server with its workers (TORCHELASTIC_USE_AGENT_STORE=True) and
+keeps that server from one rendezvous round to the next while the same agent stays node rank 0. torch's
+env:// join does not namespace its keys per round, so a restarted rank can read the address a dead
+rank of the previous round published (gloo's pair addresses under default_pg/) and wait on a peer that
+no longer exists (pytorch/pytorch#135712). `_round_store` avoids every stale key: rank 0 serves a new
+store of its own on a free port and publishes "host:port:nonce" in the agent's store; the other ranks
+take a published address only when the store there answers with the same nonce (a stale entry points
+at a closed port or at a store holding another nonce), so every rank of a round joins the same fresh
+store.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,6 +32,10 @@ import torch
 import torch.distributed as dist
 
 from shared.errors import PeerError
+
+log = logging.getLogger("openaim.torchrun")
+
+ROUND_STORE_KEY = "openaim/round_store"
 
 
 def local_device() -> str:
@@ -82,8 +101,46 @@ def rank_world(backend: str = "auto", timeout: timedelta | None = None) -> tuple
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, **({"timeout": timeout} if timeout is not None else {}))
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        wait = timeout or timedelta(minutes=30)
+        # A line before the wait: a join that never completes names where it waits.
+        log.info("rank %d of %d joining the process group (%s) via %s:%s, torchrun restart %s", rank, world,
+                 backend, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"),
+                 os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        store = _round_store(rank, wait) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+        if store is None:
+            dist.init_process_group(backend, timeout=wait)
+        else:
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=wait)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _round_store(rank: int, timeout: timedelta) -> dist.Store:
+    """A store that only this round's ranks use (module doc): served by rank 0, found through the agent's."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    if rank == 0:
+        own = dist.TCPStore(host, 0, is_master=True, timeout=timeout, wait_for_workers=False)
+        nonce = uuid.uuid4().hex
+        own.set("nonce", nonce)
+        agent.set(ROUND_STORE_KEY, f"{host}:{own.port}:{nonce}")
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        entry = agent.get(ROUND_STORE_KEY).decode()
+        own_host, own_port, nonce = entry.rsplit(":", 2)
+        try:
+            # A plain connect first: a stale entry's closed port fails here at once and quietly.
+            socket.create_connection((own_host, int(own_port)), timeout=2).close()
+            store = dist.TCPStore(own_host, int(own_port), is_master=False, timeout=timedelta(seconds=2))
+            if store.get("nonce").decode() == nonce:
+                store.set_timeout(timeout)
+                return store
+        except (OSError, RuntimeError):  # a closed port, or not (yet) this round's store
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no store of this torchrun round found via {host}:{port} within {timeout}")
+        time.sleep(0.2)
 
 
 def broadcast_from_rank0(value):
