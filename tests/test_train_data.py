@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from shared.config.loading import load_config
 from shared.errors import InputError
 from training.augment import augment, crop_box
-from training.data import TrainBatches, build_loader, curated_shard_list, mix_counts
+from training.data import TrainBatches, build_loader, mix_counts
+from training.shards import curated_shard_list, imagenet_sources
 from training.synthetic import write_image_folder, write_synthetic_shards
 
 
@@ -27,7 +29,8 @@ def _batches(cfg, rank: int, world: int, batch: int, start: int = 0, positions=N
     """TrainBatches for a global batch of `batch` * `world` images (the edge resolves the paths)."""
     tcfg = cfg.training.model_copy(update={"global_batch_size": batch * world})
     curated = curated_shard_list(cfg.training.data.shards) if cfg.training.data.shards else []
-    return TrainBatches(tcfg, curated, cfg.training.data.imagenet, rank, world, start, positions, streams)
+    imagenet = imagenet_sources(cfg.training.data.imagenet)
+    return TrainBatches(tcfg, curated, imagenet, rank, world, start, positions, streams)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +125,14 @@ def test_imagenet_folder_mix_and_global_indexing(tmp_path, shards):
 def test_corrupt_and_missing_shards_are_skipped_and_counted(tmp_path, shards):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"this is not a tar file" * 100)
-    missing = str(tmp_path / "missing.tar")
+    missing = tmp_path / "missing.tar"  # listed, then gone before it is read
+    missing.write_bytes(Path(shards[2]).read_bytes())
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(Path(shards[1]).read_bytes()[:5000])  # cut inside a member
-    cfg = _cfg(tmp_path, [str(bad), missing, str(truncated), shards[0]])
-    batches = _take(_batches(cfg, 0, 1, 8), 6)
+    cfg = _cfg(tmp_path, [str(bad), str(missing), str(truncated), shards[0]])
+    dataset = _batches(cfg, 0, 1, 8)
+    missing.unlink()
+    batches = _take(dataset, 6)
     assert sum(b["bad"] for b in batches) >= 1
     assert all(b["images"].shape[0] == 8 for b in batches)
 
@@ -166,7 +172,7 @@ def test_imagenet_as_shards_has_its_own_resumable_position(tmp_path, shards):
 
 
 def test_shards_are_a_permutation_per_epoch_and_the_shuffle_spans_shards(tmp_path, shards):
-    from training.data import BadSampleCounter, ShardReader, fresh_position, resplit_positions
+    from training.shards import BadSampleCounter, ShardReader, fresh_position, resplit_positions
 
     more = [str(p) for p in write_synthetic_shards(tmp_path / "more", n_shards=3, per_shard=12, size=16,
                                                    seed=4)]
@@ -182,12 +188,93 @@ def test_shards_are_a_permutation_per_epoch_and_the_shuffle_spans_shards(tmp_pat
     assert all(span == 2 for _, _, span in windows)  # a window spans two shards
     epoch0 = [readers[0].shard_at(v) for v in range(6)]
     assert sorted(epoch0) == sorted(urls) and epoch0 != [readers[0].shard_at(v) for v in range(6, 12)]
-    # Another world size: every new reader starts after every shard any old reader opened.
     old = [[{"curated": {"base": 0, "readers": 2, "k": 2, "next_k": 4, "taken": 5, "reader": g}}]
            for g in range(2)]
-    new = resplit_positions(old, 1, 1, ["curated"])
-    assert new[0][0]["curated"]["base"] == 0 + 1 + 3 * 2 + 1 and new[0][0]["curated"]["k"] == 0
     assert resplit_positions(old, 2, 1, ["curated"]) == old  # unchanged world: exact positions
+
+
+def _draw(reader, position, n=None, until_visit=None):
+    """(visit, key) of the samples a reader yields from `position`, and its position after the last."""
+    got, last = [], position
+    for sample, after, _ in reader.samples(position):
+        if until_visit is not None and sample["__visit__"] >= until_visit:
+            break
+        got.append((sample["__visit__"], sample["__key__"]))
+        last = after
+        if n is not None and len(got) == n:
+            break
+    return got, last
+
+
+def test_a_resplit_resume_reads_every_sample_of_every_epoch_exactly_once(tmp_path, shards):
+    """2 readers at uneven progress -> 3 readers -> 1 reader: over the first 3 epochs every sample is
+    read exactly once (open windows replayed minus what was yielded, unopened positions handed over),
+    and a reader resumed at the same split mid-replay continues bit for bit."""
+    from collections import Counter
+
+    from training.shards import BadSampleCounter, ShardReader, fresh_position, resplit_positions
+
+    more = [str(p) for p in write_synthetic_shards(tmp_path / "more", n_shards=3, per_shard=12, size=16,
+                                                   seed=4)]
+    urls = shards + more  # 6 shards x 12 samples; windows of 20 hold 2 shards
+    limit = 3 * len(urls)  # visit positions of the first 3 epochs
+
+    def reader(g):
+        return ShardReader(urls, 0, 1, g, 20, BadSampleCounter())
+
+    def split(positions, world):
+        return [r[0]["curated"] for r in resplit_positions([[{"curated": p}] for p in positions], world, 1,
+                                                            ["curated"])]
+
+    seen = []
+    old = []
+    for g, n in enumerate((31, 7)):  # reader 1 lags: it has opened 2 shards, reader 0 has 4
+        got, after = _draw(reader(g), {**fresh_position(0, 2), "reader": g}, n)
+        seen += got
+        old.append({**after, "reader": g})
+    middle = []
+    for g, (position, n) in enumerate(zip(split(old, 3), (5, 13, 0), strict=True)):
+        got, after = _draw(reader(g), position, n)
+        seen += got
+        middle.append({**after, "reader": g})
+    # The same split resumed mid-replay continues exactly.
+    again, _ = _draw(reader(1), middle[1], 10)
+    cont, _ = _draw(reader(1), split(old, 3)[1], 23)
+    assert again == cont[13:]
+    (last,) = split(middle, 1)
+    got, _ = _draw(reader(0), last, until_visit=limit)
+    seen += [x for x in got if x[0] < limit]
+    counts = Counter(x for x in seen if x[0] < limit)
+    keys = {v: [s["__key__"] for s in _draw_shard(urls, reader(0).shard_at(v))] for v in range(limit)}
+    assert set(counts) == {(v, k) for v, ks in keys.items() for k in ks}
+    assert set(counts.values()) == {1}, [x for x, c in counts.items() if c > 1][:5]
+
+
+def _draw_shard(urls, url):
+    from shared.wds_reader import read_samples
+
+    return list(read_samples(url))
+
+
+def test_missing_brace_expanded_shards_are_one_error_naming_them(tmp_path, shards):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "s-0000.tar").write_bytes(Path(shards[0]).read_bytes())
+    pattern = str(folder / "s-{0000..0002}.tar")
+    with pytest.raises(InputError, match=r"2 of the 3 shards .* do not exist: .*s-0001.tar, .*s-0002.tar"):
+        curated_shard_list([pattern])
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "openaim", "train", "--set", f"workdir={tmp_path / 'run'}",
+           "--set", f"training.data.shards=['{pattern}']"]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and "s-0001.tar" in lines[0], done.stderr
+    assert not (tmp_path / "run" / "training" / "checkpoints").exists()
 
 
 def test_device_color_jitter_matches_torchvision_per_image():

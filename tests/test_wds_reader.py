@@ -136,7 +136,7 @@ def test_train_filter_reader(shard, official, tmp_path):
 
 
 def test_training_data_reader(shard, official):
-    from training.data import BadSampleCounter, ShardReader, fresh_position
+    from training.shards import BadSampleCounter, ShardReader, fresh_position
 
     errors = BadSampleCounter()
     reader = ShardReader([str(shard)], seed=0, tag=1, reader=0, shuffle_buffer=1, on_error=errors)

@@ -5,33 +5,15 @@ for the recipe's 0.8/0.2), at any world size: the ImageNet count is split over t
 n_in % world ranks take one more) and each rank fills the rest of its G / world images from the
 curated shards (`mix_counts`). The two streams are batched separately and concatenated.
 
-Readers. A rank has one logical stream per DataLoader worker (at least one); the DataLoader hands out
-batches round-robin, so step k is made by stream k % S. Each stream of each source (curated, ImageNet
-shards) is one *reader*; the world's R = world * S readers are numbered g = rank * S + stream.
-
-Shard order. Shards are visited as a seeded permutation per epoch (without replacement): global
-visit position p opens shard perm_e[p mod n] with e = p // n and perm_e seeded by (seed, source, e).
-Reader g opens positions base + g, base + g + R, base + g + 2R, ...: together the readers consume
-each epoch's permutation in order, so in one epoch every shard is read once by one reader.
-
-Shuffle. A reader reads consecutive shards of its sequence into one *window* until it holds at least
-`shuffle_buffer` samples (at least one shard), and yields the window in a permutation seeded by
-(seed, source, position of its first shard): the shuffle spans shards, and a window is a pure
-function of where it starts. A reader's position is {base, readers, k (first shard of the open
-window, in its own sequence), next_k (first shard after the window), taken (samples yielded from
-the window)}; each batch carries the positions after it and checkpoints store them per rank.
-
-Resume. Same world size and workers: every reader re-reads its open window and skips `taken` samples
-(no decoding): bit-identical batches. Another world size or worker count (`resplit_positions`): the
-new readers start together at the first visit position after every shard any old reader opened
-(base = max over old readers of its last opened position + 1); the unread rest of the old readers'
-windows is skipped (at most one window per old reader), nothing is read twice in that epoch, and
-the new split is a function of the checkpoint alone.
+Streams. A rank has one logical stream per DataLoader worker (at least one); the DataLoader hands out
+batches round-robin, so step k is made by stream k % S. Each stream reads each source's shards
+through its own reader (training/shards.py: listing, shard order, shuffle windows, resume positions).
 
 ImageNet as an image folder is indexed globally: step k's ImageNet images are the slots
 k * n_in ... (k + 1) * n_in - 1 of a per-epoch seeded permutation, rank r taking its contiguous
 part, so the images of a step do not depend on the world size or the workers. The index is compact
-(one bytes buffer + offsets, from torchvision's `make_dataset` scanner), cheap to copy to workers.
+(a `StringTable` from torchvision's `make_dataset` scanner), cheap to copy to workers; training
+builds it once on rank 0 and broadcasts it.
 
 Every sample's augmentation draws from an RNG seeded by where the sample sits (source, visit
 position, index in window / global slot). Batches leave the workers as uint8 [B, 3, S, S] with the
@@ -41,14 +23,12 @@ A corrupt or missing shard, or an undecodable image, is skipped with a warning a
 
 from __future__ import annotations
 
-import glob
 import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
 from PIL import Image
@@ -57,38 +37,14 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from shared.config.training import TrainingConfig
 from shared.errors import InputError
-from shared.wds_reader import read_samples
 from training.augment import augment_uint8
+from training.shards import BadSampleCounter, ShardReader, StringTable, resplit_positions
 
 log = logging.getLogger("openaim.training")
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CURATED, IMAGENET = 1, 2  # tags mixed into RNG seeds so the two sources never share draws
 SOURCES = {"curated": CURATED, "imagenet": IMAGENET}
-
-
-def expand_shards(patterns: list[str]) -> list[str]:
-    """Globs and brace patterns ("shards/{00000..00009}.tar") -> sorted list of existing paths/URLs."""
-    out: list[str] = []
-    for pattern in patterns:
-        for item in braceexpand.braceexpand(pattern):
-            if "://" in item:
-                out.append(item)
-            elif any(c in item for c in "*?["):
-                out.extend(sorted(glob.glob(item)))
-            else:
-                out.append(item)
-    return out
-
-
-def curated_shard_list(patterns: list[str]) -> list[str]:
-    """The curated shards: training.data.shards (placeholders expanded), else the curation stage's output
-    pattern; one error line when nothing matches."""
-    shards = expand_shards(patterns)
-    if not shards:
-        raise InputError(f"no training shards found at {', '.join(patterns)} (run `openaim build-dataset` "
-                         "or set training.data.shards)")
-    return shards
 
 
 def global_imagenet_count(global_batch: int, mix: tuple[float, float], have_imagenet: bool) -> int:
@@ -108,19 +64,6 @@ def mix_counts(global_batch: int, world_size: int, rank: int, mix: tuple[float, 
     return local - mine, mine, offset
 
 
-class BadSampleCounter:
-    """A webdataset handler: warn, count, carry on."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, exc: Exception) -> bool:
-        self.count += 1
-        log.warning("skipping unreadable data: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200]
-                    if str(exc) else "")
-        return True
-
-
 def decode_image(sample: dict[str, Any]) -> Image.Image:
     for key in IMAGE_KEYS:
         if key in sample:
@@ -130,94 +73,27 @@ def decode_image(sample: dict[str, Any]) -> Image.Image:
     raise ValueError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_KEYS)})")
 
 
-def fresh_position(base: int, readers: int) -> dict[str, int]:
-    return {"base": base, "readers": readers, "k": 0, "next_k": 0, "taken": 0}
-
-
-class ShardReader:
-    """One reader's endless stream of raw samples over a seeded per-epoch shard permutation (module doc)."""
-
-    def __init__(self, urls: list[str], seed: int, tag: int, reader: int, shuffle_buffer: int,
-                 on_error: BadSampleCounter):
-        self.urls, self.seed, self.tag, self.reader = urls, seed, tag, reader
-        self.shuffle_buffer, self.on_error = shuffle_buffer, on_error
-        self._perm_epoch, self._perm = -1, np.arange(0)
-
-    def shard_at(self, visit: int) -> str:
-        epoch, offset = divmod(visit, len(self.urls))
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, self.tag, epoch])
-            self._perm, self._perm_epoch = rng.permutation(len(self.urls)), epoch
-        return self.urls[int(self._perm[offset])]
-
-    def samples(self, position: dict[str, int]) -> Iterator[tuple[dict[str, Any], dict[str, int], int]]:
-        """Yield (sample, position after it, visit position of its window) from `position`."""
-        base, readers, k, skip = position["base"], position["readers"], position["k"], position["taken"]
-        empty = 0
-        while True:
-            first_visit = base + self.reader + k * readers
-            window: list[dict[str, Any]] = []
-            next_k = k
-            while len(window) < max(1, self.shuffle_buffer):
-                visit = base + self.reader + next_k * readers
-                before = len(window)
-                window.extend(read_samples(self.shard_at(visit), handler=self.on_error))
-                next_k += 1
-                empty = 0 if len(window) > before else empty + 1
-                if empty > 2 * len(self.urls) + 20:
-                    raise InputError(f"no readable samples in {len(self.urls)} shard(s), e.g. {self.urls[0]}")
-            order = np.random.default_rng([self.seed, self.tag, first_visit]).permutation(len(window))
-            for taken in range(skip, len(window)):
-                after = {"base": base, "readers": readers, "k": k, "next_k": next_k, "taken": taken + 1}
-                yield window[int(order[taken])], after, first_visit
-            k, skip = next_k, 0
-
-
-def resplit_positions(saved: list[list[dict]] | None, world_size: int, num_streams: int,
-                      sources: list[str]) -> list[list[dict]]:
-    """Per-rank, per-stream reader positions for this world: the saved ones when the world size and
-    workers are unchanged, else every reader starting at the first visit position after every shard
-    any old reader opened (see the module doc)."""
-    readers = world_size * num_streams
-    if saved and len(saved) == world_size and all(len(r) == num_streams for r in saved):
-        return [[dict(p) for p in r] for r in saved]
-    bases = {}
-    for name in sources:
-        last = []
-        for rank_positions in saved or []:
-            for p in rank_positions:
-                if name in p and p[name]["next_k"] > 0:
-                    q = p[name]
-                    last.append(q["base"] + q["reader"] + (q["next_k"] - 1) * q["readers"])
-        bases[name] = max(last) + 1 if last else 0
-    return [[{name: {**fresh_position(bases[name], readers), "reader": rank * num_streams + s}
-              for name in sources} for s in range(num_streams)] for rank in range(world_size)]
-
-
 class ImageNetIndex:
     """An image-folder set (class sub-folders, scanned by torchvision's `make_dataset`) addressed by a
-    global, endless slot index through per-epoch seeded permutations. Paths live in one bytes buffer
-    with offsets (no per-file Python objects), so workers copy two arrays."""
+    global, endless slot index through per-epoch seeded permutations. Paths live in a `StringTable`."""
 
     def __init__(self, roots: list[str], seed: int):
-        encoded: list[bytes] = []
+        paths: list[str] = []
         for root in roots:
             _, class_to_idx = find_classes(root)
-            samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-            encoded.extend(path.encode() for path, _ in samples)
-        if not encoded:
+            paths.extend(path for path, _ in make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS,
+                                                          allow_empty=True))
+        if not paths:
             raise InputError(f"no images found under {', '.join(roots)}")
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
-        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._files = StringTable(paths)
         self.seed = seed
         self._perm_epoch, self._perm = -1, np.arange(0)
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return len(self._files)
 
     def file(self, i: int) -> str:
-        return self._blob[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()
+        return self._files[i]
 
     def path(self, slot: int) -> str:
         epoch, offset = divmod(slot, len(self))
@@ -227,13 +103,19 @@ class ImageNetIndex:
         return self.file(int(self._perm[offset]))
 
 
+def _table(strings) -> StringTable:
+    return strings if isinstance(strings, StringTable) else StringTable(list(strings))
+
+
 class TrainBatches(IterableDataset):
     """Yields this rank's batches for steps start_step, start_step+1, ... (each worker every S-th one).
 
     Each item: {"images": [B,3,S,S] uint8, "jitter": [B,9] colour-jitter parameters (applied on the
     device by training.augment.to_model_input when `jitter_on_device`, else already applied here),
     "step": int, "stream": int, "position": dict, "bad": int}.
-    `curated` are the curated shard URLs; `imagenet` image folders or shard patterns (resolved paths).
+    `curated` are the curated shard URLs (`curated_shard_list`); `imagenet` image folders (or their
+    `ImageNetIndex`) or shard paths (`imagenet_sources`): the edge lists them once (rank 0 in
+    training), this class only indexes.
     """
 
     def __init__(self, tcfg: TrainingConfig, curated: list[str], imagenet: list[str], rank: int,
@@ -251,16 +133,16 @@ class TrainBatches(IterableDataset):
                                                            tuple(data.mix), bool(imagenet))
         if self.n_cur and not curated:
             raise InputError("no training shards given (training.data.shards)")
-        self.cur_urls = list(curated) if self.n_cur else []
+        self.cur_urls = _table(curated if self.n_cur else [])
         self.in_folder: ImageNetIndex | None = None
-        self.in_urls: list[str] = []
+        self.in_urls = _table([])
         if self.n_in_global and imagenet:
-            if all(Path(p).is_dir() for p in imagenet):
-                self.in_folder = ImageNetIndex(imagenet, self.seed)
+            if isinstance(imagenet, ImageNetIndex):
+                self.in_folder = imagenet
+            elif not isinstance(imagenet, StringTable) and all(Path(p).is_dir() for p in imagenet):
+                self.in_folder = ImageNetIndex(list(imagenet), self.seed)
             else:
-                self.in_urls = expand_shards(imagenet)
-                if not self.in_urls:
-                    raise InputError(f"no ImageNet shards found at {', '.join(imagenet)}")
+                self.in_urls = _table(imagenet)
         self.sources = [name for name, urls, n in (("curated", self.cur_urls, self.n_cur),
                                                    ("imagenet", self.in_urls, self.n_in)) if urls and n]
         if positions is None:

@@ -157,28 +157,43 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def resolve_parallel(parallel: str, info: DistInfo) -> str:
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How the model is spread over the ranks, resolved once from `training.parallel` and the world
+    (`resolve_layout`); the rest of the code asks these flags, not the config string."""
+
+    ddp: bool = False  # whole model on every rank, DDP's bucketed gradient all-reduce
+    shard: bool = False  # FSDP2: weights, gradients and optimizer state sharded over mesh dim "shard"
+    replicate: bool = False  # HSDP: the shard groups replicated over mesh dim "replicate"
+    mesh: DeviceMesh | None = None  # ("shard",) for FSDP, ("replicate", "shard") for HSDP
+
+    @property
+    def name(self) -> str:
+        return "hsdp" if self.replicate else "fsdp" if self.shard else "ddp" if self.ddp else "none"
+
+
+def resolve_layout(parallel: str, info: DistInfo, fsdp_cfg: FSDPConfig) -> ParallelLayout:
+    """One process: FSDP over a group of one when fsdp/hsdp is asked (the shipped path), else none.
+    auto: fsdp on CUDA, ddp on CPU. fsdp gets a 1-D mesh over all ranks; hsdp a 2-D mesh of
+    (world / shard_size) replicas x `fsdp.shard_size` ranks (default: the processes of one node)."""
     if info.world_size == 1:
-        return "fsdp" if parallel in ("fsdp", "hsdp") else "none"
-    if parallel == "none":
+        parallel = "fsdp" if parallel in ("fsdp", "hsdp") else "none"
+    elif parallel == "none":
         raise ConfigError("training.parallel=none cannot run with several processes; use ddp, fsdp or hsdp")
-    if parallel == "auto":
-        return "fsdp" if info.device.type == "cuda" else "ddp"
-    return parallel
-
-
-def build_mesh(mode: str, info: DistInfo, fsdp_cfg: FSDPConfig) -> DeviceMesh | None:
-    """1-D ("shard",) mesh for fsdp; 2-D ("replicate", "shard") for hsdp; None otherwise."""
-    if mode == "fsdp":
-        return init_device_mesh(info.device.type, (info.world_size,), mesh_dim_names=("shard",))
-    if mode == "hsdp":
+    elif parallel == "auto":
+        parallel = "fsdp" if info.device.type == "cuda" else "ddp"
+    if parallel == "fsdp":
+        mesh = init_device_mesh(info.device.type, (info.world_size,), mesh_dim_names=("shard",))
+        return ParallelLayout(shard=True, mesh=mesh)
+    if parallel == "hsdp":
         shard = fsdp_cfg.shard_size or info.local_world_size
         if info.world_size % shard:
             raise ConfigError(f"training.fsdp.shard_size {shard} does not divide the world size "
                               f"{info.world_size}")
-        return init_device_mesh(info.device.type, (info.world_size // shard, shard),
+        mesh = init_device_mesh(info.device.type, (info.world_size // shard, shard),
                                 mesh_dim_names=("replicate", "shard"))
-    return None
+        return ParallelLayout(shard=True, replicate=True, mesh=mesh)
+    return ParallelLayout(ddp=parallel == "ddp")
 
 
 def transformer_blocks(model: nn.Module, which: str = "full") -> list[tuple[nn.Module, str, nn.Module]]:
@@ -223,29 +238,29 @@ class Wrapped:
     """The training callable (images, prefix) -> loss and how to defer gradient sync."""
 
     loss_fn: object
-    mode: str
+    layout: ParallelLayout
     module: nn.Module
 
     def sync_context(self, last_micro_batch: bool):
         """Around a micro-batch's backward: defer the cross-replica gradient reduction to the last one.
         DDP skips its all-reduce; HSDP keeps its in-node reduce-scatter (sharded gradients, bounded
         memory) and skips the cross-node all-reduce; FSDP reduce-scatters every micro-batch."""
-        if self.mode == "ddp" and not last_micro_batch:
+        if self.layout.ddp and not last_micro_batch:
             return self.module.no_sync()
-        if self.mode == "hsdp":
+        if self.layout.replicate:
             self.module.set_requires_all_reduce(last_micro_batch)
         return contextlib.nullcontext()
 
 
-def wrap_model(aim: nn.Module, mode: str, info: DistInfo, dtype: torch.dtype, fsdp_cfg: FSDPConfig,
-               mesh: DeviceMesh | None) -> Wrapped:
-    """DDP, or FSDP2 fully_shard per block then the root (on `mesh`). `aim` stays the module whose
-    state dict is saved; under FSDP2 it is sharded in place (same parameter names)."""
-    if mode == "ddp":
+def wrap_model(aim: nn.Module, layout: ParallelLayout, info: DistInfo, dtype: torch.dtype,
+               fsdp_cfg: FSDPConfig) -> Wrapped:
+    """DDP, or FSDP2 fully_shard per block then the root (on the layout's mesh). `aim` stays the module
+    whose state dict is saved; under FSDP2 it is sharded in place (same parameter names)."""
+    if layout.ddp:
         ddp = DistributedDataParallel(ForwardLoss(aim), device_ids=[info.device.index]
                                       if info.device.type == "cuda" else None)
-        return Wrapped(ddp, mode, ddp)
-    if mode in ("fsdp", "hsdp"):
+        return Wrapped(ddp, layout, ddp)
+    if layout.shard:
         # Parameters gathered in bf16 when training in bf16; activations stay under autocast (see
         # autocast_context), so the residual stream and the loss keep fp32 as without FSDP.
         reduce_dtype = torch.bfloat16 if fsdp_cfg.reduce_dtype == "bf16" else torch.float32
@@ -256,12 +271,12 @@ def wrap_model(aim: nn.Module, mode: str, info: DistInfo, dtype: torch.dtype, fs
         for i, (_, _, block) in enumerate(blocks):
             # The last block's backward comes right after its forward: resharding it would only
             # gather it again at once (torchtitan does the same).
-            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard and i < len(blocks) - 1)
-        fully_shard(aim, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+            fully_shard(block, mesh=layout.mesh, mp_policy=mp,
+                        reshard_after_forward=reshard and i < len(blocks) - 1)
+        fully_shard(aim, mesh=layout.mesh, mp_policy=mp, reshard_after_forward=False)
         # The root's unshard/reshard hooks run around forward(); we train through forward_loss().
         register_fsdp_forward_method(aim, "forward_loss")
-        return Wrapped(aim.forward_loss, mode, aim)
-    return Wrapped(aim.forward_loss, mode, aim)
+    return Wrapped(aim.forward_loss, layout, aim)
 
 
 def materialize_from_rank0(aim: nn.Module, full_state: dict[str, torch.Tensor] | None,

@@ -1,19 +1,17 @@
 """The training loop of `openaim train`: resumable, exact on CPU, DDP / FSDP2 / HSDP under torchrun.
 
+As torchtitan lays it out: the edge (`train_from_config`: data listed once, process group joined),
+set-up and restore (training.step: `build_trainer`, `restore`), one `train_step` per global batch
+(training.step), logging (`LogWindow`, `_log_window`) and saving (`_save`) as separate pieces, and
+`train` running them in order.
+
 What makes a resumed run repeat an uninterrupted one step for step:
 - the lr is a function of the step (training.optim.lr_at);
-- prefix lengths of step k are drawn for the whole *global* batch from a generator seeded by
-  (seed, k) and each rank (and micro-batch) takes its slice, so they depend neither on history nor
-  on the world size or the accumulation;
+- prefix lengths of step k are a function of (seed, k), sliced per rank and micro-batch
+  (training.step), so they depend neither on history nor on the world size or the accumulation;
 - the data stream is positioned by the checkpoint (training.data: exact on the same world size,
-  re-split deterministically on another one);
+  the unread work re-split deterministically on another one);
 - model and optimizer come back from the DCP checkpoint, resharded to this world (training.checkpoint).
-
-One optimizer step per global batch: each rank's G / world images run as micro-batches of
-`micro_batch_size` with gradient accumulation. Each micro-batch's loss is weighted by its share of
-the global batch's counted (post-prefix) patches, times the world size (DDP/FSDP average gradients
-over ranks), so the accumulated gradient is the gradient of the global batch's loss (a mean over
-counted patches) for any world size and micro-batch size.
 
 The hot loop does not wait for the device: batches arrive pinned (uint8) and are copied with
 non_blocking, normalised (and on GPU colour-jittered) on the device; prefix lengths are drawn on the
@@ -39,31 +37,25 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from shared.atomic import atomic_dir
 from shared.config.training import TrainingConfig
-from shared.errors import ConfigError, InputError, OpenAIMError
+from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
 from shared.torchrun import barrier, broadcast_from_rank0, torchrun_stage
 from training import checkpoint as ck
 from training import distributed as dd
 from training.augment import to_model_input
-from training.data import (
-    build_loader,
-    curated_shard_list,
-    global_imagenet_count,
-    resplit_positions,
-)
+from training.data import ImageNetIndex, build_loader, global_imagenet_count
 from training.metrics import MetricsLog, mfu, peak_flops, plot_loss
-from training.model.aim import build_aim
 from training.model.flops import flops_per_image
-from training.model.prefix import sample_prefix_lengths
-from training.optim import build_optimizer, lr_at, peak_lr, set_lr
+from training.shards import StringTable, curated_shard_list, imagenet_sources, resplit_positions
+from training.step import Trainer, batch_plan, build_trainer, restore, train_step
 
 # Bump when the trained weights (the whole training/ package) change for the same config and inputs: this
 # step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
@@ -77,16 +69,6 @@ class TrainingDivergedError(OpenAIMError):
     """A non-finite loss or gradient: the run stops (exit code 3) before saving anything after it."""
 
     exit_code = 3
-
-
-def prefix_generator_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, 3, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def global_prefix_lengths(seed: int, step: int, global_batch: int, num_patches: int) -> torch.Tensor:
-    """Prefix lengths [global_batch] of step `step`, the same on every rank and world size."""
-    gen = torch.Generator().manual_seed(prefix_generator_seed(seed, step))
-    return sample_prefix_lengths(global_batch, num_patches, gen)
 
 
 def _set_aside_previous_run(out: Path) -> None:
@@ -121,15 +103,36 @@ def train_from_config(cfg, resume: bool = True) -> Path:
     Resumes from the latest complete checkpoint there unless `resume` is False.
     """
     tcfg = cfg.training
-    n_in = global_imagenet_count(tcfg.global_batch_size, tuple(tcfg.data.mix), bool(tcfg.data.imagenet))
-    # Fail now, in one line, when there is nothing to read.
     shards = [cfg.expand_path(p) for p in tcfg.data.shards] or [str(cfg.curation_dir / "shards" / "*.tar")]
-    curated = curated_shard_list(shards) if n_in < tcfg.global_batch_size else []
     imagenet = [cfg.expand_path(p) for p in tcfg.data.imagenet]  # image folders or shard patterns
     with torchrun_stage(timeout=timedelta(seconds=tcfg.timeouts.startup_s),
                         timeouts_hint=dd.timeouts_hint(tcfg.timeouts)):
         info = dd.init_distributed(tcfg.parallel, tcfg.timeouts.startup_s)
+        curated, imagenet = _list_data(tcfg, shards, imagenet, info)
         return train(tcfg, Path(cfg.training_dir), curated, imagenet, info, resume)
+
+
+def _list_data(tcfg: TrainingConfig, shards: list[str], imagenet: list[str],
+               info: dd.DistInfo) -> tuple[StringTable, StringTable | ImageNetIndex | None]:
+    """Rank 0 lists the data once (a missing shard, or none, is one error line on every rank) and
+    broadcasts it: shard lists as `StringTable`s, an image folder as its `ImageNetIndex`."""
+    listed: dict = {}
+    if info.is_main:
+        try:
+            n_in = global_imagenet_count(tcfg.global_batch_size, tuple(tcfg.data.mix), bool(imagenet))
+            curated = StringTable(curated_shard_list(shards) if n_in < tcfg.global_batch_size else [])
+            if not n_in:
+                listed = {"curated": curated, "imagenet": None}
+            elif all(Path(p).is_dir() for p in imagenet):
+                listed = {"curated": curated, "imagenet": ImageNetIndex(imagenet, tcfg.seed)}
+            else:
+                listed = {"curated": curated, "imagenet": StringTable(imagenet_sources(imagenet))}
+        except OpenAIMError as exc:
+            listed = {"error": str(exc)}
+    listed = broadcast_from_rank0(listed)
+    if "error" in listed:
+        raise InputError(listed["error"])
+    return listed["curated"], listed["imagenet"]
 
 
 def _decide_resume(tcfg: TrainingConfig, out: Path, resume: bool) -> dict:
@@ -148,20 +151,109 @@ def _decide_resume(tcfg: TrainingConfig, out: Path, resume: bool) -> dict:
     return {"resume_dir": None, "state": None}
 
 
-def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[str], info: dd.DistInfo,
-          resume: bool) -> Path:
-    world, rank, device = info.world_size, info.rank, info.device
-    if tcfg.global_batch_size % world:
-        raise ConfigError(f"training.global_batch_size {tcfg.global_batch_size} is not divisible by "
-                          f"{world} processes")
-    local_batch = tcfg.global_batch_size // world
-    micro = tcfg.micro_batch_size or local_batch
-    if local_batch % micro:
-        raise ConfigError(f"training.micro_batch_size {micro} does not divide the {local_batch} images per "
-                          f"process (global batch {tcfg.global_batch_size} over {world})")
-    accum = local_batch // micro
-    mcfg = tcfg.model
-    num_patches = mcfg.num_patches
+class LogWindow:
+    """The open log window: the steps since the last metrics line, their summed loss and the first
+    non-finite step (device tensors, read only at log and checkpoint steps), wall time and data wait."""
+
+    def __init__(self, device: torch.device, saved: dict | None):
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.steps, self.start, self.data_wait = 0, time.perf_counter(), 0.0
+        if saved is not None:  # a resumed run logs the same means as an uninterrupted one
+            self.loss_sum += saved["loss_sum"]
+            self.steps = int(saved["steps"])
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad,
+                                     torch.full_like(self.first_bad, step))
+        self.loss_sum += loss
+        self.steps += 1
+
+    def check_finite(self, total_steps: int) -> None:
+        bad = int(dd.all_reduce_max(self.first_bad))
+        if bad >= 0:
+            raise TrainingDivergedError(
+                f"non-finite loss or gradient norm at step {bad + 1} (of {total_steps}); nothing was saved "
+                "after it: lower training.optim.lr or check the data")
+
+    def saved(self) -> dict:
+        return {"loss_sum": float(dd.all_reduce_mean(self.loss_sum)), "steps": self.steps}
+
+    def close(self) -> tuple[float, float, float]:
+        """(mean loss over ranks and steps, elapsed s, share of it spent waiting for data); reopens."""
+        mean_loss = float(dd.all_reduce_mean(self.loss_sum)) / self.steps
+        elapsed = time.perf_counter() - self.start
+        wait_share = min(self.data_wait / max(elapsed, 1e-9), 1.0)
+        self.loss_sum.zero_()
+        self.steps, self.start, self.data_wait = 0, time.perf_counter(), 0.0
+        return mean_loss, elapsed, wait_share
+
+
+@dataclass
+class DataState:
+    """This rank's data stream state: reader positions per stream and the bad-sample count."""
+
+    positions: list[dict]
+    num_streams: int
+    bad_samples: int
+
+
+def _data_state(tcfg: TrainingConfig, state: dict | None, info: dd.DistInfo) -> DataState:
+    """Reader positions from the checkpoint (re-split when the world size or workers changed)."""
+    num_streams = max(1, tcfg.data.num_workers)
+    saved = state["data"] if state else None
+    if saved and (saved["world_size"], saved["num_streams"]) != (info.world_size, num_streams):
+        log.warning("world size or workers changed since the checkpoint (%d x %d -> %d x %d): the old "
+                    "readers' unread shards are dealt to the new ones", saved["world_size"],
+                    saved["num_streams"], info.world_size, num_streams)
+    positions = resplit_positions(saved["positions"] if saved else None, info.world_size, num_streams,
+                                  ["curated", "imagenet"])[info.rank]
+    return DataState(positions, num_streams, int(saved.get("bad_samples", 0)) if saved else 0)
+
+
+def _save(writer: ck.CheckpointWriter, trainer: Trainer, tcfg: TrainingConfig, info: dd.DistInfo,
+          window: LogWindow, data: DataState, step_done: int, keep_steps: set[int]) -> None:
+    """A resumable checkpoint after `step_done` (a collective): weights, optimizer, per-rank RNG and
+    data positions, the open log window."""
+    window.check_finite(tcfg.steps)
+    saved_window = window.saved()
+    rngs = dd.all_gather_object(ck.rng_state())
+    all_positions = dd.all_gather_object(data.positions)
+    train_state = {
+        "step": step_done, "rng": rngs, "metrics_window": saved_window,
+        "data": {"world_size": info.world_size, "num_streams": data.num_streams, "positions": all_positions,
+                 "global_batch_size": tcfg.global_batch_size, "bad_samples": data.bad_samples},
+    }
+    writer.save(step_done, trainer.aim, trainer.optimizer, train_state if info.is_main else None,
+                export_weights=step_done == tcfg.steps or step_done in keep_steps)
+
+
+def _log_window(window: LogWindow, tcfg: TrainingConfig, info: dd.DistInfo, done: int, lr: float,
+                grad_norm: torch.Tensor, bad_samples: int, metrics: MetricsLog | None, flops: float,
+                peak_device: float | None) -> str:
+    """Close the log window after step `done`: a metrics.jsonl row (rank 0) and a log line; returns
+    the progress bar's description."""
+    window.check_finite(tcfg.steps)
+    steps = window.steps
+    mean_loss, elapsed, wait_share = window.close()
+    ips = steps * tcfg.global_batch_size / max(elapsed, 1e-9)
+    eta = (tcfg.steps - done) * elapsed / steps
+    row_mfu = mfu(flops, ips, peak_device, info.world_size)
+    if metrics is not None:
+        metrics.write({"step": done, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
+                       "images_per_s": ips, "mfu": row_mfu, "data_wait_share": wait_share,
+                       "bad_samples": bad_samples, "time": time.time()})
+    log.info("step %d/%d  loss %.4f  %.1f img/s%s  data wait %.1f%%  ETA %s", done, tcfg.steps,
+             mean_loss, ips, f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
+             100 * wait_share, timedelta(seconds=round(eta)))
+    return f"train  loss {mean_loss:.4f}  {ips:.0f} img/s"
+
+
+def train(tcfg: TrainingConfig, out: Path, curated, imagenet, info: dd.DistInfo, resume: bool) -> Path:
+    """Set up, restore, then `train_step` per global batch with logging and checkpoints; final/ at the end."""
+    rank, device = info.rank, info.device
+    plan = batch_plan(tcfg, info)
 
     # Rank 0 decides whether and where to resume, and every rank follows (one view of the filesystem).
     decision = None
@@ -186,96 +278,26 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     if resume_dir is not None:
         log.info("resuming from %s (step %d of %d)", resume_dir, start_step, tcfg.steps)
 
-    # Model: the seeded init of a single process, then activation checkpointing, compile, sharding,
-    # then (on resume) the checkpoint's weights. Under FSDP/HSDP the model is built on the meta device;
-    # a fresh run materialises rank 0's full weights and scatters them shard by shard.
-    mode = dd.resolve_parallel(tcfg.parallel, info)
-    dtype = dd.resolve_precision(tcfg.precision, device)
-    sharded = mode in ("fsdp", "hsdp")
-    full_state = None
-    if sharded:
-        if info.is_main and resume_dir is None:
-            torch.manual_seed(tcfg.seed)
-            full_state = build_aim(mcfg, device="cpu").state_dict()
-        aim = build_aim(mcfg, device="meta")
-    else:
-        torch.manual_seed(tcfg.seed)
-        aim = build_aim(mcfg, device=device)
-    dd.apply_activation_checkpointing(aim, tcfg.activation_checkpointing)
-    if tcfg.compile:
-        dd.apply_compile(aim)
-    mesh = dd.build_mesh(mode, info, tcfg.fsdp)
-    wrapped = dd.wrap_model(aim, mode, info, dtype, tcfg.fsdp, mesh)
-    if sharded:
-        if resume_dir is None:
-            dd.materialize_from_rank0(aim, full_state, device)
-        else:
-            aim.to_empty(device=device)
-        del full_state
-    aim.train()
-    optimizer = build_optimizer(aim, tcfg.optim, tcfg.global_batch_size, fused=device.type == "cuda")
-    peak = peak_lr(tcfg.optim, tcfg.global_batch_size)
+    trainer = build_trainer(tcfg, info, fresh=resume_dir is None)
     if resume_dir is not None:
-        ck.load_resumable(resume_dir, aim, optimizer)
-        ck.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        restore(trainer, resume_dir, state, rank)
 
-    # Data, positioned by the checkpoint (re-split when the world size or workers changed).
-    num_streams = max(1, tcfg.data.num_workers)
-    saved = state["data"] if state else None
-    if saved and (saved["world_size"], saved["num_streams"]) != (world, num_streams):
-        log.warning("world size or workers changed since the checkpoint (%d x %d -> %d x %d): the data "
-                    "readers restart after every shard the old ones opened", saved["world_size"],
-                    saved["num_streams"], world, num_streams)
-    positions = resplit_positions(saved["positions"] if saved else None, world, num_streams,
-                                  ["curated", "imagenet"])[rank]
-    loader = build_loader(tcfg, curated, imagenet, rank, world, start_step, positions,
+    data = _data_state(tcfg, state, info)
+    loader = build_loader(tcfg, curated, imagenet, rank, info.world_size, start_step, data.positions,
                           pin_memory=device.type == "cuda")
-    bad_samples = int(saved.get("bad_samples", 0)) if saved else 0
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if info.is_main else None
     # A bar on rank 0's terminal; no progress log lines: the loop logs its own (loss, img/s, ETA) below.
     progress = progress_bar(transient=False, disable=not info.is_main, plain_log=False)
     progress_task = progress.add_task("train", total=tcfg.steps, completed=start_step)
     progress.start()
-    flops = float(flops_per_image(mcfg, include_head=True))
+    flops = float(flops_per_image(tcfg.model, include_head=True))
     peak_device = peak_flops(device)
-    writer = ck.CheckpointWriter(out, mcfg, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
-                                 async_save=tcfg.async_checkpoint and world > 1)
+    writer = ck.CheckpointWriter(out, tcfg.model, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
+                                 async_save=tcfg.async_checkpoint and info.world_size > 1)
     keep_steps = set(tcfg.keep_checkpoints)
-    timeouts = dd.PhaseTimeouts(tcfg.timeouts, mesh, [writer.group])
-
-    loss_sum = torch.zeros((), device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    steps_in_window, window_start = 0, time.perf_counter()
-    data_wait = 0.0  # seconds blocked on the loader in the open log window
-    if state is not None:
-        loss_sum += state["metrics_window"]["loss_sum"]
-        steps_in_window = int(state["metrics_window"]["steps"])
-
-    def check_finite() -> None:
-        bad = int(dd.all_reduce_max(first_bad))
-        if bad >= 0:
-            raise TrainingDivergedError(
-                f"non-finite loss or gradient norm at step {bad + 1} (of {tcfg.steps}); nothing was saved "
-                "after it: lower training.optim.lr or check the data")
-
-    def save(step_done: int) -> None:
-        with timeouts.io():
-            _save(step_done)
-
-    def _save(step_done: int) -> None:
-        check_finite()
-        # The open log window (steps since the last metrics line), so a resumed run logs the same means.
-        window = {"loss_sum": float(dd.all_reduce_mean(loss_sum)), "steps": steps_in_window}
-        rngs = dd.all_gather_object(ck.rng_state())
-        all_positions = dd.all_gather_object(positions)
-        train_state = {
-            "step": step_done, "rng": rngs, "metrics_window": window,
-            "data": {"world_size": world, "num_streams": num_streams, "positions": all_positions,
-                     "global_batch_size": tcfg.global_batch_size, "bad_samples": bad_samples},
-        }
-        writer.save(step_done, aim, optimizer, train_state if info.is_main else None,
-                    export_weights=step_done == tcfg.steps or step_done in keep_steps)
+    timeouts = dd.PhaseTimeouts(tcfg.timeouts, trainer.wrapped.layout.mesh, [writer.group])
+    window = LogWindow(device, state["metrics_window"] if state is not None else None)
 
     data_iter = iter(loader)
     try:
@@ -284,63 +306,26 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
             batch = next(data_iter)
             if batch["step"] != step:
                 raise RuntimeError(f"data stream out of order: got step {batch['step']}, expected {step}")
-            positions[batch["stream"]] = batch["position"]
-            bad_samples += batch["bad"]
+            data.positions[batch["stream"]] = batch["position"]
+            data.bad_samples += batch["bad"]
             raw = batch["images"].to(device, non_blocking=True)  # [B, 3, S, S] uint8
-            data_wait += time.perf_counter() - fetch_start
+            window.data_wait += time.perf_counter() - fetch_start
             # [B, 3, S, S] float; the jitter table stays on the host (to_model_input groups it there)
             images = to_model_input(raw, batch["jitter"])
 
-            prefix_all = global_prefix_lengths(tcfg.seed, step, tcfg.global_batch_size, num_patches)  # [GB]
-            counted_all = float((num_patches - prefix_all).sum())  # targets at index >= prefix, all ranks
-            lr = lr_at(step, tcfg.steps, peak, tcfg.optim)
-            set_lr(optimizer, lr)
-            step_loss = torch.zeros((), device=device)
-            for m in range(accum):
-                lo = rank * local_batch + m * micro
-                prefix = prefix_all[lo:lo + micro]  # [micro]
-                weight = float((num_patches - prefix).sum()) * world / counted_all
-                if device.type == "cuda":
-                    prefix = prefix.pin_memory().to(device, non_blocking=True)
-                with wrapped.sync_context(last_micro_batch=m == accum - 1):
-                    with dd.autocast_context(device, dtype):
-                        loss = wrapped.loss_fn(images[m * micro:(m + 1) * micro], prefix)
-                    weighted = loss.float() * weight
-                    weighted.backward()
-                step_loss += weighted.detach()
-            grad_norm = dd.clip_grad_norm(aim, tcfg.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
-            first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, step))
-            loss_sum += step_loss
-            steps_in_window += 1
+            loss, grad_norm, lr = train_step(trainer, tcfg, plan, images, step)
+            window.add(step, loss, grad_norm)
             done = step + 1
             timeouts.first_step_done(device)
-
             if done % tcfg.log_every == 0 or done == tcfg.steps:
-                check_finite()
-                mean_loss = float(dd.all_reduce_mean(loss_sum)) / steps_in_window
-                elapsed = time.perf_counter() - window_start
-                ips = steps_in_window * tcfg.global_batch_size / max(elapsed, 1e-9)
-                eta = (tcfg.steps - done) * elapsed / steps_in_window
-                row_mfu = mfu(flops, ips, peak_device, world)
-                wait_share = min(data_wait / max(elapsed, 1e-9), 1.0)
-                if metrics is not None:
-                    metrics.write({"step": done, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                                   "images_per_s": ips, "mfu": row_mfu, "data_wait_share": wait_share,
-                                   "bad_samples": bad_samples, "time": time.time()})
-                log.info("step %d/%d  loss %.4f  %.1f img/s%s  data wait %.1f%%  ETA %s", done, tcfg.steps,
-                         mean_loss, ips, f"  MFU {row_mfu:.1%}" if row_mfu is not None else "",
-                         100 * wait_share, timedelta(seconds=round(eta)))
-                progress.update(progress_task, completed=done,
-                                description=f"train  loss {mean_loss:.4f}  {ips:.0f} img/s")
-                loss_sum.zero_()
-                steps_in_window, window_start, data_wait = 0, time.perf_counter(), 0.0
+                description = _log_window(window, tcfg, info, done, lr, grad_norm, data.bad_samples, metrics,
+                                          flops, peak_device)
+                progress.update(progress_task, completed=done, description=description)
             else:
                 progress.update(progress_task, completed=done)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or done in keep_steps:
-                save(done)
+                with timeouts.io():
+                    _save(writer, trainer, tcfg, info, window, data, done, keep_steps)
         timeouts.steps_over()
         writer.close()
     finally:
@@ -352,8 +337,8 @@ def train(tcfg: TrainingConfig, out: Path, curated: list[str], imagenet: list[st
     if info.is_main:
         _final_from(out, ck.step_dir(out, tcfg.steps))
         plot_loss(out / "metrics.jsonl", out / "loss.png")
-        if bad_samples:
-            log.warning("skipped %d unreadable shards/samples", bad_samples)
+        if data.bad_samples:
+            log.warning("skipped %d unreadable shards/samples", data.bad_samples)
         log.info("trained %d steps; final weights in %s", tcfg.steps, final)
     barrier()
     return final

@@ -74,7 +74,8 @@ class ModelConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    # Webdataset shards (globs or brace patterns). Empty = the curation stage's output shards.
+    # Webdataset shards (globs or brace patterns; every file a pattern names must exist). Empty = the
+    # curation stage's output, {workdir}/curation/shards/*.tar.
     shards: list[str] = Field(default_factory=list)
     # ImageNet-style labelled set: image folder(s) or webdataset shards; empty = none. Paths may use
     # {workdir} and {web_dir} (see OpenAIMConfig.expand_path).
