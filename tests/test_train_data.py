@@ -196,6 +196,8 @@ def test_shards_are_a_permutation_per_epoch_and_the_shuffle_spans_shards(tmp_pat
 def _draw(reader, position, n=None, until_visit=None):
     """(visit, key) of the samples a reader yields from `position`, and its position after the last."""
     got, last = [], position
+    if n == 0:
+        return got, last
     for sample, after, _ in reader.samples(position):
         if until_visit is not None and sample["__visit__"] >= until_visit:
             break

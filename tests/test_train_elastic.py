@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import descendants, signal_all
 from training.metrics import read_metrics
 from training.synthetic import write_image_folder
 
@@ -82,30 +83,6 @@ def _losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(workdir / "training" / "metrics.jsonl")}
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -127,7 +104,7 @@ def _finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 24
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal_all([proc.pid, *_descendants(proc.pid)], signal.SIGKILL)
+            signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
             proc.wait()
     text = "\n".join(log.read_text() for log in logs)
     for proc in procs:
@@ -170,11 +147,11 @@ def test_a_killed_node_leaves_and_the_survivor_finishes_with_the_same_losses(tmp
 
     # Kill -9 agent B and its workers (torchrun starts them in sessions of their own: by pid), frozen
     # first so the snapshot of where the run was holds.
-    victims = [b.pid, *_descendants(b.pid)]
+    victims = [b.pid, *descendants(b.pid)]
     assert len(victims) >= 3, victims  # the agent and its 2 workers
-    _signal_all(victims, signal.SIGSTOP)
+    signal_all(victims, signal.SIGSTOP)
     at_kill = max(_losses(run), default=0)
-    _signal_all(victims, signal.SIGKILL)
+    signal_all(victims, signal.SIGKILL)
     b.wait()
     deadline = time.time() + 30
     while not all(_gone(p) for p in victims) and time.time() < deadline:
@@ -203,8 +180,8 @@ def test_a_node_joining_a_running_job_is_taken_in_at_the_next_restart(tmp_path, 
     _wait_for(run / "training" / "checkpoints" / f"step_{EVERY:07d}", [a])
     # Hold A's workers still so that B's arrival lands mid-run on this tiny, fast job; A's agent keeps
     # watching the rendezvous meanwhile and restarts its workers when it sees B waiting.
-    workers = _descendants(a.pid)
-    _signal_all(workers, signal.SIGSTOP)
+    workers = descendants(a.pid)
+    signal_all(workers, signal.SIGSTOP)
     at_join = max(_losses(run), default=0)
     assert EVERY <= at_join < STEPS, at_join
     b = _agent(run, folder, port, logs[1], is_host=False, share_store=False)
@@ -212,7 +189,7 @@ def test_a_node_joining_a_running_job_is_taken_in_at_the_next_restart(tmp_path, 
     while "will restart worker group" not in logs[0].read_text():
         assert b.poll() is None and time.time() < deadline, logs[1].read_text()[-3000:]
         time.sleep(0.05)
-    _signal_all(workers, signal.SIGCONT)  # they take the agent's SIGTERM now
+    signal_all(workers, signal.SIGCONT)  # they take the agent's SIGTERM now
 
     text = _finish([a, b], logs)
     assert "(2 x 1 -> 4 x 1)" in text  # the new round runs on both agents' processes

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from shared.config.loading import load_config
+from tests.processes import descendants, signal_all
 from training.metrics import read_metrics
 from training.synthetic import write_image_folder, write_synthetic_shards
 
@@ -278,31 +279,11 @@ def test_hsdp_ddp_one_process_agree_and_dcp_resumes_on_other_world_sizes(tmp_pat
         assert _max_weight_diff(_weights(run), _weights(tmp_path / "hsdp")) < 1e-5
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_tree(pid: int) -> None:
     """SIGSTOP the process and all its descendants first (a frozen snapshot), then SIGKILL them all."""
-    pids = [pid, *_descendants(pid)]
+    pids = [pid, *descendants(pid)]
     for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
+        signal_all(pids, sig)
 
 
 def test_kill9_mid_save_leaves_the_previous_checkpoint_usable(tmp_path, one_process_run):
