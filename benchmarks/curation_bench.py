@@ -271,7 +271,7 @@ SMALL_WEB = ["web.n_images=1000", "web.hq_size=1200", "web.bench_train_per_class
 
 
 def rerun_bench(tmp: Path, quick: bool, demo: bool = False, profile: bool = False) -> list[list]:
-    from curation.pipeline import build_dataset
+    from openaim.pipeline import build_dataset
     from shared.config import load_config
     from shared.miniweb.generate import generate_web
     from shared.miniweb.server import serve_in_background

@@ -6,7 +6,7 @@ For each size the mini web is generated with that many image records (its WARC f
 the extract step runs on its WARCs, and the pool is then written directly (img2dataset's layout, 1000
 samples per shard, the web's own image files: nothing is downloaded). Each following step (score with
 a randomly initialised own filter network, dedup, safety, select + write) runs alone in a fresh
-process, as `openaim build-dataset` runs it (curation.pipeline), on the local engine with ``--workers``
+process, as `openaim build-dataset` runs it (openaim.steps), on the local engine with ``--workers``
 worker processes. Per step it reports
 - peak RSS of the driver (the step's process) and of the largest worker (curation.engine's tasks report
   their own peak; scoring has no workers: it runs in the driver, one torchrun rank);
@@ -75,15 +75,16 @@ def _cpu_seconds() -> float:
 def run_step(workdir: Path, n: int, workers: int, step: str) -> dict:
     """One step in this (fresh) process, as build-dataset runs it; its wall, CPU and memory figures."""
     from curation.engine import peak_rss_bytes
-    from curation.pipeline import _Steps
+    from openaim.pipeline import step_named
+    from openaim.steps.base import RunContext, run_step
     from shared.config import load_config
 
-    cfg = load_config(None, _overrides(workdir, n, workers))
-    steps = _Steps(cfg, True, None)
+    ctx = RunContext(load_config(None, _overrides(workdir, n, workers)), force=True)
     wall, cpu = time.perf_counter(), _cpu_seconds()
-    getattr(steps, step)()
-    worker = steps._engine.worker_peak_rss if steps._engine is not None else 0
-    steps.close()  # the pool's workers exit: their CPU time counts as this process's children
+    run_step(step_named(step), ctx)
+    engine = ctx.opened("curation.engine")
+    worker = engine.worker_peak_rss if engine is not None else 0
+    ctx.release()  # the pool's workers exit: their CPU time counts as this process's children
     return {"step": step, "seconds": time.perf_counter() - wall, "cpu": _cpu_seconds() - cpu,
             "driver_rss": peak_rss_bytes(), "worker_rss": worker if workers > 1 else 0}
 

@@ -51,12 +51,7 @@ from shared.stage_cache import combine_digests, digest_file
 
 log = logging.getLogger("openaim.curation")
 
-# Bump when the keep files (this module, dedup.py, dedup_clusters.py, copy_detection.py, eval_index.py,
-# parts.py) change for
-# the same config and inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that
-# change no result (comments, refactors) need no bump. 2: cluster-partitioned, registry eval sets, int8.
-# 3: nearest cluster by faiss's top-k, within-cluster candidates in the PCA space (when used), verified.
-VERSION = 3
+# Versioned by its step: bump VERSION in openaim/steps/dedup.py when this changes the step's results.
 
 REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PCA-64 space
 # Why these values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".

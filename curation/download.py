@@ -58,10 +58,7 @@ from shared.atomic import atomic_dir, atomic_write_json, finished_files
 from shared.config.curation import DownloadConfig
 from shared.errors import InputError, OpenAIMError, disk_full_as_error
 
-# Bump when the downloaded pool change for the same config and inputs: this step and every step after it
-# rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 3  # 2: guarded connections, "blocked by policy", damaged shards refetched;
-# 3: the download list is a folder, one file per pairs partition (img2dataset shards each file alone)
+# Versioned by its step: bump VERSION in openaim/steps/download.py when this changes the step's results.
 
 log = logging.getLogger("openaim.curation")
 

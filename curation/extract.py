@@ -32,13 +32,7 @@ from curation.warc_links import warc_links
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
 
-# Bump when the extracted pairs change for the same config and inputs (this module or curation.warc_links):
-# this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
-# refactors) need no bump.
-VERSION = 4  # 2: input uids kept, charset header > meta > detection, non-link records skipped;
-# 3: FastWARC records, HTML parsed by the HTML standard's rules (lexbor), cut gzip members counted;
-# 4: charset labels by the WHATWG table (a Python-only codec label such as rot13 or zlib falls through, not a
-# corrupt record; utf-7 is no web encoding; latin1 is windows-1252), pages cut at max_page_bytes and counted
+# Versioned by its step: bump VERSION in openaim/steps/extract.py when this changes the step's results.
 
 
 def pair_uid(url: str, caption: str) -> str:

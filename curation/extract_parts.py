@@ -27,9 +27,7 @@ from shared.atomic import atomic_dir, atomic_path, atomic_write_json
 from shared.config.curation import ExtractConfig
 from shared.stage_cache import combine_digests, digest_file, hash_json
 
-# The extract step's version: curation.extract's (its readers decide what a pair is) plus this module's
-# own, 1 (pairs/ parts from the engine's hash shuffle). Bump the 1 when this module changes the pairs.
-VERSION = extract.VERSION + 1
+# Versioned by its step: bump VERSION in openaim/steps/extract.py when this changes the step's results.
 SOURCES_PER_BUCKET = 4
 COLUMNS = ("uid", "url", "caption", "page_url", "source")
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curation.select import subset_to_uids
+from shared.config.root import OpenAIMConfig
 from shared.stage_cache import hash_json
 
 GOOD_KINDS = ("match", "near_dup", "exact_dup")
@@ -94,7 +95,7 @@ def _kept_pairs(curation_dir: Path) -> list[tuple[str, str]]:
             if uid in kept_uids]
 
 
-def curation_manifest(cfg, ran: list[str], reused: list[str]) -> dict:
+def curation_manifest(cfg: OpenAIMConfig, ran: list[str], reused: list[str]) -> dict:
     """The manifest of a finished build-dataset run, from the steps' stats files (``cfg``: the root config:
     the curation section and the web dir the quality block reads)."""
     d = cfg.curation_dir

@@ -21,10 +21,7 @@ from curation.parts import read_part
 from shared.atomic import atomic_path
 from shared.stage_cache import combine_digests, digest_file
 
-# Bump when the safety keep files (this module, parts.py) change for the same config and inputs:
-# this step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
-# refactors) need no bump.
-VERSION = 2  # 2: one keep file per score part
+# Versioned by its step: bump VERSION in openaim/steps/safety.py when this changes the step's results.
 
 
 @lru_cache(maxsize=1)

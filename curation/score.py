@@ -38,10 +38,7 @@ from shared.atomic import atomic_write_text, remove_stale_tmp
 from shared.errors import OpenAIMError
 from shared.stage_cache import combine_digests, digest_file
 
-# Bump when the scores (this module, filter_network.py, copy_detection.py) change for the same config and
-# inputs: this step and every step after it rerun (shared/stage_cache.py). Edits that change no result
-# (comments, refactors) need no bump.
-VERSION = 2  # 2: one parquet part per pool shard with int8 descriptors, no assembly
+# Versioned by its step: bump VERSION in openaim/steps/score.py when this changes the step's results.
 
 log = logging.getLogger("openaim.curation")
 # The process group curation joins under torchrun: gloo, since only small objects travel, and a long

@@ -34,10 +34,7 @@ from shared.config.curation import SelectConfig
 from shared.errors import OpenAIMError
 from shared.stage_cache import combine_digests, digest_file
 
-# Bump when the selected subset and its shards (this module, select.py, write.py) change for the same config
-# and inputs: this step and every step after it rerun (shared/stage_cache.py). 2: per-shard tars in
-# hashed-uid order, threshold from the histogram pass. 3: subset/ parts by uid range, subset.npy streamed.
-VERSION = 3
+# Versioned by its step: bump VERSION in openaim/steps/select.py when this changes the step's results.
 PARTS_PER_SUBSET_BUCKET = 64
 _COPY_ROWS = 1 << 20  # subset rows copied into subset.npy at a time
 

@@ -31,9 +31,7 @@ from shared.progress import progress_bar
 from shared.schedule import warmup_cosine
 from shared.wds_reader import read_samples
 
-# Bump when the trained filter network change for the same config and inputs: this step and every step after
-# it rerun (shared/stage_cache.py). Edits that change no result (comments, refactors) need no bump.
-VERSION = 2  # 2: the lr schedule is the one warm-up + cosine, shared.schedule (a slightly different warm-up)
+# Versioned by its step: bump VERSION in openaim/steps/train_filter.py when this changes the step's results.
 
 log = logging.getLogger("openaim.curation")
 

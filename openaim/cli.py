@@ -22,13 +22,13 @@ def _web() -> Any:
 
 
 def _build_dataset() -> Any:
-    from curation.cli import build_dataset
+    from openaim.pipeline_cli import build_dataset
 
     return build_dataset
 
 
 def _train_filter() -> Any:
-    from curation.cli import train_filter
+    from openaim.pipeline_cli import train_filter
 
     return train_filter
 

@@ -1,185 +1,170 @@
-"""The pipeline graph: web -> build-dataset -> train -> eval -> report, over the stage cache.
+"""The pipeline graph: web -> build-dataset -> train -> eval -> report, as one ordered list of steps
+(openaim.steps.STEPS) over the stage cache.
 
-Curation caches each of its own steps (extract, download, score, ...). On top of that the pipeline keeps
-one record per stage (`train`, `eval`), keyed by the stage's config section, its upstream outputs and
-its module's ``VERSION`` (training.loop, evaluation.run); `openaim status` checks the same specs
-(``pipeline_plan``):
+`openaim run` runs the list, `openaim build-dataset` its build-dataset steps, `openaim status` asks each
+cached step of the list whether the next run reuses it (``pipeline_plan``), all through ``run_step``:
 
-- a stage whose config and inputs are unchanged is reused;
-- a stage that is stale because its inputs or config changed *after it had finished* first moves its
-  previous outputs to ``<workdir>/history/run-NNN/`` (training, eval, the curation manifest), so the new
-  run starts clean and the report can show the old and the new run side by side;
-- a stage that never finished (killed mid-way) is simply run again and resumes from its own checkpoints.
+- a step whose config, inputs and VERSION are unchanged is reused;
+- training that is stale because its inputs or config changed *after it had finished* first moves its
+  previous outputs to ``<workdir>/history/run-NNN/`` (openaim.history), so the new run starts clean and the
+  report can show the old and the new run side by side;
+- a step that never finished (killed mid-way) is simply run again and resumes from its own checkpoints.
+
+``<workdir>/pipeline.json`` records, per stage (the command that runs a step: build-dataset, train, eval,
+report), whether it ran or was reused and its wall time; the report shows them.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-import evaluation.run
-import training.loop
-from curation.pipeline import build_dataset
-from curation.step_specs import step_specs
-from evaluation.run import evaluate_from_config
-from openaim.report import report_from_config
-from shared.atomic import atomic_write_bytes, atomic_write_json
+from openaim.steps import STEPS
+from openaim.steps.base import RunContext, Step, plan, run_step
 from shared.config.root import OpenAIMConfig
-from shared.errors import PartialFailure
+from shared.errors import InputError, PartialFailure
 from shared.miniweb.generate import generate_web
 from shared.miniweb.server import serve_in_background
-from shared.stage_cache import Freshness, StageCache, StepSpec, hash_json, hash_path, plan
-from training.loop import train_from_config
+from shared.stage_cache import Freshness
 
 log = logging.getLogger("openaim.pipeline")
 console = Console()
+CURATION = "build-dataset"  # the stage whose steps a config with its own training shards does not need
 
 
-def train_spec(cfg: OpenAIMConfig, cache: StageCache) -> StepSpec:
-    """Training takes the curated shards (select's outputs), or the user's own shard list."""
-    shards = cfg.training.data.shards
-    return StepSpec(
-        name="train",
-        config={"training": cfg.training.model_dump(mode="json")},
-        inputs={"shards": hash_json(sorted(shards))} if shards else {"select": cache.outputs_hash("select")},
-        version=training.loop.VERSION,
-        outputs=[cfg.training_dir / "final"],
-    )
+def pipeline_steps(cfg: OpenAIMConfig) -> list[Step]:
+    """The steps of `openaim run` (and `openaim status`) for this config, in run order: every wanted step;
+    a config that names its own training shards has nothing to curate."""
+    return [s for s in STEPS if s.wanted(cfg) and not (cfg.training.data.shards and s.stage == CURATION)]
 
 
-def eval_spec(cfg: OpenAIMConfig, cache: StageCache) -> StepSpec:
-    checkpoints = cfg.evaluation.checkpoints
-    return StepSpec(
-        name="eval",
-        config={"evaluation": cfg.evaluation.model_dump(mode="json")},
-        inputs={"checkpoints": hash_json(sorted(checkpoints))} if checkpoints
-        else {"train": cache.outputs_hash("train")},
-        version=evaluation.run.VERSION,
-        outputs=[cfg.eval_dir / "results.csv"],
-    )
+def stage_steps(cfg: OpenAIMConfig, stage: str) -> list[Step]:
+    """The steps of one stage's command (e.g. `openaim build-dataset`), in run order."""
+    return [s for s in STEPS if s.stage == stage and s.wanted(cfg)]
+
+
+def step_named(name: str) -> Step:
+    return next(s for s in STEPS if s.name == name)
 
 
 def pipeline_plan(cfg: OpenAIMConfig) -> list[tuple[str, Freshness]]:
-    """Every step of `openaim run` (curation's, then train and eval) and whether the next run reuses it.
-
-    A stage's spec takes its upstream's outputs as recorded now; when that upstream runs, ``plan`` marks
-    the stage as running too."""
-    cache = StageCache(cfg.workdir)
-    curation = [] if cfg.training.data.shards else step_specs(cfg, cache)
-    return plan(cache, [*curation, train_spec(cfg, cache), eval_spec(cfg, cache)])
+    """Every cached step of `openaim run` and whether the next run reuses it (and why not). A step's
+    identity takes its upstream's outputs as recorded now; when that upstream runs, ``plan`` marks the
+    step as running too."""
+    return plan(RunContext(cfg), pipeline_steps(cfg))
 
 
-def history_runs(workdir: Path) -> list[Path]:
-    root = workdir / "history"
-    return sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
-
-
-def archive_previous_run(cfg: OpenAIMConfig, reasons: list[str],
-                         manifest: bytes | None = None) -> Path | None:
-    """Move the finished training/eval outputs aside so the new run starts clean and stays comparable.
-
-    ``manifest``: the curation manifest the finished run was trained on, read before curation reran
-    (run_pipeline); None copies the manifest now on disk."""
-    if not (cfg.training_dir / "final").exists():
-        return None
-    dest = cfg.workdir / "history" / f"run-{len(history_runs(cfg.workdir)) + 1:03d}"
-    dest.mkdir(parents=True)
-    for src in (cfg.training_dir, cfg.eval_dir):
-        if src.exists():
-            shutil.move(str(src), str(dest / src.name))
-    if manifest is None:
-        manifest = _read_manifest(cfg.curation_dir)
-    if manifest is not None:
-        atomic_write_bytes(dest / "curation" / "manifest.json", manifest)
-    if (cfg.workdir / "pipeline.json").is_file():  # still the finished run's: stage wall times
-        shutil.copy2(cfg.workdir / "pipeline.json", dest / "pipeline.json")
-    atomic_write_json(dest / "run.json", {"archived_because": reasons})
-    cache = StageCache(cfg.workdir)
-    cache.invalidate("train")
-    cache.invalidate("eval")
-    console.print(f"[cyan]previous run moved to {dest} ({'; '.join(reasons)})")
-    return dest
-
-
-def _read_manifest(curation_dir: Path) -> bytes | None:
+def run_steps(ctx: RunContext, steps: list[Step]) -> None:
+    """Run (or reuse) ``steps`` in order; the resources a stage's steps share (the curation engine, the
+    filter network) are released when its last step is done."""
     try:
-        return (curation_dir / "manifest.json").read_bytes()
-    except FileNotFoundError:
+        for step in steps:
+            run_step(step, ctx)
+    finally:
+        ctx.release()
+
+
+def chosen_steps(ctx: RunContext, only: list[str]) -> list[Step]:
+    """``build-dataset --steps``: the named curation steps in run order, once every input step that is not
+    among them is fresh (a step among them runs, or is reused, before the steps that take it); the
+    manifest after them when select is among them. Raises one line naming the first stale input step."""
+    steps = [s for s in stage_steps(ctx.cfg, CURATION) if s.cached]
+    names = [s.name for s in steps]
+    unknown = [s for s in only if s not in names]
+    if unknown:
+        raise InputError(f"--steps: unknown step {unknown[0]!r}; "
+                         f"the steps of this config: {', '.join(names)}")
+    chosen = [s for s in steps if s.name in only]
+    if not chosen:
+        raise InputError(f"--steps: no step named; the steps of this config: {', '.join(names)}")
+    by_name = {s.name: s for s in steps}
+    for step in chosen:
+        for upstream in step.identity(ctx).inputs:
+            if upstream not in by_name or upstream in only:
+                continue
+            state = ctx.cache.check(by_name[upstream].identity(ctx))
+            if not state.fresh:
+                raise InputError(f"--steps {step.name}: its input step {upstream} is not fresh "
+                                 f"({state.reasons[0]}); run `build-dataset --steps {upstream}` first")
+    if chosen[-1] is steps[-1]:  # select, the last: the manifest follows it
+        chosen += [s for s in stage_steps(ctx.cfg, CURATION) if not s.cached]
+    return chosen
+
+
+def build_dataset(cfg: OpenAIMConfig, force: bool = False, only: list[str] | None = None) -> dict | None:
+    """Run (or reuse) every curation step, or the steps in ``only`` (``--steps``: refused when an input step
+    outside them is not fresh), and write ``manifest.json`` once the last step (select) is done; returns the
+    manifest, or None when ``only`` stops before select."""
+    ctx = RunContext(cfg, force=force)
+    steps = stage_steps(cfg, CURATION) if only is None else chosen_steps(ctx, only)
+    ctx.store.makedirs("curation")
+    run_steps(ctx, steps)
+    if not any(not s.cached for s in steps):
+        log.info("ran %s, reused %s", ", ".join(ctx.ran) or "nothing", ", ".join(ctx.reused) or "nothing")
         return None
+    return ctx.store.read_json("curation/manifest.json")
 
 
-def _run_cached_stage(cfg: OpenAIMConfig, cache: StageCache, name: str,
-                      spec_fn: Callable[[OpenAIMConfig, StageCache], StepSpec],
-                      run: Callable[[OpenAIMConfig], object], ran: list[str], reused: list[str],
-                      upstream_reasons: list[str], seconds: dict[str, float],
-                      manifest_before: bytes | None = None) -> None:
-    spec = spec_fn(cfg, cache)  # after the stages before it ran: it takes their recorded outputs
-    state = cache.check(spec)
-    if state.fresh:
-        console.print(f"[green]✓ {name}[/] reused (inputs, config and version unchanged)")
-        reused.append(name)
-        return
-    if name == "train" and cache.load("train") is not None:
-        archive_previous_run(cfg, state.reasons + upstream_reasons, manifest_before)
-    console.rule(f"[bold]{name}")
-    cache.invalidate(spec.name)
-    start = time.perf_counter()
-    run(cfg)
-    seconds[name] = round(time.perf_counter() - start, 1)
-    cache.record(spec, outputs_hash=hash_path(spec.outputs[0]) if name == "train" else None)
-    ran.append(name)
+def join_build_dataset(cfg: OpenAIMConfig, force: bool = False) -> None:
+    """A torchrun rank other than 0 in build-dataset: rank 0 runs every step, this rank joins those that
+    spread across ranks (score: this rank's share of the pool's shards, if the step reruns)."""
+    ctx = RunContext(cfg, force=force)
+    try:
+        for step in stage_steps(cfg, CURATION):
+            step.join(ctx)
+    finally:
+        ctx.release()
+
+
+def _stages(ctx: RunContext, steps: list[Step]) -> dict:
+    """pipeline.json: per stage, whether a step of it ran (else, if all its steps were reused, reused) and
+    the wall time of the steps that ran."""
+    ran, reused, seconds = [], [], {}
+    for stage in dict.fromkeys(s.stage for s in steps):
+        names = [s.name for s in steps if s.stage == stage]
+        if any(n in ctx.ran for n in names):
+            ran.append(stage)
+            seconds[stage] = round(sum(ctx.seconds.get(n, 0.0) for n in names), 1)
+        elif names and all(n in ctx.reused for n in names):
+            reused.append(stage)
+    return {"ran": ran, "reused": reused, "seconds": seconds}
 
 
 def run_pipeline(cfg: OpenAIMConfig) -> dict[str, list[str]]:
-    """build-dataset -> train -> eval -> report. Returns which stages ran and which were reused."""
-    cache = StageCache(cfg.workdir)
-    ran: list[str] = []
-    reused: list[str] = []
-
+    """Every step of the graph in order. Returns which stages ran and which were reused."""
+    steps = pipeline_steps(cfg)
+    ctx = RunContext(cfg)
     # Why curation steps run now (e.g. "select: config curation.select.fraction: 0.15 -> 0.3"): recorded
     # with the archived run so the report can say what changed between the runs.
-    upstream_reasons = [f"{name}: {why}" for name, state in pipeline_plan(cfg)
-                        if name not in ("train", "eval") for why in state.reasons]
-    seconds: dict[str, float] = {}  # wall time of each stage that ran (the report shows it)
+    stage_of = {s.name: s.stage for s in steps}
+    ctx.upstream_reasons = [f"{name}: {why}" for name, state in plan(ctx, steps)
+                            if stage_of[name] == CURATION for why in state.reasons]
     # The finished run was trained on this manifest; curation is about to rewrite it, and the archive
     # made when training reruns must keep the run's own curation numbers.
-    manifest_before = _read_manifest(cfg.curation_dir)
-    if not cfg.training.data.shards:
-        console.rule("[bold]build-dataset")
-        start = time.perf_counter()
-        build_dataset(cfg)
-        seconds["build-dataset"] = round(time.perf_counter() - start, 1)
-        ran.append("build-dataset")
+    ctx.manifest_before = ctx.store.read_bytes("curation/manifest.json")
     partial: PartialFailure | None = None  # e.g. one unreadable benchmark: the report still shows the rest
-    for name, spec_fn, run in (("train", train_spec, train_from_config),
-                               ("eval", eval_spec, evaluate_from_config)):
-        try:
-            _run_cached_stage(cfg, cache, name, spec_fn, run, ran, reused, upstream_reasons, seconds,
-                              manifest_before)
-        except PartialFailure as exc:
-            partial = exc
-
-    console.rule("[bold]report")
-    # the report shows the stages' wall times: this run's so far
-    atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "seconds": seconds})
-    with_history = cfg.model_copy(deep=True)
-    previous = [str(p) for p in history_runs(cfg.workdir)[-2:]]
-    with_history.report.compare = list(cfg.report.compare) + previous
-    start = time.perf_counter()
-    path = report_from_config(with_history)
-    seconds["report"] = round(time.perf_counter() - start, 1)
-    ran.append("report")
-    console.print(f"[bold green]report:[/] {path}")
-    atomic_write_json(cfg.workdir / "pipeline.json", {"ran": ran, "reused": reused, "seconds": seconds})
+    stage = None
+    try:
+        for step in steps:
+            if step.stage != stage:  # a stage ends: its resources go, its wall time is on record
+                ctx.release()
+                if stage is not None:
+                    ctx.store.write_json("pipeline.json", _stages(ctx, steps))
+                stage = step.stage
+                console.rule(f"[bold]{stage}")
+            try:
+                run_step(step, ctx)
+            except PartialFailure as exc:
+                partial = exc
+    finally:
+        ctx.release()
+    summary = _stages(ctx, steps)
+    ctx.store.write_json("pipeline.json", summary)
     if partial is not None:
         raise partial
-    return {"ran": ran, "reused": reused}
+    return {"ran": summary["ran"], "reused": summary["reused"]}
 
 
 def run_demo(cfg: OpenAIMConfig) -> dict[str, list[str]]:

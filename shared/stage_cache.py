@@ -3,11 +3,12 @@
 A step's identity (its *fingerprint*) is the hash of
   - its config section (a JSON dict; only the keys the step actually depends on),
   - its inputs' hashes (files hashed by content, or upstream steps' outputs hashes),
-  - its ``VERSION``: an integer constant in the step's module that its author bumps when the step's
-    results change. Source files are never hashed: a comment or a docstring fix reruns nothing.
-The record lives at ``<workdir>/.steps/<step>.json`` with the outputs hash, so that a downstream step
-can take an upstream step's *outputs hash* as its input without re-reading gigabytes, and so that
-`openaim status` can say exactly which config key, input or version changed. The outputs hash includes
+  - its ``VERSION``: an integer constant of the step (openaim/steps/<step>.py) that its author bumps when
+    the step's results change. Source files are never hashed: a comment or a docstring fix reruns nothing.
+The record lives at ``<workdir>/.steps/<step>.json`` (committed through shared.storage) with the outputs
+hash, so that a downstream step can take an upstream step's *outputs hash* as its input without
+re-reading gigabytes, and so that `openaim status` can say exactly which config key, input or version
+changed. The outputs hash includes
 the step's version and inputs: a bumped VERSION declares new results, so every step downstream reruns.
 
 The record is written last, atomically, after the outputs are complete: a killed step has no record and
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.atomic import atomic_write_json
+from shared.storage import Storage
 
 
 def hash_bytes(data: bytes) -> str:
@@ -120,20 +121,26 @@ class Freshness:
 
 
 class StageCache:
-    def __init__(self, workdir: str | Path):
-        self.root = Path(workdir) / ".steps"
+    """The steps' records in a run's storage (``workdir`` or its ``Storage``), under ``.steps/``."""
+
+    RECORDS = ".steps"
+
+    def __init__(self, workdir: str | Path | Storage):
+        self.store = workdir if isinstance(workdir, Storage) else Storage(workdir)
+        self.root = self.store.local(self.RECORDS)
+
+    def _name(self, step: str) -> str:
+        return f"{self.RECORDS}/{step}.json"
 
     def record_path(self, name: str) -> Path:
-        return self.root / f"{name}.json"
+        return self.store.local(self._name(name))
 
     def load(self, name: str) -> dict[str, Any] | None:
-        p = self.record_path(name)
-        if not p.is_file():
-            return None
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged record means "not done": the step reruns
+            rec = self.store.read_json(self._name(name))
+        except OSError:
+            return None
+        return rec if isinstance(rec, dict) else None  # a damaged record means "not done": the step reruns
 
     def check(self, spec: StepSpec) -> Freshness:
         """Is the recorded result still valid? If not, say why (which key, input or code changed)."""
@@ -171,7 +178,7 @@ class StageCache:
         if outputs_hash is None:
             outputs_hash = hash_json([hash_path(p) for p in spec.outputs])
         outputs_hash = hash_json({"version": spec.version, "inputs": spec.inputs, "outputs": outputs_hash})
-        atomic_write_json(self.record_path(spec.name), {
+        self.store.commit(self._name(spec.name), {
             "step": spec.name,
             "fingerprint": spec.fingerprint,
             "config": spec.config,
@@ -185,7 +192,7 @@ class StageCache:
         return outputs_hash
 
     def invalidate(self, name: str) -> None:
-        self.record_path(name).unlink(missing_ok=True)
+        self.store.remove(self._name(name))
 
     def run(self, spec: StepSpec, fn: Callable[[], Any], force: bool = False,
             outputs_hash: Callable[[], str] | None = None) -> bool:

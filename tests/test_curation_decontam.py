@@ -2,7 +2,7 @@
 
 The Oxford-IIIT Pets layout (images/ + annotations/{trainval,test}.txt, written by
 tests/benchmark_fixtures/ as torchvision reads it) gets one textured test image; a resized re-encode of
-it is planted in a crawl of random scenes. The dedup step, run as build-dataset runs it (curation.pipeline,
+it is planted in a crawl of random scenes. The dedup step, run as build-dataset runs it (openaim.steps,
 the evaluation registry's loaders), must drop exactly that pool image as an eval leak, and a test image of
 a *train* split must not count.
 """
@@ -17,8 +17,9 @@ from PIL import Image
 
 from curation.copy_detection import copy_descriptors
 from curation.parts import write_part
-from curation.pipeline import _Steps
 from evaluation.benchmarks.registry import BENCHMARKS
+from openaim.pipeline import run_steps, step_named
+from openaim.steps.base import RunContext
 from shared.config import load_config
 from shared.stage_cache import StepSpec
 from tests.benchmark_fixtures.indexed import make_pets
@@ -55,10 +56,9 @@ def test_planted_benchmark_test_image_is_an_eval_leak(tmp_path):
         write_part(parts / f"{s // 16:05d}.parquet", uids[s:e], [str(i) for i in range(s, e)],
                    [f"{i:064x}" for i in range(s, e)], rng.random(e - s), np.ones((e - s, 8), np.float32),
                    copy_descriptors(images[s:e]))
-    steps = _Steps(cfg, False, None)
-    steps.cache.record(StepSpec("score", config={"fixture": True}), outputs_hash="score-fixture")
-    steps.dedup()
-    steps.close()
+    ctx = RunContext(cfg)
+    ctx.cache.record(StepSpec("score", config={"fixture": True}), outputs_hash="score-fixture")
+    run_steps(ctx, [step_named("dedup")])
 
     keep = pq.read_table(cfg.curation_dir / "dedup" / "keep").to_pydict()
     leaks = [u for u, r in zip(keep["uid"], keep["reason"], strict=True) if r == "eval_leak"]
@@ -66,11 +66,10 @@ def test_planted_benchmark_test_image_is_an_eval_leak(tmp_path):
     stats = (cfg.curation_dir / "dedup" / "stats.json").read_text()
     assert '"pets"' in stats
     # the step's inputs name the eval sets: unchanged, dedup is reused; a changed test split reruns it
-    again = _Steps(cfg, False, None)
-    again.dedup()
+    again = RunContext(cfg)
+    run_steps(again, [step_named("dedup")])
     assert again.reused == ["dedup"]
     _scene(rng).save(pets / "images" / "Abyssinian_test1.jpg", quality=95)
-    again = _Steps(cfg, False, None)
-    again.dedup()
-    again.close()
+    again = RunContext(cfg)
+    run_steps(again, [step_named("dedup")])
     assert again.ran == ["dedup"]

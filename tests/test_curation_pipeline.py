@@ -307,7 +307,8 @@ def test_select_rerun_reads_no_upstream_output_to_identify_it(built, served, tmp
     safety are fresh without hashing any of their outputs (no tree hash at all), and records the select
     step from its tasks' digests. Runs in this process on a copy of the finished run, with the hash
     functions patched to log what they read."""
-    from curation import pipeline, step_specs
+    from openaim import pipeline
+    from openaim.steps import train_filter as train_filter_step
     from shared import stage_cache
     from shared.config import load_config
 
@@ -329,7 +330,7 @@ def test_select_rerun_reads_no_upstream_output_to_identify_it(built, served, tmp
 
     monkeypatch.setattr(stage_cache, "hash_file", logged_file)
     monkeypatch.setattr(stage_cache, "hash_path", logged_path)
-    monkeypatch.setattr(step_specs, "hash_path", logged_path)
+    monkeypatch.setattr(train_filter_step, "hash_path", logged_path)
     manifest = pipeline.build_dataset(cfg)
     assert manifest["ran"] == ["select"]
     cur = (workdir / "curation").resolve()

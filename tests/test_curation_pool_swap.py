@@ -63,15 +63,13 @@ def _image_sides(pool: Path) -> set[int]:
 
 def _download_step(overrides: list[str]):
     """The extract and download steps in this process, as build-dataset runs them."""
-    from curation.pipeline import _Steps
+    from openaim.pipeline import run_steps, step_named
+    from openaim.steps.base import RunContext
     from shared.config import load_config
 
-    cfg = load_config(None, overrides)
-    cfg.curation_dir.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(cfg, False, None)
-    steps.extract()
-    steps.download()
-    return steps
+    ctx = RunContext(load_config(None, overrides))
+    run_steps(ctx, [step_named("extract"), step_named("download")])
+    return ctx
 
 
 def _cli(overrides: list[str], **kw) -> subprocess.Popen:

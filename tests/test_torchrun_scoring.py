@@ -124,25 +124,29 @@ STEP_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from shared.config.loading import load_config
     from shared.stage_cache import StepSpec
-    from curation.pipeline import _Steps
+    from openaim.pipeline import run_steps, step_named
+    from openaim.steps.base import RunContext
     from curation.score import BACKEND, WAIT_FOR_RANK0
     from shared.torchrun import torchrun_stage
 
     workdir = Path(sys.argv[1])
-    cfg = load_config(None, [f"workdir={workdir}", "curation.filter.batch_size=3"])
-    steps = _Steps(cfg, False, None)
+    ctx = RunContext(load_config(None, [f"workdir={workdir}", "curation.filter.batch_size=3"]))
+    score = step_named("score")
     with torchrun_stage(BACKEND, WAIT_FOR_RANK0) as (rank, world):  # joins the group as build-dataset does
-        if rank == 0 and not steps.cache.load("download"):  # the pool is ready: stand in for earlier steps
+        if rank == 0 and not ctx.cache.load("download"):  # the pool is ready: stand in for earlier steps
             for name in ("download", "train-filter"):
-                steps.cache.record(StepSpec(name, config={"fixture": True}), outputs_hash=name + "-fixture")
-        steps.score()
-    (workdir / f"rank{rank}.json").write_text(json.dumps({"world": world, "ran": steps.ran,
-                                                          "reused": steps.reused}))
+                ctx.cache.record(StepSpec(name, config={"fixture": True}), outputs_hash=name + "-fixture")
+        if rank == 0:  # as build-dataset runs it: rank 0 runs the steps, the others join
+            run_steps(ctx, [score])
+        else:
+            score.join(ctx)
+    (workdir / f"rank{rank}.json").write_text(json.dumps({"world": world, "ran": ctx.ran,
+                                                          "reused": ctx.reused}))
 """)
 
 
 def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
-    """`_Steps.score` as build-dataset runs it: rank 0 owns the stage cache, both ranks score, a rerun is
+    """The score step as build-dataset runs it: rank 0 owns the stage cache, both ranks score, a rerun is
     reused on every rank (none waits forever), and the outputs equal a 1-process score_pool run."""
     import shutil
 
@@ -171,15 +175,14 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
 def _stand_in_for_earlier_steps(work: Path, overrides: list[str]) -> None:
     """Records for download and train-filter matching this config now (their outputs are the fixture's
     pool and network), so `--steps score` finds its input steps fresh."""
-    from curation.step_specs import download_spec, train_filter_spec
+    from openaim.pipeline import step_named
+    from openaim.steps.base import RunContext
     from shared.config import load_config
-    from shared.stage_cache import StageCache
 
-    cfg = load_config(None, overrides)
-    (cfg.curation_dir / "download_stats.json").write_text("{}")
-    cache = StageCache(cfg.workdir)
-    for spec in (download_spec(cfg, cache), train_filter_spec(cfg, cache)):
-        cache.record(spec)
+    ctx = RunContext(load_config(None, overrides))
+    ctx.store.write_json("curation/download_stats.json", {})
+    for name in ("download", "train-filter"):
+        ctx.cache.record(step_named(name).identity(ctx))
 
 
 def _claims(scores: Path) -> dict[str, dict]:

@@ -57,10 +57,7 @@ from training.model.flops import flops_per_image
 from training.shards import StringTable, curated_shard_list, imagenet_sources, resplit_positions
 from training.step import Trainer, batch_plan, build_trainer, restore, train_step
 
-# Bump when the trained weights (the whole training/ package) change for the same config and inputs: this
-# step and every step after it rerun (shared/stage_cache.py). Edits that change no result (comments,
-# refactors) need no bump.
-VERSION = 3  # 2: colour-jitter factors as float32 from the per-image jitter table; 3: patch bias init (l3m's)
+# Versioned by its step: bump VERSION in openaim/steps/train.py when this changes the step's results.
 
 log = logging.getLogger("openaim.training")
 

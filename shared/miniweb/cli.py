@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
+
+if TYPE_CHECKING:  # pydantic is loaded by the commands' bodies only
+    from shared.config.web import WebConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The mini web: a synthetic, deterministic Common Crawl slice with known ground truth.")
@@ -18,10 +21,11 @@ NImagesOpt = Annotated[int | None,
 SkipOpt = Annotated[bool, typer.Option("--skip-if-done", help="do nothing if OUT already holds this web")]
 
 
-def _with_flags(cfg, **flags):
-    """cfg.web with the command-line flags that were given (they override the config file and --set)."""
+def _with_flags(web: WebConfig, **flags) -> WebConfig:
+    """The web section with the command-line flags that were given (they override the config file and
+    --set)."""
     given = {k: v for k, v in flags.items() if v is not None}
-    return cfg.web.model_validate({**cfg.web.model_dump(), **given}) if given else cfg.web
+    return web.model_validate({**web.model_dump(), **given}) if given else web
 
 
 @app.command()
@@ -42,7 +46,7 @@ def generate(
         from shared.miniweb.generate import generate_web
 
         try:
-            web = _with_flags(cfg, seed=seed, n_images=n_images, port=port)
+            web = _with_flags(cfg.web, seed=seed, n_images=n_images, port=port)
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ConfigError(f"web.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -66,10 +66,11 @@ def test_fraction_change_reruns_only_downstream_and_report_compares(served_web, 
     assert (stages["ran"], stages["reused"]) == (["build-dataset", "report"], ["train", "eval"])
 
     # Bumping dedup's VERSION reruns dedup and every step after it (not download, score or safety).
-    dedup_py = code / "curation" / "dedup_parts.py"  # the dedup step's VERSION (curation/step_specs.py)
+    dedup_py = code / "openaim" / "steps" / "dedup.py"  # the dedup step, its VERSION with it
     source = dedup_py.read_text()
-    version = int(re.search(r"^VERSION = (\d+)", source, re.MULTILINE).group(1))
-    dedup_py.write_text(re.sub(r"^VERSION = \d+", f"VERSION = {version + 1}", source, flags=re.MULTILINE))
+    version = int(re.search(r"^    VERSION = (\d+)", source, re.MULTILINE).group(1))
+    bumped = re.sub(r"^    VERSION = \d+", f"    VERSION = {version + 1}", source, flags=re.MULTILINE)
+    dedup_py.write_text(bumped)
     status = openaim("status", *sets(changed), code=code).stdout
     assert f"version {version} -> {version + 1}" in status and "upstream dedup would run" in status, status
     assert status.count("fresh") == 5, status  # extract, download, train-filter, score, safety
