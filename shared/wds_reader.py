@@ -6,8 +6,8 @@ the field, lower-cased (``dir.x/sub/a.b.c.JPG`` -> key ``dir.x/sub/a``, field ``
 are not regular files, whose basename has no dot or starts with one, and webdataset's ``__meta__`` files
 are skipped; a field repeated within one sample is an error (``ValueError``).
 
-- ``read_samples``: the samples of one shard with their bytes, streamed (webdataset's ``tarfile_samples``;
-  the shard may be any URL webdataset opens).
+- ``read_samples``: the samples of one shard with their bytes, streamed (webdataset's tar expansion and
+  grouping over the file that shared.fsio opens: a local path or any fsspec URL, ``s3://`` included).
 - ``indexed_samples``: the same samples of an opened tar with member headers (``tarfile.TarInfo``) in
   place of bytes, for readers that read only some members, or read them later by offset.
 """
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from webdataset.handlers import reraise_exception
-from webdataset.tariterators import base_plus_ext, group_by_keys, meta_prefix, meta_suffix, tarfile_samples
+from webdataset.tariterators import base_plus_ext, group_by_keys, meta_prefix, meta_suffix, tar_file_expander
+
+from shared import fsio
 
 # tar_file_iterator's default skip_meta: members that webdataset never turns into sample fields.
 _SKIP_META = re.compile(r"__[^/]*__($|/)")
@@ -31,7 +33,21 @@ def read_samples(shard: str | Path, handler: Callable[[Exception], bool] = rerai
                  ) -> Iterator[dict[str, Any]]:
     """The samples of one shard in tar order: dicts of ``__key__``, ``__url__`` and field -> bytes.
     ``handler`` gets each error and returns whether to go on (webdataset's handler protocol)."""
-    return tarfile_samples([{"url": str(shard)}], handler=handler)
+    files = tar_file_expander(_opened(str(shard), handler), handler=handler)
+    return group_by_keys(files, handler=handler)
+
+
+def _opened(url: str, handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """webdataset's ``url_opener`` with shared.fsio opening the file: the stream, closed when read."""
+    try:
+        stream = fsio.open_file(url, "rb")
+    except Exception as exc:
+        exc.args = (*exc.args, url)
+        if handler(exc):
+            return
+        raise
+    with stream:
+        yield {"url": url, "stream": stream}
 
 
 def _sample_file(info: tarfile.TarInfo) -> bool:

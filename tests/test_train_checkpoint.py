@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,21 +28,22 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1))
     ck.write_checkpoint(ck.step_dir(tmp_path, 5), model.state_dict(), TINY, state)
     # A half-written checkpoint (no COMPLETE) and a leftover temp dir are not candidates.
-    half = ck.step_dir(tmp_path, 9)
+    half = Path(ck.step_dir(tmp_path, 9))
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"partial")
     (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").mkdir()
     assert [d for _, d in ck.complete_checkpoints(tmp_path)] == [ck.step_dir(tmp_path, 5)]
-    assert ck.resolve_weights(tmp_path) == ck.step_dir(tmp_path, 5) / "model.safetensors"
+    assert ck.resolve_weights(tmp_path) == Path(ck.step_dir(tmp_path, 5)) / "model.safetensors"
     assert ck.latest_checkpoint(tmp_path) is None  # weights only: nothing to resume from
     # the trunk also as an ml-aim backbone, in a folder of its own with ml-aim's config.json
-    mlaim = ck.step_dir(tmp_path, 5) / "mlaim"
+    mlaim = Path(ck.step_dir(tmp_path, 5)) / "mlaim"
     trunk = torch.load(mlaim / "backbone.pth", weights_only=True)
     assert "trunk.blocks.0.attn.qkv.weight" in trunk and not any(k.startswith("head") for k in trunk)
     assert json.loads((mlaim / "config.json").read_text())["num_heads"] == TINY.heads
     assert ck.resolve_weights(mlaim) == mlaim / "backbone.pth"
     ck.remove_partial(tmp_path)
     assert not (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").exists()
+    assert not half.exists()  # uncommitted (what an object store's killed save leaves)
 
     loaded = ck.read_state(ck.step_dir(tmp_path, 5))  # torch.load(weights_only=True) inside
     ck.set_rng_state(loaded["rng"][0])

@@ -147,7 +147,7 @@ def test_trained_checkpoints_load_as_mlaim_backbones_with_the_same_features(tmp_
     run = tmp_path / "training"
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     features = {}
-    for ckpt in (step_dir(run, 1), step_dir(run, 2), run / "final"):
+    for ckpt in (Path(step_dir(run, 1)), Path(step_dir(run, 2)), run / "final"):
         ours, ours_cfg = load_model_for_eval(ckpt)
         theirs, theirs_cfg = load_model_for_eval(ckpt / "mlaim")
         assert load_model_for_eval(ckpt / "mlaim" / "backbone.pth")[1] == theirs_cfg

@@ -15,9 +15,14 @@
 layout, in a folder of its own so that each config.json sits beside the weights it describes. Both
 `load_model_for_eval(<ckpt>)` (ours) and `load_model_for_eval(<ckpt>/mlaim)` (ml-aim's) load it.
 
-A save is built in `checkpoints/.step_0005000.tmp/` (every rank writes its DCP shards there), then
-rank 0 writes COMPLETE and renames it into place: a run killed mid-save leaves only the hidden temp
-dir, which the next run removes, and the previous checkpoint stays the latest. DCP reshards on load,
+`training_dir` may be a URL (`s3://bucket/run/training`, training.checkpoint_root): every file goes
+through shared.fsio, DCP through its fsspec writer/reader there and its FileSystemWriter/Reader on local
+disk. A checkpoint counts only with its COMPLETE, written last, after DCP's `.metadata` (which DCP
+writes after every rank's shards). On local disk a save is built in `checkpoints/.step_0005000.tmp/`
+(every rank writes its DCP shards there), then rank 0 writes COMPLETE and renames it into place; an
+object store has no rename, so there the save is built in `step_0005000/` itself and COMPLETE makes it
+valid. Either way a run killed mid-save leaves a folder without COMPLETE, which the next run removes,
+and the previous checkpoint stays the latest. DCP reshards on load,
 so model and optimizer resume exactly on any world size and parallelism (DDP, FSDP, HSDP, none).
 The learning-rate schedule is a pure function of the step (training.optim.lr_at), so the step is the
 scheduler's whole state. state.pt holds only tensors and plain types (`torch.load(weights_only=True)`).
@@ -29,12 +34,11 @@ evaluation.features' cache key, so the key names the weights that are evaluated)
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
-import os
 import random
 import re
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +49,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -53,10 +59,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from shared import fsio
 from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
 from shared.errors import InputError, disk_full_as_error
-from shared.torchrun import barrier, rank_world
+from shared.torchrun import barrier, broadcast_from_rank0, rank_world
 from training.model.aim import build_aim
 from training.model.mlaim_compat import load_mlaim_checkpoint, write_mlaim_backbone
 
@@ -67,48 +74,46 @@ MODEL_FILE, MLAIM_DIR, MLAIM_BACKBONE = "model.safetensors", "mlaim", "backbone.
 STATE_FILE, CONFIG_FILE, COMPLETE, DCP_DIR = "state.pt", "config.json", "COMPLETE", "dcp"
 
 
-def step_dir(training_dir: Path, step: int) -> Path:
-    return Path(training_dir) / "checkpoints" / f"step_{step:07d}"
+def step_dir(training_dir: str | Path, step: int) -> str:
+    """A checkpoint's folder (a path or a URL, as `training_dir`)."""
+    return fsio.join(training_dir, "checkpoints", f"step_{step:07d}")
 
 
-def tmp_step_dir(training_dir: Path, step: int) -> Path:
-    return Path(training_dir) / "checkpoints" / f".step_{step:07d}.tmp"
+def _step_dirs(training_dir: str | Path, committed: bool = True) -> list[tuple[int, str]]:
+    root = fsio.join(training_dir, "checkpoints")
+    found = [(int(m.group(1)), fsio.join(root, name)) for name in fsio.listdir(root)
+             if (m := STEP_DIR.match(name))]
+    return sorted(d for d in found if fsio.isfile(fsio.join(d[1], COMPLETE)) == committed)
 
 
-def _step_dirs(training_dir: Path) -> list[tuple[int, Path]]:
-    root = Path(training_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), d) for d in root.iterdir() if (m := STEP_DIR.match(d.name))]
-    return sorted(d for d in found if (d[1] / COMPLETE).is_file())
-
-
-def resumable_checkpoints(training_dir: Path) -> list[tuple[int, Path]]:
+def resumable_checkpoints(training_dir: str | Path) -> list[tuple[int, str]]:
     """(step, dir) of every complete checkpoint a run can resume from (DCP + state), oldest first."""
     return [(s, d) for s, d in _step_dirs(training_dir)
-            if (d / DCP_DIR / ".metadata").is_file() and (d / STATE_FILE).is_file()]
+            if fsio.isfile(fsio.join(d, DCP_DIR, ".metadata")) and fsio.isfile(fsio.join(d, STATE_FILE))]
 
 
-def complete_checkpoints(training_dir: Path) -> list[tuple[int, Path]]:
+def complete_checkpoints(training_dir: str | Path) -> list[tuple[int, str]]:
     """(step, dir) of every complete checkpoint with consolidated weights (what evaluation loads):
     the `keep_checkpoints` steps and the last step, oldest first."""
-    return [(s, d) for s, d in _step_dirs(training_dir) if (d / MODEL_FILE).is_file()]
+    return [(s, d) for s, d in _step_dirs(training_dir) if fsio.isfile(fsio.join(d, MODEL_FILE))]
 
 
-def latest_checkpoint(training_dir: Path) -> Path | None:
+def latest_checkpoint(training_dir: str | Path) -> str | None:
     """The newest checkpoint to resume from, or None."""
     found = resumable_checkpoints(training_dir)
     return found[-1][1] if found else None
 
 
-def remove_partial(training_dir: Path) -> None:
-    """Temp dirs left by a kill during a save."""
-    root = Path(training_dir) / "checkpoints"
-    for parent in (root, Path(training_dir)):
-        if parent.is_dir():
-            for d in parent.iterdir():
-                if d.name.startswith(".") and d.name.endswith(".tmp") and d.is_dir():
-                    shutil.rmtree(d, ignore_errors=True)
+def remove_partial(training_dir: str | Path) -> None:
+    """What a kill during a save left: local temp dirs, and on an object store checkpoint folders
+    without COMPLETE."""
+    root = fsio.join(training_dir, "checkpoints")
+    for parent in (root, training_dir):
+        for name in fsio.listdir(parent):
+            if fsio.is_building(name) and fsio.isdir(fsio.join(parent, name)):
+                fsio.remove(fsio.join(parent, name))
+    for _, uncommitted in _step_dirs(training_dir, committed=False):
+        fsio.remove(uncommitted)
 
 
 # --- RNG states as tensors / plain types -------------------------------------------------------------
@@ -145,13 +150,21 @@ def _contiguous_cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
 
 
-def write_weights(directory: Path, model_state: dict[str, torch.Tensor], model_cfg: ModelConfig) -> None:
+def write_weights(directory: str | Path, model_state: dict[str, torch.Tensor],
+                  model_cfg: ModelConfig) -> None:
     """model.safetensors (our names, whole model), config.json, and mlaim/ (the trunk as an ml-aim
-    backbone with ml-aim's config.json) into an existing (temporary) directory."""
+    backbone with ml-aim's config.json) into a (temporary) directory, a path or a URL."""
     weights = _contiguous_cpu(model_state)
-    save_file(weights, str(directory / MODEL_FILE), metadata={"format": "pt"})
-    write_mlaim_backbone(weights, model_cfg, directory / MLAIM_DIR / MLAIM_BACKBONE)
-    (directory / CONFIG_FILE).write_text(json.dumps(model_cfg.model_dump(mode="json"), indent=2) + "\n")
+    with fsio.local_file(fsio.join(directory, MODEL_FILE)) as path:
+        save_file(weights, str(path), metadata={"format": "pt"})
+    with fsio.local_dir(fsio.join(directory, MLAIM_DIR)) as mlaim:
+        write_mlaim_backbone(weights, model_cfg, mlaim / MLAIM_BACKBONE)
+    _write_model_config(directory, model_cfg)
+
+
+def _write_model_config(directory: str | Path, model_cfg: ModelConfig) -> None:
+    fsio.write_text(fsio.join(directory, CONFIG_FILE),
+                    json.dumps(model_cfg.model_dump(mode="json"), indent=2) + "\n")
 
 
 def write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], model_cfg: ModelConfig,
@@ -166,19 +179,20 @@ def write_checkpoint(path: Path, model_state: dict[str, torch.Tensor], model_cfg
     return path
 
 
-def read_state(ckpt_dir: Path) -> dict[str, Any]:
+def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    path = fsio.join(ckpt_dir, STATE_FILE)
     try:
-        return torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(fsio.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot read {Path(ckpt_dir) / STATE_FILE}: {exc}") from None
+        raise InputError(f"cannot read {path}: {exc}") from None
 
 
-def read_model_config(ckpt_dir: Path) -> ModelConfig:
-    path = Path(ckpt_dir) / CONFIG_FILE
-    if not path.is_file():
+def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
+    path = fsio.join(ckpt_dir, CONFIG_FILE)
+    if not fsio.isfile(path):
         raise InputError(f"{path} is missing (a checkpoint needs its model config beside the weights)")
     try:
-        return ModelConfig.model_validate(json.loads(path.read_text()))
+        return ModelConfig.model_validate(json.loads(fsio.read_bytes(path)))
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a valid model config: {str(exc).splitlines()[0]}") from None
 
@@ -200,16 +214,18 @@ def shape_difference(a, b) -> str | None:
     return ", ".join(diffs) if diffs else None
 
 
-def prune_checkpoints(training_dir: Path, keep_last: int, keep_steps: list[int]) -> None:
+def prune_checkpoints(training_dir: str | Path, keep_last: int, keep_steps: list[int]) -> None:
     """Keep the newest `keep_last` resumable checkpoints; of older ones, `keep_steps` keep their
-    consolidated weights (for evaluation) and lose their DCP state; the rest go."""
+    consolidated weights (for evaluation) and lose their DCP state; the rest go (COMPLETE first, so a
+    kill mid-removal leaves an uncommitted folder, never a committed one with files missing)."""
     found = _step_dirs(training_dir)
     for step, d in found[:-keep_last] if keep_last else found:
         if step in keep_steps:
-            shutil.rmtree(d / DCP_DIR, ignore_errors=True)
-            (d / STATE_FILE).unlink(missing_ok=True)
+            fsio.remove(fsio.join(d, DCP_DIR))
+            fsio.remove(fsio.join(d, STATE_FILE))
         else:
-            shutil.rmtree(d, ignore_errors=True)
+            fsio.remove(fsio.join(d, COMPLETE))
+            fsio.remove(d)
 
 
 # --- DCP save / load ---------------------------------------------------------------------------------
@@ -223,42 +239,41 @@ class CheckpointWriter:
     with training's collectives on the default group.
     """
 
-    def __init__(self, training_dir: Path, model_cfg: ModelConfig, keep_last: int, keep_steps: list[int],
-                 async_save: bool):
-        self.training_dir, self.model_cfg = Path(training_dir), model_cfg
+    def __init__(self, training_dir: str | Path, model_cfg: ModelConfig, keep_last: int,
+                 keep_steps: list[int], async_save: bool):
+        self.training_dir, self.model_cfg = training_dir, model_cfg
         self.keep_last, self.keep_steps = keep_last, list(keep_steps)
         self.async_save = async_save
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
-        self._pending: tuple[Any, Path, Path] | None = None
+        self._pending: tuple[Any, str, str] | None = None
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              state: dict[str, Any] | None, export_weights: bool) -> None:
         """`state` (step, RNG, data positions...) is written by rank 0; `export_weights` also writes
         the consolidated safetensors (a gather of the full model to rank 0)."""
         self.wait()
-        tmp, final = tmp_step_dir(self.training_dir, step), step_dir(self.training_dir, step)
+        final = step_dir(self.training_dir, step)
         with disk_full_as_error(final):  # a full disk: one line naming the checkpoint
-            self._save(tmp, final, model, optimizer, state, export_weights)
+            self._save(final, model, optimizer, state, export_weights)
 
-    def _save(self, tmp: Path, final: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def _save(self, final: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               state: dict[str, Any] | None, export_weights: bool) -> None:
-        if rank_world()[0] == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        barrier()
+        tmp = fsio.build_dir(final) if rank_world()[0] == 0 else None
+        tmp = broadcast_from_rank0(tmp)
         sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp_dir = fsio.join(tmp, DCP_DIR)
         if self.async_save:
-            future = dcp.async_save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group)
+            future = dcp.async_save(sharded, storage_writer=_dcp_writer(dcp_dir), process_group=self.group)
         else:
             with _single_process_quiet():
-                dcp.save(sharded, checkpoint_id=str(tmp / DCP_DIR), process_group=self.group,
+                dcp.save(sharded, storage_writer=_dcp_writer(dcp_dir), process_group=self.group,
                          no_dist=not dist.is_initialized())
             future = None
         full = consolidated_state(model) if export_weights else None
         if rank_world()[0] == 0:
-            torch.save(state, tmp / STATE_FILE)
-            config = json.dumps(self.model_cfg.model_dump(mode="json"), indent=2)
-            (tmp / CONFIG_FILE).write_text(config + "\n")
+            with fsio.local_file(fsio.join(tmp, STATE_FILE)) as path:
+                torch.save(state, path)
+            _write_model_config(tmp, self.model_cfg)
             if full is not None:
                 write_weights(tmp, full, self.model_cfg)
         self._pending = (future, tmp, final)
@@ -276,12 +291,7 @@ class CheckpointWriter:
                 future.result()
         # DCP's save ends with rank 0 writing .metadata after every rank reported its shards written.
         if rank_world()[0] == 0:
-            (tmp / COMPLETE).write_text("ok\n")
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsio.commit_dir(tmp, final, COMPLETE)
             prune_checkpoints(self.training_dir, self.keep_last, self.keep_steps)
         barrier()
 
@@ -297,12 +307,17 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _dcp_writer(path: str):
+    """DCP's writer for a folder: its fsspec writer for a URL, its FileSystemWriter on local disk."""
+    if fsio.is_url(path):
+        return FsspecWriter(path)
+    return FileSystemWriter(path)
+
+
+def _dcp_reader(path: str):
+    if fsio.is_url(path):
+        return FsspecReader(path)
+    return FileSystemReader(path)
 
 
 def consolidated_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -310,12 +325,13 @@ def consolidated_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_resumable(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def load_resumable(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load model and optimizer from a DCP checkpoint written under any world size or parallelism."""
     sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     try:
         with _single_process_quiet():
-            dcp.load(sharded, checkpoint_id=str(Path(ckpt_dir) / DCP_DIR), no_dist=not dist.is_initialized())
+            dcp.load(sharded, storage_reader=_dcp_reader(fsio.join(ckpt_dir, DCP_DIR)),
+                     no_dist=not dist.is_initialized())
     except Exception as exc:  # noqa: BLE001 - DCP raises its own CheckpointException with per-rank details
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot resume from {ckpt_dir}: {first[:300]}") from None
@@ -341,7 +357,7 @@ def resolve_weights(path: str | Path) -> Path:
             return run / "final" / MODEL_FILE
         found = complete_checkpoints(run)
         if found:
-            return found[-1][1] / MODEL_FILE
+            return Path(found[-1][1]) / MODEL_FILE
     raise InputError(f"no checkpoint found in {path} (expected final/ or checkpoints/step_*/ with "
                      f"{MODEL_FILE})")
 

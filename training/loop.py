@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from shared import fsio
 from shared.atomic import atomic_dir
 from shared.config.training import TrainingConfig
 from shared.errors import InputError, OpenAIMError
@@ -80,16 +80,16 @@ def _set_aside_previous_run(out: Path) -> None:
     log.info("--no-resume: moved the earlier run's %s to %s", ", ".join(names), keep)
 
 
-def _final_from(out: Path, ckpt_dir: Path) -> Path:
-    """final/ = the consolidated weights of the last checkpoint."""
+def _final_from(out: Path, ckpt_dir: str) -> Path:
+    """final/ = the consolidated weights of the last checkpoint (a local folder or a URL)."""
     final = out / "final"
-    if not (ckpt_dir / ck.MODEL_FILE).is_file():
+    if not fsio.isfile(fsio.join(ckpt_dir, ck.MODEL_FILE)):
         raise InputError(f"{ckpt_dir} has no consolidated weights ({ck.MODEL_FILE}) to make final/ from")
     with atomic_dir(final) as tmp:
         for name in (ck.MODEL_FILE, ck.CONFIG_FILE):
-            shutil.copy2(ckpt_dir / name, tmp / name)
-        if (ckpt_dir / ck.MLAIM_DIR).is_dir():  # absent in checkpoints written before mlaim/ existed
-            shutil.copytree(ckpt_dir / ck.MLAIM_DIR, tmp / ck.MLAIM_DIR)
+            fsio.download(fsio.join(ckpt_dir, name), tmp / name)
+        if fsio.isdir(fsio.join(ckpt_dir, ck.MLAIM_DIR)):  # absent in checkpoints before mlaim/ existed
+            fsio.download(fsio.join(ckpt_dir, ck.MLAIM_DIR), tmp / ck.MLAIM_DIR)
         (tmp / ck.COMPLETE).write_text("ok\n")
     return final
 
@@ -135,14 +135,19 @@ def _list_data(tcfg: TrainingConfig, shards: list[str], imagenet: list[str],
 def _decide_resume(tcfg: TrainingConfig, out: Path, resume: bool) -> dict:
     """Rank 0's view of the run dir: where to resume from (and its state), or why not."""
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = tcfg.checkpoint_root or out
     ck.remove_partial(out)
-    latest = ck.latest_checkpoint(out)
+    ck.remove_partial(ckpt_root)
+    latest = ck.latest_checkpoint(ckpt_root)
     if latest is not None and resume:
         diff = ck.shape_difference(ck.read_model_config(latest), tcfg.model)
         if diff:
             return {"error": f"{latest} is a checkpoint of another model ({diff}); use --no-resume or "
                              "another workdir"}
         return {"resume_dir": str(latest), "state": ck.read_state(latest)}
+    if latest is not None and tcfg.checkpoint_root:  # nothing to move aside: another folder or a bucket
+        return {"error": f"--no-resume: {tcfg.checkpoint_root} holds checkpoints of an earlier run "
+                         f"(latest {latest}); remove them or set another training.checkpoint_root"}
     if latest is not None or (out / "final").exists():
         _set_aside_previous_run(out)
     return {"resume_dir": None, "state": None}
@@ -262,7 +267,7 @@ def train(tcfg: TrainingConfig, out: Path, curated, imagenet, info: dd.DistInfo,
     decision = broadcast_from_rank0(decision)
     if decision.get("error"):
         raise InputError(decision["error"])
-    resume_dir = Path(decision["resume_dir"]) if decision["resume_dir"] else None
+    resume_dir = decision["resume_dir"]  # a path or a URL
     state = decision["state"]
     start_step = int(state["step"]) if state else 0
     if start_step >= tcfg.steps:
@@ -290,7 +295,8 @@ def train(tcfg: TrainingConfig, out: Path, curated, imagenet, info: dd.DistInfo,
     progress.start()
     flops = float(flops_per_image(tcfg.model, include_head=True))
     peak_device = peak_flops(device)
-    writer = ck.CheckpointWriter(out, tcfg.model, keep_last=2, keep_steps=list(tcfg.keep_checkpoints),
+    writer = ck.CheckpointWriter(tcfg.checkpoint_root or out, tcfg.model, keep_last=2,
+                                 keep_steps=list(tcfg.keep_checkpoints),
                                  async_save=tcfg.async_checkpoint and info.world_size > 1)
     keep_steps = set(tcfg.keep_checkpoints)
     timeouts = dd.PhaseTimeouts(tcfg.timeouts, trainer.wrapped.layout.mesh, [writer.group])
@@ -332,7 +338,7 @@ def train(tcfg: TrainingConfig, out: Path, curated, imagenet, info: dd.DistInfo,
 
     final = out / "final"
     if info.is_main:
-        _final_from(out, ck.step_dir(out, tcfg.steps))
+        _final_from(out, ck.step_dir(tcfg.checkpoint_root or out, tcfg.steps))
         plot_loss(out / "metrics.jsonl", out / "loss.png")
         if data.bad_samples:
             log.warning("skipped %d unreadable shards/samples", data.bad_samples)

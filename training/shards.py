@@ -31,22 +31,21 @@ formed from the handed-over positions). The replayed windows hold the same shard
 `shuffle_buffer` is unchanged.
 
 Listing. The shard list is built once at the edge (`curated_shard_list`, `imagenet_sources`; in
-training by rank 0, then broadcast): every local name a pattern spells out must exist (the missing
-ones are one error line); readers hold the list as a `StringTable` (two numpy arrays).
+training by rank 0, then broadcast), through shared.fsio (local paths and fsspec URLs such as s3://):
+every name a pattern spells out must exist (the missing ones are one error line); readers hold the
+list as a `StringTable` (two numpy arrays).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import braceexpand
 import numpy as np
 
+from shared import fsio
 from shared.errors import InputError
 from shared.wds_reader import read_samples
 
@@ -74,22 +73,12 @@ class StringTable:
 
 
 def expand_shards(patterns: list[str], key: str = "training.data.shards") -> list[str]:
-    """Globs and brace patterns ("shards/{00000..00009}.tar") -> the listed paths/URLs, globs sorted.
+    """Globs and brace patterns ("shards/{00000..00009}.tar", "s3://bucket/shards/*.tar") -> the listed
+    paths/URLs (shared.fsio.expand: local paths and fsspec URLs alike), globs sorted.
 
-    Every local name a pattern spells out (literally or by braces) must exist: the missing ones are
-    one error naming them, not a run that trains on the rest. URLs are taken as given."""
-    out: list[str] = []
-    missing: list[str] = []
-    for pattern in patterns:
-        for item in braceexpand.braceexpand(pattern):
-            if "://" in item:
-                out.append(item)
-            elif any(c in item for c in "*?["):
-                out.extend(sorted(glob.glob(item)))
-            elif os.path.exists(item):
-                out.append(item)
-            else:
-                missing.append(item)
+    Every name a pattern spells out (literally or by braces) must exist: the missing ones are one error
+    naming them, not a run that trains on the rest."""
+    out, missing = fsio.expand(patterns)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise InputError(f"{key}: {len(missing)} of the {len(missing) + len(out)} shards listed by "

@@ -108,7 +108,7 @@ def build_trainer(tcfg: TrainingConfig, info: dd.DistInfo, fresh: bool) -> Train
     return Trainer(aim, wrapped, optimizer, dtype, device, peak_lr(tcfg.optim, tcfg.global_batch_size))
 
 
-def restore(trainer: Trainer, resume_dir: Path, state: dict, rank: int) -> None:
+def restore(trainer: Trainer, resume_dir: str | Path, state: dict, rank: int) -> None:
     """Model and optimizer from the DCP checkpoint (resharded to this world), this rank's RNG state."""
     ck.load_resumable(resume_dir, trainer.aim, trainer.optimizer)
     ck.set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])

@@ -180,6 +180,10 @@ class TrainingConfig(StrictModel):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     # Save a resumable checkpoint every this many steps (and at the last step).
     checkpoint_every: int = Field(100, ge=1)
+    # The folder (or fsspec URL: s3://bucket/run/training) whose checkpoints/ holds the checkpoints, read
+    # and written there directly (DCP's fsspec writer, the AWS_* variables for s3). Empty: the run's
+    # training folder ({workdir}/training). metrics.jsonl, loss.png and final/ stay in the training folder.
+    checkpoint_root: str = ""
     # Steps whose consolidated weights (model.safetensors, and mlaim/: the trunk as an ml-aim backbone)
     # are written and kept for evaluation; a checkpoint is also saved there. The last step always gets them.
     keep_checkpoints: list[int] = Field(default_factory=list)
