@@ -68,6 +68,9 @@ from training.model.aim import build_aim
 from training.model.mlaim_compat import load_mlaim_checkpoint, write_mlaim_backbone
 
 log = logging.getLogger("openaim.training")
+# DCP's fsspec writer asks every object it writes to fsync; an object store's file has no descriptor and is
+# whole once closed (uploaded), which DCP then relies on: its warning says nothing to act on.
+warnings.filterwarnings("ignore", message="fsync not supported for this stream")
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
 MODEL_FILE, MLAIM_DIR, MLAIM_BACKBONE = "model.safetensors", "mlaim", "backbone.pth"
