@@ -60,7 +60,7 @@ def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
             # the checkpoint at the final step holds the final weights: probing it twice adds nothing
             final_step = entries[0].step if entries else None
             entries += [
-                CheckpointEntry(f"{run_name}-step_{step}", d, step)
+                CheckpointEntry(f"{run_name}-step_{step}", Path(d), step)
                 for step, d in intermediate
                 if step != final_step
             ]
