@@ -58,10 +58,11 @@ def combine_digests(digests: Iterable[str]) -> str:
 
 
 def file_signature(path: str | Path) -> list:
-    """A file's name, size and modification time (ns): what identifies a large input without reading it
-    (a regenerated or replaced file gets a new time)."""
+    """A file's name (not its folder: a copied run reading the same files through another path is the same
+    input), size and modification time (ns): what identifies a large input without reading it (a
+    regenerated or replaced file gets a new time)."""
     st = Path(path).stat()
-    return [str(path), st.st_size, st.st_mtime_ns]
+    return [Path(path).name, st.st_size, st.st_mtime_ns]
 
 
 def listing_digest(folder: str | Path) -> str:

@@ -171,3 +171,23 @@ def test_status_on_a_fresh_workdir_lists_every_step_as_would_run(tmp_path):
     # With the user's own shards, curation is not part of the run.
     cfg = load_config(None, [f"workdir={tmp_path / 'run'}", f"training.data.shards=[{tmp_path}/x.tar]"])
     assert [name for name, _ in pipeline_plan(cfg)] == ["train", "eval"]
+
+
+def test_file_signature_names_the_file_not_its_folder(tmp_path):
+    """A large input (a crawl's WARC) is identified by name, size and time, never read: the same file seen
+    through another folder (a copied run whose web/ links to the same crawl) is the same input; rewriting
+    it is a new one."""
+    import os
+
+    from shared.stage_cache import file_signature
+
+    (tmp_path / "crawl").mkdir()
+    warc = tmp_path / "crawl" / "x.warc.gz"
+    warc.write_bytes(b"one")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "web").symlink_to(tmp_path / "crawl", target_is_directory=True)
+    assert file_signature(warc) == file_signature(tmp_path / "run" / "web" / "x.warc.gz")
+    before = file_signature(warc)
+    warc.write_bytes(b"two")
+    os.utime(warc, ns=(before[2] + 10**9, before[2] + 10**9))
+    assert file_signature(warc) != before
