@@ -302,21 +302,18 @@ def test_bad_input_is_one_line_and_damages_nothing(built, served, case, tmp_path
     assert {name: (workdir / "curation" / name).read_bytes() for name in finished} == finished
 
 
-def test_select_rerun_reads_no_upstream_output_to_identify_it(built, served, tmp_path, monkeypatch):
+def test_select_rerun_reads_no_upstream_output_to_identify_it(built, monkeypatch):
     """After `curation.select.fraction` changes, build-dataset decides extract, download, score, dedup and
     safety are fresh without hashing any of their outputs (no tree hash at all), and records the select
-    step from its tasks' digests. Runs in this process on a copy of the finished run, with the hash
-    functions patched to log what they read."""
+    step from its tasks' digests. Runs in this process on the finished run (the last test of the module:
+    it leaves the run at that fraction), with the hash functions patched to log what they read."""
     from openaim import pipeline
     from openaim.steps import train_filter as train_filter_step
     from shared import stage_cache
     from shared.config import load_config
 
-    workdir_a, overrides, _ = built
-    web_dir, _, _ = served
-    workdir = _copy_run(workdir_a, tmp_path / "run", web_dir)
-    cfg = load_config(None, [*[o for o in overrides if not o.startswith("workdir=")], f"workdir={workdir}",
-                             "curation.select.fraction=0.4"])
+    workdir, overrides, _ = built
+    cfg = load_config(None, [*overrides, "curation.select.fraction=0.4"])
     hashed: list[Path] = []
     real_file, real_path = stage_cache.hash_file, stage_cache.hash_path
 
