@@ -58,13 +58,17 @@ def documented_command(master_url: str, config: Path) -> str:
     return command.replace("spark://HOST:7077", master_url).replace("my.yaml", str(config))
 
 
-def write_config(path: Path, workdir: Path, port: int, **extra) -> Path:
-    """configs/demo.yaml with the small web, this workdir and port (a config file stands alone)."""
+def write_config(path: Path, workdir: Path, port: int, web: Path, **extra) -> Path:
+    """configs/demo.yaml with the small web, this workdir and port (a config file stands alone). Every run
+    reads the WARCs of the one web folder ``web`` (local sources are identified by path, size and time,
+    so a run folder's own web/ link would make its extract a different input)."""
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["workdir"] = str(workdir)
     cfg["web"] |= WEB | {"port": port}
+    extra = {"extract": {"sources": [str(web / "warc")]}} | extra
     for section, values in (CURATION | extra).items():
         cfg["curation"][section] = cfg["curation"].get(section, {}) | values
+    cfg["curation"]["task_bytes"] = 1  # one task per score part, so dedup's stages have many tasks
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -150,7 +154,7 @@ def local_run(tmp_path_factory) -> tuple[Path, int]:
 
     started = time.monotonic()
     root, port = tmp_path_factory.mktemp("cluster"), free_port()
-    config = write_config(root / "ref.yaml", root / "ref", port)
+    config = write_config(root / "ref.yaml", root / "ref", port, root / "web")
     generate_web(load_config(config, []).web, root / "web")
     (root / "ref").mkdir()
     (root / "ref" / "web").symlink_to(root / "web", target_is_directory=True)
@@ -177,7 +181,7 @@ def test_documented_spark_submit_survives_a_killed_worker(local_run, tmp_path):
     for name in OUTPUTS:
         path = run / "curation" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run_config = write_config(tmp_path / "run.yaml", run, port)
+    run_config = write_config(tmp_path / "run.yaml", run, port, root / "web")
 
     conf, events = tmp_path / "spark-conf", tmp_path / "events"
     conf.mkdir()
@@ -249,7 +253,7 @@ def test_steps_runs_a_subset_and_refuses_a_stale_input(local_run, tmp_path):
     root, port = local_run
     run = tmp_path / "run"
     shutil.copytree(root / "ref", run, symlinks=True)
-    config = write_config(tmp_path / "run.yaml", run, port, dedup={"near_threshold": 0.8})
+    config = write_config(tmp_path / "run.yaml", run, port, root / "web", dedup={"near_threshold": 0.8})
     records = {p.name: p.read_bytes() for p in (run / ".steps").iterdir()}
     manifest = (run / "curation" / "manifest.json").read_bytes()
 
