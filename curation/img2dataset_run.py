@@ -30,6 +30,7 @@ import urllib.request
 import uuid
 from collections import deque
 from pathlib import Path
+from unittest import mock
 
 from curation.engine import spark_session
 from curation.netsafety import guarded_opener
@@ -81,16 +82,8 @@ def _quiet_library_output():
     tqdm bars on stderr: a failed build must end in one error line. Environment set only for the call."""
     quiet = {"NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1",
              "PYTHONWARNINGS": "ignore::UserWarning,ignore::DeprecationWarning"}
-    saved = {k: os.environ.get(k) for k in quiet}
-    os.environ.update(quiet)
-    try:
+    with mock.patch.dict(os.environ, quiet):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def run_img2dataset(cfg: DownloadConfig, url_list: Path, pool_dir: Path, allow_hosts: list[str]) -> None:

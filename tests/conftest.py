@@ -1,6 +1,7 @@
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -25,15 +26,6 @@ def s3_server(tmp_path_factory):
 
     pytest.importorskip("moto.server")
     s3fs = pytest.importorskip("s3fs")
-    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
-        saved = {k: os.environ.get(k) for k in server.aws_env}
-        os.environ.update(server.aws_env)
-        try:
-            s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
-            yield server
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server, mock.patch.dict(os.environ, server.aws_env):
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
+        yield server
