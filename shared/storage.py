@@ -1,16 +1,17 @@
 """The one storage layer: every step opens, lists, writes and commits its files through a ``Storage``.
 
 A ``Storage`` is rooted at a run's folder (``workdir``); a step names its files relative to that root as
-plain strings ("curation/pairs", "curation/select_stats.json") and the layer joins them. Today the root is a
-local folder and every write is atomic (shared.atomic: a temporary sibling, then a rename); the object
-storage issue makes the root a URL (``s3://bucket/run``) read and written through fsspec, which is why
-names are strings joined with "/" (never ``Path`` arithmetic in a step) and why committing is its own
+plain strings ("curation/pairs", "curation/select_stats.json") and the layer joins them. The root is a
+local folder, where every write is atomic (shared.atomic: a temporary sibling, then a rename), or a URL
+(``s3://bucket/run``): reading, listing, writing, removing and committing go through shared.fsio (fsspec
+for a URL, the calls above for a folder). That is why names
+are strings joined with "/" (never ``Path`` arithmetic in a step) and why committing is its own
 operation: a step's record is written last, after every output it names is complete, so a killed step
-has no record and reruns.
+has no record and reruns. An object store has no rename: there a file is one PUT, whole or absent.
 
 ``local(name)`` hands out a local path for the libraries that insist on writing to a path themselves
-(pyarrow datasets, img2dataset, torch, webdataset's TarWriter): on object storage these become staged
-uploads.
+(pyarrow datasets, img2dataset, torch, webdataset's TarWriter); it needs a local root (staged uploads for
+those steps are not built yet: ``local`` on a URL root is one clear error, not a wrong path).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shared.atomic import atomic_dir, atomic_open, atomic_write_bytes, atomic_write_json, finished_files
+from shared import fsio
+from shared.atomic import atomic_dir, atomic_open, atomic_write_json, finished_files
 
 
 class Storage:
-    """A run's files under one root (a local folder now; a URL once fsspec backs it)."""
+    """A run's files under one root (a local folder, or a URL read and written through fsspec)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = os.fspath(root)
@@ -45,21 +47,26 @@ class Storage:
 
     def local(self, *names: str) -> Path:
         """A local path for ``names``, for the libraries that write to a path themselves."""
+        if fsio.is_url(self.root):
+            raise ValueError(f"{self.url(*names)}: this step writes through a local path and {self.root} "
+                             "is a URL (use a local workdir for it)")
         return Path(self.url(*names))
 
     # -- reading -------------------------------------------------------------------------------------------
     def exists(self, *names: str) -> bool:
-        return self.local(*names).exists()
+        return fsio.exists(self.url(*names))
 
     def list(self, folder: str, pattern: str = "*") -> list[str]:
         """The finished files of ``folder`` matching ``pattern`` (names relative to the root), in name
         order, without the temporary siblings of writes in progress or killed."""
+        if fsio.is_url(self.root):  # no temporary siblings there: an object is one PUT
+            return [f"{folder}/{fsio.name_of(u)}" for u in fsio.glob(self.url(folder, pattern))]
         return [f"{folder}/{p.name}" for p in finished_files(self.local(folder), pattern)]
 
     def read_bytes(self, *names: str) -> bytes | None:
         """The file's bytes; None when it does not exist."""
         try:
-            return self.local(*names).read_bytes()
+            return fsio.read_bytes(self.url(*names))
         except FileNotFoundError:
             return None
 
@@ -76,13 +83,20 @@ class Storage:
     # -- writing (every write is atomic: readers see the old file or the whole new one) -----------------
     @contextlib.contextmanager
     def open_write(self, name: str, mode: str = "wb", **kwargs: Any) -> Iterator[Any]:
+        if fsio.is_url(self.root):  # the object appears when the upload completes, at close
+            with fsio.open_file(self.url(name), mode) as f:
+                yield f
+            return
         with atomic_open(self.local(name), mode, **kwargs) as f:
             yield f
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        atomic_write_bytes(self.local(name), data)
+        fsio.write_bytes(self.url(name), data)
 
     def write_json(self, name: str, obj: Any) -> None:
+        if fsio.is_url(self.root):  # the same text as atomic_write_json writes
+            fsio.write_text(self.url(name), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            return
         atomic_write_json(self.local(name), obj)
 
     @contextlib.contextmanager
@@ -92,15 +106,11 @@ class Storage:
             yield tmp
 
     def makedirs(self, name: str) -> None:
-        self.local(name).mkdir(parents=True, exist_ok=True)
+        fsio.makedirs(self.url(name))
 
     def remove(self, name: str) -> None:
         """Delete a file or a folder tree; nothing to delete is fine."""
-        path = self.local(name)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        fsio.remove(self.url(name))
 
     def move(self, src: str, dest: str) -> None:
         """Move a file or folder to another name under the root (its parent folders are made)."""
@@ -108,7 +118,7 @@ class Storage:
         shutil.move(self.local(src), self.local(dest))
 
     def copy(self, src: str, dest: str) -> None:
-        self.write_bytes(dest, self.local(src).read_bytes())
+        self.write_bytes(dest, fsio.read_bytes(self.url(src)))
 
     # -- committing ------------------------------------------------------------------------------------
     def commit(self, name: str, record: dict[str, Any]) -> None:
