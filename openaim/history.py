@@ -20,12 +20,14 @@ def history_runs(workdir: Path) -> list[Path]:
     return sorted(p for p in root.glob("run-*") if p.is_dir()) if root.is_dir() else []
 
 
-def archive_previous_run(store: Storage, reasons: list[str], manifest: bytes | None = None) -> str | None:
+def archive_previous_run(store: Storage, reasons: list[str], manifest: bytes | None = None,
+                         pipeline: bytes | None = None) -> str | None:
     """Move the finished training/eval outputs aside so the new run starts clean and stays comparable;
     returns the archive's name, or None when there is no finished run.
 
-    ``manifest``: the curation manifest the finished run was trained on, read before curation reran;
-    None copies the manifest now on disk."""
+    ``manifest``, ``pipeline``: the curation manifest the finished run was trained on and its pipeline.json
+    (stage wall times), read before this run rewrote them (curation reruns and records its stage before
+    training archives); None copies the file now on disk."""
     if not store.exists("training/final"):
         return None
     dest = f"{HISTORY}/run-{len(history_runs(store.local())) + 1:03d}"
@@ -37,8 +39,10 @@ def archive_previous_run(store: Storage, reasons: list[str], manifest: bytes | N
         manifest = store.read_bytes("curation/manifest.json")
     if manifest is not None:
         store.write_bytes(f"{dest}/curation/manifest.json", manifest)
-    if store.exists("pipeline.json"):  # still the finished run's: stage wall times
-        store.copy("pipeline.json", f"{dest}/pipeline.json")
+    if pipeline is None:
+        pipeline = store.read_bytes("pipeline.json")
+    if pipeline is not None:
+        store.write_bytes(f"{dest}/pipeline.json", pipeline)
     store.write_json(f"{dest}/run.json", {"archived_because": reasons})
     say("previous run moved to", "cyan", f"{store.url(dest)} ({'; '.join(reasons)})")
     return dest

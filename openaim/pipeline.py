@@ -144,6 +144,7 @@ def run_pipeline(cfg: OpenAIMConfig) -> dict[str, list[str]]:
     # The finished run was trained on this manifest; curation is about to rewrite it, and the archive
     # made when training reruns must keep the run's own curation numbers.
     ctx.manifest_before = ctx.store.read_bytes("curation/manifest.json")
+    ctx.pipeline_before = ctx.store.read_bytes("pipeline.json")  # rewritten as each stage ends
     partial: PartialFailure | None = None  # e.g. one unreadable benchmark: the report still shows the rest
     stage = None
     try:

@@ -46,10 +46,11 @@ class RunContext:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step that ran
     stage_of: dict[str, str] = field(default_factory=dict)  # step name -> stage, of the steps seen so far
     step: str = ""  # the step running now (a Spark engine labels its jobs with it)
-    # What `openaim run` knew before any step ran: why curation reruns, and the curation manifest the
-    # finished run was trained on (the train step's archive of that run keeps both).
+    # What `openaim run` knew before any step ran: why curation reruns, the curation manifest the finished
+    # run was trained on and its pipeline.json (the train step's archive of that run keeps all three).
     upstream_reasons: list[str] = field(default_factory=list)
     manifest_before: bytes | None = None
+    pipeline_before: bytes | None = None
     _resources: dict[str, tuple[Any, Callable[[Any], None] | None]] = field(default_factory=dict)
     _on_step: list[Callable[[str], None]] = field(default_factory=list)
 

@@ -30,7 +30,7 @@ class Train(Step):
     def prepare(self, ctx: RunContext, spec: StepSpec, rerun: bool) -> None:
         if rerun and ctx.cache.load(self.name) is not None:
             reasons = ctx.cache.check(spec).reasons + ctx.upstream_reasons
-            if archive_previous_run(ctx.store, reasons, ctx.manifest_before) is not None:
+            if archive_previous_run(ctx.store, reasons, ctx.manifest_before, ctx.pipeline_before) is not None:
                 ctx.cache.invalidate("train")
                 ctx.cache.invalidate("eval")
 
