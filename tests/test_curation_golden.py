@@ -1,0 +1,55 @@
+"""Every curation output of the golden build is byte-identical to the committed digests.
+
+The golden build (tests/golden_build.py) is the demo config's build-dataset on a small mini web, from a
+pinned pool (the download step's outputs, committed under tests/golden/pool/, since a live download's sample
+order and slow links depend on timing): extract, train-filter, score, dedup, safety, select and the
+manifest run in-process through the one step list. The sha256 of every file they write under curation/
+(pairs, the filter network, score parts, dedup and safety keep files, subset parts, subset.npy, shards,
+stats, manifest) must equal ``tests/golden/curation_build.json``. This is the guard that a refactor changes
+no output: a failure lists each file that changed, appeared or went missing. Afterwards every step is
+fresh (what `openaim status` shows).
+
+When a change of output is intended (a step's VERSION bump, a new default), rewrite the digests and commit
+them with the change, saying why in the commit message:
+
+    OPENAIM_UPDATE_GOLDEN=1 pytest -q tests/test_curation_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.golden_build import DIGESTS, build, digests
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    curation_dir, states = build(tmp_path_factory.mktemp("golden") / "run")
+    return digests(curation_dir), states
+
+
+def test_every_step_fresh_after_the_build(built):
+    _, states = built
+    assert [name for name, _ in states] == ["extract", "download", "train-filter", "score", "dedup", "safety",
+                                           "select"]
+    assert [(name, s.reasons) for name, s in states if not s.fresh] == []
+
+
+def test_curation_outputs_match_golden_digests(built):
+    built, _ = built
+    assert any(name.startswith("shards/") for name in built), "the build wrote no shards"
+    assert "subset.npy" in built and "manifest.json" in built, sorted(built)
+    if os.environ.get("OPENAIM_UPDATE_GOLDEN") == "1":
+        DIGESTS.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"rewrote {DIGESTS} ({len(built)} files)")
+    golden = json.loads(DIGESTS.read_text())
+    changed = sorted(n for n in golden.keys() & built.keys() if golden[n] != built[n])
+    missing = sorted(golden.keys() - built.keys())
+    new = sorted(built.keys() - golden.keys())
+    problems = [f"changed: {n}" for n in changed] + [f"missing: {n}" for n in missing] + \
+               [f"new: {n}" for n in new]
+    assert not problems, ("curation outputs differ from tests/golden/curation_build.json (if intended, "
+                          "rerun with OPENAIM_UPDATE_GOLDEN=1):\n" + "\n".join(problems))
