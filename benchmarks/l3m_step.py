@@ -32,6 +32,10 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the benchmark imports the project lazily (after its path is set up)
+    from shared.config.training import ModelConfig
 
 # ml-l3m's AIMv1 600M, as its config sets it (configs/aimv1/001_aim_v1_600M.yaml, `constants`): the keys
 # our ModelConfig maps onto, so that both sides run the same architecture.
@@ -54,7 +58,7 @@ def load_l3m_package(src: str | Path) -> None:
     sys.modules["l3m"] = package
 
 
-def l3m_overrides(model_cfg, batch: int) -> dict[str, object]:
+def l3m_overrides(model_cfg: ModelConfig, batch: int) -> dict[str, object]:
     """The l3m config keys (dotted) that make its AIMv1 model the architecture of our ``model_cfg``
     (a shared.config.training.ModelConfig) at ``batch`` images per step."""
     n = model_cfg.num_patches

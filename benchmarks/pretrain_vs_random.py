@@ -25,8 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:  # the project is imported inside the functions
+    from shared.config.evaluation import ProbeConfig
 
 TASKS = ("shape", "count", "color", "texture")
 
@@ -58,7 +62,8 @@ def load_task(bench: Path, task: str, split: str, transform):
     return images, torch.from_numpy(data.labels), len(data.classes)
 
 
-def probe_top1(model, data: dict, n_blocks: int, kind: str = "attentive", probe_cfg=None) -> dict[str, float]:
+def probe_top1(model, data: dict, n_blocks: int, kind: str = "attentive",
+               probe_cfg: ProbeConfig | None = None) -> dict[str, float]:
     """Top-1 per task of a `kind` probe grid on the mean of the last `n_blocks` blocks (bidirectional),
     setting chosen on a fixed 10% of train (`probe_cfg`, default: 30 epochs, batches of 32).
     `data`: task -> ((x_train, y_train, classes), (x_test, y_test, _)), images on the model's device,

@@ -12,6 +12,7 @@ import torch
 from evaluation.features import checkpoint_hash
 from evaluation.results import RANDOM_INIT
 from shared.config.evaluation import EvaluationConfig
+from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json
 from training.checkpoint import complete_checkpoints, load_model_for_eval
@@ -73,7 +74,8 @@ def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
     return entries
 
 
-def load_trunk(entry: CheckpointEntry, arch_cfg, seed: int):
+def load_trunk(entry: CheckpointEntry, arch_cfg: ModelConfig,
+               seed: int) -> tuple[torch.nn.Module, ModelConfig, str]:
     """(model, model_cfg, weights hash) for a checkpoint; random weights get a hash of arch + seed."""
     if entry.path is None:
         with torch.random.fork_rng(devices=[]):

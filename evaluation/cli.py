@@ -3,13 +3,18 @@ stage, is the roof's: openaim.pipeline_cli.)"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config, say
+
+if TYPE_CHECKING:  # the config module imports pydantic: only the command's body loads it
+    from shared.config.root import OpenAIMConfig
 
 
 def evaluate(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Probe frozen trunks (attentive + linear, a grid of lr x wd) on the benchmarks found on disk."""
 
-    def body(cfg):
+    def body(cfg: OpenAIMConfig) -> None:
         from evaluation.run import evaluate_from_config
         from shared.torchrun import torchrun_stage
 

@@ -33,6 +33,7 @@ from evaluation.results import write_result
 from shared.atomic import atomic_path
 from shared.config.benchmark_names import is_generic
 from shared.config.evaluation import EvaluationConfig, ProbeHeadConfig, released_head_blocks
+from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
 from shared.torchrun import rank_world
 from training.model.mlaim_compat import read_mlaim_state_dict
@@ -133,8 +134,9 @@ def head_blocks(ev: EvaluationConfig, head_cfg: ProbeHeadConfig, model, depth: i
             "evaluation.blocks (the file name names no released blocks)")
 
 
-def evaluate_head(ev: EvaluationConfig, eval_dir: Path, entry, spec, root, model, model_cfg, ckpt_hash: str,
-                  head_cfg: ProbeHeadConfig, img_size: int, progress) -> dict[str, Any] | None:
+def evaluate_head(ev: EvaluationConfig, eval_dir: Path, entry, spec, root, model, model_cfg: ModelConfig,
+                  ckpt_hash: str, head_cfg: ProbeHeadConfig, img_size: int,
+                  progress) -> dict[str, Any] | None:
     """Top-1 of a released head on `spec`'s test split (features cached like the probes'; sharded across
     ranks under torchrun). Writes and returns the result record on rank 0 (None elsewhere); its probe is
     named "attentive", so the report compares it with the published attentive-probe numbers."""

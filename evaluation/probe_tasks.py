@@ -18,6 +18,7 @@ from evaluation.checkpoints import CheckpointEntry
 from evaluation.features import extract_split_features, feature_path, load_features
 from evaluation.results import read_result, result_path, write_result
 from shared.config.evaluation import EvaluationConfig, ProbeConfig
+from shared.config.training import ModelConfig
 from shared.errors import InputError
 from shared.stage_cache import StageCache, StepSpec
 from shared.torchrun import broadcast_from_rank0, rank_world
@@ -82,7 +83,7 @@ def features_for_checkpoint_on_benchmark(
     spec,
     root,
     model,
-    model_cfg,
+    model_cfg: ModelConfig,
     ckpt_hash: str,
     blocks: list[int],
     img_size: int,

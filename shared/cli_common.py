@@ -10,11 +10,14 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shared.errors import OpenAIMError
+
+if TYPE_CHECKING:  # the config module imports pydantic: loaded by run_with_config only
+    from shared.config.root import OpenAIMConfig
 
 ConfigOpt = Annotated[Path | None,
                       typer.Option("--config", "-c", help="YAML config (default: configs/demo.yaml)")]
@@ -85,7 +88,7 @@ def guarded(fn: Callable[[], Any], debug: bool) -> Any:
         fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 1)
 
 
-def run_with_config(body: Callable[[Any], Any], config: Path | None, overrides: list[str] | None,
+def run_with_config(body: Callable[[OpenAIMConfig], Any], config: Path | None, overrides: list[str] | None,
                     debug: bool) -> Any:
     """Validate the whole config up front (writing nothing on error), then run ``body(cfg)``."""
     from shared.config.loading import load_config

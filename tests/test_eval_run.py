@@ -16,6 +16,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from shared.config.root import OpenAIMConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ("disc", "square", "triangle", "bar")
 PRETRAIN_STEPS = 100  # keeps the fixture to about a minute on 2 idle cores
@@ -117,7 +119,7 @@ def evaluated(tmp_path_factory):
     return {"cfg": cfg, "csv": csv_path, "bench": bench, "first_s": first_s, "pretrain_s": pretrain_s}
 
 
-def _records(cfg) -> dict[tuple[str, str], dict]:
+def _records(cfg: OpenAIMConfig) -> dict[tuple[str, str], dict]:
     from evaluation.results import load_results
 
     return {(r["checkpoint"], r["benchmark"]): r for r in load_results(cfg.eval_dir)}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shared.config.loading import load_config
+from shared.config.root import OpenAIMConfig
 from shared.errors import InputError
 from training.augment import augment, crop_box
 from training.data import TrainBatches, build_loader, mix_counts
@@ -25,7 +26,8 @@ def _cfg(tmp_path: Path, shards: list[str], imagenet: list[str] = (), mix=(0.8, 
     return load_config(None, sets)
 
 
-def _batches(cfg, rank: int, world: int, batch: int, start: int = 0, positions=None, streams: int = 1):
+def _batches(cfg: OpenAIMConfig, rank: int, world: int, batch: int, start: int = 0, positions=None,
+             streams: int = 1):
     """TrainBatches for a global batch of `batch` * `world` images (the edge resolves the paths)."""
     tcfg = cfg.training.model_copy(update={"global_batch_size": batch * world})
     curated = curated_shard_list(cfg.training.data.shards) if cfg.training.data.shards else []

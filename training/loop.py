@@ -44,6 +44,7 @@ import torch
 
 from shared import fsio
 from shared.atomic import atomic_dir
+from shared.config.root import OpenAIMConfig
 from shared.config.training import TrainingConfig
 from shared.errors import InputError, OpenAIMError
 from shared.progress import progress_bar
@@ -94,7 +95,7 @@ def _final_from(out: Path, ckpt_dir: str) -> Path:
     return final
 
 
-def train_from_config(cfg, resume: bool = True) -> Path:
+def train_from_config(cfg: OpenAIMConfig, resume: bool = True) -> Path:
     """Train `cfg.training` under `cfg.training_dir`; returns the final checkpoint dir.
 
     Resumes from the latest complete checkpoint there unless `resume` is False.

@@ -87,7 +87,7 @@ def _format_validation_error(exc: ValidationError) -> str:
     return f"invalid config: {key}: {msg}{extra}"
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()):
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> OpenAIMConfig:
     """Read, override and validate. Returns an `OpenAIMConfig`; raises `ConfigError` (one line)."""
     data = _read_yaml((shipped_config(Path(path)) or Path(path)) if path else DEFAULT_CONFIG)
     for text in overrides:

@@ -10,6 +10,7 @@ import typer
 from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config
 
 if TYPE_CHECKING:  # pydantic is loaded by the commands' bodies only
+    from shared.config.root import OpenAIMConfig
     from shared.config.web import WebConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -39,7 +40,7 @@ def generate(
 ) -> None:
     """Generate the mini web: pages, images, WARC/WAT, truth.parquet, hq shards, benchmark sets."""
 
-    def body(cfg):
+    def body(cfg: OpenAIMConfig) -> None:
         from pydantic import ValidationError
 
         from shared.errors import ConfigError
@@ -68,7 +69,7 @@ def serve(
 ) -> None:
     """Serve a generated mini web in the foreground until Ctrl-C."""
 
-    def body(cfg):
+    def body(cfg: OpenAIMConfig) -> None:
         import json
         import logging
         import time

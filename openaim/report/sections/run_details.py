@@ -7,6 +7,7 @@ from pathlib import Path
 
 from openaim.report.document import Block, Bullets, Code, Heading, Table, text
 from openaim.report.run_data import STAGES, RunData
+from shared.config.training import TrainingConfig
 
 
 def probe_details(runs: list[RunData]) -> list[Block]:
@@ -87,7 +88,8 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def provenance(training_cfg, training_dir: Path, runs: list[RunData], facts: dict[str, str]) -> list[Block]:
+def provenance(training_cfg: TrainingConfig, training_dir: Path, runs: list[RunData],
+               facts: dict[str, str]) -> list[Block]:
     items = [[f"{k}: {v}"] for k, v in facts.items()]
     for run in runs:
         items.append(
