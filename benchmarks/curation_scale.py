@@ -15,10 +15,6 @@ worker processes. Per step it reports
   penalise it); items = pairs kept for extract, pool images for the rest;
 and bytes stored per pool image (score parts, keep files, pool tars).
 
-With ``--parse N`` it instead measures WARC -> image links per core on a mini web of N images: the shipped
-path (curation.extract: FastWARC + selectolax/lexbor) against the warcio + html.parser path it replaced
-(the named baseline), in the same run.
-
 With ``--dedup N [N ...]`` it instead times the dedup step's cluster-partitioned near-duplicate search
 (curation.dedup_parts.run_dedup on the local engine, score parts written from curation_bench's planted
 512-d vectors) against the single-node reference search (tests/reference_dedup.near_duplicates, index
@@ -27,8 +23,8 @@ pairs (target >= 0.99) and whether the dropped rows equal the single-node search
 ``EXACT_MAX`` rows, the exact flat search's on the stored int8 descriptors. Rows of earlier code kept by
 hand under "### Earlier runs" in that section survive a rewrite.
 
-Figures go to benchmarks/RESULTS.md under "## Curation at scale", "## Curation: partitioned
-near-duplicate search" and "## Curation: WARC parsing".
+Figures go to benchmarks/RESULTS.md under "## Curation at scale" and "## Curation: partitioned
+near-duplicate search" (WARC parsing: benchmarks/warc_parse.py).
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +50,6 @@ from benchmarks.results_md import write_section
 SECTION = "## Curation at scale"
 DEDUP_SECTION = "## Curation: partitioned near-duplicate search"
 DEDUP_EARLIER = "### Earlier runs"
-PARSE_SECTION = "## Curation: WARC parsing"
 STEPS = ("extract", "score", "dedup", "safety", "select")
 PORT = 18999  # baked into the web's URLs only; nothing is served
 EXACT_MAX = 50_000  # --dedup also runs the exact flat search up to this many rows (O(n^2))
@@ -173,116 +167,6 @@ def measure_size(base: Path, n: int, workers: int) -> dict:
                       "safety keep": _size(d / "safety" / "keep"), "pairs": _size(d / "pairs"),
                       "pool tars": _size(d / "pool")},
             "kept": json.loads((d / "select_stats.json").read_text())["out"]}
-
-
-# -- WARC -> pairs parsing -------------------------------------------------------------------------------
-def parse_shipped(paths: list[Path]) -> int:
-    """What the extract step runs per WARC file: curation.warc_links' FastWARC + selectolax (lexbor) path."""
-    from curation.extract import ExtractStats
-    from curation.warc_links import warc_links
-    from shared.config.curation import ExtractConfig
-
-    max_page_bytes = ExtractConfig.model_fields["max_page_bytes"].default
-    links = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            links += sum(1 for _ in warc_links(f, str(p), ExtractStats(), max_page_bytes))
-    return links
-
-
-class _BaselineImgParser(HTMLParser):
-    """The baseline's html.parser handler: (src, alt) of every <img>, and the first <base href>."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[tuple[str, str]] = []
-        self.base: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        a = {k.lower(): (v or "") for k, v in attrs}
-        if tag == "img" and a.get("src"):
-            self.images.append((a["src"], a.get("alt", "")))
-        elif tag == "base" and a.get("href") and self.base is None:
-            self.base = a["href"]
-
-    handle_startendtag = handle_starttag
-
-
-def parse_warcio(paths: list[Path]) -> int:
-    """The baseline: the path curation.extract ran before FastWARC + selectolax, warcio's reader (which undoes
-    transfer/content codings) and html.parser, with the same charset decoding
-    (curation.warc_links.decode_html) and URL resolution."""
-    from urllib.parse import urljoin
-
-    from warcio.archiveiterator import ArchiveIterator
-
-    from curation.warc_links import decode_html
-
-    links = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            for record in ArchiveIterator(f):
-                if record.rec_type != "response" or record.http_headers is None:
-                    continue
-                ctype = record.http_headers.get_header("Content-Type")
-                if ctype and "html" not in ctype.lower():
-                    continue
-                page = record.rec_headers.get_header("WARC-Target-URI") or ""
-                tags = _BaselineImgParser()
-                tags.feed(decode_html(record.content_stream().read(), ctype))
-                tags.close()
-                base = urljoin(page, tags.base) if tags.base else page
-                links += len([urljoin(base, src.strip()) for src, _ in tags.images])
-    return links
-
-
-PARSERS = (("FastWARC + selectolax/lexbor (curation.extract)", parse_shipped),
-           ("warcio + html.parser (baseline: the path before)", parse_warcio))
-
-
-def parse_bench(paths: list[Path], repeats: int = 3) -> list[list]:
-    """Per parser: links found, links and MB per CPU second (best of ``repeats``, interleaved), and the
-    speed-up over the baseline measured in the same run."""
-    mb = sum(p.stat().st_size for p in paths) / 1e6
-    best: dict[str, float] = {}
-    found: dict[str, int] = {}
-    for _ in range(repeats):
-        for name, fn in PARSERS:
-            cpu = time.process_time()
-            found[name] = fn(paths)
-            spent = time.process_time() - cpu
-            best[name] = min(best.get(name, spent), spent)
-    base = best[PARSERS[-1][0]]
-    return [[name, found[name], f"{found[name] / best[name]:,.0f}", f"{mb / best[name]:.1f}",
-             f"{base / best[name]:.2f}"] for name, _ in PARSERS]
-
-
-def parse_report(rows: list[list], n: int, files: int, mb: float) -> str:
-    head = ["parser", "links", "links/CPU-s", "MB/CPU-s", "speed-up vs baseline"]
-    return "\n".join([
-        PARSE_SECTION, "",
-        (f"`benchmarks/curation_scale.py --parse {n}` ({time.strftime('%Y-%m-%d')}, "
-         f"{platform.processor() or platform.machine()}, one process on {os.cpu_count()} cores shared with "
-         f"other jobs). WARC -> image links of the mini web with {n} images ({files} gzipped WARC files, "
-         f"{mb:.1f} MB), best of 3 interleaved runs, CPU time. The shipped path is what the extract step "
-         "runs per source file (FastWARC records, charset decoding, lexbor HTML tree, URL resolution); the "
-         "baseline is the warcio + html.parser path it replaced, with the same charset decoding and URL "
-         "resolution, in the same run."), "",
-        "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-        *["| " + " | ".join(str(c) for c in r) + " |" for r in rows], "",
-    ])
-
-
-def parse_only(base: Path, n: int) -> str:
-    """The parser comparison alone, on a freshly generated mini web of n images."""
-    from shared.config import load_config
-    from shared.miniweb.generate import generate_web
-
-    cfg = load_config(None, _overrides(base / f"parse{n}", n, 1))
-    generate_web(cfg.web, cfg.web_dir, skip_if_done=True)
-    warcs = sorted((cfg.web_dir / "warc").glob("*.warc.gz"))
-    rows = parse_bench(warcs)
-    return parse_report(rows, n, len(warcs), sum(p.stat().st_size for p in warcs) / 1e6)
 
 
 # -- cluster-partitioned vs single-node near-duplicate search -------------------------------------------
@@ -433,17 +317,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     parser.add_argument("--dedup", type=int, nargs="+",
                         help="only the near-duplicate search comparison at these sizes")
-    parser.add_argument("--parse", type=int, metavar="N",
-                        help="only the WARC parser comparison, on a mini web of N images")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="curation-scale-"))
     try:
-        if args.parse:
-            text = parse_only(base, args.parse)
-            print(text)
-            if not args.no_write:
-                write_section(PARSE_SECTION, text)
-            return
         if args.dedup:
             rows = []
             for n in args.dedup:
