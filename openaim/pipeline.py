@@ -69,7 +69,8 @@ def run_steps(ctx: RunContext, steps: list[Step]) -> None:
 def chosen_steps(ctx: RunContext, only: list[str]) -> list[Step]:
     """``build-dataset --steps``: the named curation steps in run order, once every input step that is not
     among them is fresh (a step among them runs, or is reused, before the steps that take it); the
-    manifest after them when select is among them. Raises one line naming the first stale input step."""
+    manifest after them when the last step it reads (select) is among them. Raises one line naming the
+    first stale input step."""
     steps = [s for s in stage_steps(ctx.cfg, CURATION) if s.cached]
     names = [s.name for s in steps]
     unknown = [s for s in only if s not in names]
@@ -88,8 +89,10 @@ def chosen_steps(ctx: RunContext, only: list[str]) -> list[Step]:
             if not state.fresh:
                 raise InputError(f"--steps {step.name}: its input step {upstream} is not fresh "
                                  f"({state.reasons[0]}); run `build-dataset --steps {upstream}` first")
-    if chosen[-1] is steps[-1]:  # select, the last: the manifest follows it
-        chosen += [s for s in stage_steps(ctx.cfg, CURATION) if not s.cached]
+    for summary in (s for s in stage_steps(ctx.cfg, CURATION) if not s.cached):
+        last_input = [n for n in names if n in summary.reads][-1:]  # the manifest's: select
+        if last_input and last_input[0] in only:
+            chosen.append(summary)
     return chosen
 
 

