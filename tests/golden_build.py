@@ -22,12 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import shutil
 import sys
+import tarfile
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
+from safetensors.numpy import load_file
 
 from openaim.pipeline import CURATION, run_steps, stage_steps, step_named
 from openaim.steps.base import RunContext, plan
@@ -96,21 +102,71 @@ def build(workdir: Path) -> tuple[Path, list[tuple[str, Freshness]]]:
     return cfg.curation_dir, plan(RunContext(cfg), steps)
 
 
-def digests(curation_dir: Path) -> dict[str, str]:
-    """sha256 of every file the build wrote under curation/, by path relative to it; not the pinned pool
-    (an input) nor dot-named bookkeeping (the scoring queue's claims, which hold times and process ids).
-    The manifest's bytes without its "ran" and "reused" lists (the names of the steps that ran: a step
-    added to the list joins them) are what its digest covers."""
+# The libraries whose versions can change output bytes with our code unchanged (parquet's writer names
+# itself in every file, tar headers, JPEG encoding, float kernels), and the machine's architecture.
+ENV_PACKAGES = ("torch", "numpy", "pyarrow", "pillow", "open_clip_torch", "timm", "faiss-cpu", "webdataset",
+                "opencv-python-headless", "safetensors", "img2dataset")
+
+
+def environment() -> dict[str, str]:
+    env = {"machine": platform.machine()}
+    for name in ENV_PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = "absent"
+    return env
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def content_digest(path: Path, rel: str) -> str:
+    """What a file holds, apart from what its writing library adds: a parquet file's schema (with our
+    metadata keys) and rows, a tar's member names and bytes, an array's dtype, shape and values, the
+    tensors of a safetensors file; any other file's bytes."""
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k != b"pandas"}
+        return _sha(json.dumps({"schema": [[f.name, str(f.type)] for f in table.schema], "metadata": meta,
+                                "rows": table.to_pydict()}, sort_keys=True, default=_json_default).encode())
+    if path.suffix == ".tar":
+        with tarfile.open(path) as tar:
+            return _sha(json.dumps([[m.name, _sha(tar.extractfile(m).read())] for m in tar.getmembers()
+                                    if m.isfile()]).encode())
+    if path.suffix == ".npy":
+        arr = np.load(path)
+        return _sha(json.dumps([arr.dtype.str, arr.shape]).encode() + arr.tobytes())
+    if path.suffix == ".safetensors":
+        tensors = load_file(path)
+        return _sha(b"".join(json.dumps([k, tensors[k].dtype.str, tensors[k].shape]).encode()
+                             + tensors[k].tobytes() for k in sorted(tensors)))
+    if rel == "manifest.json":  # without the names of the steps that ran: a step added to the list joins them
+        manifest = {k: v for k, v in json.loads(path.read_bytes()).items() if k not in ("ran", "reused")}
+        return _sha(json.dumps(manifest, sort_keys=True).encode())
+    return _sha(path.read_bytes())
+
+
+def digests(curation_dir: Path) -> dict[str, dict[str, str]]:
+    """Per file the build wrote under curation/ (by path relative to it): the sha256 of its bytes and of its
+    content (``content_digest``). Not the pinned pool (an input) nor dot-named bookkeeping (the scoring
+    queue's claims, which hold times and process ids). The manifest's bytes digest is its content's: its
+    "ran" and "reused" lists are left out of both."""
     out = {}
     for path in sorted(p for p in curation_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(curation_dir).as_posix()
         if rel.startswith("pool/") or any(part.startswith(".") for part in rel.split("/")):
             continue
-        data = path.read_bytes()
-        if rel == "manifest.json":
-            manifest = {k: v for k, v in json.loads(data).items() if k not in ("ran", "reused")}
-            data = json.dumps(manifest, sort_keys=True).encode()
-        out[rel] = hashlib.sha256(data).hexdigest()
+        content = content_digest(path, rel)
+        raw = content if rel == "manifest.json" else _sha(path.read_bytes())
+        out[rel] = {"bytes": raw, "content": content}
     return out
 
 

@@ -9,6 +9,13 @@ stats, manifest) must equal ``tests/golden/curation_build.json``. This is the gu
 no output: a failure lists each file that changed or went missing. Afterwards every step is fresh (what
 `openaim status` shows).
 
+Bytes are compared where the environment is the golden's (the versions of the libraries that write the
+files and compute the floats, and the machine's architecture: ``golden_build.environment``); elsewhere
+(e.g. a clean install with a newer pyarrow, which names itself in every parquet file) what the files hold
+is compared: parquet schema and rows, tar members, arrays, tensors (``golden_build.content_digest``). The
+floats (the filter network's weights, the scores) are computed on one torch thread; a machine whose CPU
+kernels sum in another order may still differ, and the failure names the environment's differences.
+
 A step added to the list (docs/architecture.md, "Adding a step") leaves this test passing: a file that is
 not in the golden digests yet is not compared, and the manifest is digested without its "ran" and
 "reused" lists (the names of the steps that ran, which the new step joins); rewrite the digests to cover
@@ -27,7 +34,7 @@ import os
 
 import pytest
 
-from tests.golden_build import DIGESTS, build, digests
+from tests.golden_build import DIGESTS, build, digests, environment
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +54,20 @@ def test_curation_outputs_match_golden_digests(built):
     built, _ = built
     assert any(name.startswith("shards/") for name in built), "the build wrote no shards"
     assert "subset.npy" in built and "manifest.json" in built, sorted(built)
+    env = environment()
     if os.environ.get("OPENAIM_UPDATE_GOLDEN") == "1":
-        DIGESTS.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
+        DIGESTS.write_text(json.dumps({"environment": env, "files": built}, indent=1, sort_keys=True) + "\n")
         pytest.skip(f"rewrote {DIGESTS} ({len(built)} files)")
     golden = json.loads(DIGESTS.read_text())
-    changed = sorted(n for n in golden.keys() & built.keys() if golden[n] != built[n])
-    missing = sorted(golden.keys() - built.keys())
+    # bytes where the libraries that write them are the golden's, else what the files hold
+    kind = "bytes" if golden["environment"] == env else "content"
+    files = golden["files"]
+    changed = sorted(n for n in files.keys() & built.keys() if files[n][kind] != built[n][kind])
+    missing = sorted(files.keys() - built.keys())
     problems = [f"changed: {n}" for n in changed] + [f"missing: {n}" for n in missing]
-    assert not problems, ("curation outputs differ from tests/golden/curation_build.json (if intended, "
-                          "rerun with OPENAIM_UPDATE_GOLDEN=1):\n" + "\n".join(problems))
+    differs = {k: f"{golden['environment'].get(k)} -> {v}" for k, v in env.items()
+               if golden["environment"].get(k) != v}
+    assert not problems, (
+        f"curation outputs differ from tests/golden/curation_build.json ({kind} compared"
+        + (f"; environment differs from the golden's: {differs}" if differs else "")
+        + "; if intended, rerun with OPENAIM_UPDATE_GOLDEN=1):\n" + "\n".join(problems))
