@@ -6,13 +6,22 @@ its nearest centroid's cluster and is sent as a *query* to every other centroid 
 ``BOUNDARY_MARGIN`` cosine of that one (at most ``MAX_PROBES`` in all), so a copy near a boundary is met
 from either side. Clusters are packed into tasks of about equal size (``pack_clusters``). Why these
 values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
+
+A cluster whose estimated vectors exceed a task's target is bounded (``bound_clusters``), from the sample:
+- a *core*: a group of near copies of one image (k-means cannot split it: its vectors are all alike). Its
+  representative r is the mean of the group; every vector within ``core_similarity(threshold)`` of r is a
+  copy of every other (the angle between two of them is at most twice that radius, cosine >= threshold),
+  so the group is resolved against r alone: the best-scoring vector within the radius stays in the search,
+  standing in for the group, the others are losers (curation.dedup_parts), with no pair among them;
+- what is left too large is split by a second-level k-means inside it (its centroids replace the
+  cluster's), up to ``SPLIT_ROUNDS`` times.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -25,6 +34,17 @@ CLUSTERS_PER_ROW = 3
 KMEANS_ITER = 5
 MAX_PROBES = 8  # most clusters a vector is sent to
 BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
+SPLIT_ROUNDS = 3  # second-level k-means passes over the clusters still above the target
+CORE_SAMPLE = 4096  # most sample rows of one cluster searched for cores on the driver ([rows, rows] products)
+CORES_PER_CLUSTER = 4  # most near-copy groups taken out of one cluster
+CORE_SHARE = 8  # a group is a core when it is estimated to hold at least 1 / CORE_SHARE of a task's target
+
+
+def core_similarity(threshold: float) -> float:
+    """The radius (cosine to a core's representative) within which any two vectors are copies: the angle
+    between two of them is at most twice the radius's, cos(2a) = 2 cos(a)^2 - 1 >= threshold; the small
+    excess covers float32 rounding of the tasks' products."""
+    return math.sqrt((1 + threshold) / 2) + 1e-4
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,21 @@ class Clusters:
     pca_components: np.ndarray | None  # [r, D]
     buckets: int
     bucket_of: np.ndarray | None = None  # [k] the task (bucket) of each cluster; None: cluster % buckets
+    cores: np.ndarray | None = None  # [c, D] unit representatives of near-copy groups (stored space)
+    core_cluster: np.ndarray | None = None  # [c] the cluster whose task resolves each core's group
+    core_min: float = 1.0  # core_similarity(threshold)
+
+    def bucket(self, cluster: np.ndarray) -> np.ndarray:
+        return cluster % self.buckets if self.bucket_of is None else self.bucket_of[cluster]
+
+    def core_of(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(core, inside) for unit vectors in the stored space: the nearest core representative and
+        whether the vector is within its radius (then a copy of every other vector inside it)."""
+        if self.cores is None or not len(unit):
+            return np.zeros(len(unit), np.int64), np.zeros(len(unit), bool)
+        sims = unit @ self.cores.T
+        core = sims.argmax(axis=1)
+        return core, sims[np.arange(len(unit)), core] >= self.core_min
 
     def reduce(self, v: np.ndarray) -> np.ndarray:
         if self.pca_components is None:
@@ -104,3 +139,94 @@ def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed:
         kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
         centroids = kmeans.centroids
     return Clusters(np.ascontiguousarray(centroids, np.float32), mean, comps, buckets)
+
+
+def _estimated_load(clusters: Clusters, sample: np.ndarray, per_row: float) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors each cluster's task is estimated to receive, each sample row's nearest cluster): where the
+    sample's vectors ([m, views, D]: each row and its zoomed views) are sent, each standing for
+    ``per_row`` vectors."""
+    m, views = sample.shape[:2]
+    if not m:
+        return np.zeros(len(clusters.centroids)), np.zeros(0, np.int64)
+    row, sent, nearest = clusters.assign(clusters.reduce(sample.reshape(m * views, -1)))
+    member_of = np.zeros(m, np.int64)
+    first = nearest & (row % views == 0)
+    member_of[row[first] // views] = sent[first]
+    return np.bincount(sent, minlength=len(clusters.centroids)) * per_row, member_of
+
+
+def _find_cores(sample: np.ndarray, member_of: np.ndarray, over: np.ndarray, per_row: float,
+                capacity: float, core_min: float) -> list[np.ndarray]:
+    """Representatives of the near-copy groups in the clusters ``over`` the target: in each (on at most
+    CORE_SAMPLE of its sample rows not already inside a core: k-means may have cut one group into several
+    clusters) the row with the most rows within ``core_min`` of it, the mean of those, while such a group
+    is estimated to hold capacity / CORE_SHARE vectors or more."""
+    cores: list[np.ndarray] = []
+    taken = np.zeros(len(sample), bool)
+    for c in over.tolist():
+        for _ in range(CORES_PER_CLUSTER):
+            s = sample[np.flatnonzero((member_of == c) & ~taken)[:CORE_SAMPLE]]
+            if not len(s):
+                break
+            close = s @ s.T >= core_min
+            rep = dedup.normalised(s[close[int(close.sum(axis=1).argmax())]].mean(axis=0, keepdims=True))[0]
+            inside = sample @ rep >= core_min
+            if (inside & ~taken).sum() * per_row < capacity / CORE_SHARE:
+                break
+            cores.append(rep)
+            taken |= inside
+    return cores
+
+
+def _split(clusters: Clusters, reduced: np.ndarray, member_of: np.ndarray, load: np.ndarray,
+           capacity: float, seed: int) -> Clusters:
+    """Each cluster over ``capacity`` replaced by a k-means of its members' sample rows into about
+    2 load / capacity clusters (fewer when it has few sample rows)."""
+    faiss = dedup.import_faiss()
+    keep, added = np.ones(len(load), bool), []
+    for c in np.flatnonzero(load > capacity).tolist():
+        rows = reduced[member_of == c]
+        k = min(math.ceil(2 * load[c] / capacity), len(rows) // 2)
+        if k < 2:
+            continue
+        kmeans = faiss.Kmeans(rows.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
+                              min_points_per_centroid=1)
+        kmeans.train(np.ascontiguousarray(rows, np.float32))
+        keep[c] = False
+        added.append(kmeans.centroids)
+    if not added:
+        return clusters
+    centroids = np.concatenate([clusters.centroids[keep], *added])
+    return replace(clusters, centroids=np.ascontiguousarray(centroids, np.float32))
+
+
+def bound_clusters(clusters: Clusters, sample: np.ndarray, per_row: float, capacity: float,
+                   threshold: float, seed: int = 0) -> Clusters:
+    """The clusters with every task estimated at most ~``capacity`` vectors where the data allows (module
+    doc): cores taken out of the clusters over it, those still over it split, then packed into tasks.
+    ``sample``: [m, views, D] the sample's unit vectors (each row's views); ``per_row``: the pool's rows
+    each sample row stands for."""
+    dedup.set_faiss_threads()
+    core_min = core_similarity(threshold)
+    load, member_of = _estimated_load(clusters, sample, per_row)
+    over = np.flatnonzero(load > capacity)
+    cores = _find_cores(sample[:, 0], member_of, over, per_row, capacity, core_min) if len(over) else []
+    if cores:
+        clusters = replace(clusters, cores=np.ascontiguousarray(cores, np.float32), core_min=core_min)
+        _, inside = clusters.core_of(sample[:, 0])
+        sample = sample[~inside]
+        load, member_of = _estimated_load(clusters, sample, per_row)
+    for r in range(SPLIT_ROUNDS):
+        if not len(sample) or load.max() <= capacity:
+            break
+        split = _split(clusters, clusters.reduce(sample[:, 0]), member_of, load, capacity, seed + r)
+        if split is clusters:
+            break
+        clusters = split
+        load, member_of = _estimated_load(clusters, sample, per_row)
+    if cores:
+        _, nearest = _estimated_load(clusters, clusters.cores[:, None], 0)
+        clusters = replace(clusters, core_cluster=nearest)
+        load = load + np.bincount(clusters.core_cluster, minlength=len(load))  # one stand-in per core
+    bucket_of, buckets = pack_clusters(load, capacity)
+    return replace(clusters, buckets=buckets, bucket_of=bucket_of)

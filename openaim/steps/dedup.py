@@ -21,11 +21,12 @@ def _eval_sets(cfg: OpenAIMConfig) -> list:
 
 class Dedup(Step):
     name, stage = "dedup", "build-dataset"
-    # Bump when the keep files (curation.dedup_parts, dedup, dedup_clusters, copy_detection, eval_index,
-    # parts) change for the same config and inputs: this step and every step after it rerun.
-    # 2: cluster-partitioned, registry eval sets, int8. 3: nearest cluster by faiss's top-k,
-    # within-cluster candidates in the PCA space (when used), verified.
-    VERSION = 3
+    # Bump when the keep files (curation.dedup_parts, dedup_near, dedup_resolve, dedup, dedup_clusters,
+    # copy_detection, eval_index, parts) change for the same config and inputs: this step and every step
+    # after it rerun. 2: cluster-partitioned, registry eval sets, int8. 3: nearest cluster by faiss's
+    # top-k, within-cluster candidates in the PCA space (when used), verified. 4: clusters over a task's
+    # target bounded (near-copy cores, second-level k-means); one cluster ("flat") unchanged.
+    VERSION = 4
     reads = ("score",)
     writes = ("curation/dedup/keep", "curation/dedup/stats.json")
 

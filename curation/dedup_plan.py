@@ -1,0 +1,89 @@
+"""What the dedup step's tasks share (curation.dedup_parts, curation.dedup_near): the plan every task
+carries, a part's dedup vectors, and the loser files, one per part, reached through the engine's shuffle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from curation.copy_detection import dedup_vectors
+from curation.parts import Part, key_part, key_row
+from shared.atomic import atomic_path
+from shared.config.curation import DedupConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every dedup task needs (picklable: it travels to Spark and process-pool workers). Small: no
+    table of the parts (a task gets its own parts; a row key names its part)."""
+
+    work: Path
+    cfg: DedupConfig
+    task_starts: np.ndarray  # [tasks] the index of each task's first part (tasks are consecutive parts)
+
+    def task_of(self, part_index: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.task_starts, part_index, side="right") - 1
+
+
+def make_plan(tasks: list[list[Part]], work: Path, cfg: DedupConfig) -> Plan:
+    return Plan(work, cfg, np.array([t[0].index for t in tasks], dtype=np.int64))
+
+
+def vectors(data: dict, w: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A part's unit dedup vectors [n, D] and its zoomed views (each [n, D])."""
+    emb, copies = data["embedding"], data["copy"]
+    x = dedup_vectors(emb, copies[:, 0], w)
+    return x, [dedup_vectors(emb, copies[:, v], w) for v in range(1, copies.shape[1])]
+
+
+def losers(folder: Path, part: Part) -> np.ndarray:
+    """Rows of ``part`` that lost in ``folder`` (exact or near): its one file there, if any."""
+    path = folder / f"{part.index:08d}.npy"
+    return key_row(np.load(path)) if path.is_file() else np.zeros(0, np.int64)
+
+
+def write_part_keys(folder: Path, keys: np.ndarray) -> int:
+    """Sorted row keys to one file per part they belong to (``<part index>.npy``); the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = np.sort(np.asarray(keys, dtype=np.int64))
+    owner = key_part(keys)
+    cuts = np.flatnonzero(np.diff(owner)) + 1
+    for chunk in np.split(keys, cuts) if len(keys) else []:
+        with atomic_path(folder / f"{int(key_part(chunk[:1])[0]):08d}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, chunk)
+    return len(cuts) + 1 if len(keys) else 0
+
+
+def emit_to_tasks(plan: Plan, path: Path):
+    """Route one file of row keys (any parts) to the tasks that own their parts."""
+    keys = np.load(path)
+    task = plan.task_of(key_part(keys))
+    order = np.argsort(task, kind="stable")
+    cuts = np.flatnonzero(np.diff(task[order])) + 1
+    for sel in np.split(order, cuts) if len(order) else []:
+        yield int(task[sel[0]]), keys[sel]
+
+
+def write_routed(folder: Path, task: int, chunks) -> int:
+    """One task's share of the routed keys: one file per part (``folder/<part index>.npy``)."""
+    chunks = list(chunks)
+    return write_part_keys(folder, np.concatenate(chunks)) if chunks else 0
+
+
+def route_to_parts(engine, plan: Plan, sources: list[Path], folder: Path) -> None:
+    """Row keys in ``sources`` (files of keys from any parts) to one file per part in ``folder``, through
+    the engine's shuffle keyed by the task that owns the part: no folder of (source, part) files, no
+    listing per part."""
+    engine.group_reduce(sources, partial(emit_to_tasks, plan), partial(write_routed, folder),
+                        len(plan.task_starts))
+
+
+def exact_survivors(plan: Plan, part: Part, data: dict) -> np.ndarray:
+    """Row indices of the part that survived exact dedup."""
+    keep = np.ones(len(data["score"]), dtype=bool)
+    keep[losers(plan.work / "exact", part)] = False
+    return np.flatnonzero(keep)

@@ -1,0 +1,148 @@
+"""Near-copy pairs -> losers, on the engine (the resolve of curation.dedup_parts' near-copy search).
+
+The keep rule (``dedup.keep_best_of_neighbours``) is a pass over the linked rows in score order; a row's
+fate depends on its connected component alone, so components resolved apart drop the rows the whole graph
+would. No process holds every pair: rows are spread over ``buckets`` by a hash of their key, and
+
+1. the pair files are shuffled into each bucket's edges (both directions, a pair found in two clusters
+   once): ``adj-<b>.npz``; every row's label starts as the least key among it and its neighbours
+   (``label-<b>.npz``);
+2. labels are propagated along the edges (each row takes the least label of its neighbours) through the
+   shuffle, one round at a time, until none changes: every row of a component then holds its least key
+   (rounds: about the longest path in a component, a handful for copies);
+3. the edges are shuffled by their component's label, and each bucket applies the keep rule to its
+   components; the losers go to ``losers-<b>.npy``.
+
+A task holds its bucket's edges: about ``PAIRS_PER_TASK`` pairs, more when one component is larger (a near
+copy group large enough to matter never becomes pairs: curation.dedup_clusters' cores).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from curation import dedup
+from shared.atomic import atomic_path
+
+PAIRS_PER_TASK = 1 << 22  # edges per resolve bucket (~4M pairs, ~130 MB at 32 B per directed edge)
+
+
+def row_bucket(keys: np.ndarray, buckets: int) -> np.ndarray:
+    """The resolve bucket of each row key, mixed (Fibonacci hashing) so one part's rows spread over all."""
+    mixed = np.asarray(keys, dtype=np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return ((mixed >> np.uint64(32)) % np.uint64(buckets)).astype(np.int64)
+
+
+def _by_bucket(bucket: np.ndarray, cols: tuple[np.ndarray, ...]):
+    order = np.argsort(bucket, kind="stable")
+    cuts = np.flatnonzero(np.diff(bucket[order])) + 1
+    for sel in np.split(order, cuts) if len(order) else []:
+        yield int(bucket[sel[0]]), tuple(c[sel] for c in cols)
+
+
+def _save(path: Path, **arrays) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def emit_pairs(buckets: int, path: Path):
+    """A pair file's pairs as directed edges (row, neighbour, row score, neighbour score), by row bucket."""
+    with np.load(path) as z:
+        a, b, sa, sb = z["a"], z["b"], z["sa"], z["sb"]
+    u, v = np.r_[a, b], np.r_[b, a]
+    yield from _by_bucket(row_bucket(u, buckets), (u, v, np.r_[sa, sb], np.r_[sb, sa]))
+
+
+def reduce_edges(folder: Path, bucket: int, records) -> int:
+    """A bucket's edges, once each, sorted by row, and its rows' first labels; returns its rows."""
+    records = list(records)
+    u, v, su, sv = (np.concatenate([r[k] for r in records]) if records else np.zeros(0, t)
+                    for k, t in enumerate((np.int64, np.int64, np.float64, np.float64)))
+    order = np.lexsort((v, u))
+    u, v, su, sv = u[order], v[order], su[order], sv[order]
+    once = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])] if len(u) else np.zeros(0, bool)
+    u, v, su, sv = u[once], v[once], su[once], sv[once]
+    _save(folder / f"adj-{bucket:06d}.npz", u=u, v=v, su=su, sv=sv)
+    rows, first = np.unique(u, return_index=True)
+    labels = np.minimum(rows, np.minimum.reduceat(v, first)) if len(rows) else rows
+    _save(folder / f"label-{bucket:06d}.npz", rows=rows, labels=labels)
+    return len(rows)
+
+
+def _labelled(folder: Path, bucket: int) -> tuple[dict, np.ndarray]:
+    """(a bucket's edges, the label of each edge's row)."""
+    with np.load(folder / f"adj-{bucket:06d}.npz") as z:
+        adj = {k: z[k] for k in ("u", "v", "su", "sv")}
+    with np.load(folder / f"label-{bucket:06d}.npz") as z:
+        rows, labels = z["rows"], z["labels"]
+    return adj, labels[np.searchsorted(rows, adj["u"])]
+
+
+def emit_labels(folder: Path, buckets: int, bucket: int):
+    """Each row's label to its neighbours' buckets: (neighbour, label)."""
+    adj, label = _labelled(folder, bucket)
+    yield from _by_bucket(row_bucket(adj["v"], buckets), (adj["v"], label))
+
+
+def reduce_labels(folder: Path, bucket: int, records) -> int:
+    """Each row takes the least label offered by its neighbours; returns how many rows' labels fell."""
+    path = folder / f"label-{bucket:06d}.npz"
+    with np.load(path) as z:
+        rows, labels = z["rows"], z["labels"]
+    new = labels.copy()
+    for v, label in records:
+        np.minimum.at(new, np.searchsorted(rows, v), label)
+    changed = int((new < labels).sum())
+    if changed:
+        _save(path, rows=rows, labels=new)
+    return changed
+
+
+def emit_components(folder: Path, buckets: int, bucket: int):
+    """Each edge once (row < neighbour) to the bucket of its component's label."""
+    adj, label = _labelled(folder, bucket)
+    once = adj["u"] < adj["v"]
+    yield from _by_bucket(row_bucket(label[once], buckets),
+                          tuple(adj[k][once] for k in ("u", "v", "su", "sv")))
+
+
+def reduce_components(folder: Path, bucket: int, records) -> int:
+    """The keep rule over this bucket's components (whole: every edge of a component is here); the losers'
+    keys to ``losers-<bucket>.npy``. Returns the losers."""
+    records = list(records)
+    if not records:
+        return 0
+    u, v, su, sv = (np.concatenate([r[k] for r in records]) for k in range(4))
+    linked, inverse = np.unique(np.r_[u, v], return_inverse=True)  # compact ids, in key order
+    scores = np.empty(len(linked), np.float64)
+    scores[inverse] = np.r_[su, sv]
+    keep = dedup.keep_best_of_neighbours(len(linked), inverse[:len(u)], inverse[len(u):], scores)
+    losers = linked[~keep]
+    if len(losers):
+        with atomic_path(folder / f"losers-{bucket:06d}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, losers)
+    return len(losers)
+
+
+def resolve_pairs(engine, pair_files: list[Path], pairs: int, folder: Path) -> tuple[list[Path], int, int]:
+    """(loser files, losers, label rounds) for the pairs in ``pair_files`` (``pairs`` in all), working in
+    ``folder``."""
+    if not pairs:
+        return [], 0, 0
+    folder.mkdir(parents=True, exist_ok=True)
+    buckets = max(1, math.ceil(2 * pairs / PAIRS_PER_TASK))
+    engine.group_reduce(pair_files, partial(emit_pairs, buckets), partial(reduce_edges, folder), buckets)
+    rounds = 0
+    while True:
+        rounds += 1
+        changed = engine.group_reduce(range(buckets), partial(emit_labels, folder, buckets),
+                                      partial(reduce_labels, folder), buckets)
+        if not sum(changed):
+            break
+    losers = engine.group_reduce(range(buckets), partial(emit_components, folder, buckets),
+                                 partial(reduce_components, folder), buckets)
+    return [folder / f"losers-{b:06d}.npy" for b, n in enumerate(losers) if n], sum(losers), rounds

@@ -1,0 +1,106 @@
+"""The near-copy search with bounded cluster tasks (curation.dedup_near, dedup_clusters, dedup_resolve).
+
+A pool whose clusters are far over a (lowered) task target, one of them a group of near copies of one
+image that k-means cannot split: every cluster task stays within 2x the target, the group is resolved
+against its representative (no pair inside it), and the kept rows are still exactly those of the
+single-process rule over every pair. The resolve on the engine (components, then the keep rule in each)
+drops what the rule over the whole graph drops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curation import dedup, dedup_near, dedup_resolve
+from curation.copy_detection import DIM
+from curation.engine import LocalEngine, SparkEngine
+from curation.parts import list_parts
+from shared.config.curation import DedupConfig
+from tests.test_curation_engine import kept, planted, reference_keep, write_parts
+
+GROUP = slice(300, 450)  # 150 rows: near copies of one image (cosine ~0.99 to each other)
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bound")
+    x, sha, scores = planted(600, seed=1)
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(DIM).astype(np.float32)
+    base /= np.linalg.norm(base)
+    noise = rng.standard_normal((150, DIM)).astype(np.float32)
+    x[GROUP, 0] = base + 0.1 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=2, keepdims=True)
+    write_parts(root / "parts", x, sha, scores, per_part=50)
+    return root, x, sha, scores
+
+
+@pytest.mark.parametrize(("with_group", "spark"), [(True, False), (False, False), (True, True)])
+def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_group, spark):
+    """Local engine with and without the group; Spark with it (the same rows as the local engine keeps)."""
+    if spark:
+        pytest.importorskip("pyspark")
+    root, x, sha, scores = grouped
+    if not with_group:  # the same pool with the group's rows spread apart again
+        x = x.copy()
+        x[GROUP] = planted(600, seed=2)[0][GROUP]
+        write_parts(tmp_path / "parts", x, sha, scores, per_part=50)
+        root = tmp_path
+    monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
+    monkeypatch.setattr(dedup_near, "ROWS_PER_TASK", 96)
+    cfg = DedupConfig(decontaminate=False, flat_max=50)
+    engine = SparkEngine(2) if spark else LocalEngine(2)
+    try:
+        stats = run(engine, root, cfg, tmp_path)
+    finally:
+        engine.close()
+    near = stats["near_tasks"]
+    assert near["target"] == 96 and near["largest"] <= 2 * 96, near
+    assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
+    cores = tmp_path / "w" / "near-core"
+    if with_group:
+        # the group's 150 rows (less its exact copies) became one core: all but its best row dropped, and
+        # none of the ~11k pairs inside it was listed
+        group_kept = kept(tmp_path / "k")[GROUP]
+        assert group_kept.sum() == 1
+        assert cores.is_dir() and any(cores.iterdir())
+        assert near["pairs"] < 500
+    else:
+        assert not cores.exists()
+    assert stats["dropped"]["near_dup"] > 0
+
+
+def run(engine, root, cfg, tmp_path):
+    from curation.dedup_parts import run_dedup
+
+    return run_dedup(engine, list_parts(root / "parts"), cfg, tmp_path / "w", tmp_path / "k", None)
+
+
+def test_resolve_on_the_engine_equals_the_rule_over_the_whole_graph(tmp_path, monkeypatch):
+    """Chains (several label rounds), stars and pairs found twice, spread over several buckets: the losers
+    are those of keep_best_of_neighbours over every pair at once."""
+    rng = np.random.default_rng(0)
+    keys = np.sort(rng.choice(1 << 40, 3000, replace=False)).astype(np.int64)
+    score = rng.random(3000)
+    score[5] = score[6]  # a tie: the lower key wins
+    chain = np.arange(0, 40)
+    a = np.r_[chain[:-1], rng.integers(40, 3000, 1500), np.full(50, 900)]
+    b = np.r_[chain[1:], rng.integers(40, 3000, 1500), np.arange(1000, 1050)]
+    a, b = a[a != b], b[a != b]
+    files = []
+    for i, part in enumerate(np.array_split(np.arange(len(a)), 4)):
+        sel = np.r_[part, part[:20]]  # some pairs in two files (met in two clusters)
+        path = tmp_path / f"pairs-{i}.npz"
+        np.savez(path, a=keys[a[sel]], b=keys[b[sel]], sa=score[a[sel]], sb=score[b[sel]])
+        files.append(path)
+    monkeypatch.setattr(dedup_resolve, "PAIRS_PER_TASK", 500)
+    engine = LocalEngine(1)
+    loser_files, dropped, rounds = dedup_resolve.resolve_pairs(engine, files, len(a) + 80, tmp_path / "r")
+    got = np.sort(np.concatenate([np.load(p) for p in loser_files]))
+    i, j = dedup.unique_pairs([(a, b)])
+    want = keys[~dedup.keep_best_of_neighbours(len(keys), i, j, score)]
+    want = want[np.isin(want, keys[np.r_[a, b]])]
+    assert np.array_equal(got, np.sort(want)) and dropped == len(want)
+    assert rounds > 5  # the chain needed many rounds: the loop ran until no label changed
+    assert len(list((tmp_path / "r").glob("adj-*.npz"))) > 1
