@@ -3,7 +3,7 @@ stay flat as parts grow (at the paper's 5e9 images, ~600 per pool shard, P ~ 8e6
 
     .venv/bin/python benchmarks/curation_parts_scale.py [--parts 1000 3000 10000 30000] [--workers 2]
     .venv/bin/python benchmarks/curation_parts_scale.py --quick      # 1,000 and 10,000 parts
-    .venv/bin/python benchmarks/curation_parts_scale.py --group 10000  # the near-copy group alone
+    .venv/bin/python benchmarks/curation_parts_scale.py --group-only   # the near-copy group alone
 
 A synthetic pool of P small parts (``make_pool``: ``ROWS_PER_PART`` rows each, 32-d copy descriptors,
 8-d filter embeddings, one tiny JPEG per sample in each pool tar, a url/caption parquet source per part;
@@ -32,14 +32,12 @@ bookkeeping against parts".
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -49,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from benchmarks.synthetic_parts import EMB_DIM, ROWS_PER_PART, make_pool
+
 SECTION = "## Curation: bookkeeping against parts"
 STEPS = ("extract", "dedup", "safety", "select")
-ROWS_PER_PART = 4
-EMB_DIM, COPY_DIM, EVAL_ROWS = 8, 32, 64
 TASK_PARTS = 100  # curation.task_bytes set to this many parts' bytes: at the paper's scale a 1 GiB task holds
 # ~500 parts of ~2 MB; this pool's parts are ~2 KB, so the default 1 GiB would put every part in one task
 GROUP_POOL_PARTS = 1000  # the planted near-copy group's pool: this many parts besides the group's own
@@ -98,71 +96,6 @@ if _root:
         os.replace(out + ".part", out)
     atexit.register(_dump)
 '''
-
-
-def _tiny_jpeg() -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (120, 60, 30)).save(buf, format="JPEG", quality=50)
-    return buf.getvalue()
-
-
-def pool_vectors(n: int, rows: int, seed: int = 0, group: int = 0) -> tuple[np.ndarray, np.ndarray, list]:
-    """(filter embeddings [n, EMB_DIM], copy descriptors [n, 1, COPY_DIM], sha256 per row): random rows;
-    every tenth (gid % 10 == 7, past the first part) the same bytes as the row one part earlier, every
-    tenth (gid % 10 == 3, past the first two parts) a near copy of the row two parts earlier; the first
-    ``group`` rows near copies of one vector (one group of near copies)."""
-    rng = np.random.default_rng(seed)
-    emb = rng.standard_normal((n, EMB_DIM)).astype(np.float32)
-    copy = rng.standard_normal((n, COPY_DIM)).astype(np.float32)
-    gid = np.arange(n)
-    near = np.flatnonzero((gid % 10 == 3) & (gid >= 2 * rows))
-    copy[near] = copy[near - 2 * rows] + 0.1 * rng.standard_normal((len(near), COPY_DIM)).astype(np.float32)
-    if group:
-        copy[:group] = copy[0] + 0.1 * rng.standard_normal((group, COPY_DIM)).astype(np.float32)
-    sha = [f"{(g - rows if g % 10 == 7 and g >= rows else g):064x}" for g in range(n)]
-    return emb, copy[:, None, :], sha
-
-
-def make_pool(root: Path, parts: int, rows: int = ROWS_PER_PART, seed: int = 0, group: int = 0,
-              tars: bool = True) -> dict:
-    """The synthetic pool under ``root``: ``sources/<i>.parquet`` (url, caption, uid), the score parts
-    ``scores/parts/<i>.parquet``, with ``tars`` the pool tars ``pool/<i>.tar`` (one tiny JPEG, caption and
-    json per sample, img2dataset's layout) and ``eval_index.npy`` (unit rows). Returns its paths."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from curation.parts import write_part
-
-    n = parts * rows
-    emb, copy, sha = pool_vectors(n, rows, seed, group)
-    scores = np.random.default_rng(seed + 1).random(n).astype(np.float32)
-    uids = [f"{g:032x}" for g in range(n)]
-    for d in ("sources", "scores/parts", "pool"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    jpg = _tiny_jpeg()
-    for p in range(parts):
-        s, e = p * rows, (p + 1) * rows
-        stem = f"{p:06d}"
-        urls = [f"http://img.example.com/{g}.jpg" for g in range(s, e)]
-        pq.write_table(pa.table({"url": urls, "caption": [f"caption {g}" for g in range(s, e)],
-                                 "uid": uids[s:e]}), root / "sources" / f"{stem}.parquet")
-        keys = [f"{stem}{r:04d}" for r in range(rows)]
-        write_part(root / "scores" / "parts" / f"{stem}.parquet", uids[s:e], keys, sha[s:e], scores[s:e],
-                   emb[s:e], copy[s:e])
-        if tars:
-            with tarfile.open(root / "pool" / f"{stem}.tar", "w") as tar:
-                for r, key in enumerate(keys):
-                    meta = json.dumps({"uid": uids[s + r], "url": urls[r], "key": key}).encode()
-                    for ext, data in (("jpg", jpg), ("txt", f"caption {s + r}".encode()), ("json", meta)):
-                        info = tarfile.TarInfo(f"{key}.{ext}")
-                        info.size = len(data)
-                        tar.addfile(info, io.BytesIO(data))
-    ev = np.random.default_rng(seed + 2).standard_normal((EVAL_ROWS, COPY_DIM)).astype(np.float32)
-    np.save(root / "eval_index.npy", ev / np.linalg.norm(ev, axis=1, keepdims=True))
-    return {"sources": root / "sources", "parts": root / "scores" / "parts", "pool": root / "pool",
-            "eval_index": root / "eval_index.npy"}
 
 
 def _configs(flat_max: int):
@@ -362,7 +295,7 @@ def report(results: list[dict], group: dict | None, workers: int, command: str) 
         (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
          f"{os.cpu_count()} cores shared with other jobs, local engine with {workers} worker processes, "
          f"1-minute load {os.getloadavg()[0]:.1f} at the end). A synthetic pool of P parts of "
-         f"{ROWS_PER_PART} rows (curation_parts_scale.make_pool), each step in a fresh process, "
+         f"{ROWS_PER_PART} rows (benchmarks/synthetic_parts.make_pool), each step in a fresh process, "
          f"curation.task_bytes = {TASK_PARTS} parts' bytes (P / {TASK_PARTS} tasks). CPU per "
          "part: the step's work after imports (driver alone, and driver + workers); driver MiB = its peak "
          "RSS; files = every file the step's processes created under the pool's folder, temporary ones "
@@ -391,6 +324,7 @@ def main() -> None:
     parser.add_argument("--parts", type=int, nargs="+", default=[1000, 3000, 10000, 30000])
     parser.add_argument("--quick", action="store_true", help="two sizes: 1,000 and 10,000 parts")
     parser.add_argument("--group", type=int, default=10_000, help="planted near-copy group size (0: none)")
+    parser.add_argument("--group-only", action="store_true", help="the planted group's dedup run alone")
     parser.add_argument("--flat-max", type=int, default=1000, help="dedup.flat_max: clusters above it")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
@@ -401,12 +335,14 @@ def main() -> None:
     command = " ".join(["benchmarks/curation_parts_scale.py", *sys.argv[1:]])
     try:
         results = []
-        for parts in sizes:
+        for parts in [] if args.group_only else sizes:
             results.append(measure(base, parts, args.workers, args.flat_max))
             print(json.dumps(results[-1], default=float), flush=True)
         group = measure_group(base, args.group, args.workers, args.flat_max) if args.group else None
         if group:
             print(json.dumps(group), flush=True)
+        if not results:
+            return
         text, line = report(results, group, args.workers, command)
         print(text)
         if not args.no_write:

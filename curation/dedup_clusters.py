@@ -7,14 +7,16 @@ its nearest centroid's cluster and is sent as a *query* to every other centroid 
 from either side. Clusters are packed into tasks of about equal size (``pack_clusters``). Why these
 values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
 
-A cluster whose estimated vectors exceed a task's target is bounded (``bound_clusters``), from the sample:
-- a *core*: a group of near copies of one image (k-means cannot split it: its vectors are all alike). Its
+Every cluster task is bounded to about a task's target (``bound_clusters``), from the sample:
+- a *core*: a group of near copies of one image large enough to matter (an estimated 1 / ``CORE_SHARE``
+  of a task or more; k-means cannot split it: its vectors are all alike, and the pairs inside it grow as
+  its size squared). Its
   representative r is the mean of the group; every vector within ``core_similarity(threshold)`` of r is a
   copy of every other (the angle between two of them is at most twice that radius, cosine >= threshold),
   so the group is resolved against r alone: the best-scoring vector within the radius stays in the search,
   standing in for the group, the others are losers (curation.dedup_parts), with no pair among them;
-- what is left too large is split by a second-level k-means inside it (its centroids replace the
-  cluster's), up to ``SPLIT_ROUNDS`` times.
+- a cluster still estimated over the target is split by a second-level k-means inside it (its centroids
+  replace the cluster's), up to ``SPLIT_ROUNDS`` times.
 """
 
 from __future__ import annotations
@@ -141,40 +143,49 @@ def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed:
     return Clusters(np.ascontiguousarray(centroids, np.float32), mean, comps, buckets)
 
 
-def _estimated_load(clusters: Clusters, sample: np.ndarray, per_row: float) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors each cluster's task is estimated to receive, each sample row's nearest cluster): where the
-    sample's vectors ([m, views, D]: each row and its zoomed views) are sent, each standing for
-    ``per_row`` vectors."""
+def _estimated_load(clusters: Clusters, sample: np.ndarray, per_row: float):
+    """(vectors each cluster's task is estimated to receive, each sample row's nearest cluster, (sample row,
+    cluster) for every cluster each row's own vector is sent to): where the sample's vectors ([m, views,
+    D]: each row and its zoomed views) are sent, each standing for ``per_row`` vectors."""
     m, views = sample.shape[:2]
     if not m:
-        return np.zeros(len(clusters.centroids)), np.zeros(0, np.int64)
+        return np.zeros(len(clusters.centroids)), np.zeros(0, np.int64), (np.zeros(0, np.int64),) * 2
     row, sent, nearest = clusters.assign(clusters.reduce(sample.reshape(m * views, -1)))
+    own = row % views == 0
     member_of = np.zeros(m, np.int64)
-    first = nearest & (row % views == 0)
-    member_of[row[first] // views] = sent[first]
-    return np.bincount(sent, minlength=len(clusters.centroids)) * per_row, member_of
+    member_of[row[nearest & own] // views] = sent[nearest & own]
+    load = np.bincount(sent, minlength=len(clusters.centroids)) * per_row
+    return load, member_of, (row[own] // views, sent[own])
 
 
-def _find_cores(sample: np.ndarray, member_of: np.ndarray, over: np.ndarray, per_row: float,
-                capacity: float, core_min: float) -> list[np.ndarray]:
-    """Representatives of the near-copy groups in the clusters ``over`` the target: in each (on at most
-    CORE_SAMPLE of its sample rows not already inside a core: k-means may have cut one group into several
-    clusters) the row with the most rows within ``core_min`` of it, the mean of those, while such a group
-    is estimated to hold capacity / CORE_SHARE vectors or more."""
+def _find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candidates: np.ndarray,
+                per_row: float, capacity: float, core_min: float) -> list[np.ndarray]:
+    """Representatives of the near-copy groups met in the clusters ``candidates``: in each, among (at most
+    CORE_SAMPLE of) the sample rows sent there (members and queries: k-means cuts a large group among many
+    clusters whose centroids are close, and each of its rows is sent to several of them) and not already
+    inside a core, the row with the most rows within ``core_min`` of it, the mean of those, while the
+    rows there inside that mean's radius stand for capacity / CORE_SHARE vectors or more (a lower bound of
+    the group: its other rows are elsewhere)."""
     cores: list[np.ndarray] = []
     taken = np.zeros(len(sample), bool)
-    for c in over.tolist():
+    row, cluster = sends
+    order = np.argsort(cluster, kind="stable")
+    starts = np.searchsorted(cluster[order], np.arange(cluster.max(initial=0) + 2))
+    for c in candidates.tolist():
+        rows = row[order[starts[c]:starts[c + 1]]]
         for _ in range(CORES_PER_CLUSTER):
-            s = sample[np.flatnonzero((member_of == c) & ~taken)[:CORE_SAMPLE]]
+            s = sample[rows[~taken[rows]][:CORE_SAMPLE]]
             if not len(s):
                 break
             close = s @ s.T >= core_min
-            rep = dedup.normalised(s[close[int(close.sum(axis=1).argmax())]].mean(axis=0, keepdims=True))[0]
-            inside = sample @ rep >= core_min
-            if (inside & ~taken).sum() * per_row < capacity / CORE_SHARE:
+            counts = close.sum(axis=1)
+            if counts.max() * per_row < capacity / CORE_SHARE:  # most clusters: no row has many copies
+                break
+            rep = dedup.normalised(s[close[int(counts.argmax())]].mean(axis=0, keepdims=True))[0]
+            if (s @ rep >= core_min).sum() * per_row < capacity / CORE_SHARE:
                 break
             cores.append(rep)
-            taken |= inside
+            taken |= sample @ rep >= core_min  # the group's rows in every cluster
     return cores
 
 
@@ -208,14 +219,16 @@ def bound_clusters(clusters: Clusters, sample: np.ndarray, per_row: float, capac
     each sample row stands for."""
     dedup.set_faiss_threads()
     core_min = core_similarity(threshold)
-    load, member_of = _estimated_load(clusters, sample, per_row)
-    over = np.flatnonzero(load > capacity)
-    cores = _find_cores(sample[:, 0], member_of, over, per_row, capacity, core_min) if len(over) else []
+    load, member_of, sends = _estimated_load(clusters, sample, per_row)
+    # a group of near copies is searched for in every cluster that receives enough rows to hold one worth
+    # a core (k-means may have cut a group among many clusters, none of them over the target)
+    candidates = np.flatnonzero(load >= capacity / CORE_SHARE)
+    cores = _find_cores(sample[:, 0], sends, candidates, per_row, capacity, core_min)
     if cores:
         clusters = replace(clusters, cores=np.ascontiguousarray(cores, np.float32), core_min=core_min)
         _, inside = clusters.core_of(sample[:, 0])
         sample = sample[~inside]
-        load, member_of = _estimated_load(clusters, sample, per_row)
+        load, member_of, _ = _estimated_load(clusters, sample, per_row)
     for r in range(SPLIT_ROUNDS):
         if not len(sample) or load.max() <= capacity:
             break
@@ -223,9 +236,9 @@ def bound_clusters(clusters: Clusters, sample: np.ndarray, per_row: float, capac
         if split is clusters:
             break
         clusters = split
-        load, member_of = _estimated_load(clusters, sample, per_row)
+        load, member_of, _ = _estimated_load(clusters, sample, per_row)
     if cores:
-        _, nearest = _estimated_load(clusters, clusters.cores[:, None], 0)
+        _, nearest, _ = _estimated_load(clusters, clusters.cores[:, None], 0)
         clusters = replace(clusters, core_cluster=nearest)
         load = load + np.bincount(clusters.core_cluster, minlength=len(load))  # one stand-in per core
     bucket_of, buckets = pack_clusters(load, capacity)

@@ -247,14 +247,18 @@ def _train(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> Clust
         # one cluster: every pair compared exactly, by one task that holds every survivor
         return Clusters(np.ones((1, 1), np.float32), None, None, 1)
     k = n_clusters(survivors)
-    rate = min(1.0, (SAMPLE_BASE + dedup.TRAIN_PER_CENTROID * k) / max(1, survivors))
+    # twice the training rows: every other row trains, the rest estimate the tasks' loads (rows the k-means
+    # was fit to sit closer to their centroids, and are sent to fewer clusters, than the pool's rows)
+    rate = min(1.0, 2 * (SAMPLE_BASE + dedup.TRAIN_PER_CENTROID * k) / max(1, survivors))
     folder = plan.work / "sample"
     written = engine.map(partial(sample_task, plan, rate, folder), list(enumerate(tasks)))
     sample = np.concatenate([np.load(folder / f"{i:08d}.npy") for i, rows in enumerate(written) if rows])
     shutil.rmtree(folder, ignore_errors=True)
     reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
-    clusters = train_clusters(np.ascontiguousarray(sample[:, 0]), survivors, reduce, 1)
-    return bound_clusters(clusters, sample, survivors / len(sample), ROWS_PER_TASK, cfg.near_threshold)
+    clusters = train_clusters(np.ascontiguousarray(sample[0::2, 0]), survivors, reduce, 1)
+    held_out = sample[1::2]
+    return bound_clusters(clusters, held_out, survivors / max(1, len(held_out)), ROWS_PER_TASK,
+                          cfg.near_threshold)
 
 
 def near_copies(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> dict:
