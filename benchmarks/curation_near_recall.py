@@ -1,0 +1,123 @@
+"""Near-copy recall of the dedup step against the exact search, at 1e5 rows with a planted near-copy group.
+
+    .venv/bin/python benchmarks/curation_near_recall.py [--parts 1000] [--rows 100] [--group 2000]
+
+A synthetic pool (benchmarks/synthetic_parts.make_pool: 32-d copy descriptors, every tenth row an exact
+copy, every tenth another a near copy at cosine ~0.99, the first ``--group`` rows near copies of one
+image) runs through the dedup step (curation.dedup_parts on the local engine, 2 worker processes,
+dedup.flat_max = 1,000 so the near-copy search is cluster-partitioned with bounded tasks) and through the
+exact reference (tests/reference_dedup: exact copies by digest, then every pair at the threshold by a flat
+index and the same keep rule) on the same stored descriptors. Recall: the share of the reference's near
+losers that the step drops as near copies; precision: the share of the step's near losers the reference
+drops. Figures go to benchmarks/RESULTS.md under "## Curation: near-copy recall".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+from benchmarks.synthetic_parts import make_pool
+
+SECTION = "## Curation: near-copy recall"
+TASK_PARTS = 100  # curation.task_bytes set to this many parts' bytes (benchmarks/curation_parts_scale.py)
+
+
+def step_losers(root: Path, parts, workers: int) -> tuple[np.ndarray, dict, float]:
+    """(near losers mask over the pool's rows, the step's stats, wall seconds) of the partitioned step."""
+    import pyarrow.parquet as pq
+
+    from curation.dedup_parts import run_dedup
+    from curation.engine import LocalEngine
+    from shared.config.curation import DedupConfig
+
+    engine = LocalEngine(workers, scratch_root=root)
+    task_bytes = TASK_PARTS * int(np.median([p.bytes for p in parts]))
+    started = time.perf_counter()
+    try:
+        stats = run_dedup(engine, parts, DedupConfig(flat_max=1000, decontaminate=False), root / "work",
+                          root / "keep", None, task_bytes)
+    finally:
+        engine.close()
+    wall = time.perf_counter() - started
+    reasons = [pq.read_table(root / "keep" / f"{p.stem}.parquet").column("reason").to_pylist() for p in parts]
+    return np.array([r == "near_dup" for rs in reasons for r in rs]), stats, wall
+
+
+def reference_losers(parts, threshold: float) -> tuple[np.ndarray, float]:
+    """(near losers mask, wall seconds) of the exact single-process rule on the stored descriptors."""
+    from curation.parts import read_part
+    from tests.reference_dedup import exact_duplicates, near_duplicates
+
+    started = time.perf_counter()
+    data = [read_part(p.path, ("sha256", "score", "copy")) for p in parts]
+    sha = [s for d in data for s in d["sha256"]]
+    scores = np.concatenate([d["score"] for d in data])
+    copy = np.concatenate([d["copy"] for d in data])
+    copy /= np.linalg.norm(copy, axis=2, keepdims=True)
+    survivors = np.flatnonzero(exact_duplicates(sha, scores))
+    keep = near_duplicates(copy[survivors, 0], scores[survivors], threshold, index="flat",
+                           views=[copy[survivors, v] for v in range(1, copy.shape[1])])
+    losers = np.zeros(len(scores), bool)
+    losers[survivors[~keep]] = True
+    return losers, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=100, help="rows per part")
+    parser.add_argument("--group", type=int, default=2000, help="planted near-copy group (0: none)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args()
+    from curation.parts import list_parts
+    from shared.config.curation import DedupConfig
+
+    base = Path(tempfile.mkdtemp(prefix="near-recall-"))
+    try:
+        make_pool(base, args.parts, args.rows, group=args.group, tars=False)
+        parts = list_parts(base / "scores" / "parts")
+        got, stats, step_wall = step_losers(base, parts, args.workers)
+        want, ref_wall = reference_losers(parts, DedupConfig().near_threshold)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    both = int((got & want).sum())
+    recall, precision = both / max(1, want.sum()), both / max(1, got.sum())
+    near = stats["near_tasks"]
+    command = " ".join(["benchmarks/curation_near_recall.py", *sys.argv[1:]])
+    text = "\n".join([
+        SECTION, "",
+        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+         f"{os.cpu_count()} cores shared with other jobs, 1-minute load {os.getloadavg()[0]:.1f} at the "
+         f"end). {len(got):,} rows ({args.parts:,} parts of {args.rows}, 32-d copy descriptors), a planted "
+         f"group of {args.group:,} near copies of one image; the dedup step on the local engine "
+         f"({args.workers} workers, dedup.flat_max = 1,000: clusters) against the exact search "
+         "(tests/reference_dedup, flat index, the same keep rule) on the same stored descriptors."), "",
+        ("| near losers: reference | step | both | recall | precision | step wall s | reference wall s | "
+         "largest near task / target | pairs listed |"),
+        "|---|---|---|---|---|---|---|---|---|",
+        (f"| {int(want.sum()):,} | {int(got.sum()):,} | {both:,} | {recall:.4f} | {precision:.4f} | "
+         f"{step_wall:.1f} | {ref_wall:.1f} | {near['largest'] / near['target']:.2f} | {near['pairs']:,} |"),
+        ""])
+    print(text)
+    if not args.no_write:
+        from benchmarks.results_md import write_section
+
+        write_section(SECTION, text)
+    print(f"recall={recall:.4f} precision={precision:.4f}")
+
+
+if __name__ == "__main__":
+    main()
