@@ -9,20 +9,20 @@ from pathlib import Path
 
 import torch
 
-from evaluation.features import checkpoint_hash
 from evaluation.results import RANDOM_INIT
 from shared.config.evaluation import EvaluationConfig
 from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json
-from training.checkpoint import complete_checkpoints, load_model_for_eval
+from training.checkpoint import complete_checkpoints
+from training.eval_weights import load_model_and_digest
 from training.model.aim import INIT_VERSION, build_aim
 
 
 @dataclass
 class CheckpointEntry:
     name: str
-    path: Path | None  # None = random weights
+    path: str | Path | None  # a path, or a URL (a checkpoint in training.checkpoint_root); None = random
     step: int | None
 
 
@@ -34,11 +34,12 @@ def _name_for(path: Path) -> str:
     return name
 
 
-def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
-                       training_steps: int) -> list[CheckpointEntry]:
+def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str, training_steps: int,
+                       checkpoint_root: str = "") -> list[CheckpointEntry]:
     """What to evaluate: evaluation.checkpoints, else this run's final weights (named ``run_name``) and,
-    with evaluate_intermediate (or no final weights yet), its complete checkpoints; then the random
-    baseline."""
+    with evaluate_intermediate (or no final weights yet), its committed checkpoints with consolidated
+    weights, listed under ``checkpoint_root`` (training.checkpoint_root: a folder or URL; empty: the
+    training folder) through shared.fsio; then the random baseline."""
     entries: list[CheckpointEntry] = []
     if ev.checkpoints:
         for raw in ev.checkpoints:
@@ -48,20 +49,19 @@ def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str,
             entries.append(CheckpointEntry(_name_for(path), path, None))
     else:
         final = training_dir / "final"
-        intermediate = complete_checkpoints(training_dir) if training_dir.is_dir() else []
+        intermediate = complete_checkpoints(checkpoint_root or training_dir)  # COMPLETE ones only
         if (final / "model.safetensors").is_file():
             last = intermediate[-1][0] if intermediate else None
             entries.append(CheckpointEntry(run_name, final, max(training_steps, last or 0)))
         elif not intermediate:
-            raise InputError(
-                f"no trained model in {training_dir}: run `openaim train` first "
-                "or set evaluation.checkpoints"
-            )
+            where = f"{training_dir} or {checkpoint_root}" if checkpoint_root else str(training_dir)
+            raise InputError(f"no trained model in {where}: run `openaim train` first or set "
+                             "evaluation.checkpoints")
         if ev.evaluate_intermediate or not entries:
             # the checkpoint at the final step holds the final weights: probing it twice adds nothing
             final_step = entries[0].step if entries else None
             entries += [
-                CheckpointEntry(f"{run_name}-step_{step}", Path(d), step)
+                CheckpointEntry(f"{run_name}-step_{step}", d, step)
                 for step, d in intermediate
                 if step != final_step
             ]
@@ -87,10 +87,10 @@ def load_trunk(entry: CheckpointEntry, arch_cfg: ModelConfig,
             hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed, "init": INIT_VERSION}),
         )
     try:
-        model, model_cfg = load_model_for_eval(entry.path)
+        model, model_cfg, weights_hash = load_model_and_digest(entry.path)
     except InputError:
         raise
     except Exception as exc:  # a wrong-shape or unreadable checkpoint becomes one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load checkpoint {entry.path}: {first[:300]}") from exc
-    return model.eval(), model_cfg, checkpoint_hash(entry.path)
+    return model.eval(), model_cfg, weights_hash

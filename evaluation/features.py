@@ -31,9 +31,8 @@ from evaluation.probe_grid import FeatureSet
 from shared.atomic import atomic_path
 from shared.errors import ConfigError, InputError
 from shared.progress import progress_bar
-from shared.stage_cache import hash_json, hash_path
+from shared.stage_cache import hash_json
 from shared.torchrun import barrier, rank_world
-from training.checkpoint import resolve_weights
 
 log = logging.getLogger("openaim.eval")
 
@@ -86,11 +85,6 @@ def feature_path(eval_dir: Path, ckpt_hash: str, benchmark: str, split: str, blo
     blocks_key = "b" + "_".join(str(b) for b in blocks)
     return (Path(eval_dir) / "features" / ckpt_hash[:16] / benchmark /
             f"{split}-{blocks_key}-{preprocessing_key(img_size, data_key)}.safetensors")
-
-
-def checkpoint_hash(path: str | Path) -> str:
-    """Content hash of the weights file that evaluating `path` loads (training.checkpoint's lookup)."""
-    return hash_path(resolve_weights(path)) if Path(path).exists() else hash_path(path)
 
 
 # --- extraction ----------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`openaim eval`: every checkpoint x every present benchmark -> features -> probe grids -> results.
 
 Checkpoints: cfg.evaluation.checkpoints, or this run's final model plus (evaluate_intermediate) the
-intermediate ones under training_dir/checkpoints/ named "<run>-step_N", plus (random_baseline) a
-random-weights trunk of the same architecture named "random-init". Missing benchmarks are listed in
+intermediate ones named "<run>-step_N" (committed ones, under training_dir/checkpoints/ or under
+training.checkpoint_root, a folder or an s3:// URL), plus (random_baseline) a random-weights trunk of the
+same architecture named "random-init". Missing benchmarks are listed in
 missing.json and never fail the run. A benchmark that is there but cannot be read (a damaged csv, an
 unreadable image list) is recorded in failed.json with its reason; every other benchmark is still
 evaluated and written, then the command ends with a non-zero exit (shared.errors.PartialFailure).
@@ -117,7 +118,8 @@ def evaluate_from_config(cfg: OpenAIMConfig) -> Path:
     if ev.threads:
         torch.set_num_threads(ev.threads)
     present, missing = _benchmarks(ev, cfg.web_dir)
-    entries = checkpoint_entries(ev, cfg.training_dir, cfg.name, cfg.training.steps)
+    entries = checkpoint_entries(ev, cfg.training_dir, cfg.name, cfg.training.steps,
+                                 cfg.training.checkpoint_root)
     rank, _ = rank_world()
     if rank == 0:
         write_missing(cfg.eval_dir, missing)

@@ -64,6 +64,13 @@ def name_of(path: PathOrURL) -> str:
     return posixpath.basename(os.fspath(path).rstrip("/")) if is_url(path) else os.path.basename(path)
 
 
+def parent(path: PathOrURL) -> str:
+    """The folder holding a path or URL."""
+    if is_url(path):
+        return posixpath.dirname(os.fspath(path).rstrip("/"))
+    return os.path.dirname(os.fspath(path))
+
+
 def _url_of(fs, path: str) -> str:
     """A filesystem-internal path (what fsspec's listings return) as a full URL again."""
     return fs.unstrip_protocol(path)

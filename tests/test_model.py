@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from shared.config.training import ModelConfig
 from shared.errors import InputError
-from training.checkpoint import load_model_for_eval
+from training.eval_weights import load_model_for_eval
 from training.model.aim import build_aim
 from training.model.flops import flops_per_image, head_params, trunk_params
 from training.model.loss import next_patch_loss

@@ -13,6 +13,7 @@ import torch
 from shared.config.training import ModelConfig
 from shared.errors import InputError
 from training import checkpoint as ck
+from training import eval_weights as ew
 from training.model.aim import build_aim
 
 TINY = ModelConfig(arch=None, width=32, depth=2, heads=2, img_size=32, patch_size=8, head_width=32,
@@ -33,14 +34,14 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
     (half / "model.safetensors").write_bytes(b"partial")
     (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").mkdir()
     assert [d for _, d in ck.complete_checkpoints(tmp_path)] == [ck.step_dir(tmp_path, 5)]
-    assert ck.resolve_weights(tmp_path) == Path(ck.step_dir(tmp_path, 5)) / "model.safetensors"
+    assert ew.resolve_weights(tmp_path) == str(Path(ck.step_dir(tmp_path, 5)) / "model.safetensors")
     assert ck.latest_checkpoint(tmp_path) is None  # weights only: nothing to resume from
     # the trunk also as an ml-aim backbone, in a folder of its own with ml-aim's config.json
     mlaim = Path(ck.step_dir(tmp_path, 5)) / "mlaim"
     trunk = torch.load(mlaim / "backbone.pth", weights_only=True)
     assert "trunk.blocks.0.attn.qkv.weight" in trunk and not any(k.startswith("head") for k in trunk)
     assert json.loads((mlaim / "config.json").read_text())["num_heads"] == TINY.heads
-    assert ck.resolve_weights(mlaim) == mlaim / "backbone.pth"
+    assert ew.resolve_weights(mlaim) == str(mlaim / "backbone.pth")
     ck.remove_partial(tmp_path)
     assert not (tmp_path / "checkpoints" / ".step_0000010.abc.tmp").exists()
     assert not half.exists()  # uncommitted (what an object store's killed save leaves)
@@ -50,7 +51,7 @@ def test_checkpoint_roundtrip_and_completeness(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
     assert loaded["step"] == 5
 
-    other, cfg = ck.load_model_for_eval(tmp_path)
+    other, cfg = ew.load_model_for_eval(tmp_path)
     assert cfg == TINY and not other.training
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())
     assert ck.shape_difference(TINY, TINY) is None
@@ -63,7 +64,7 @@ def test_load_model_for_eval_reads_an_mlaim_pth(tmp_path):
     torch.manual_seed(1)
     model = build_aim(TINY)
     save_mlaim_checkpoint(model, tmp_path / "aim_tiny.pth")  # + config.json with the head count
-    loaded, cfg = ck.load_model_for_eval(tmp_path / "aim_tiny.pth")
+    loaded, cfg = ew.load_model_for_eval(tmp_path / "aim_tiny.pth")
     assert (cfg.width, cfg.depth, cfg.heads) == (32, 2, 2)
     assert not loaded.training
     # The trunk weights arrive intact (the head count comes from the config.json the exporter wrote).
@@ -73,9 +74,9 @@ def test_load_model_for_eval_reads_an_mlaim_pth(tmp_path):
 
 def test_load_model_for_eval_errors_are_one_line(tmp_path):
     with pytest.raises(InputError, match="not found"):
-        ck.load_model_for_eval(tmp_path / "nope")
+        ew.load_model_for_eval(tmp_path / "nope")
     with pytest.raises(InputError, match="no checkpoint found"):
-        ck.load_model_for_eval(tmp_path)
+        ew.load_model_for_eval(tmp_path)
     (tmp_path / "w.safetensors").write_bytes(b"junk")
     with pytest.raises(InputError, match="config.json"):
-        ck.load_model_for_eval(tmp_path / "w.safetensors")
+        ew.load_model_for_eval(tmp_path / "w.safetensors")

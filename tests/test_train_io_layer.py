@@ -11,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Functions of the training package that may build a Path, and why their paths are local.
 LOCAL_ONLY = {
-    "checkpoint.py:resolve_weights": "evaluation loads weights from a local run, checkpoint or file",
-    "checkpoint.py:load_model_for_eval": "the same",
+    "eval_weights.py:local_weights": "the loaders read local files: a URL's are fetched to a temp folder",
     "loop.py:train_from_config": "the run's training folder (metrics.jsonl, loss.png, final/) is local",
     "loop.py:_list_data": "ImageNet image folders are local (an ImageNet shard list may be URLs)",
     "data.py:TrainBatches.__init__": "the same",

@@ -116,7 +116,7 @@ def test_kill9_then_resume_repeats_the_uninterrupted_losses(tmp_path, shards):
     # The weights load for evaluation from the run dir, the checkpoint dir and the .safetensors file.
     import torch
 
-    from training.checkpoint import load_model_for_eval
+    from training.eval_weights import load_model_for_eval
 
     for path in (run / "training", final, final / "model.safetensors", run):
         model, mcfg = load_model_for_eval(path)
@@ -137,7 +137,8 @@ def test_trained_checkpoints_load_as_mlaim_backbones_with_the_same_features(tmp_
     # and a 32-wide, 2-head trunk is no released size: the head count must come from that config.json.
     import torch
 
-    from training.checkpoint import load_model_for_eval, step_dir
+    from training.checkpoint import step_dir
+    from training.eval_weights import load_model_for_eval
     from training.model.mlaim_compat import load_mlaim_checkpoint
 
     sets = [f"training.data.shards=['{shards}']", "training.steps=2", "training.checkpoint_every=2",

@@ -27,8 +27,7 @@ so model and optimizer resume exactly on any world size and parallelism (DDP, FS
 The learning-rate schedule is a pure function of the step (training.optim.lr_at), so the step is the
 scheduler's whole state. state.pt holds only tensors and plain types (`torch.load(weights_only=True)`).
 
-The one checkpoint lookup for evaluation is `resolve_weights` (used by `load_model_for_eval` and by
-evaluation.features' cache key, so the key names the weights that are evaluated).
+Evaluation's lookup of these weights, and loading them, is training.eval_weights.
 """
 
 from __future__ import annotations
@@ -64,8 +63,7 @@ from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
 from shared.errors import InputError, disk_full_as_error
 from shared.torchrun import barrier, broadcast_from_rank0, rank_world
-from training.model.aim import build_aim
-from training.model.mlaim_compat import load_mlaim_checkpoint, write_mlaim_backbone
+from training.model.mlaim_compat import write_mlaim_backbone
 
 log = logging.getLogger("openaim.training")
 # DCP's fsspec writer asks every object it writes to fsync; an object store's file has no descriptor and is
@@ -200,11 +198,12 @@ def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
         raise InputError(f"{path}: not a valid model config: {str(exc).splitlines()[0]}") from None
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, source: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a local .safetensors file (`source`: where it came from, named in errors)."""
     try:
         return load_file(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot read {path}: {exc}") from None
+        raise InputError(f"cannot read {source or path}: {exc}") from None
 
 
 SHAPE_KEYS = ("width", "depth", "heads", "mlp_ratio", "img_size", "patch_size", "in_chans", "head_width",
@@ -340,53 +339,3 @@ def load_resumable(ckpt_dir: str | Path, model: torch.nn.Module, optimizer: torc
         raise InputError(f"cannot resume from {ckpt_dir}: {first[:300]}") from None
     set_model_state_dict(model, sharded["model"])
     set_optimizer_state_dict(model, optimizer, sharded["optim"])
-
-
-# --- models for evaluation ---------------------------------------------------------------------------
-
-def resolve_weights(path: str | Path) -> Path:
-    """The weights file that evaluating `path` loads. Search order: a file is itself; a checkpoint dir
-    holds model.safetensors; an ml-aim export dir (<ckpt>/mlaim) holds backbone.pth; a run dir (or a
-    workdir's training/) gives final/, else its newest checkpoint with consolidated weights."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    if (path / MLAIM_BACKBONE).is_file():
-        return path / MLAIM_BACKBONE
-    for run in (path, path / "training"):
-        if (run / "final" / MODEL_FILE).is_file():
-            return run / "final" / MODEL_FILE
-        found = complete_checkpoints(run)
-        if found:
-            return Path(found[-1][1]) / MODEL_FILE
-    raise InputError(f"no checkpoint found in {path} (expected final/ or checkpoints/step_*/ with "
-                     f"{MODEL_FILE})")
-
-
-def load_model_for_eval(path: str | Path, device: str | torch.device | None = None):
-    """(AIM in eval mode, ModelConfig) from our run dir, checkpoint dir, .safetensors (config.json beside
-    it) or an official ml-aim .pth."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"checkpoint not found: {path}")
-    weights_file = resolve_weights(path)
-    if weights_file.suffix in (".pth", ".pt"):
-        model = load_mlaim_checkpoint(weights_file)
-        model_cfg = model.cfg
-    else:
-        if weights_file.suffix != ".safetensors":
-            raise InputError(f"{path}: expected a run dir, a checkpoint dir, .safetensors or an ml-aim .pth")
-        cfg_dir = weights_file.parent
-        model_cfg = read_model_config(cfg_dir)
-        model = build_aim(model_cfg)
-        weights = read_weights(weights_file)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise InputError(f"{weights_file}: weights do not fit the model in {cfg_dir / CONFIG_FILE} "
-                             f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. "
-                             f"{(list(missing) + list(unexpected))[0]})")
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), model_cfg
