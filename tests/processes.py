@@ -31,3 +31,16 @@ def signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def with_env(pids: list[int], name: str, value: str) -> list[int]:
+    """The pids among `pids` whose environment sets `name` to `value` (a torchrun worker's RANK, say)."""
+    found = []
+    for pid in pids:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"{name}={value}".encode() in env:
+            found.append(pid)
+    return found

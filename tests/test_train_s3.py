@@ -1,13 +1,15 @@
 """Training against object storage on moto's S3 server on loopback (the s3_server fixture): shards listed
 and read from s3:// through shared.fsio, DCP checkpoints written there (FsspecWriter) and committed by
 COMPLETE written last; kill -9 mid-run and rerun resumes from the last committed checkpoint in the
-bucket and ends where an uninterrupted run ends."""
+bucket and ends where an uninterrupted run ends: in one process, and under torchrun with 2 ranks (FSDP,
+every rank writing its shards to the bucket) where one worker is killed."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,9 @@ from safetensors.torch import load as load_safetensors
 from shared import fsio
 from shared.config.loading import load_config
 from shared.wds_reader import read_samples
+from tests.processes import descendants, signal_all, with_env
 from tests.s3_server import BUCKET
+from tests.spark_cluster import free_port
 from tests.test_train_loop import ROOT, _env, _losses, _run, _train_cmd
 from training import checkpoint as ck
 from training.loop import _decide_resume
@@ -93,7 +97,7 @@ def test_shards_read_from_s3_are_the_local_samples(prefix, local_shards):
     assert len(errors) == 1 and isinstance(errors[0], FileNotFoundError)
 
 
-def _final_weights(url: str) -> dict[str, torch.Tensor]:
+def _final_weights(url: str | Path) -> dict[str, torch.Tensor]:
     return load_safetensors(fsio.read_bytes(fsio.join(url, ck.MODEL_FILE)))
 
 
@@ -153,3 +157,70 @@ def test_kill9_mid_run_resumes_from_the_last_committed_checkpoint_in_the_bucket(
     decision = _decide_resume(tcfg, run / "training", resume=False)
     assert root in decision["error"] and "--no-resume" in decision["error"]
     assert [s for s, _ in ck.resumable_checkpoints(root)] == [30, 36]
+
+
+# -- 2 ranks under torchrun: FSDP's sharded DCP checkpoint in the bucket, one worker killed -----------------
+
+def _torchrun_cmd(workdir: Path, sets: list[str]) -> list[str]:
+    """torchrun with 2 CPU workers (gloo) and a c10d rendezvous on 127.0.0.1; no restarts: a dead worker
+    ends the job, and the rerun resumes it."""
+    port = free_port()
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"s3-{port}",
+            "--max-restarts", "0", "--monitor-interval", "0.2", *_train_cmd(workdir, sets)[1:]]
+
+
+def test_two_ranks_kill9_one_worker_rerun_resumes_from_the_bucket(prefix, local_shards, tmp_path):
+    shards = fsio.join(prefix, "shards")
+    _upload(local_shards, shards)
+    steps, every = 24, 4
+    sets = [f"training.data.shards=['{shards}/shard-{{00000..00003}}.tar']", f"training.steps={steps}",
+            f"training.checkpoint_every={every}", "training.global_batch_size=8",
+            "training.data.num_workers=0", "training.log_every=2", "training.parallel=fsdp"]
+    logged = list(range(2, steps + 1, 2))
+
+    ref_root = fsio.join(prefix, "ref")
+    ref = _run(_torchrun_cmd(tmp_path / "ref", [*sets, f"training.checkpoint_root={ref_root}"]), timeout=300)
+    assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
+    ref_losses = _losses(tmp_path / "ref")
+    assert sorted(ref_losses) == logged
+    # Sharded: each rank wrote its own part of model and optimizer through DCP's fsspec writer.
+    last = ck.step_dir(ref_root, steps)
+    assert len(fsio.glob(fsio.join(last, ck.DCP_DIR, "*.distcp"))) == 2
+    assert fsio.isfile(fsio.join(last, ck.DCP_DIR, ".metadata")) and fsio.isfile(fsio.join(last, ck.COMPLETE))
+
+    root = fsio.join(prefix, "killed")
+    run = tmp_path / "killed"
+    cmd = _torchrun_cmd(run, [*sets, f"training.checkpoint_root={root}"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = fsio.join(ck.step_dir(root, every), ck.COMPLETE)
+    deadline = time.time() + 240
+    while not fsio.isfile(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    rank1 = with_env(descendants(proc.pid), "RANK", "1")
+    signal_all(rank1, signal.SIGKILL)
+    try:
+        proc.wait(timeout=120)  # torchrun sees the dead worker, stops the other and ends the job
+    finally:
+        signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
+        proc.wait()
+    # The kill landed mid-run: on one worker, after the first committed checkpoint, before the last step.
+    assert len(rank1) == 1, "no rank-1 worker found under torchrun"
+    assert fsio.isfile(first), "the run never committed its first checkpoint"
+    assert proc.returncode != 0
+    committed = [s for s, _ in ck.resumable_checkpoints(root)]
+    assert committed and committed[-1] < steps, committed
+    assert not (run / "training" / "final").exists(), "the run finished before it could be killed"
+
+    resumed = _run(_torchrun_cmd(run, [*sets, f"training.checkpoint_root={root}"]), timeout=300)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"resuming from {ck.step_dir(root, committed[-1])}" in resumed.stderr + resumed.stdout
+    got = _losses(run)
+    assert sorted(got) == logged
+    for step in logged:
+        assert got[step] == ref_losses[step], (step, got[step], ref_losses[step])
+    a, b = _final_weights(run / "training" / "final"), _final_weights(tmp_path / "ref" / "training" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Nothing uncommitted is left in the bucket: the rerun removed what the killed save had written.
+    assert fsio.listdir(fsio.join(root, "checkpoints")) == \
+        [fsio.name_of(d) for _, d in ck.resumable_checkpoints(root)]
