@@ -4,12 +4,14 @@ and intermediate checkpoints, plus the random-weights baseline) and loading each
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from evaluation.results import RANDOM_INIT
+from shared import fsio
 from shared.config.evaluation import EvaluationConfig
 from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
@@ -22,15 +24,21 @@ from training.model.aim import INIT_VERSION, build_aim
 @dataclass
 class CheckpointEntry:
     name: str
-    path: str | Path | None  # a path, or a URL (a checkpoint in training.checkpoint_root); None = random
+    path: str | Path | None  # a path, or a URL (a checkpoint in a bucket); None = random weights
     step: int | None
 
 
-def _name_for(path: Path) -> str:
-    parts = [p for p in path.resolve().parts if p not in ("final", "training", "checkpoints", "/")]
-    name = Path(parts[-1]).stem if parts else "checkpoint"
-    if path.name.startswith("step_"):
-        name = f"{parts[-2] if len(parts) > 1 else 'run'}-{path.name}"
+def _name_for(raw: str) -> str:
+    """A checkpoint's name from its path or URL: the run folder's (or the file's stem), with the step of a
+    step_* folder ("run-step_0001000")."""
+    if fsio.is_url(raw):
+        full = raw.split("://", 1)[1].split("/")  # bucket and keys
+    else:
+        full = list(Path(raw).resolve().parts)
+    parts = [p for p in full if p and p not in ("final", "training", "checkpoints", "/")]
+    name = os.path.splitext(parts[-1])[0] if parts else "checkpoint"
+    if fsio.name_of(raw).startswith("step_"):
+        name = f"{parts[-2] if len(parts) > 1 else 'run'}-{fsio.name_of(raw)}"
     return name
 
 
@@ -42,11 +50,10 @@ def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str, 
     training folder) through shared.fsio; then the random baseline."""
     entries: list[CheckpointEntry] = []
     if ev.checkpoints:
-        for raw in ev.checkpoints:
-            path = Path(raw)
-            if not path.exists():
-                raise InputError(f"evaluation.checkpoints: {path} does not exist")
-            entries.append(CheckpointEntry(_name_for(path), path, None))
+        for raw in ev.checkpoints:  # paths or URLs
+            if not fsio.exists(raw):
+                raise InputError(f"evaluation.checkpoints: {raw} does not exist")
+            entries.append(CheckpointEntry(_name_for(raw), raw if fsio.is_url(raw) else Path(raw), None))
     else:
         final = training_dir / "final"
         intermediate = complete_checkpoints(checkpoint_root or training_dir)  # COMPLETE ones only

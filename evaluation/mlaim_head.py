@@ -99,7 +99,7 @@ def head_logits(probe: AttentiveProbe, feats: torch.Tensor, batch_size: int = 25
     return torch.cat(parts) if parts else torch.empty(0, probe.classifier.out_features)
 
 
-def head_for(heads: list[ProbeHeadConfig], checkpoint: Path | None,
+def head_for(heads: list[ProbeHeadConfig], checkpoint: str | Path | None,
              benchmark: str) -> ProbeHeadConfig | None:
     """The configured head for this checkpoint x benchmark (its spec name), if any."""
     if checkpoint is None:
@@ -108,7 +108,9 @@ def head_for(heads: list[ProbeHeadConfig], checkpoint: Path | None,
     def spec_name(configured: str) -> str:  # a generic entry's spec is named after its resolved path
         return registry.generic_spec(configured).name if is_generic(configured) else configured
 
-    matches = (h for h in heads if Path(h.checkpoint) == checkpoint and spec_name(h.benchmark) == benchmark)
+    # Path on both sides: the same normalisation, for a path or a URL (evaluation.checkpoints may be either)
+    matches = (h for h in heads
+               if Path(h.checkpoint) == Path(checkpoint) and spec_name(h.benchmark) == benchmark)
     return next(matches, None)
 
 

@@ -1,7 +1,7 @@
 """`openaim eval` of a run whose checkpoints are in object storage (training.checkpoint_root: s3://, on moto's
 S3 server on loopback): the committed intermediate checkpoints in the bucket and the final model are
 evaluated, an uncommitted one is not, and every feature file and probe result equals the evaluation of the
-same checkpoints copied to local disk."""
+same checkpoints copied to local disk; evaluation.checkpoints may name one in the bucket."""
 
 from __future__ import annotations
 
@@ -97,6 +97,15 @@ def test_eval_reads_the_committed_checkpoints_in_the_bucket_as_it_reads_them_on_
         assert tensors.keys() == features[name][1].keys()
         assert all(t.equal(features[name][1][k]) for k, t in tensors.items()), name
     assert features.keys() == _features(local).keys()
+
+    # evaluation.checkpoints may name a checkpoint in the bucket.
+    listed = _evaluate(tmp_path / "listed", [f"evaluation.checkpoints=['{ck.step_dir(root, 4)}']"])
+    run_name = root.split("/")[-2]
+    assert list(listed) == [f"{run_name}-step_0000004"]
+    assert listed[f"{run_name}-step_0000004"]["checkpoint_hash"] == got["tiny-step_4"]["checkpoint_hash"]
+    assert _results(listed[f"{run_name}-step_0000004"]) == _results(got["tiny-step_4"])
+    with pytest.raises(InputError, match=f"evaluation.checkpoints: {ck.step_dir(root, 5)} does not exist"):
+        _evaluate(tmp_path / "listed", [f"evaluation.checkpoints=['{ck.step_dir(root, 5)}']"])
 
     # The loader takes a checkpoint folder in the bucket as it takes one on disk.
     a, _ = load_model_for_eval(ck.step_dir(root, 4))

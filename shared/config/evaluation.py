@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from shared import fsio
 from shared.config.base import StrictModel
 from shared.config.benchmark_names import DEMO_NAMES, PAPER_NAMES, check_benchmark_name
 from shared.names import closest_names, unknown_name
@@ -32,7 +33,11 @@ def released_head_blocks(path: str | Path) -> tuple[str, str] | None:
 
 
 def check_checkpoint_path(raw: str) -> str:
-    """`raw` when the file or folder exists; else ValueError naming it and the closest names beside it."""
+    """`raw` when the file or folder exists; else ValueError naming it and the closest names beside it. A
+    URL (s3://bucket/run/training/checkpoints/step_0001000) is checked when evaluation reads it, not while
+    the config loads."""
+    if fsio.is_url(raw):
+        return raw
     path = Path(raw)
     if path.exists():
         return raw
@@ -84,8 +89,9 @@ class ProbeHeadConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
-    # Checkpoints to evaluate: paths (ours: a training run dir or a .safetensors file; ml-aim .pth).
-    # Empty = the training stage's final checkpoint plus a random-weights baseline.
+    # Checkpoints to evaluate: paths or URLs (s3://...) (ours: a training run dir, a checkpoint dir or a
+    # .safetensors file; ml-aim .pth). Empty = the training stage's final checkpoint (and, with
+    # evaluate_intermediate, its committed checkpoints) plus a random-weights baseline.
     checkpoints: list[str] = Field(default_factory=list)
     random_baseline: bool = True
     benchmarks: list[str] = Field(default_factory=lambda: ["all"])
