@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from curation import dedup
 from curation.dedup_clusters import Clusters, bound_clusters, n_clusters, train_clusters
-from curation.dedup_plan import Plan, exact_survivors, route_to_parts, vectors
+from curation.dedup_plan import Plan, exact_survivors, load, route_to_parts, save, vectors
 from curation.dedup_resolve import resolve_pairs
 from curation.parts import Part, quantize, read_part, row_key
-from shared.atomic import atomic_path
+from shared import fsio
 
 log = logging.getLogger("openaim.curation")
 
@@ -51,7 +49,7 @@ ROWS_PER_TASK = 4096  # vectors (members + queries) per cluster task: bounds a t
 SAMPLE_BASE = 4096  # rows sampled for the PCA, plus dedup.TRAIN_PER_CENTROID per centroid for k-means
 
 
-def sample_task(plan: Plan, rate: float, folder: Path, indexed: tuple[int, list[Part]]) -> int:
+def sample_task(plan: Plan, rate: float, folder: str, indexed: tuple[int, list[Part]]) -> int:
     """A seeded sample of the exact survivors of a task's parts (each part seeded by its index), their
     dedup vectors and zoomed views [m, views, D] (view 0 trains the PCA and k-means, every view estimates
     where the rows go), written to ``folder/<task>.npy``: the driver reads the files, no sample travels
@@ -67,9 +65,7 @@ def sample_task(plan: Plan, rate: float, folder: Path, indexed: tuple[int, list[
         xs.append(np.stack([x, *views], axis=1))
     sample = np.concatenate(xs)
     if len(sample):
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"{index:08d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, sample)
+        save(fsio.join(folder, f"{index:08d}.npy"), sample)
     return len(sample)
 
 
@@ -87,10 +83,7 @@ def emit_clusters(plan: Plan, clusters: Clusters, task: list[Part]):
     order, first = _best_first(core, gids, scores)
     losers = gids[order[~first]]
     if len(losers):
-        folder = plan.work / "near-core"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"{task[0].index:08d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, losers)
+        save(fsio.join(plan.work, "near-core", f"{task[0].index:08d}.npy"), losers)
     best = order[first]
     for bucket, sel in _by_bucket(clusters.bucket(clusters.core_cluster[core[best]])):
         yield bucket, (core[best][sel], gids[best][sel], scores[best][sel])
@@ -212,10 +205,8 @@ def reduce_clusters(plan: Plan, clusters: Clusters, bucket: int, records) -> tup
                 found += _cluster_pairs(unit[c0:c1], None if reduced is None else reduced[c0:c1],
                                         gids[c0:c1], scores[c0:c1], members, plan.cfg.near_threshold)
     cols = [np.concatenate([p[k] for p in found]) if found else np.zeros(0) for k in range(4)]
-    folder = plan.work / "near"
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"pairs-{bucket:06d}.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, a=cols[0].astype(np.int64), b=cols[1].astype(np.int64), sa=cols[2], sb=cols[3])
+    save(fsio.join(plan.work, "near", f"pairs-{bucket:06d}.npz"), a=cols[0].astype(np.int64),
+         b=cols[1].astype(np.int64), sa=cols[2], sb=cols[3])
     return received, len(cols[0]), sum(len(r[0]) for r in core_records)
 
 
@@ -226,10 +217,7 @@ def _stand_ins(plan: Plan, clusters: Clusters, bucket: int, core_records: list) 
     order, first = _best_first(core, gids, scores)
     losers = gids[order[~first]]
     if len(losers):
-        folder = plan.work / "near-core"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"bucket-{bucket:06d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, losers)
+        save(fsio.join(plan.work, "near-core", f"bucket-{bucket:06d}.npy"), losers)
     best = order[first]
     c = core[best]
     reps = clusters.cores[c]
@@ -250,10 +238,11 @@ def _train(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> Clust
     # twice the training rows: every other row trains, the rest estimate the tasks' loads (rows the k-means
     # was fit to sit closer to their centroids, and are sent to fewer clusters, than the pool's rows)
     rate = min(1.0, 2 * (SAMPLE_BASE + dedup.TRAIN_PER_CENTROID * k) / max(1, survivors))
-    folder = plan.work / "sample"
+    folder = fsio.join(plan.work, "sample")
     written = engine.map(partial(sample_task, plan, rate, folder), list(enumerate(tasks)))
-    sample = np.concatenate([np.load(folder / f"{i:08d}.npy") for i, rows in enumerate(written) if rows])
-    shutil.rmtree(folder, ignore_errors=True)
+    sample = np.concatenate([load(fsio.join(folder, f"{i:08d}.npy"))
+                             for i, rows in enumerate(written) if rows])
+    fsio.remove(folder)
     reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
     clusters = train_clusters(np.ascontiguousarray(sample[0::2, 0]), survivors, reduce, 1)
     held_out = sample[1::2]
@@ -271,11 +260,11 @@ def near_copies(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> 
                                partial(reduce_clusters, plan, clusters), clusters.buckets)
     searched = time.perf_counter()
     pairs = sum(d[1] for d in done)
-    pair_files = [plan.work / "near" / f"pairs-{b:06d}.npz" for b, d in enumerate(done) if d[1]]
-    losers, dropped, rounds = resolve_pairs(engine, pair_files, pairs, plan.work / "resolve")
-    core = plan.work / "near-core"
-    core_losers = sorted(core.iterdir()) if core.is_dir() else []  # one file per task or bucket at most
-    route_to_parts(engine, plan, losers + core_losers, plan.work / "near")
+    pair_files = [fsio.join(plan.work, "near", f"pairs-{b:06d}.npz") for b, d in enumerate(done) if d[1]]
+    losers, dropped, rounds = resolve_pairs(engine, pair_files, pairs, fsio.join(plan.work, "resolve"))
+    # one file per task or bucket at most
+    core_losers = [path for path, _ in fsio.list_files(fsio.join(plan.work, "near-core"))]
+    route_to_parts(engine, plan, losers + core_losers, fsio.join(plan.work, "near"))
     figures = {"largest": max(d[0] for d in done), "target": ROWS_PER_TASK, "pairs": pairs}
     log.info("dedup near: %d survivors, %d clusters (%d cores, %d core records) in %d tasks, %.2f vectors "
              "sent per row, largest task %d vectors (target %d), %d pairs, %d label rounds, %d dropped by "

@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
+import os
 from functools import lru_cache, partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation import dedup
 from curation.dedup_near import near_copies
-from curation.dedup_plan import Plan, losers, make_plan, route_to_parts, vectors
+from curation.dedup_plan import Plan, losers, make_plan, route_to_parts, save, vectors
 from curation.engine import TASK_BYTES, byte_groups, stable_bucket
-from curation.parts import Part, count_rows, read_part, row_key
-from shared.atomic import atomic_path
+from curation.parts import Part, count_rows, read_part, row_key, write_table
+from shared import fsio
 from shared.config.curation import DedupConfig
-from shared.stage_cache import combine_digests, digest_file
+from shared.stage_cache import combine_digests
 
 log = logging.getLogger("openaim.curation")
 
@@ -67,10 +65,8 @@ def reduce_exact(plan: Plan, bucket: int, rows) -> tuple[int, int]:
                      key=lambda t: (t[0], -(t[1] if t[1] == t[1] else -math.inf), t[2]))
     losers = [g for k, (sha, _, g) in enumerate(grouped) if k > 0 and grouped[k - 1][0] == sha]
     if losers:
-        folder = plan.work / "exact-buckets"
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / f"bucket-{bucket:06d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, np.array(losers, dtype=np.int64))
+        save(fsio.join(plan.work, "exact-buckets", f"bucket-{bucket:06d}.npy"),
+             np.array(losers, dtype=np.int64))
     return len(rows), len(losers)
 
 
@@ -83,44 +79,43 @@ def reduce_exact(plan: Plan, bucket: int, rows) -> tuple[int, int]:
 @lru_cache(maxsize=1)
 def _eval_vectors(path: str) -> np.ndarray:
     """The evaluation index, memory-mapped once per worker process (every part task of the process
-    shares it; the page cache holds it once per machine)."""
-    return np.load(path, mmap_mode="r")
+    shares it; the page cache holds it once per machine; under a URL one local copy per process)."""
+    return np.load(fsio.process_copy(path), mmap_mode="r")
 
 
-def finish_task(plan: Plan, eval_index: Path | None, out: Path, task: list[Part]) -> dict:
+def finish_task(plan: Plan, eval_index: str | None, out: str, task: list[Part]) -> dict:
     """The keep files of a task's parts; their counts summed and their digests combined."""
     counts = [finish_part(plan, eval_index, out, part) for part in task]
     return {**{k: sum(c[k] for c in counts) for k in counts[0] if k != "digest"},
             "digest": combine_digests(c["digest"] for c in counts)}
 
 
-def finish_part(plan: Plan, eval_index: Path | None, out: Path, part: Part) -> dict:
+def finish_part(plan: Plan, eval_index: str | None, out: str, part: Part) -> dict:
     """The part's keep file from the exact and near losers and the eval-leak check; returns its counts."""
     data = read_part(part.path, ("uid", "embedding", "copy") if eval_index is not None else ("uid",))
     n = len(data["uid"])
     reason = np.full(n, "", dtype=object)
-    reason[losers(plan.work / "near", part)] = "near_dup"
-    reason[losers(plan.work / "exact", part)] = "exact_dup"
+    reason[losers(fsio.join(plan.work, "near"), part)] = "near_dup"
+    reason[losers(fsio.join(plan.work, "exact"), part)] = "exact_dup"
     if eval_index is not None and n:
         x, _ = vectors(data, plan.cfg.filter_weight)
         leak = ~dedup.decontaminate(x, _eval_vectors(str(eval_index)), plan.cfg.eval_threshold)
         reason[leak & (reason == "")] = "eval_leak"
     keep = reason == ""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{part.stem}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({"uid": data["uid"], "keep": keep.tolist(),
-                                 "reason": [str(r) for r in reason]}), tmp)
-    return {"in": n, "out": int(keep.sum()), "digest": digest_file(path),
+    digest = write_table(fsio.join(out, f"{part.stem}.parquet"),
+                         pa.table({"uid": data["uid"], "keep": keep.tolist(),
+                                   "reason": [str(r) for r in reason]}))
+    return {"in": n, "out": int(keep.sum()), "digest": digest,
             **{r: int((reason == r).sum()) for r in ("exact_dup", "near_dup", "eval_leak")}}
 
 
-def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path,
-              eval_index: Path | None, task_bytes: int = TASK_BYTES) -> dict:
+def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: str, out: str,
+              eval_index: str | None, task_bytes: int = TASK_BYTES) -> dict:
     """The whole dedup step over ``parts`` (see the module doc); ``out`` gets one keep file per part.
     Parts are grouped into tasks of about ``task_bytes``."""
-    shutil.rmtree(work, ignore_errors=True)  # a killed run's loser files are not this run's
-    work.mkdir(parents=True)
+    work = os.fspath(work)  # a path or a URL
+    fsio.remove(work)  # a killed run's loser files are not this run's
+    fsio.makedirs(work)
     tasks = [[parts[i] for i in group] for group in byte_groups([p.bytes for p in parts], task_bytes)]
     plan = make_plan(tasks, work, cfg)
     near_tasks: dict = {}
@@ -129,8 +124,9 @@ def run_dedup(engine, parts: list[Part], cfg: DedupConfig, work: Path, out: Path
         done = engine.group_reduce(tasks, partial(emit_sha, plan, buckets), partial(reduce_exact, plan),
                                    buckets)
         n, exact_losers = sum(d[0] for d in done), sum(d[1] for d in done)
-        sources = [work / "exact-buckets" / f"bucket-{b:06d}.npy" for b, d in enumerate(done) if d[1]]
-        route_to_parts(engine, plan, sources, work / "exact")
+        sources = [fsio.join(work, "exact-buckets", f"bucket-{b:06d}.npy")
+                   for b, d in enumerate(done) if d[1]]
+        route_to_parts(engine, plan, sources, fsio.join(work, "exact"))
     else:
         n, exact_losers = sum(engine.map(count_rows, tasks)), 0
     if cfg.near and n > 1:

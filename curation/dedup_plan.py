@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from curation.copy_detection import dedup_vectors
 from curation.parts import Part, key_part, key_row
-from shared.atomic import atomic_path
+from shared import fsio
 from shared.config.curation import DedupConfig
 
 
@@ -21,7 +20,7 @@ class Plan:
     """What every dedup task needs (picklable: it travels to Spark and process-pool workers). Small: no
     table of the parts (a task gets its own parts; a row key names its part)."""
 
-    work: Path
+    work: str  # the step's scratch folder: a local path or a URL (shared.fsio)
     cfg: DedupConfig
     task_starts: np.ndarray  # [tasks] the index of each task's first part (tasks are consecutive parts)
 
@@ -29,7 +28,7 @@ class Plan:
         return np.searchsorted(self.task_starts, part_index, side="right") - 1
 
 
-def make_plan(tasks: list[list[Part]], work: Path, cfg: DedupConfig) -> Plan:
+def make_plan(tasks: list[list[Part]], work: str, cfg: DedupConfig) -> Plan:
     return Plan(work, cfg, np.array([t[0].index for t in tasks], dtype=np.int64))
 
 
@@ -40,27 +39,46 @@ def vectors(data: dict, w: float) -> tuple[np.ndarray, list[np.ndarray]]:
     return x, [dedup_vectors(emb, copies[:, v], w) for v in range(1, copies.shape[1])]
 
 
-def losers(folder: Path, part: Part) -> np.ndarray:
+def load(path: str):
+    """A .npy array or an .npz archive's arrays (a dict), read through shared.fsio."""
+    with fsio.open_file(path) as f:
+        got = np.load(f)
+        if isinstance(got, np.lib.npyio.NpzFile):
+            with got:
+                return {name: got[name] for name in got.files}
+        return got
+
+
+def save(path: str, *array: np.ndarray, **arrays: np.ndarray) -> None:
+    """``np.save`` of one array, or ``np.savez`` of named arrays, written whole (shared.fsio.local_file:
+    locally a temporary sibling renamed into place, under a URL one upload)."""
+    with fsio.local_file(path) as tmp, open(tmp, "wb") as f:
+        if array:
+            np.save(f, *array)
+        else:
+            np.savez(f, **arrays)
+
+
+def losers(folder: str, part: Part) -> np.ndarray:
     """Rows of ``part`` that lost in ``folder`` (exact or near): its one file there, if any."""
-    path = folder / f"{part.index:08d}.npy"
-    return key_row(np.load(path)) if path.is_file() else np.zeros(0, np.int64)
+    path = fsio.join(folder, f"{part.index:08d}.npy")
+    return key_row(load(path)) if fsio.isfile(path) else np.zeros(0, np.int64)
 
 
-def write_part_keys(folder: Path, keys: np.ndarray) -> int:
+def write_part_keys(folder: str, keys: np.ndarray) -> int:
     """Sorted row keys to one file per part they belong to (``<part index>.npy``); the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    fsio.makedirs(folder)
     keys = np.sort(np.asarray(keys, dtype=np.int64))
     owner = key_part(keys)
     cuts = np.flatnonzero(np.diff(owner)) + 1
     for chunk in np.split(keys, cuts) if len(keys) else []:
-        with atomic_path(folder / f"{int(key_part(chunk[:1])[0]):08d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, chunk)
+        save(fsio.join(folder, f"{int(key_part(chunk[:1])[0]):08d}.npy"), chunk)
     return len(cuts) + 1 if len(keys) else 0
 
 
-def emit_to_tasks(plan: Plan, path: Path):
+def emit_to_tasks(plan: Plan, path: str):
     """Route one file of row keys (any parts) to the tasks that own their parts."""
-    keys = np.load(path)
+    keys = load(path)
     task = plan.task_of(key_part(keys))
     order = np.argsort(task, kind="stable")
     cuts = np.flatnonzero(np.diff(task[order])) + 1
@@ -68,13 +86,13 @@ def emit_to_tasks(plan: Plan, path: Path):
         yield int(task[sel[0]]), keys[sel]
 
 
-def write_routed(folder: Path, task: int, chunks) -> int:
+def write_routed(folder: str, task: int, chunks) -> int:
     """One task's share of the routed keys: one file per part (``folder/<part index>.npy``)."""
     chunks = list(chunks)
     return write_part_keys(folder, np.concatenate(chunks)) if chunks else 0
 
 
-def route_to_parts(engine, plan: Plan, sources: list[Path], folder: Path) -> None:
+def route_to_parts(engine, plan: Plan, sources: list[str], folder: str) -> None:
     """Row keys in ``sources`` (files of keys from any parts) to one file per part in ``folder``, through
     the engine's shuffle keyed by the task that owns the part: no folder of (source, part) files, no
     listing per part."""
@@ -85,5 +103,5 @@ def route_to_parts(engine, plan: Plan, sources: list[Path], folder: Path) -> Non
 def exact_survivors(plan: Plan, part: Part, data: dict) -> np.ndarray:
     """Row indices of the part that survived exact dedup."""
     keep = np.ones(len(data["score"]), dtype=bool)
-    keep[losers(plan.work / "exact", part)] = False
+    keep[losers(fsio.join(plan.work, "exact"), part)] = False
     return np.flatnonzero(keep)

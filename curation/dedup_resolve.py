@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from curation import dedup
-from shared.atomic import atomic_path
+from curation.dedup_plan import load, save
+from shared import fsio
 
 PAIRS_PER_TASK = 1 << 22  # edges per resolve bucket (~4M pairs, ~130 MB at 32 B per directed edge)
 
@@ -44,20 +44,15 @@ def _by_bucket(bucket: np.ndarray, cols: tuple[np.ndarray, ...]):
         yield int(bucket[sel[0]]), tuple(c[sel] for c in cols)
 
 
-def _save(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def emit_pairs(buckets: int, path: Path):
+def emit_pairs(buckets: int, path: str):
     """A pair file's pairs as directed edges (row, neighbour, row score, neighbour score), by row bucket."""
-    with np.load(path) as z:
-        a, b, sa, sb = z["a"], z["b"], z["sa"], z["sb"]
+    z = load(path)
+    a, b, sa, sb = z["a"], z["b"], z["sa"], z["sb"]
     u, v = np.r_[a, b], np.r_[b, a]
     yield from _by_bucket(row_bucket(u, buckets), (u, v, np.r_[sa, sb], np.r_[sb, sa]))
 
 
-def reduce_edges(folder: Path, bucket: int, records) -> int:
+def reduce_edges(folder: str, bucket: int, records) -> int:
     """A bucket's edges, once each, sorted by row, and its rows' first labels; returns its rows."""
     records = list(records)
     u, v, su, sv = (np.concatenate([r[k] for r in records]) if records else np.zeros(0, t)
@@ -66,43 +61,42 @@ def reduce_edges(folder: Path, bucket: int, records) -> int:
     u, v, su, sv = u[order], v[order], su[order], sv[order]
     once = np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])] if len(u) else np.zeros(0, bool)
     u, v, su, sv = u[once], v[once], su[once], sv[once]
-    _save(folder / f"adj-{bucket:06d}.npz", u=u, v=v, su=su, sv=sv)
+    save(fsio.join(folder, f"adj-{bucket:06d}.npz"), u=u, v=v, su=su, sv=sv)
     rows, first = np.unique(u, return_index=True)
     labels = np.minimum(rows, np.minimum.reduceat(v, first)) if len(rows) else rows
-    _save(folder / f"label-{bucket:06d}.npz", rows=rows, labels=labels)
+    save(fsio.join(folder, f"label-{bucket:06d}.npz"), rows=rows, labels=labels)
     return len(rows)
 
 
-def _labelled(folder: Path, bucket: int) -> tuple[dict, np.ndarray]:
+def _labelled(folder: str, bucket: int) -> tuple[dict, np.ndarray]:
     """(a bucket's edges, the label of each edge's row)."""
-    with np.load(folder / f"adj-{bucket:06d}.npz") as z:
-        adj = {k: z[k] for k in ("u", "v", "su", "sv")}
-    with np.load(folder / f"label-{bucket:06d}.npz") as z:
-        rows, labels = z["rows"], z["labels"]
+    adj = load(fsio.join(folder, f"adj-{bucket:06d}.npz"))
+    z = load(fsio.join(folder, f"label-{bucket:06d}.npz"))
+    rows, labels = z["rows"], z["labels"]
     return adj, labels[np.searchsorted(rows, adj["u"])]
 
 
-def emit_labels(folder: Path, buckets: int, bucket: int):
+def emit_labels(folder: str, buckets: int, bucket: int):
     """Each row's label to its neighbours' buckets: (neighbour, label)."""
     adj, label = _labelled(folder, bucket)
     yield from _by_bucket(row_bucket(adj["v"], buckets), (adj["v"], label))
 
 
-def reduce_labels(folder: Path, bucket: int, records) -> int:
+def reduce_labels(folder: str, bucket: int, records) -> int:
     """Each row takes the least label offered by its neighbours; returns how many rows' labels fell."""
-    path = folder / f"label-{bucket:06d}.npz"
-    with np.load(path) as z:
-        rows, labels = z["rows"], z["labels"]
+    path = fsio.join(folder, f"label-{bucket:06d}.npz")
+    z = load(path)
+    rows, labels = z["rows"], z["labels"]
     new = labels.copy()
     for v, label in records:
         np.minimum.at(new, np.searchsorted(rows, v), label)
     changed = int((new < labels).sum())
     if changed:
-        _save(path, rows=rows, labels=new)
+        save(path, rows=rows, labels=new)
     return changed
 
 
-def emit_components(folder: Path, buckets: int, bucket: int):
+def emit_components(folder: str, buckets: int, bucket: int):
     """Each edge once (row < neighbour) to the bucket of its component's label."""
     adj, label = _labelled(folder, bucket)
     once = adj["u"] < adj["v"]
@@ -110,7 +104,7 @@ def emit_components(folder: Path, buckets: int, bucket: int):
                           tuple(adj[k][once] for k in ("u", "v", "su", "sv")))
 
 
-def reduce_components(folder: Path, bucket: int, records) -> int:
+def reduce_components(folder: str, bucket: int, records) -> int:
     """The keep rule over this bucket's components (whole: every edge of a component is here); the losers'
     keys to ``losers-<bucket>.npy``. Returns the losers."""
     records = list(records)
@@ -123,17 +117,16 @@ def reduce_components(folder: Path, bucket: int, records) -> int:
     keep = dedup.keep_best_of_neighbours(len(linked), inverse[:len(u)], inverse[len(u):], scores)
     losers = linked[~keep]
     if len(losers):
-        with atomic_path(folder / f"losers-{bucket:06d}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, losers)
+        save(fsio.join(folder, f"losers-{bucket:06d}.npy"), losers)
     return len(losers)
 
 
-def resolve_pairs(engine, pair_files: list[Path], pairs: int, folder: Path) -> tuple[list[Path], int, int]:
+def resolve_pairs(engine, pair_files: list[str], pairs: int, folder: str) -> tuple[list[str], int, int]:
     """(loser files, losers, label rounds) for the pairs in ``pair_files`` (``pairs`` in all), working in
     ``folder``."""
     if not pairs:
         return [], 0, 0
-    folder.mkdir(parents=True, exist_ok=True)
+    fsio.makedirs(folder)
     buckets = max(1, math.ceil(2 * pairs / PAIRS_PER_TASK))
     engine.group_reduce(pair_files, partial(emit_pairs, buckets), partial(reduce_edges, folder), buckets)
     rounds = 0
@@ -145,4 +138,4 @@ def resolve_pairs(engine, pair_files: list[Path], pairs: int, folder: Path) -> t
             break
     losers = engine.group_reduce(range(buckets), partial(emit_components, folder, buckets),
                                  partial(reduce_components, folder), buckets)
-    return [folder / f"losers-{b:06d}.npy" for b, n in enumerate(losers) if n], sum(losers), rounds
+    return [fsio.join(folder, f"losers-{b:06d}.npy") for b, n in enumerate(losers) if n], sum(losers), rounds

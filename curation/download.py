@@ -42,7 +42,6 @@ import functools
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -54,7 +53,7 @@ from curation.engine import LocalEngine
 from curation.img2dataset_run import download_in_own_session, kill_previous_run, run_img2dataset
 from curation.netsafety import BLOCKED, url_rejection
 from curation.pool import failure_histogram, finished_shards, normalise_error, shard_file, verify_shards
-from shared.atomic import atomic_dir, atomic_write_json, finished_files
+from shared import fsio
 from shared.config.curation import DownloadConfig
 from shared.errors import InputError, OpenAIMError, disk_full_as_error
 
@@ -63,29 +62,33 @@ from shared.errors import InputError, OpenAIMError, disk_full_as_error
 log = logging.getLogger("openaim.curation")
 
 
-def pairs_partitions(pairs_path: Path) -> list[Path]:
+def pairs_partitions(pairs_path: str) -> list[str]:
     """The pairs partitions: the extract step's ``pairs/part-*.parquet`` (a folder), or one parquet file."""
-    return finished_files(pairs_path, "*.parquet") if pairs_path.is_dir() else [pairs_path]
+    if fsio.isdir(pairs_path):
+        return [path for path, _ in fsio.list_files(pairs_path, "*.parquet")]
+    return [os.fspath(pairs_path)]
 
 
-def download_list_part(allow_hosts: list[str], out_dir: Path, part: Path) -> tuple[int, int]:
+def download_list_part(allow_hosts: list[str], out_dir: str, part: str) -> tuple[int, int]:
     """One task: the rows (url, caption, uid) of one pairs partition whose URL passes the textual check, to
     ``out_dir/<part name>`` (none when no row does; ``out_dir`` is swapped in whole); (kept, refused). The
     binding check: on each connection."""
-    t = pq.read_table(part, columns=["uid", "url", "caption"])
+    with fsio.open_file(part) as f:
+        t = pq.read_table(f, columns=["uid", "url", "caption"])
     keep = [not url_rejection(url, allow_hosts) for url in t.column("url").to_pylist()]
     kept = sum(keep)
     if kept:
-        pq.write_table(t.filter(pa.array(keep, type=pa.bool_())), out_dir / part.name)
+        with fsio.local_file(fsio.join(out_dir, fsio.name_of(part))) as tmp:
+            pq.write_table(t.filter(pa.array(keep, type=pa.bool_())), tmp)
     return kept, len(keep) - kept
 
 
-def write_download_list(engine, pairs_path: Path, out_dir: Path,
+def write_download_list(engine, pairs_path: str, out_dir: str,
                         allow_hosts: list[str]) -> tuple[int, Counter]:
     """img2dataset's input: a folder of parquet files, one per pairs partition, written by engine tasks (the
     URL check runs in the tasks; nothing here holds more than the counts). Refusals are counted as "blocked
     by policy" only."""
-    with atomic_dir(out_dir) as tmp:
+    with fsio.replaced_dir(out_dir) as tmp:
         task = functools.partial(download_list_part, allow_hosts, tmp)
         counts = engine.map(task, pairs_partitions(pairs_path))
     refused = sum(r for _, r in counts)
@@ -94,7 +97,7 @@ def write_download_list(engine, pairs_path: Path, out_dir: Path,
 
 
 
-def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str],
+def download_pool(cfg: DownloadConfig, pairs_path: str | Path, pool_dir: str | Path, allow_hosts: list[str],
                   engine=None) -> dict:
     """Download every safe pair of ``pairs_path`` (a pairs folder or file) into ``pool_dir`` (resumes a killed
     run), return a summary. The download list is written by ``engine``'s tasks (in-process when None).
@@ -102,12 +105,13 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
     Raises InputError when no image at all could be downloaded (the pool would be empty), DiskFullError
     when the disk fills up.
     """
+    pool_dir, pairs_path = os.fspath(pool_dir), os.fspath(pairs_path)
     with disk_full_as_error(pool_dir):
-        pool_dir.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs(pool_dir)
         kill_previous_run(pool_dir)
         if verify_shards(pool_dir):
             log.warning("download: damaged shards of an earlier run in %s will be fetched again", pool_dir)
-        url_list = pool_dir.parent / "download_list"
+        url_list = fsio.join(fsio.parent(pool_dir), "download_list")
         n_safe, rejected = write_download_list(engine or LocalEngine(), pairs_path, url_list, allow_hosts)
         if rejected:
             log.warning("download: %d URLs %s", sum(rejected.values()), BLOCKED)
@@ -119,7 +123,7 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
         os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_image_pixels)
         PIL.Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
 
-        done_before = {p.name for p in finished_shards(pool_dir)}
+        done_before = {fsio.name_of(p) for p in finished_shards(pool_dir)}
         if cfg.distributor == "pyspark":
             run_img2dataset(cfg, url_list, pool_dir, allow_hosts)  # Spark owns its executors' lifetimes
         else:
@@ -134,20 +138,22 @@ def download_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_h
     return summary
 
 
-def _drop_failed_run(pool_dir: Path, done_before: set[str]) -> None:
+def _drop_failed_run(pool_dir: str, done_before: set[str]) -> None:
     """If every request of the shards this call fetched failed (server down, network gone), remove those
     shards and raise: kept, they would count as done, and a resume would never fetch them again."""
-    new = [s for s in finished_shards(pool_dir) if s.name not in done_before]
-    if not new or any(json.loads(shard_file(s, "_stats.json").read_text()).get("successes", 0) for s in new):
+    new = [s for s in finished_shards(pool_dir) if fsio.name_of(s) not in done_before]
+    if not new or any(json.loads(fsio.read_bytes(shard_file(s, "_stats.json"))).get("successes", 0)
+                      for s in new):
         return
     hist: Counter = Counter()
     for shard in new:
         parquet = shard_file(shard, ".parquet")
-        if parquet.is_file():
-            hist.update(normalise_error(e) for e in pq.read_table(parquet, columns=["error_message"])
-                        .column("error_message").to_pylist())
+        if fsio.isfile(parquet):
+            with fsio.open_file(parquet) as f:
+                hist.update(normalise_error(e) for e in pq.read_table(f, columns=["error_message"])
+                            .column("error_message").to_pylist())
         for suffix in ("_stats.json", ".tar", ".parquet"):  # the stats file first: it marks the shard done
-            shard_file(shard, suffix).unlink(missing_ok=True)
+            fsio.remove(shard_file(shard, suffix))
     raise InputError(f"download failed: all {sum(hist.values())} requests of this run failed "
                      f"({', '.join(f'{k}: {v}' for k, v in hist.most_common(3))})")
 
@@ -156,33 +162,35 @@ def _drop_failed_run(pool_dir: Path, done_before: set[str]) -> None:
 _STATE = ".openaim-download.state"
 
 
-def staging_dir(pool_dir: Path) -> Path:
+def staging_dir(pool_dir: str) -> str:
     """Where a new pool is downloaded (and a killed download resumes) before it replaces ``pool_dir``."""
-    return pool_dir.with_name(pool_dir.name + ".partial")
+    return f"{os.fspath(pool_dir).rstrip('/')}.partial"
 
 
-def _old_dir(pool_dir: Path) -> Path:
-    return pool_dir.with_name(pool_dir.name + ".old")
+def _old_dir(pool_dir: str) -> str:
+    return f"{os.fspath(pool_dir).rstrip('/')}.old"
 
 
-def _state(folder: Path) -> dict:
+def _state(folder: str) -> dict:
     try:
-        return json.loads((folder / _STATE).read_text())
+        return json.loads(fsio.read_bytes(fsio.join(folder, _STATE)))
     except (OSError, ValueError):
         return {}
 
 
-def _finish_interrupted_swap(pool_dir: Path) -> None:
-    """A run killed mid-swap: put the previous pool back if the new one never arrived, else drop it."""
+def _finish_interrupted_swap(pool_dir: str) -> None:
+    """A local run killed mid-swap: put the previous pool back if the new one never arrived, else drop it.
+    (On an object store the swap is a copy whose record is written last: nothing to repair, see
+    ``swap_in_pool``.)"""
     old = _old_dir(pool_dir)
-    if old.exists():
-        if pool_dir.exists():
-            shutil.rmtree(old)
+    if not fsio.is_url(pool_dir) and os.path.exists(old):
+        if os.path.exists(pool_dir):
+            fsio.remove(old)
         else:
-            old.rename(pool_dir)
+            os.rename(old, pool_dir)
 
 
-def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_hosts: list[str],
+def stage_pool(cfg: DownloadConfig, pairs_path: str, pool_dir: str, allow_hosts: list[str],
                fingerprint: str, restart: bool = False, engine=None) -> None:
     """Get a finished download for ``fingerprint`` (the download step's fingerprint) ready to swap in, without
     touching ``pool_dir``: download it into ``staging_dir(pool_dir)``, resuming a killed download of the same
@@ -193,35 +201,44 @@ def stage_pool(cfg: DownloadConfig, pairs_path: Path, pool_dir: Path, allow_host
         return
     stage = staging_dir(pool_dir)
     state = _state(stage)
-    if stage.exists() and (restart or state.get("fingerprint") != fingerprint):
-        shutil.rmtree(stage)  # an abandoned download of other settings (or --force): start afresh
+    if fsio.exists(stage) and (restart or state.get("fingerprint") != fingerprint):
+        fsio.remove(stage)  # an abandoned download of other settings (or --force): start afresh
         state = {}
     if state.get("complete"):
         return
-    stage.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": False})
+    fsio.makedirs(stage)
+    fsio.write_json(fsio.join(stage, _STATE), {"fingerprint": fingerprint, "complete": False})
     try:
         summary = download_pool(cfg, pairs_path, stage, allow_hosts, engine)
     except InputError as exc:
-        kept = (f"{pool_dir.name}/ was kept as it was" if pool_dir.exists()
-                else f"no {pool_dir.name}/ was made")
+        name = fsio.name_of(pool_dir)
+        kept = f"{name}/ was kept as it was" if fsio.exists(pool_dir) else f"no {name}/ was made"
         raise InputError(f"{exc}; {kept}") from None
-    atomic_write_json(stage / _STATE, {"fingerprint": fingerprint, "complete": True, "summary": summary})
+    fsio.write_json(fsio.join(stage, _STATE),
+                    {"fingerprint": fingerprint, "complete": True, "summary": summary})
 
 
-def swap_in_pool(pool_dir: Path, fingerprint: str) -> dict:
-    """Put the finished staged download in place of ``pool_dir`` (rename the old one away, the new one in,
-    delete the old one) and return its download summary. Each rename is atomic, and a run killed between
-    them is repaired by the next ``stage_pool``."""
+def swap_in_pool(pool_dir: str, fingerprint: str) -> dict:
+    """Put the finished staged download in place of ``pool_dir`` and return its download summary.
+
+    Locally: rename the old one away, the new one in, delete the old one; each rename is atomic, and a run
+    killed between them is repaired by the next ``stage_pool``. On an object store (no rename): the old
+    pool is removed and the staged objects copied in (server-side), the download record last, then the
+    staged ones removed; a run killed before that record repeats the copy."""
     _finish_interrupted_swap(pool_dir)
     stage, old = staging_dir(pool_dir), _old_dir(pool_dir)
     state = _state(stage)
     if state.get("complete") and state.get("fingerprint") == fingerprint:
-        if pool_dir.exists():
-            pool_dir.rename(old)
-        stage.rename(pool_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        if fsio.is_url(pool_dir):
+            if _state(pool_dir) != state:
+                fsio.remove(pool_dir)
+                fsio.copy_dir(stage, pool_dir, last=_STATE)
+            fsio.remove(stage)
+        else:
+            if os.path.exists(pool_dir):
+                os.rename(pool_dir, old)
+            os.rename(stage, pool_dir)
+            fsio.remove(old)
     state = _state(pool_dir)
     if not (state.get("complete") and state.get("fingerprint") == fingerprint):
         raise OpenAIMError(f"no finished download to put in place of {pool_dir}: rerun to download it")

@@ -22,7 +22,7 @@ import numpy as np
 from curation.copy_detection import copy_descriptors, dedup_vectors
 from evaluation.benchmarks.registry import benchmark_root, load_split, missing_reason, resolve_benchmarks
 from evaluation.benchmarks.spec import BenchmarkSpec
-from shared.atomic import atomic_path
+from shared import fsio
 from shared.errors import OpenAIMError
 
 log = logging.getLogger("openaim.curation")
@@ -69,9 +69,10 @@ def _test_images(spec: BenchmarkSpec, root: Path):
             yield item[0]
 
 
-def build_eval_index(found: list[tuple[BenchmarkSpec, Path]], out: Path, filter_weight: float,
+def build_eval_index(found: list[tuple[BenchmarkSpec, Path]], out: str, filter_weight: float,
                      encode_images=None) -> int:
-    """Write the index to ``out`` (.npy, atomic); returns the number of test images in it.
+    """Write the index to ``out`` (.npy, a path or a URL, written whole); returns the number of test
+    images in it.
     ``encode_images`` (the filter network's) is needed only when ``filter_weight`` > 0."""
     blocks = []
     count = 0
@@ -95,6 +96,6 @@ def build_eval_index(found: list[tuple[BenchmarkSpec, Path]], out: Path, filter_
                 batch = []
         log.info("dedup: eval index: %s", spec.name)
     index = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, 1), np.float32)
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+    with fsio.local_file(out) as tmp, open(tmp, "wb") as f:
         np.save(f, index)
     return count

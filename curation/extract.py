@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from curation.netsafety import guarded_opener, is_policy_block, url_rejection
 from curation.warc_links import warc_links
+from shared import fsio
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
 
@@ -111,6 +112,20 @@ def _directory_sources(directory: Path) -> list[str]:
     return found
 
 
+def _stored_sources(src: str) -> list[str]:
+    """The source files an object store URL names: itself, the WARC/WAT/parquet files under it (a
+    prefix), or a glob's matches, in name order."""
+    if any(ch in src for ch in "*?["):
+        found = fsio.glob(src)
+    elif fsio.isfile(src):
+        found = [src]
+    else:
+        found = [f for f in fsio.glob(fsio.join(src, "**")) if f.endswith(SOURCE_SUFFIXES)]
+    if not found:
+        raise InputError(f"input not found: {src}")
+    return found
+
+
 def resolve_sources(sources: list[str], default_dir: Path) -> list[str]:
     """Expand globs and directories (their WARC/WAT/parquet files); keep URLs as they are. A path or glob
     that matches nothing is an InputError."""
@@ -124,6 +139,8 @@ def resolve_sources(sources: list[str], default_dir: Path) -> list[str]:
     for src in sources:
         if src.startswith(("http://", "https://")):
             out.append(src)
+        elif fsio.is_url(src):  # an object store's file, folder or glob
+            out.extend(_stored_sources(src))
         elif any(ch in src for ch in "*?["):
             found = sorted(glob.glob(os.path.expanduser(src)))
             if not found:
@@ -161,7 +178,12 @@ def fetch_source(src: str, allow_hosts: list[str], dest: Path, timeout: float = 
 
 
 def _open_source(src: str, allow_hosts: list[str], tmp: Path) -> str:
-    """Local path of a source; an http(s) source is fetched first (``fetch_source``)."""
+    """Local path of a source; an http(s) source is fetched first (``fetch_source``), an object store's
+    copied into ``tmp`` (shared.fsio: the task reads the file from local disk)."""
+    if fsio.is_url(src) and not src.startswith(("http://", "https://")):
+        dest = tmp / fsio.name_of(src)
+        fsio.download(src, dest)
+        return str(dest)
     if not src.startswith(("http://", "https://")):
         return src
     suffix = ".parquet" if urlsplit(src).path.endswith(".parquet") else ""  # how the file is read

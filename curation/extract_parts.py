@@ -12,32 +12,32 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 import tempfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation import extract
 from curation.engine import stable_bucket
-from shared.atomic import atomic_dir, atomic_path, atomic_write_json
+from curation.parts import write_table
+from shared import fsio
 from shared.config.curation import ExtractConfig
-from shared.stage_cache import combine_digests, digest_file, hash_json
+from shared.stage_cache import combine_digests, hash_json
 
 # Versioned by its step: bump VERSION in openaim/steps/extract.py when this changes the step's results.
 SOURCES_PER_BUCKET = 4
 COLUMNS = ("uid", "url", "caption", "page_url", "source")
 
 
-def source_pairs(cfg: ExtractConfig, buckets: int, stats_dir: Path, task: tuple[int, str]):
+def source_pairs(cfg: ExtractConfig, buckets: int, stats_dir: str, task: tuple[int, str]):
     """One extract task: (bucket, (url, caption, page_url, source name, uid or None, source index, link
     index)) for every fetchable, captioned link of one source; its counts to ``stats_dir/<index>.json``."""
     index, src = task
     stats = extract.ExtractStats()
-    name = Path(src).name
+    name = fsio.name_of(src)
     with tempfile.TemporaryDirectory(prefix="openaim-extract-") as tmpdir:
         local = extract._open_source(src, cfg.allow_hosts, Path(tmpdir))
         links = extract.file_links(local, src, stats, cfg.max_page_bytes)
@@ -46,43 +46,42 @@ def source_pairs(cfg: ExtractConfig, buckets: int, stats_dir: Path, task: tuple[
             if caption is not None:
                 key = stable_bucket(f"{url}\x00{caption}", buckets)
                 yield key, (url, caption, page_url, name, uid, index, n)
-    atomic_write_json(stats_dir / f"{index:06d}.json", stats.as_dict())
+    fsio.write_json(fsio.join(stats_dir, f"{index:06d}.json"), stats.as_dict())
 
 
-def write_bucket(out_dir: Path, bucket: int, rows) -> dict:
+def write_bucket(out_dir: str, bucket: int, rows) -> dict:
     """One bucket: the first occurrence of each (url, caption) (source order, then link order: the
     single-process rule), with its input uid or our hash, sorted by uid, to one parquet part."""
     rows = sorted(rows, key=lambda r: (r[0], r[1], r[5], r[6]))
     first = [r for k, r in enumerate(rows) if k == 0 or rows[k - 1][:2] != r[:2]]
     table = sorted((r[4] or extract.pair_uid(r[0], r[1]), *r[:4]) for r in first)
-    path = out_dir / f"part-{bucket:05d}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({c: [t[i] for t in table] for i, c in enumerate(COLUMNS)},
-                                schema=pa.schema([(c, pa.string()) for c in COLUMNS])), tmp)
-    return {"kept": len(first), "duplicate pair": len(rows) - len(first), "digest": digest_file(path)}
+    digest = write_table(fsio.join(out_dir, f"part-{bucket:05d}.parquet"),
+                         pa.table({c: [t[i] for t in table] for i, c in enumerate(COLUMNS)},
+                                  schema=pa.schema([(c, pa.string()) for c in COLUMNS])))
+    return {"kept": len(first), "duplicate pair": len(rows) - len(first), "digest": digest}
 
 
-def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: Path, stats_path: Path) -> dict:
+def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: str, stats_path: str) -> dict:
     """The extract step: ``out_dir`` (swapped in whole) gets the pair parts, ``stats_path`` the counts.
     Returns the counts and, under ``outputs_digest``, the digest of both (the tasks' records of the parts
     they wrote, and the counts): the step's identity without reading its outputs."""
     buckets = max(1, math.ceil(len(sources) / SOURCES_PER_BUCKET))
-    work = out_dir.with_name(out_dir.name + ".stats")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    with atomic_dir(out_dir) as tmp:
+    work = f"{os.fspath(out_dir).rstrip('/')}.stats"
+    fsio.remove(work)
+    fsio.makedirs(work)
+    with fsio.replaced_dir(out_dir) as tmp:
         kept = engine.group_reduce(list(enumerate(sources)), partial(source_pairs, cfg, buckets, work),
                                    partial(write_bucket, tmp), buckets)
     total = {"records": 0, "corrupt_records": 0, "oversized_records": 0, "links": 0}
     dropped: Counter = Counter()
-    for path in sorted(work.glob("*.json")):
-        s = json.loads(path.read_text())
+    for path, _ in fsio.list_files(work, "*.json"):
+        s = json.loads(fsio.read_bytes(path))
         for k in total:
             total[k] += s[k]
         dropped.update(s["dropped"])
-    shutil.rmtree(work, ignore_errors=True)
+    fsio.remove(work)
     dropped["duplicate pair"] += sum(k["duplicate pair"] for k in kept)
     stats = {**total, "kept": sum(k["kept"] for k in kept),
              "dropped": dict(sorted((k, v) for k, v in dropped.items() if v))}
-    atomic_write_json(stats_path, stats)
+    fsio.write_json(stats_path, stats)
     return stats | {"outputs_digest": combine_digests([*(k["digest"] for k in kept), hash_json(stats)])}

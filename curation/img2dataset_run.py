@@ -35,6 +35,7 @@ from unittest import mock
 from curation.engine import spark_session
 from curation.netsafety import guarded_opener
 from curation.pool import finished_shards, normalise_error
+from shared import fsio
 from shared.config.curation import DownloadConfig
 from shared.errors import DiskFullError, OpenAIMError, disk_full_message
 
@@ -86,8 +87,9 @@ def _quiet_library_output():
         yield
 
 
-def run_img2dataset(cfg: DownloadConfig, url_list: Path, pool_dir: Path, allow_hosts: list[str]) -> None:
-    """Call img2dataset in this process (its workers are its children), every fetch through the guard."""
+def run_img2dataset(cfg: DownloadConfig, url_list: str, pool_dir: str, allow_hosts: list[str]) -> None:
+    """Call img2dataset in this process (its workers are its children), every fetch through the guard. The
+    list and the pool are paths or URLs: img2dataset reads and writes both through fsspec itself."""
     with _quiet_library_output():
         # Imported here, not at module top: the environment above must be set before img2dataset loads.
         # (By module name: the package's attribute ``main`` is its CLI function, not the module.)
@@ -136,7 +138,7 @@ def download_process_main(args_json: str) -> None:
     args = json.loads(args_json)
     _watch_parent(args["parent_pid"])
     try:
-        run_img2dataset(DownloadConfig(**args["cfg"]), Path(args["url_list"]), Path(args["pool_dir"]),
+        run_img2dataset(DownloadConfig(**args["cfg"]), args["url_list"], args["pool_dir"],
                         args["allow_hosts"])
     except BaseException:  # noqa: BLE001 - reported to the parent through the exit status and the output
         traceback.print_exc()
@@ -146,11 +148,12 @@ def download_process_main(args_json: str) -> None:
     os._exit(0)
 
 
-def kill_previous_run(pool_dir: Path) -> int:
-    """Kill any process still running from an earlier download into ``pool_dir`` (found by the run token in
-    its environment, so a reused pid is never mistaken for it). Returns how many were killed."""
+def kill_previous_run(pool_dir: str) -> int:
+    """Kill any process still running on this machine from an earlier download into ``pool_dir`` (found by
+    the run token in its environment, so a reused pid is never mistaken for it). Returns how many were
+    killed."""
     try:
-        token = (pool_dir / _RUN_FILE).read_text().strip()
+        token = fsio.read_bytes(fsio.join(pool_dir, _RUN_FILE)).decode().strip()
     except OSError:
         return 0
     needle = f"{_RUN_TOKEN_ENV}={token}".encode()
@@ -170,11 +173,11 @@ def kill_previous_run(pool_dir: Path) -> int:
     return killed
 
 
-def download_in_own_session(cfg: DownloadConfig, url_list: Path, pool_dir: Path,
+def download_in_own_session(cfg: DownloadConfig, url_list: str, pool_dir: str,
                             allow_hosts: list[str]) -> None:
     """Run img2dataset in a child process in its own session; kill that whole session whenever we stop."""
     token = uuid.uuid4().hex
-    (pool_dir / _RUN_FILE).write_text(token)
+    fsio.write_text(fsio.join(pool_dir, _RUN_FILE), token)
     # The child imports this very code: from a checkout, its root goes on PYTHONPATH. An installed package
     # needs none, and site-packages on PYTHONPATH would shadow the standard library with old backports
     # (img2dataset requires the py3.6 `dataclasses`).
@@ -214,7 +217,7 @@ def download_in_own_session(cfg: DownloadConfig, url_list: Path, pool_dir: Path,
             os.killpg(proc.pid, signal.SIGKILL)  # the child is gone or interrupted: nothing of it may stay
         proc.wait()
         reader.join(timeout=5)
-        (pool_dir / _RUN_FILE).unlink(missing_ok=True)  # nothing of this run is left to find
+        fsio.remove(fsio.join(pool_dir, _RUN_FILE))  # nothing of this run is left to find
     if disk_full.is_set():
         raise DiskFullError(disk_full_message(pool_dir))
     if proc.returncode != 0:

@@ -8,6 +8,7 @@ leaked into the training set, and whether any unsafe URL ever reached the server
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curation.select import subset_to_uids
+from shared import fsio
 from shared.config.root import OpenAIMConfig
 from shared.stage_cache import hash_json
 
@@ -83,25 +85,30 @@ def build_manifest(*, config_hash: str, steps: dict[str, dict], ran: list[str], 
     }
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _read_json(path: str) -> dict:
+    return json.loads(fsio.read_bytes(path)) if fsio.isfile(path) else {}
 
 
-def _kept_pairs(curation_dir: Path) -> list[tuple[str, str]]:
+def _kept_pairs(curation_dir: str) -> list[tuple[str, str]]:
     """(url, caption) of the kept pairs: the pairs whose uid is in the subset (a mini-web-sized read)."""
-    kept_uids = set(subset_to_uids(np.load(curation_dir / "subset.npy")))
-    pairs = pq.read_table(curation_dir / "pairs", columns=["uid", "url", "caption"]).to_pydict()
-    return [(u, c) for uid, u, c in zip(pairs["uid"], pairs["url"], pairs["caption"], strict=True)
-            if uid in kept_uids]
+    with fsio.open_file(fsio.join(curation_dir, "subset.npy")) as f:
+        kept_uids = set(subset_to_uids(np.load(f)))
+    kept = []
+    for part, _ in fsio.list_files(fsio.join(curation_dir, "pairs"), "*.parquet"):
+        with fsio.open_file(part) as f:
+            pairs = pq.read_table(f, columns=["uid", "url", "caption"]).to_pydict()
+        kept += [(u, c) for uid, u, c in zip(pairs["uid"], pairs["url"], pairs["caption"], strict=True)
+                 if uid in kept_uids]
+    return kept
 
 
 def curation_manifest(cfg: OpenAIMConfig, ran: list[str], reused: list[str]) -> dict:
     """The manifest of a finished build-dataset run, from the steps' stats files (``cfg``: the root config:
     the curation section and the web dir the quality block reads)."""
-    d = cfg.curation_dir
-    ex, dl, sel = _read_json(d / "extract_stats.json"), _read_json(d / "download_stats.json"), \
-        _read_json(d / "select_stats.json")
-    dd, sf = _read_json(d / "dedup" / "stats.json"), _read_json(d / "safety" / "stats.json")
+    d = os.fspath(cfg.curation_dir)  # a path or a URL
+    ex, dl, sel = (_read_json(fsio.join(d, name))
+                   for name in ("extract_stats.json", "download_stats.json", "select_stats.json"))
+    dd, sf = _read_json(fsio.join(d, "dedup", "stats.json")), _read_json(fsio.join(d, "safety", "stats.json"))
     step_counts = {
         "extract": {"in": ex.get("links"), "out": ex.get("kept"), "records": ex.get("records"),
                     "corrupt_records": ex.get("corrupt_records"),

@@ -19,14 +19,14 @@ any table of part offsets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.atomic import atomic_path, finished_files
+from shared import fsio
 from shared.errors import OpenAIMError
+from shared.stage_cache import digest_file
 
 COLUMNS = ("uid", "key", "sha256", "score", "embedding", "copy")
 
@@ -47,9 +47,10 @@ def _binary(arr: np.ndarray) -> pa.Array:
         np.ascontiguousarray(arr).tobytes())])
 
 
-def write_part(path: Path, uids: list[str], keys: list[str], sha256: list[str], scores: np.ndarray,
+def write_part(path: str, uids: list[str], keys: list[str], sha256: list[str], scores: np.ndarray,
                embeddings: np.ndarray, copies: np.ndarray) -> None:
-    """Atomically write one part (embeddings [n, d], copies [n, views, 768], any float dtype)."""
+    """Write one part whole (a local path or a URL; embeddings [n, d], copies [n, views, 768], any float
+    dtype); returns its digest (shared.stage_cache.digest_file) taken from the bytes written."""
     table = pa.table({"uid": pa.array(uids, pa.string()), "key": pa.array(keys, pa.string()),
                       "sha256": pa.array(sha256, pa.string()),
                       "score": pa.array(np.asarray(scores, np.float32)),
@@ -57,8 +58,15 @@ def write_part(path: Path, uids: list[str], keys: list[str], sha256: list[str], 
     dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
     table = table.replace_schema_metadata({"embedding_dim": str(dim),
                                            "copy_shape": ",".join(map(str, copies.shape[1:]))})
-    with atomic_path(path) as tmp:
+    return write_table(path, table)
+
+
+def write_table(path: str, table: pa.Table) -> str:
+    """A parquet file written whole (a local path or a URL: shared.fsio.local_file); returns its digest
+    (shared.stage_cache.digest_file), taken by the writer from the bytes it wrote."""
+    with fsio.local_file(path) as tmp:
         pq.write_table(table, tmp)
+        return digest_file(tmp)
 
 
 def _unpack(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.ndarray:
@@ -71,12 +79,13 @@ def _unpack(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.nd
     return raw.reshape(n, *shape).astype(np.float32)
 
 
-def read_part(path: Path, columns: tuple[str, ...] = COLUMNS) -> dict:
-    """A part as a dict: strings as lists, ``score`` float32, ``embedding`` [n, d] and ``copy``
-    [n, views, 768] as float32 (not unit length: callers normalise)."""
-    pf = pq.ParquetFile(path)
-    meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
-    table = pf.read(columns=list(columns))
+def read_part(path: str, columns: tuple[str, ...] = COLUMNS) -> dict:
+    """A part (a path or a URL) as a dict: strings as lists, ``score`` float32, ``embedding`` [n, d] and
+    ``copy`` [n, views, 768] as float32 (not unit length: callers normalise)."""
+    with fsio.open_file(path) as f:
+        pf = pq.ParquetFile(f)
+        meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+        table = pf.read(columns=list(columns))
     out: dict = {}
     for name in columns:
         col = table.column(name)
@@ -112,18 +121,22 @@ class Part:
     """One score part: its file, its index in shard order (the high bits of its rows' keys) and its size
     in bytes (what tasks are sized by)."""
 
-    path: Path
+    path: str  # a local path or a URL
     index: int
     bytes: int
 
     @property
+    def name(self) -> str:
+        return fsio.name_of(self.path)
+
+    @property
     def stem(self) -> str:
-        return self.path.stem
+        return self.name.removesuffix(".parquet")
 
 
-def list_parts(parts_dir: Path) -> list[Part]:
+def list_parts(parts_dir: str) -> list[Part]:
     """Every part in shard order: one listing of the folder with the files' sizes, no file opened."""
-    out = [Part(p, i, p.stat().st_size) for i, p in enumerate(finished_files(parts_dir, "*.parquet"))]
+    out = [Part(p, i, size) for i, (p, size) in enumerate(fsio.list_files(parts_dir, "*.parquet"))]
     if not out:
         raise OpenAIMError(f"the pool is empty: no score part in {parts_dir} "
                            "(every download failed? see the failure histogram)")
@@ -132,4 +145,8 @@ def list_parts(parts_dir: Path) -> list[Part]:
 
 def count_rows(parts: list[Part]) -> int:
     """The rows of ``parts`` from their parquet footers (one task's parts: callers map it over tasks)."""
-    return sum(pq.ParquetFile(p.path).metadata.num_rows for p in parts)
+    rows = 0
+    for part in parts:
+        with fsio.open_file(part.path) as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    return rows

@@ -9,18 +9,17 @@ the shards here.
 
 from __future__ import annotations
 
-import glob
 import json
 import re
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.engine import TASK_BYTES, LocalEngine, byte_groups
 from curation.netsafety import BLOCKED
+from shared import fsio
 from shared.wds_reader import read_samples
 
 POOL_FIELDS = ("jpg", "txt", "json")  # what img2dataset writes for each downloaded image
@@ -43,20 +42,21 @@ _REASONS: list[tuple[str, str]] = [
 ]
 
 
-def pool_shards(pool_dir: Path) -> list[Path]:
-    """The finished pool shards (a tar counts only once img2dataset wrote its stats file)."""
-    return [Path(p) for p in sorted(glob.glob(str(pool_dir / "[0-9]*.tar")))
-            if Path(p[:-4] + "_stats.json").is_file()]
+def pool_shards(pool_dir: str) -> list[str]:
+    """The finished pool shards' tars, paths or URLs (a tar counts only once img2dataset wrote its stats
+    file)."""
+    tars = {path for path, _ in fsio.list_files(pool_dir, "[0-9]*.tar")}
+    return [shard_file(s, ".tar") for s in finished_shards(pool_dir) if shard_file(s, ".tar") in tars]
 
 
-def shard_samples(shard: Path) -> Iterator[tuple[str, bytes, str, dict]]:
+def shard_samples(shard: str) -> Iterator[tuple[str, bytes, str, dict]]:
     """Yield (key, jpg bytes, caption, meta dict) for every complete sample of one pool tar, in tar order."""
     for sample in read_samples(shard):
         if all(field in sample for field in POOL_FIELDS):
             yield sample["__key__"], sample["jpg"], sample["txt"].decode("utf-8"), json.loads(sample["json"])
 
 
-def iter_pool(pool_dir: Path, uids: set[str] | None = None) -> Iterator[tuple[str, bytes, str, dict]]:
+def iter_pool(pool_dir: str, uids: set[str] | None = None) -> Iterator[tuple[str, bytes, str, dict]]:
     """Yield (uid, jpg bytes, caption, meta dict) for each sample of the pool (only ``uids`` if given)."""
     for shard in pool_shards(pool_dir):
         for _, jpg, caption, meta in shard_samples(shard):
@@ -75,23 +75,25 @@ def normalise_error(message: str | None) -> str:
     return message.strip().splitlines()[0][:60]
 
 
-def finished_shards(pool_dir: Path) -> list[Path]:
-    """Paths without suffix (``pool/00003``) of the shards img2dataset finished (their stats file exists)."""
-    return [Path(p[: -len("_stats.json")]) for p in sorted(glob.glob(str(pool_dir / "[0-9]*_stats.json")))]
+def finished_shards(pool_dir: str) -> list[str]:
+    """Paths or URLs without suffix (``pool/00003``) of the shards img2dataset finished (their stats file
+    exists): one listing of the pool."""
+    return [p[: -len("_stats.json")] for p, _ in fsio.list_files(pool_dir, "[0-9]*_stats.json")]
 
 
-def shard_file(shard: Path, suffix: str) -> Path:
+def shard_file(shard: str, suffix: str) -> str:
     """One file of a finished shard: ``pool/00003`` + ``.tar`` -> ``pool/00003.tar``."""
-    return shard.with_name(shard.name + suffix)
+    return f"{shard}{suffix}"
 
 
-def shard_failures(shards: list[Path]) -> tuple[int, int, Counter]:
+def shard_failures(shards: list[str]) -> tuple[int, int, Counter]:
     """One task: (requested, downloaded, failures by normalised reason) of a group of finished shards, from
     their parquet files (each distinct message normalised once)."""
     hist: Counter = Counter()
     n_ok = n_total = 0
     for shard in shards:
-        t = pq.read_table(shard_file(shard, ".parquet"), columns=["status", "error_message"])
+        with fsio.open_file(shard_file(shard, ".parquet")) as f:
+            t = pq.read_table(f, columns=["status", "error_message"])
         ok = pc.equal(pc.fill_null(t.column("status"), ""), "success")
         failed = t.filter(pc.invert(ok)).column("error_message")
         n_total, n_ok = n_total + t.num_rows, n_ok + t.num_rows - len(failed)
@@ -100,11 +102,12 @@ def shard_failures(shards: list[Path]) -> tuple[int, int, Counter]:
     return n_total, n_ok, hist
 
 
-def failure_histogram(pool_dir: Path, engine=None) -> dict:
+def failure_histogram(pool_dir: str, engine=None) -> dict:
     """Counts of successes and of each normalised failure reason, from the finished shards' parquet files:
     tasks of ``engine`` (in this process when None) count groups of shards, the driver adds the counts."""
     shards = finished_shards(pool_dir)
-    groups = byte_groups([shard_file(s, ".parquet").stat().st_size for s in shards], TASK_BYTES)
+    sizes = dict(fsio.list_files(pool_dir, "[0-9]*.parquet"))
+    groups = byte_groups([sizes.get(shard_file(s, ".parquet"), 0) for s in shards], TASK_BYTES)
     counted = (engine or LocalEngine()).map(shard_failures, [[shards[i] for i in g] for g in groups])
     hist: Counter = Counter()
     for _, _, h in counted:
@@ -114,32 +117,33 @@ def failure_histogram(pool_dir: Path, engine=None) -> dict:
             "failures": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
-def _tar_is_complete(path: Path) -> bool:
+def _tar_is_complete(path: str) -> bool:
     """A closed tar ends in whole 512-byte blocks, the last two all zero (end of archive): a write cut short
     does not. O(1): a resume checks every shard without reading the pool."""
-    size = path.stat().st_size
+    size = fsio.size(path)
     if size < 1024 or size % 512:
         return False
-    with open(path, "rb") as f:
+    with fsio.open_file(path, "rb") as f:
         f.seek(size - 1024)
         return f.read(1024) == bytes(1024)
 
 
-def verify_shards(pool_dir: Path, checked: set[str] = frozenset()) -> int:
+def verify_shards(pool_dir: str, checked: set[str] = frozenset()) -> int:
     """Drop finished-looking shards whose stats, tar or parquet is incomplete (a write cut short by a kill or
     a full disk), so a resume fetches them again; shards named in ``checked`` (verified earlier in this
     run) are not opened again. Returns how many shards were dropped."""
     dropped = 0
     for shard in finished_shards(pool_dir):
-        if shard.name in checked:
+        if fsio.name_of(shard) in checked:
             continue
         try:
-            json.loads(shard_file(shard, "_stats.json").read_text())
-            pq.read_metadata(shard_file(shard, ".parquet"))  # the footer: written last
+            json.loads(fsio.read_bytes(shard_file(shard, "_stats.json")))
+            with fsio.open_file(shard_file(shard, ".parquet")) as f:
+                pq.read_metadata(f)  # the footer: written last
             if not _tar_is_complete(shard_file(shard, ".tar")):
                 raise ValueError("truncated tar")
         except Exception:  # noqa: BLE001 - any damage means: fetch this shard again
             for suffix in ("_stats.json", ".tar", ".parquet"):  # stats first: it marks the shard done
-                shard_file(shard, suffix).unlink(missing_ok=True)
+                fsio.remove(shard_file(shard, suffix))
             dropped += 1
     return dropped

@@ -8,18 +8,16 @@ exceeds the threshold is dropped.
 from __future__ import annotations
 
 from functools import lru_cache, partial
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from curation.engine import TASK_BYTES, byte_groups
-from curation.parts import read_part
-from shared.atomic import atomic_path
-from shared.stage_cache import combine_digests, digest_file
+from curation.parts import read_part, write_table
+from shared import fsio
+from shared.stage_cache import combine_digests
 
 # Versioned by its step: bump VERSION in openaim/steps/safety.py when this changes the step's results.
 
@@ -68,7 +66,7 @@ def concept_filter(emb: np.ndarray, net, concepts: list[str], threshold: float) 
     return (emb @ text.T).max(axis=1) <= threshold
 
 
-def run_safety(engine, parts: list, concept_text: np.ndarray | None, threshold: float, out: Path,
+def run_safety(engine, parts: list, concept_text: np.ndarray | None, threshold: float, out: str,
                task_bytes: int = TASK_BYTES) -> dict:
     """The safety step's keep files (one per score part, into ``out``), parts grouped into tasks of about
     ``task_bytes``; returns the counts."""
@@ -78,14 +76,14 @@ def run_safety(engine, parts: list, concept_text: np.ndarray | None, threshold: 
             "keep_digest": combine_digests(c["digest"] for c in counts)}
 
 
-def safety_task(part_paths: list[Path], concept_text: np.ndarray | None, threshold: float, out: Path) -> dict:
+def safety_task(part_paths: list[str], concept_text: np.ndarray | None, threshold: float, out: str) -> dict:
     """A task of the safety step: the keep files of a group of score parts; their counts summed."""
     counts = [safety_part(p, concept_text, threshold, out) for p in part_paths]
     return {"in": sum(c["in"] for c in counts), "out": sum(c["out"] for c in counts),
             "digest": combine_digests(c["digest"] for c in counts)}
 
 
-def safety_part(part_path: Path, concept_text: np.ndarray | None, threshold: float, out: Path) -> dict:
+def safety_part(part_path: str, concept_text: np.ndarray | None, threshold: float, out: str) -> dict:
     """One task of the safety step: a score part's keep file (uid, keep, reason "concept" when dropped)
     from its stored image embeddings and the concept prompts' embeddings (computed once, shipped)."""
     data = read_part(part_path, ("uid", "embedding"))
@@ -94,9 +92,7 @@ def safety_part(part_path: Path, concept_text: np.ndarray | None, threshold: flo
     if concept_text is not None and len(concept_text) and n:
         emb = data["embedding"] / np.maximum(np.linalg.norm(data["embedding"], axis=1, keepdims=True), 1e-12)
         keep = (emb @ concept_text.T).max(axis=1) <= threshold
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / part_path.name
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({"uid": data["uid"], "keep": keep.tolist(),
-                                 "reason": ["" if k else "concept" for k in keep]}), tmp)
-    return {"in": n, "out": int(keep.sum()), "digest": digest_file(path)}
+    digest = write_table(fsio.join(out, fsio.name_of(part_path)),
+                         pa.table({"uid": data["uid"], "keep": keep.tolist(),
+                                   "reason": ["" if k else "concept" for k in keep]}))
+    return {"in": n, "out": int(keep.sum()), "digest": digest}

@@ -22,8 +22,8 @@ import hashlib
 import io
 import logging
 import math
+import os
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ from curation.copy_detection import DIM, VIEWS, copy_views
 from curation.parts import count_rows, list_parts, write_part
 from curation.pool import pool_shards, shard_samples
 from curation.shard_queue import ShardQueue
-from shared.atomic import atomic_write_text, remove_stale_tmp
+from shared import fsio
+from shared.atomic import remove_stale_tmp
 from shared.errors import OpenAIMError
 from shared.stage_cache import combine_digests, digest_file
 
@@ -92,12 +93,12 @@ def _as_is(batch):
     return batch  # the batches are built by _ShardBatches: no collation (and numpy stays numpy)
 
 
-def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
+def score_shard(shard: str, net, batch_size: int, num_workers: int = 0
                 ) -> tuple[list[dict], np.ndarray, np.ndarray, np.ndarray]:
     """Score one shard: (rows, scores [n], image embeddings [n, d] float16, copy descriptors [n, views, 768]
     float16). ``num_workers`` > 1 decodes in that many DataLoader worker processes; 0 or 1 in this one."""
     samples = list(shard_samples(shard))  # the one read of this tar
-    batches = _ShardBatches(shard.name, samples, net.preprocess, batch_size, tokenizer=net.tokenizer)
+    batches = _ShardBatches(fsio.name_of(shard), samples, net.preprocess, batch_size, tokenizer=net.tokenizer)
     workers = num_workers if num_workers > 1 else 0
     loader = DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_is,
                         prefetch_factor=2 if workers else None)
@@ -118,37 +119,37 @@ def score_shard(shard: Path, net, batch_size: int, num_workers: int = 0
             np.concatenate(copies) if copies else np.zeros((0, VIEWS, DIM), np.float16))
 
 
-def _part_path(out_dir: Path, shard: Path) -> Path:
-    return out_dir / "parts" / f"{shard.stem}.parquet"
+def _part_path(out_dir: str, stem: str) -> str:
+    return fsio.join(out_dir, "parts", f"{stem}.parquet")
 
 
-def _digest_path(part: Path) -> Path:
-    return part.parent.parent / "digests" / f"{part.stem}.txt"
+def _digest_path(out_dir: str, stem: str) -> str:
+    return fsio.join(out_dir, "digests", f"{stem}.txt")
 
 
-def _write_part(path: Path, rows: list[dict], scores: np.ndarray, embs: np.ndarray,
+def _write_part(out_dir: str, stem: str, rows: list[dict], scores: np.ndarray, embs: np.ndarray,
                 copies: np.ndarray) -> None:
     """The part, then its digest record (``digests/<shard>.txt``, shared.stage_cache.digest_file)."""
-    _digest_path(path).unlink(missing_ok=True)  # never an older part's record beside this one
-    write_part(path, [r["uid"] for r in rows], [r["key"] for r in rows], [r["sha256"] for r in rows],
-               scores, embs, copies)
-    _digest_path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(_digest_path(path), digest_file(path))
+    fsio.remove(_digest_path(out_dir, stem))  # never an older part's record beside this one
+    digest = write_part(_part_path(out_dir, stem), [r["uid"] for r in rows], [r["key"] for r in rows],
+                        [r["sha256"] for r in rows], scores, embs, copies)
+    fsio.makedirs(fsio.join(out_dir, "digests"))
+    fsio.write_text(_digest_path(out_dir, stem), digest)
 
 
-def outputs_digest(out_dir: Path) -> str:
+def outputs_digest(out_dir: str) -> str:
     """The score step's identity from the digest records its ranks wrote with the parts (a part from a
     run that wrote none is hashed once here and its record written)."""
     digests = []
-    for part in list_parts(out_dir / "parts"):
-        record = _digest_path(part.path)
-        if not record.is_file():
-            atomic_write_text(record, digest_file(part.path))
-        digests.append(record.read_text())
+    for part in list_parts(fsio.join(out_dir, "parts")):
+        record = _digest_path(out_dir, part.stem)
+        if not fsio.isfile(record):
+            fsio.write_text(record, digest_file(part.path))
+        digests.append(fsio.read_bytes(record).decode())
     return combine_digests(digests)
 
 
-def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_workers: int = 1,
+def score_pool(pool_dir: str, net, out_dir: str, batch_size: int = 128, num_workers: int = 1,
                progress=None, lease_s: float = 60.0) -> list[str]:
     """Score every finished pool shard into ``out_dir/parts/<shard>.parquet`` (resumable per shard).
 
@@ -156,31 +157,33 @@ def score_pool(pool_dir: Path, net, out_dir: Path, batch_size: int = 128, num_wo
     ``out_dir/.claims`` (hidden: not part of the step's outputs) until every part exists; returns the
     shards this call scored. ``num_workers`` > 1: DataLoader processes decode the JPEGs.
     """
-    shards = {s.stem: s for s in pool_shards(Path(pool_dir))}
+    shards = {fsio.name_of(s).removesuffix(".tar"): s for s in pool_shards(pool_dir)}
     if not shards:
         raise OpenAIMError(f"the pool at {pool_dir} is empty: every download failed "
                            "(see the failure histogram)")
-    out_dir = Path(out_dir)
-    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    out_dir = os.fspath(out_dir)
+    fsio.makedirs(fsio.join(out_dir, "parts"))
 
     def done(stem: str) -> bool:
-        return _part_path(out_dir, shards[stem]).is_file()
+        return fsio.isfile(_part_path(out_dir, stem))
 
     finished = sum(map(done, shards))
     if finished:
         log.info("score: %d of %d shards already scored, resuming", finished, len(shards))
     task = progress.add_task("score", total=len(shards), completed=finished) if progress else None
-    queue = ShardQueue(out_dir / CLAIMS, lease_s)
+    queue = ShardQueue(fsio.join(out_dir, CLAIMS), lease_s)
     scored = []
     for claim in queue.take(sorted(shards), done):
         shard = shards[claim.shard]
         with queue.holding(claim):
-            remove_stale_tmp(_part_path(out_dir, shard))  # the half-written part of a dead owner
-            _write_part(_part_path(out_dir, shard), *score_shard(shard, net, batch_size, num_workers))
+            if not fsio.is_url(out_dir):  # a dead owner's half-written part (an object is whole or absent)
+                remove_stale_tmp(_part_path(out_dir, claim.shard))
+            _write_part(out_dir, claim.shard, *score_shard(shard, net, batch_size, num_workers))
         scored.append(claim.shard)
         if progress:
             progress.advance(task)
-    if not count_rows(list_parts(out_dir / "parts")):  # one clear error when no shard held a decodable image
+    # one clear error when no shard held a decodable image
+    if not count_rows(list_parts(fsio.join(out_dir, "parts"))):
         raise OpenAIMError("the pool is empty: no decodable sample in any shard "
                            "(every download failed? see the failure histogram)")
     return scored

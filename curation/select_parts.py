@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 from curation import select, write
 from curation.engine import TASK_BYTES, byte_groups
 from curation.parts import Part, read_part
-from shared.atomic import atomic_path
+from shared import fsio
 from shared.config.curation import SelectConfig
 from shared.errors import OpenAIMError
 from shared.stage_cache import combine_digests, digest_file
@@ -39,14 +38,16 @@ PARTS_PER_SUBSET_BUCKET = 64
 _COPY_ROWS = 1 << 20  # subset rows copied into subset.npy at a time
 
 
-def _survivor_scores(part: Part, keep_dirs: list[Path]) -> tuple[list[str], np.ndarray]:
+def _survivor_scores(part: Part, keep_dirs: list[str]) -> tuple[list[str], np.ndarray]:
     """(uids, scores) of a part's rows that every upstream keep file keeps."""
     data = read_part(part.path, ("uid", "score"))
     survive = np.ones(len(data["uid"]), dtype=bool)
     for folder in keep_dirs:
-        k = pq.read_table(folder / part.path.name, columns=["uid", "keep"]).to_pydict()
+        keep_file = fsio.join(folder, part.name)
+        with fsio.open_file(keep_file) as f:
+            k = pq.read_table(f, columns=["uid", "keep"]).to_pydict()
         if k["uid"] != data["uid"]:
-            raise OpenAIMError(f"{folder / part.path.name} does not match its score part: rerun with --force")
+            raise OpenAIMError(f"{keep_file} does not match its score part: rerun with --force")
         survive &= np.asarray(k["keep"], dtype=bool)
     return [u for u, s in zip(data["uid"], survive, strict=True) if s], data["score"][survive]
 
@@ -54,7 +55,7 @@ def _survivor_scores(part: Part, keep_dirs: list[Path]) -> tuple[list[str], np.n
 HIST_RANGES = 16  # the histogram is summed through the shuffle in this many ranges of bins
 
 
-def emit_histogram(keep_dirs: list[Path], task: list[Part]):
+def emit_histogram(keep_dirs: list[str], task: list[Part]):
     """(bin range, (bins, counts)) of a task's survivors: its histogram as sparse counts, split by range."""
     scores = np.concatenate([_survivor_scores(part, keep_dirs)[1] for part in task])
     bins, counts = np.unique(select.score_bins(scores), return_counts=True)
@@ -73,12 +74,12 @@ def sum_histogram(bin_range: int, rows) -> np.ndarray:
     return dense
 
 
-def bin_task(keep_dirs: list[Path], bin_index: int, task: list[Part]) -> np.ndarray:
+def bin_task(keep_dirs: list[str], bin_index: int, task: list[Part]) -> np.ndarray:
     return np.concatenate([select.scores_in_bin(_survivor_scores(part, keep_dirs)[1], bin_index)
                            for part in task])
 
 
-def global_threshold(engine, tasks: list[list[Part]], keep_dirs: list[Path],
+def global_threshold(engine, tasks: list[list[Part]], keep_dirs: list[str],
                      cfg: SelectConfig) -> tuple[float, int]:
     """(threshold, survivors): the exact top-fraction threshold over every part (or the fixed one). The
     histogram is summed in the shuffle: the driver receives its 2**16 bins once, whatever the parts."""
@@ -106,7 +107,7 @@ def subset_pieces(subset: np.ndarray, buckets: int):
         yield int(ranges[start]), subset[start:end]
 
 
-def subset_part_task(out_dir: Path, bucket: int, rows) -> tuple[int, dict, list, str]:
+def subset_part_task(out_dir: str, bucket: int, rows) -> tuple[int, dict, list, str]:
     """One uid range: its pieces from every write task, sorted, to ``out_dir/part-<range>.npy``; returns
     its rows, the write counts that travelled with it, the (write task, digest of its tars) pairs among
     them, and the digest of the subset part written."""
@@ -121,21 +122,34 @@ def subset_part_task(out_dir: Path, bucket: int, rows) -> tuple[int, dict, list,
     if not pieces:
         return 0, counts, tars, ""
     subset = np.sort(np.concatenate(pieces), order=["f0", "f1"])
-    path = out_dir / f"part-{bucket:05d}.npy"
-    np.save(path, subset)
-    return len(subset), counts, tars, digest_file(path)
+    with fsio.local_file(fsio.join(out_dir, f"part-{bucket:05d}.npy")) as tmp:
+        np.save(tmp, subset)
+        digest = digest_file(tmp)
+    return len(subset), counts, tars, digest
 
 
-def concat_subset(subset_dir: Path, path: Path) -> int:
+def _rows(npy: str) -> int:
+    """The rows of a .npy file, from its header."""
+    with fsio.open_file(npy) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+    return shape[0]
+
+
+def concat_subset(subset_dir: str, path: str) -> int:
     """``subset.npy`` (DataComp's file) from the sorted subset parts, copied in order into a memory-mapped
-    file a block at a time (atomic); its rows."""
-    parts = sorted(subset_dir.glob("part-*.npy"))
-    total = sum(np.load(p, mmap_mode="r").shape[0] for p in parts)
-    with atomic_path(path) as tmp:
+    file a block at a time (written whole: shared.fsio.local_file), one part in memory at a time (a part
+    is one uid range's rows); its rows."""
+    parts = [p for p, _ in fsio.list_files(subset_dir, "part-*.npy")]
+    total = sum(_rows(p) for p in parts)
+    with fsio.local_file(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype("u8,u8"), shape=(total,))
         at = 0
         for p in parts:
-            part = np.load(p, mmap_mode="r")
+            with fsio.open_file(p) as f:
+                part = np.load(f)
             for start in range(0, len(part), _COPY_ROWS):
                 block = part[start:start + _COPY_ROWS]
                 out[at:at + len(block)] = block
@@ -145,7 +159,7 @@ def concat_subset(subset_dir: Path, path: Path) -> int:
     return total
 
 
-def write_task(keep_dirs: list[Path], threshold: float, pool_dir: Path, out_dir: Path, shard_size: int,
+def write_task(keep_dirs: list[str], threshold: float, pool_dir: str, out_dir: str, shard_size: int,
                blur_faces: bool, buckets: int, task: tuple[int, list[Part]]):
     """Write a task's parts' shards; its kept uids go to their uid range through the shuffle (one subset
     file per range, written by the range's task), its counts to one range."""
@@ -154,7 +168,8 @@ def write_task(keep_dirs: list[Path], threshold: float, pool_dir: Path, out_dir:
     for part in parts:
         uids, scores = _survivor_scores(part, keep_dirs)
         kept = {u: float(s) for u, s in zip(uids, scores.astype(np.float64), strict=True) if s >= threshold}
-        done = write.write_part_shards(pool_dir / f"{part.stem}.tar", kept, out_dir, shard_size, blur_faces)
+        done = write.write_part_shards(fsio.join(pool_dir, f"{part.stem}.tar"), kept, out_dir, shard_size,
+                                       blur_faces)
         counts = {k: counts[k] + done[k] for k in counts}
         digests.append(done["digest"])
         if kept:
@@ -163,8 +178,8 @@ def write_task(keep_dirs: list[Path], threshold: float, pool_dir: Path, out_dir:
     yield index % buckets, ("counts", (counts, index, combine_digests(digests)))
 
 
-def run_select(engine, parts: list[Part], keep_dirs: list[Path], pool_dir: Path, shards_tmp: Path,
-               subset_tmp: Path, subset_path: Path, cfg: SelectConfig, blur_faces: bool,
+def run_select(engine, parts: list[Part], keep_dirs: list[str], pool_dir: str, shards_tmp: str,
+               subset_tmp: str, subset_path: str, cfg: SelectConfig, blur_faces: bool,
                task_bytes: int = TASK_BYTES) -> dict:
     """Threshold, shards (into ``shards_tmp``) and subset parts (into ``subset_tmp``), both of which the
     caller swaps in, and ``subset.npy`` built from the parts. Parts are grouped into tasks of about

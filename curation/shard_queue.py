@@ -1,8 +1,9 @@
 """Pool shards handed out to scoring ranks through claim records in storage, with leases that expire.
 
 A claim is a small JSON record ``<claims>/<shard>.<generation>`` holding its owner and when its lease
-expires. It is created exclusively (``O_CREAT | O_EXCL``: of two ranks creating the same record one
-wins; object stores offer the same as a conditional put), so a shard has one owner per generation. The
+expires, in a local folder or under a URL (shared.fsio). It is created exclusively (``O_CREAT | O_EXCL``
+locally, a conditional PUT on an object store: of two ranks creating the same record one wins), so a
+shard has one owner per generation. The
 owner renews its lease (rewrites its own record) every third of ``lease_s`` while it scores the shard, and
 ends it when the shard's output is written (or it fails).
 A shard is done when its output exists (written atomically, last); it is free when it has no claim, or
@@ -17,7 +18,6 @@ rank, and any number of ranks (a torchrun job, several jobs, a restarted job) sh
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import socket
@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from shared.atomic import atomic_write_json
+from shared import fsio
 
 
 def default_owner() -> str:
@@ -51,18 +50,18 @@ def _pid_alive(pid: int) -> bool:
 class Claim:
     shard: str
     generation: int
-    path: Path
+    path: str  # a local path or a URL
 
 
 class ShardQueue:
     """The claims of one step's shards under ``folder`` (``<folder>/<shard>.<generation>``)."""
 
-    def __init__(self, folder: Path, lease_s: float, owner: str | None = None,
+    def __init__(self, folder: str | os.PathLike, lease_s: float, owner: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.folder, self.lease_s = Path(folder), float(lease_s)
+        self.folder, self.lease_s = os.fspath(folder), float(lease_s)
         self.owner = owner or default_owner()
         self.clock = clock  # wall clock: leases are compared across hosts
-        self.folder.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs(self.folder)
         self.host = socket.gethostname()
         self._dead_at_start = self._dead_local_claims()
 
@@ -75,26 +74,26 @@ class ShardQueue:
         machine): free at once instead of after their lease. A rank that dies later is seen by its lease
         only, as on another host."""
         dead = set()
-        for path in self.folder.iterdir():
+        for name in fsio.listdir(self.folder):
             try:
-                record = json.loads(path.read_text())
+                record = json.loads(fsio.read_bytes(fsio.join(self.folder, name)))
             except (OSError, ValueError):
                 continue
             if record.get("host") == self.host and isinstance(record.get("pid"), int) \
                     and not _pid_alive(record["pid"]):
-                dead.add(path.name)
+                dead.add(name)
         return dead
 
     def newest(self, shard: str) -> tuple[int, dict | None]:
         """(generation, record) of the shard's newest claim; (-1, None) when it has none. A record being
         written (created but still empty) reads as live."""
-        found = self.folder.glob(f"{glob.escape(shard)}.*")
-        gens = [int(p.suffix[1:]) for p in found if p.suffix[1:].isdigit()]
+        found = [name[len(shard) + 1:] for name in fsio.listdir(self.folder) if name.startswith(f"{shard}.")]
+        gens = [int(g) for g in found if g.isdigit()]
         if not gens:
             return -1, None
         gen = max(gens)
         try:
-            return gen, json.loads((self.folder / f"{shard}.{gen}").read_text())
+            return gen, json.loads(fsio.read_bytes(fsio.join(self.folder, f"{shard}.{gen}")))
         except (OSError, ValueError):
             return gen, {"owner": "?", "expires": self.clock() + self.lease_s}
 
@@ -105,24 +104,21 @@ class ShardQueue:
         live = record is not None and record["expires"] > self.clock()
         if live and f"{shard}.{gen}" not in self._dead_at_start:
             return None
-        path = self.folder / f"{shard}.{gen + 1}"
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        path = fsio.join(self.folder, f"{shard}.{gen + 1}")
+        mine = self._record() | {"claimed_at": self.clock(), "taken_from": record}
+        if not fsio.create_exclusive(path, json.dumps(mine).encode()):
             return None
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._record() | {"claimed_at": self.clock(), "taken_from": record}, f)
         return Claim(shard, gen + 1, path)
 
     def renew(self, claim: Claim) -> None:
-        record = json.loads(claim.path.read_text())
-        atomic_write_json(claim.path, record | self._record())
+        record = json.loads(fsio.read_bytes(claim.path))
+        fsio.write_json(claim.path, record | self._record())
 
     def release(self, claim: Claim) -> None:
         """End the lease now (the shard is done, or this rank gave up on it): a rerun or another rank may
         take the shard at once if its output is missing."""
-        record = json.loads(claim.path.read_text())
-        atomic_write_json(claim.path, record | {"expires": self.clock(), "released": True})
+        record = json.loads(fsio.read_bytes(claim.path))
+        fsio.write_json(claim.path, record | {"expires": self.clock(), "released": True})
 
     @contextmanager
     def holding(self, claim: Claim) -> Iterator[Claim]:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from curation.pool import POOL_FIELDS
 from curation.safety import blur_faces as blur_image_faces
+from shared import fsio
 from shared.stage_cache import combine_digests, digest_file
 from shared.wds_reader import indexed_samples
 
@@ -43,7 +44,7 @@ def hashed_order(uids: list[str]) -> list[int]:
     return sorted(range(len(uids)), key=lambda i: hashlib.blake2b(uids[i].encode(), digest_size=8).digest())
 
 
-def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, shard_size: int,
+def write_part_shards(pool_shard: str, kept: dict[str, float], out_dir: str, shard_size: int,
                       blur_faces: bool) -> dict:
     """One task of the write step: the kept samples (uid -> score) of one pool shard, streamed into
     ``out_dir/<shard>-NNNN.tar`` (at most ``shard_size`` samples each) in hashed-uid order. Its counts
@@ -51,8 +52,10 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
 
     The pool tar is indexed (member headers only) and each kept sample read, face-blurred and written one
     at a time: memory holds one image, whatever the shard's size. Returns counts (written, shards, faces).
+    Both folders are paths or URLs (shared.fsio): under a URL the tars are written to a local temporary
+    folder and uploaded whole when the task's last one is closed.
     """
-    with tarfile.open(pool_shard) as tar:
+    with fsio.open_file(pool_shard) as raw, tarfile.open(fileobj=raw) as tar, fsio.local_dir(out_dir) as out:
         samples = []  # (uid, member headers, url) of the kept samples present in this shard
         for members in indexed_samples(tar, str(pool_shard)):
             if all(field in members for field in POOL_FIELDS):
@@ -61,8 +64,8 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
                     samples.append((meta["uid"], members, meta.get("url", "")))
         samples = [samples[i] for i in hashed_order([s[0] for s in samples])]
         faces = 0
-        stem = pool_shard.stem
-        pattern = str(out_dir / f"{stem}-%04d.tar")
+        stem = fsio.name_of(pool_shard).removesuffix(".tar")
+        pattern = str(out / f"{stem}-%04d.tar")
         # A fixed member mtime: the same kept samples give the same tar bytes on every engine and rerun.
         with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0, mtime=0) as sink:
             for i, (uid, members, url) in enumerate(samples):
@@ -75,7 +78,7 @@ def write_part_shards(pool_shard: Path, kept: dict[str, float], out_dir: Path, s
                 sink.write({"__key__": f"{stem}-{i:07d}", "jpg": jpg, "txt": caption,
                             "json": json.dumps(meta)})
             shards = sink.shard if samples else 0
-    if not samples:  # webdataset opens its first tar lazily; an empty shard leaves nothing behind
-        Path(pattern % 0).unlink(missing_ok=True)
-    return {"written": len(samples), "shards": shards, "faces_blurred": faces,
-            "digest": combine_digests(digest_file(pattern % k) for k in range(shards))}
+        if not samples:  # webdataset opens its first tar lazily; an empty shard leaves nothing behind
+            Path(pattern % 0).unlink(missing_ok=True)
+        digest = combine_digests(digest_file(pattern % k) for k in range(shards))
+    return {"written": len(samples), "shards": shards, "faces_blurred": faces, "digest": digest}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from shared import fsio
 from shared.cli_common import ConfigOpt, DebugOpt, SetOpt, run_with_config, say
 
 if TYPE_CHECKING:  # the config module imports pydantic: only the commands' bodies load it
@@ -86,7 +87,7 @@ def build_dataset(config: ConfigOpt = None, set_: SetOpt = None, debug: DebugOpt
             return
         q = manifest.get("quality") or {}
         typer.echo(f"kept {manifest['kept']} pairs (threshold {manifest['threshold']:.4f}) -> "
-                   f"{cfg.curation_dir / 'shards'}; ran: {', '.join(manifest['ran']) or 'nothing'}"
+                   f"{fsio.join(cfg.curation_dir, 'shards')}; ran: {', '.join(manifest['ran']) or 'nothing'}"
                    + (f"; precision {q['precision']}" if q.get("precision") is not None else ""))
 
     run_with_config(body, config, set_, debug)

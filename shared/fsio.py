@@ -14,8 +14,12 @@ not at all; on local disk a file is written atomically (``shared.atomic``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fnmatch
+import functools
 import glob as globlib
+import json
 import os
 import posixpath
 import shutil
@@ -26,7 +30,7 @@ from typing import IO, Any
 
 import braceexpand
 
-from shared.atomic import atomic_write_bytes
+from shared.atomic import atomic_dir, atomic_path, atomic_write_bytes
 
 PathOrURL = str | os.PathLike
 
@@ -163,6 +167,33 @@ def read_bytes(path: PathOrURL) -> bytes:
         return f.read()
 
 
+def list_files(folder: PathOrURL, pattern: str = "*") -> list[tuple[str, int]]:
+    """(path or URL, size in bytes) of the files of ``folder`` matching ``pattern``, in name order, from one
+    listing (no file opened), without dot-names (the temporary siblings of local writes in progress or
+    killed, hidden records); an absent folder has none."""
+    if is_url(folder):
+        fs, inner = filesystem(os.fspath(folder))
+        try:
+            entries = fs.ls(inner, detail=True)
+        except FileNotFoundError:
+            return []
+        found = [(_url_of(fs, e["name"]), int(e["size"])) for e in entries if e["type"] == "file"]
+    else:
+        try:
+            found = [(e.path, e.stat().st_size) for e in os.scandir(_local(folder)) if e.is_file()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    return sorted((path, size) for path, size in found
+                  if not name_of(path).startswith(".") and fnmatch.fnmatchcase(name_of(path), pattern))
+
+
+def size(path: PathOrURL) -> int:
+    if is_url(path):
+        fs, inner = filesystem(os.fspath(path))
+        return int(fs.size(inner))
+    return os.path.getsize(_local(path))
+
+
 # -- writing ---------------------------------------------------------------------------------------------
 
 def write_bytes(path: PathOrURL, data: bytes) -> None:
@@ -176,6 +207,34 @@ def write_bytes(path: PathOrURL, data: bytes) -> None:
 
 def write_text(path: PathOrURL, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def write_json(path: PathOrURL, obj: Any) -> None:
+    """JSON as every record of the project is written (indented, sorted keys), whole at once."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def create_exclusive(path: PathOrURL, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` only if nothing is there: of two writers racing for one name exactly
+    one gets True (locally ``O_CREAT | O_EXCL``; on an object store a conditional PUT, ``If-None-Match: *``).
+    Locally a reader may see the file empty for a moment."""
+    if is_url(path):
+        fs, inner = filesystem(os.fspath(path))
+        try:
+            fs.pipe_file(inner, data, mode="create")
+        except (FileExistsError, OSError):
+            fs.invalidate_cache(inner)
+            if fs.exists(inner):  # the precondition failed: another writer created it first
+                return False
+            raise
+        return True
+    try:
+        fd = os.open(_local(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def makedirs(path: PathOrURL) -> None:
@@ -203,10 +262,13 @@ def remove(path: PathOrURL) -> None:
 @contextlib.contextmanager
 def local_file(path: PathOrURL) -> Iterator[Path]:
     """A local path to write ``path`` to, for the libraries that write to a path themselves (safetensors,
-    torch.save): the path itself locally; under a URL a temporary file uploaded when the block ends
-    without an error."""
+    torch.save, pyarrow, numpy, tarfile): locally a temporary sibling renamed over ``path`` when the block
+    ends without an error (shared.atomic.atomic_path); under a URL a temporary file uploaded then, one
+    object whole or absent. Inside the block the written file can be read back (a task's digest of what
+    it wrote)."""
     if not is_url(path):
-        yield Path(_local(path))
+        with atomic_path(_local(path)) as tmp:
+            yield tmp
         return
     with tempfile.TemporaryDirectory(prefix="openaim-upload-") as tmp:
         staged = Path(tmp) / name_of(path)
@@ -231,8 +293,25 @@ def local_dir(path: PathOrURL) -> Iterator[Path]:
                 fs.put_file(str(file), posixpath.join(inner, file.relative_to(tmp).as_posix()))
 
 
+def copy_dir(src: PathOrURL, dest: PathOrURL, last: str | None = None) -> None:
+    """Copy the files of folder ``src`` (not recursive) into ``dest``, the file named ``last`` (a record
+    saying the copy is complete) after every other. On an object store the copies are server-side."""
+    files = [path for path, _ in list_files(src) if name_of(path) != last]  # dot-names are not listed
+    if last is not None and exists(join(src, last)):
+        files.append(join(src, last))
+    makedirs(dest)
+    for path in files:
+        target = join(dest, name_of(path))
+        if is_url(path) and is_url(dest):
+            fs, inner = filesystem(os.fspath(path))
+            fs.copy(inner, filesystem(target)[1])
+        else:
+            write_bytes(target, read_bytes(path))
+
+
 def download(src: PathOrURL, dest: Path) -> None:
-    """Copy a file or a folder (recursively) to a local path."""
+    """Copy a file or a folder (recursively) to a local path (its parent folders made)."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
     if is_url(src):
         fs, inner = filesystem(os.fspath(src))
         if fs.isdir(inner):
@@ -243,6 +322,47 @@ def download(src: PathOrURL, dest: Path) -> None:
         shutil.copytree(_local(src), dest)
     else:
         shutil.copy2(_local(src), dest)
+
+
+@contextlib.contextmanager
+def local_copy(path: PathOrURL) -> Iterator[Path]:
+    """A local path to read ``path`` from, for the libraries that read a path themselves (a memory map, a
+    model folder): the path itself locally; under a URL a temporary copy (file or folder) in this process,
+    removed when the block ends."""
+    if not is_url(path):
+        yield Path(_local(path))
+        return
+    with tempfile.TemporaryDirectory(prefix="openaim-read-") as tmp:
+        staged = Path(tmp) / name_of(path)
+        download(path, staged)
+        yield staged
+
+
+@functools.lru_cache(maxsize=4)
+def process_copy(path: str) -> str:
+    """A local path holding ``path`` for the rest of this process (a file a worker memory-maps for all its
+    tasks): the path itself locally; under a URL one download per process, removed when it exits."""
+    if not is_url(path):
+        return _local(path)
+    folder = tempfile.mkdtemp(prefix="openaim-copy-")
+    atexit.register(shutil.rmtree, folder, True)
+    local = os.path.join(folder, name_of(path))
+    download(path, Path(local))
+    return local
+
+
+@contextlib.contextmanager
+def replaced_dir(final: PathOrURL) -> Iterator[str]:
+    """A folder written whole in place of ``final``: locally built in a temporary sibling swapped in when
+    the block ends without an error (shared.atomic.atomic_dir: the previous folder stays until then);
+    under a URL ``final`` itself, emptied of an earlier attempt's objects first (no rename there: what
+    makes it valid is the step record written after it, shared.stage_cache)."""
+    if is_url(final):
+        remove(final)
+        yield os.fspath(final)
+        return
+    with atomic_dir(_local(final)) as tmp:
+        yield str(tmp)
 
 
 # -- folders committed by a record written last --------------------------------------------------------

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import fsio
 from shared.storage import Storage
 
 
@@ -41,7 +41,8 @@ def hash_json(obj: Any) -> str:
 
 
 def hash_file(path: str | Path) -> str:
-    with open(path, "rb") as f:
+    """A file's sha256 (a path or a URL, read through shared.fsio)."""
+    with fsio.open_file(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -68,9 +69,7 @@ def file_signature(path: str | Path) -> list:
 def listing_digest(folder: str | Path) -> str:
     """A folder's files by name and size, one listing, no file read (for outputs written by a tool that
     records no digest, e.g. img2dataset's pool)."""
-    folder = Path(folder)
-    return hash_json(sorted([e.name, e.stat().st_size] for e in os.scandir(folder)
-                            if e.is_file() and not e.name.startswith(".")))
+    return hash_json(sorted([fsio.name_of(path), size] for path, size in fsio.list_files(folder)))
 
 
 def hash_path(path: str | Path) -> str:
@@ -108,7 +107,7 @@ class StepSpec:
     # input name -> hash; an input named after another step is that step's outputs hash
     inputs: dict[str, str] = field(default_factory=dict)
     version: int = 0  # the step module's VERSION
-    outputs: list[Path] = field(default_factory=list)
+    outputs: list[str | Path] = field(default_factory=list)  # paths or URLs
 
     @property
     def fingerprint(self) -> str:
@@ -128,13 +127,13 @@ class StageCache:
 
     def __init__(self, workdir: str | Path | Storage):
         self.store = workdir if isinstance(workdir, Storage) else Storage(workdir)
-        self.root = self.store.local(self.RECORDS)
+        self.root = self.store.url(self.RECORDS)
 
     def _name(self, step: str) -> str:
         return f"{self.RECORDS}/{step}.json"
 
-    def record_path(self, name: str) -> Path:
-        return self.store.local(self._name(name))
+    def record_path(self, name: str) -> str:
+        return self.store.url(self._name(name))
 
     def load(self, name: str) -> dict[str, Any] | None:
         try:
@@ -161,7 +160,7 @@ class StageCache:
         if rec.get("version") != spec.version:
             reasons.append(f"version {rec.get('version')} -> {spec.version}")
         for out in spec.outputs:
-            if not Path(out).exists():
+            if not fsio.exists(out):
                 reasons.append(f"output {out} is missing")
         return Freshness(not reasons, reasons)
 

@@ -9,9 +9,10 @@ are strings joined with "/" (never ``Path`` arithmetic in a step) and why commit
 operation: a step's record is written last, after every output it names is complete, so a killed step
 has no record and reruns. An object store has no rename: there a file is one PUT, whole or absent.
 
-``local(name)`` hands out a local path for the libraries that insist on writing to a path themselves
-(pyarrow datasets, img2dataset, torch, webdataset's TarWriter); it needs a local root (staged uploads for
-those steps are not built yet: ``local`` on a URL root is one clear error, not a wrong path).
+``local(name)`` hands out a local path, for what is local by design (a run's history archive, training's
+own folder); it needs a local root (``local`` on a URL root is one clear error, not a wrong path). The
+curation steps never call it: their tasks write whole objects through shared.fsio (``fsio.local_file``
+stages a library's file and uploads it) and read through it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import fsio
-from shared.atomic import atomic_dir, atomic_open, atomic_write_json, finished_files
+from shared.atomic import atomic_open, finished_files
 
 
 class Storage:
@@ -51,6 +52,10 @@ class Storage:
             raise ValueError(f"{self.url(*names)}: this step writes through a local path and {self.root} "
                              "is a URL (use a local workdir for it)")
         return Path(self.url(*names))
+
+    def local_root(self, *names: str) -> Path | None:
+        """``local(names)`` on a local root; None under a URL (for what is kept on this machine then)."""
+        return None if fsio.is_url(self.root) else self.local(*names)
 
     # -- reading -------------------------------------------------------------------------------------------
     def exists(self, *names: str) -> bool:
@@ -94,16 +99,15 @@ class Storage:
         fsio.write_bytes(self.url(name), data)
 
     def write_json(self, name: str, obj: Any) -> None:
-        if fsio.is_url(self.root):  # the same text as atomic_write_json writes
-            fsio.write_text(self.url(name), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-            return
-        atomic_write_json(self.local(name), obj)
+        fsio.write_json(self.url(name), obj)  # atomic locally, one PUT under a URL
 
     @contextlib.contextmanager
-    def build_dir(self, name: str) -> Iterator[Path]:
-        """A folder built aside and swapped in whole, replacing the previous one only when complete."""
-        with atomic_dir(self.local(name)) as tmp:
-            yield tmp
+    def build_dir(self, name: str) -> Iterator[str]:
+        """Where to write the folder ``name`` whole (fsio.replaced_dir): locally built aside and swapped in,
+        replacing the previous one only when complete; under a URL the folder itself, made valid by the
+        step's record written after it."""
+        with fsio.replaced_dir(self.url(name)) as building:
+            yield building
 
     def makedirs(self, name: str) -> None:
         fsio.makedirs(self.url(name))

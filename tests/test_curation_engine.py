@@ -87,7 +87,7 @@ def test_parts_roundtrip_keeps_cosines(pool):
     root, x, *_ = pool
     parts = list_parts(root / "parts")
     assert [p.index for p in parts] == [0, 1, 2, 3, 4]
-    assert [p.bytes for p in parts] == [p.path.stat().st_size for p in parts]
+    assert [p.bytes for p in parts] == [Path(p.path).stat().st_size for p in parts]
     got = read_part(parts[1].path)["copy"]
     got /= np.linalg.norm(got, axis=2, keepdims=True)
     assert np.abs((got * x[130:260]).sum(-1) - 1).max() < 1e-3

@@ -232,7 +232,7 @@ def test_a_swap_killed_between_its_renames_is_repaired(tmp_path):
     from curation.download import _STATE, stage_pool, staging_dir, swap_in_pool
 
     pool = tmp_path / "pool"
-    stage, old = staging_dir(pool), tmp_path / "pool.old"
+    stage, old = Path(staging_dir(pool)), tmp_path / "pool.old"
     old.mkdir()
     (old / "00000.tar").write_bytes(b"old pool")
     stage.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from curation.shard_queue import ShardQueue
 
@@ -37,7 +38,7 @@ def test_claims_leases_and_takeover(tmp_path):
     clock.now += 3  # 11 s after the renewal: expired
     taken = b.try_claim("00000")
     assert taken is not None and taken.generation == 1
-    record = json.loads(taken.path.read_text())
+    record = json.loads(Path(taken.path).read_text())
     assert record["owner"] == "b" and record["taken_from"]["owner"] == "a"
     assert record["claimed_at"] >= record["taken_from"]["expires"]
     assert a.newest("00000")[0] == 1 and a.try_claim("00000") is None
@@ -81,8 +82,9 @@ def test_a_rerun_takes_a_dead_local_owners_claim_at_once(tmp_path):
                           text=True, check=True)
     crashed = ShardQueue(tmp_path, lease_s=600, owner="crashed")
     crashed_claim = crashed.try_claim("00000")
-    record = json.loads(crashed_claim.path.read_text())
-    crashed_claim.path.write_text(json.dumps(record | {"pid": int(dead.stdout)}))  # the exited process's
+    record = json.loads(Path(crashed_claim.path).read_text())
+    # the claim now names a process that has exited
+    Path(crashed_claim.path).write_text(json.dumps(record | {"pid": int(dead.stdout)}))
     assert crashed.try_claim("00001") is not None  # live: this process holds it
 
     rerun = ShardQueue(tmp_path, lease_s=600, owner="rerun")

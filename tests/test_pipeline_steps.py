@@ -6,6 +6,7 @@ storage layer joins names, hides half-written files and commits records last."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,9 +135,9 @@ def test_storage_names_listing_and_commit(tmp_path):
 
     # a folder built aside replaces the old one only when complete
     with store.build_dir("curation/keep") as tmp:
-        (tmp / "k").write_text("1")
+        (Path(tmp) / "k").write_text("1")
     with pytest.raises(RuntimeError), store.build_dir("curation/keep") as tmp:
-        (tmp / "k").write_text("2")
+        (Path(tmp) / "k").write_text("2")
         raise RuntimeError("killed mid-way")
     assert (tmp_path / "run" / "curation" / "keep" / "k").read_text() == "1"
     assert store.list("curation", "keep*") == ["curation/keep"]

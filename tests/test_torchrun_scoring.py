@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent("""
     scored = []
     real_score_shard = score.score_shard
     def recording_score_shard(shard, *args):  # the real function, noting which rank scored which shard
-        scored.append(shard.name)
+        scored.append(Path(shard).name)
         return real_score_shard(shard, *args)
     score.score_shard = recording_score_shard
 

@@ -118,7 +118,7 @@ class Step:
 
     def identity(self, ctx: RunContext) -> StepSpec:
         return StepSpec(self.name, config=self.config(ctx.cfg), inputs=self.inputs(ctx), version=self.VERSION,
-                        outputs=[ctx.store.local(name) for name in self.writes])
+                        outputs=[ctx.store.url(name) for name in self.writes])
 
     def prepare(self, ctx: RunContext, spec: StepSpec, rerun: bool) -> None:
         """Called once freshness is decided, before the old record is dropped."""

@@ -42,12 +42,12 @@ class Dedup(Step):
         found = _eval_sets(ctx.cfg)
         eval_index, n_eval = None, 0
         if found:
-            eval_index = store.local("curation/dedup/eval_index.npy")
+            eval_index = store.url("curation/dedup/eval_index.npy")
             encode = filter_net(ctx).encode_images if conf.filter_weight > 0 else None
             n_eval = build_eval_index(found, eval_index, conf.filter_weight, encode)
         keep, stats = self.writes
         with store.build_dir(keep) as tmp:
-            counts = run_dedup(engine(ctx), score_parts(ctx), conf, store.local("curation/dedup/work"), tmp,
+            counts = run_dedup(engine(ctx), score_parts(ctx), conf, store.url("curation/dedup/work"), tmp,
                                eval_index, ctx.cfg.curation.task_bytes)
         store.remove("curation/dedup/work")
         keep_digest = counts.pop("keep_digest")  # the tasks' records of the keep files they wrote

@@ -31,17 +31,17 @@ class Download(Step):
     def prepare(self, ctx: RunContext, spec: StepSpec, rerun: bool) -> None:
         if rerun:
             cur = ctx.cfg.curation
-            download.stage_pool(cur.download, ctx.store.local("curation/pairs"),
-                                ctx.store.local(self.writes[0]), cur.extract.allow_hosts, spec.fingerprint,
+            download.stage_pool(cur.download, ctx.store.url("curation/pairs"),
+                                ctx.store.url(self.writes[0]), cur.extract.allow_hosts, spec.fingerprint,
                                 restart=ctx.force, engine=engine(ctx))
 
     def run(self, ctx: RunContext) -> None:
         fingerprint = self.identity(ctx).fingerprint  # the staged pool's, as in prepare
-        summary = download.swap_in_pool(ctx.store.local(self.writes[0]), fingerprint)
+        summary = download.swap_in_pool(ctx.store.url(self.writes[0]), fingerprint)
         ctx.store.write_json(self.writes[1], summary)
 
     def outputs_hash(self, ctx: RunContext) -> str:
         # img2dataset records no digest: the pool is identified by its files' names and sizes (one listing,
         # nothing read) and the download summary
-        pool, stats = (ctx.store.local(name) for name in self.writes)
+        pool, stats = (ctx.store.url(name) for name in self.writes)
         return combine_digests([listing_digest(pool), hash_file(stats)])

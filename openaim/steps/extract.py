@@ -6,6 +6,7 @@ from curation import extract
 from curation.extract_parts import run_extract
 from openaim.steps.base import RunContext, Step
 from openaim.steps.resources import engine
+from shared import fsio
 from shared.config.root import OpenAIMConfig
 from shared.errors import InputError
 from shared.stage_cache import file_signature, hash_json
@@ -13,8 +14,9 @@ from shared.stage_cache import file_signature, hash_json
 
 def sources_hash(sources: list[str]) -> str:
     """Local files by name, size and modification time (a regenerated crawl reruns extraction; a crawl of
-    terabytes is not read to find out), URLs by name."""
-    return hash_json([s if s.startswith(("http://", "https://")) else file_signature(s) for s in sources])
+    terabytes is not read to find out), URLs (http, object stores) by name: a crawl's files are not
+    rewritten under the same name."""
+    return hash_json([s if fsio.is_url(s) else file_signature(s) for s in sources])
 
 
 class Extract(Step):
@@ -44,6 +46,6 @@ class Extract(Step):
         return extract.resolve_sources(cfg.curation.extract.sources, cfg.web_dir / "warc")
 
     def run(self, ctx: RunContext) -> str:
-        pairs, stats = (ctx.store.local(name) for name in self.writes)
+        pairs, stats = (ctx.store.url(name) for name in self.writes)
         return run_extract(engine(ctx), ctx.cfg.curation.extract, self._sources(ctx.cfg), pairs,
                            stats)["outputs_digest"]

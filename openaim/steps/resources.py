@@ -4,11 +4,13 @@ first step that needs it and closed when build-dataset's steps are done (RunCont
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from curation.engine import make_engine
 from curation.filter_network import load_filter_network
 from curation.parts import Part, list_parts
 from openaim.steps.base import RunContext
+from shared import fsio
 from shared.errors import OpenAIMError
 from shared.torchrun import local_device
 
@@ -22,8 +24,10 @@ def engine(ctx: RunContext):
 
     def open_():
         ctx.store.makedirs(CURATION)
-        scratch = ctx.store.local(CURATION)
-        for stale in scratch.glob(".shuffle-*"):  # a killed run's shuffle files: never read again
+        # The local engine's shuffle files are this machine's by design (its processes share them): beside
+        # the curation folder on a local workdir, in the system's temporary folder under a URL one.
+        scratch = ctx.store.local_root(CURATION)
+        for stale in scratch.glob(".shuffle-*") if scratch else ():  # a killed run's: never read again
             shutil.rmtree(stale, ignore_errors=True)
         made = make_engine(cur.engine, cur.workers, scratch_root=scratch)
         made.set_step(ctx.step)  # its jobs carry the step's name (the Spark UI's job group)
@@ -40,7 +44,8 @@ def filter_net(ctx: RunContext):
 
 def _load_net(ctx: RunContext):
     conf = ctx.cfg.curation.filter
-    own = ctx.store.local(CURATION, "filter") if conf.model == "own" else None
+    # a library that reads a folder: a local copy of it for this process, under a URL workdir
+    own = Path(fsio.process_copy(ctx.store.url(CURATION, "filter"))) if conf.model == "own" else None
     try:
         return load_filter_network(conf, own, device=local_device() if conf.device == "auto" else conf.device)
     except OpenAIMError:
@@ -54,4 +59,4 @@ def _load_net(ctx: RunContext):
 def score_parts(ctx: RunContext) -> list[Part]:
     """The score step's parts (one per pool shard), which dedup, safety and select map over: listed once per
     run (after the score step, the only one writing them)."""
-    return ctx.resource(SCORE_PARTS, lambda: list_parts(ctx.store.local(CURATION, "scores", "parts")))
+    return ctx.resource(SCORE_PARTS, lambda: list_parts(ctx.store.url(CURATION, "scores", "parts")))

@@ -49,11 +49,11 @@ class Score(Step):
 
     def run(self, ctx: RunContext) -> None:
         conf = ctx.cfg.curation.filter
-        score.score_pool(ctx.store.local("curation/pool"), filter_net(ctx), ctx.store.local(self.writes[0]),
+        score.score_pool(ctx.store.url("curation/pool"), filter_net(ctx), ctx.store.url(self.writes[0]),
                          conf.batch_size, num_workers=conf.num_workers, lease_s=conf.lease_s)
 
     def outputs_hash(self, ctx: RunContext) -> str:
-        return score.outputs_digest(ctx.store.local(self.writes[0]))  # from the ranks' digest records
+        return score.outputs_digest(ctx.store.url(self.writes[0]))  # from the ranks' digest records
 
     def join(self, ctx: RunContext) -> None:
         """Wait for rank 0 at this step and, if it reruns, take shards from the scoring queue until every

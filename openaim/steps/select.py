@@ -28,8 +28,8 @@ class Select(Step):
         shards, subset, subset_npy, stats = self.writes
         with store.build_dir(shards) as shards_tmp, store.build_dir(subset) as subset_tmp:
             counts = run_select(engine(ctx), score_parts(ctx),
-                                [store.local("curation/dedup/keep"), store.local("curation/safety/keep")],
-                                store.local("curation/pool"), shards_tmp, subset_tmp, store.local(subset_npy),
+                                [store.url("curation/dedup/keep"), store.url("curation/safety/keep")],
+                                store.url("curation/pool"), shards_tmp, subset_tmp, store.url(subset_npy),
                                 cur.select, cur.safety.blur_faces, cur.task_bytes)
         digest = counts.pop("outputs_digest")  # the tasks' records of the shards and parts they wrote
         store.write_json(stats, counts)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from curation.train_filter import train_filter_network
 from openaim.steps.base import RunContext, Step
+from shared import fsio
 from shared.config.root import OpenAIMConfig
 from shared.errors import InputError
-from shared.stage_cache import hash_path
+from shared.stage_cache import hash_json, hash_path
 
 
 class TrainFilter(Step):
@@ -28,8 +29,12 @@ class TrainFilter(Step):
     def inputs(self, ctx: RunContext) -> dict[str, str]:
         return {"hq": hash_path(ctx.cfg.web_dir / "hq")}
 
-    def run(self, ctx: RunContext) -> None:
+    def run(self, ctx: RunContext) -> str:
         hq = ctx.cfg.web_dir / "hq"
         if not hq.is_dir():
             raise InputError(f"no high-quality set at {hq} to train the filter network (filter.model: own)")
-        train_filter_network(ctx.cfg.curation.train_filter, hq, ctx.store.local(self.writes[0]))
+        # the folder is written whole by the library (a temporary folder uploaded under a URL workdir);
+        # its digest is taken there, before any upload, as the record's default would take it
+        with fsio.local_dir(ctx.store.url(self.writes[0])) as out:
+            train_filter_network(ctx.cfg.curation.train_filter, hq, out)
+            return hash_json([hash_path(out)])

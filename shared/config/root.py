@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from shared import fsio
 from shared.config.base import StrictModel
 from shared.config.curation import CurationConfig
 from shared.config.evaluation import EvaluationConfig, ReportConfig
 from shared.config.training import TrainingConfig
 from shared.config.web import WebConfig
+from shared.errors import ConfigError
 
 
 class OpenAIMConfig(StrictModel):
     name: str = "demo"
-    # Every artifact of a run lives under workdir (relative paths resolve against the current directory).
-    workdir: Path = Path("runs/demo")
+    # Every artifact of a run lives under workdir (relative paths resolve against the current directory): a
+    # local folder (a Path), or a URL of an object store (a str, "s3://bucket/run", read and written
+    # through shared.fsio; curation's steps support it, see docs/scale.md).
+    workdir: Path | str = Path("runs/demo")
     web: WebConfig = Field(default_factory=WebConfig)
     curation: CurationConfig = Field(default_factory=CurationConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -29,14 +34,30 @@ class OpenAIMConfig(StrictModel):
         Other braces (webdataset's "{00000..00009}") are left alone."""
         return pattern.replace("{workdir}", str(self.workdir)).replace("{web_dir}", str(self.web_dir))
 
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: str | os.PathLike) -> Path | str:
+        """A URL stays text (pathlib would fold its "//"), without a trailing "/"; anything else a Path."""
+        if fsio.is_url(value):
+            return os.fspath(value).rstrip("/")
+        return Path(value)
+
     # Where each stage writes; one place so the stages agree.
     @property
     def web_dir(self) -> Path:
+        """The mini web's local folder: web.dir, else {workdir}/web (refused under a URL workdir)."""
+        if self.web.dir is not None:
+            return self.web.dir
+        if isinstance(self.workdir, str):
+            raise ConfigError(f"web.dir: the mini web is served from local disk and workdir {self.workdir} "
+                              "is a URL: set web.dir to a local folder")
         return self.workdir / "web"
 
     @property
-    def curation_dir(self) -> Path:
-        return self.workdir / "curation"
+    def curation_dir(self) -> Path | str:
+        """{workdir}/curation: a Path, or a URL under a URL workdir (read it through shared.fsio)."""
+        return fsio.join(self.workdir, "curation") if isinstance(self.workdir, str) else \
+            self.workdir / "curation"
 
     @property
     def training_dir(self) -> Path:

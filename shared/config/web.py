@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.config.base import StrictModel
 
 
 class WebConfig(StrictModel):
+    # The mini web's folder, always on local disk (it is served from there); default {workdir}/web, which
+    # a workdir on an object store cannot hold: such a config names its own web.dir.
+    dir: Path | None = None
     seed: int = 0
     n_images: int = Field(2000, ge=20, description="distinct web image records (before broken/unsafe links)")
     images_per_page: int = Field(8, ge=1)

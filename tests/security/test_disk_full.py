@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,4 +69,4 @@ def test_download_on_a_full_disk_is_one_clear_error(tmp_path, small_disk):
             download_pool(cfg, tmp_path / "pairs.parquet", pool, ALLOW)
     assert str(info.value).startswith(f"disk full: cannot write {pool}")
     for shard in finished_shards(pool):  # whatever counts as finished is whole
-        assert shard.with_name(shard.name + ".tar").stat().st_size > 0
+        assert Path(shard + ".tar").stat().st_size > 0

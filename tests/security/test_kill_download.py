@@ -136,5 +136,5 @@ def test_damaged_shards_of_a_killed_run_are_dropped_before_resume(tmp_path):
         pq.write_table(pa.table({"status": ["success"]}), pool / f"{name}.parquet")
         (pool / f"{name}_stats.json").write_text('{"successes": 1}')
     assert verify_shards(pool) == 1
-    assert [s.name for s in finished_shards(pool)] == ["00000"]
+    assert [Path(s).name for s in finished_shards(pool)] == ["00000"]
     assert not Path(pool / "00001.tar").exists() and not Path(pool / "00001_stats.json").exists()
