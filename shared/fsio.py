@@ -324,20 +324,6 @@ def download(src: PathOrURL, dest: Path) -> None:
         shutil.copy2(_local(src), dest)
 
 
-@contextlib.contextmanager
-def local_copy(path: PathOrURL) -> Iterator[Path]:
-    """A local path to read ``path`` from, for the libraries that read a path themselves (a memory map, a
-    model folder): the path itself locally; under a URL a temporary copy (file or folder) in this process,
-    removed when the block ends."""
-    if not is_url(path):
-        yield Path(_local(path))
-        return
-    with tempfile.TemporaryDirectory(prefix="openaim-read-") as tmp:
-        staged = Path(tmp) / name_of(path)
-        download(path, staged)
-        yield staged
-
-
 @functools.lru_cache(maxsize=4)
 def process_copy(path: str) -> str:
     """A local path holding ``path`` for the rest of this process (a file a worker memory-maps for all its
