@@ -1,15 +1,20 @@
-"""The scoring queue's claims (curation.shard_queue) on a real folder: one owner per generation, a live
-lease blocks others, an expired one is taken at the next generation, renewal keeps a shard, and of many
-threads racing for the same claim exactly one wins. (The end-to-end case, a rank killed mid-shard under
-torchrun, is tests/test_torchrun_scoring.py.)"""
+"""The scoring queue's claims (curation.shard_queue) in a real folder and in a prefix of moto's S3 server on
+loopback: one owner per generation, a live lease blocks others, an expired one is taken at the next
+generation, renewal keeps a shard, and of many threads racing for the same claim exactly one wins. (The
+end-to-end case, a rank killed mid-shard under torchrun, is tests/test_torchrun_scoring.py.)"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from curation.shard_queue import ShardQueue
+from shared import fsio
+from tests.s3_server import BUCKET
 
 
 class Clock:
@@ -22,10 +27,20 @@ class Clock:
         return self.now
 
 
-def test_claims_leases_and_takeover(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def claims(request, tmp_path) -> str:
+    """The claims folder: a local one, or a prefix in moto's S3 server on loopback (claims are created
+    there by a conditional PUT)."""
+    if request.param == "local":
+        return str(tmp_path)
+    request.getfixturevalue("s3_server")
+    return f"s3://{BUCKET}/claims-{uuid.uuid4().hex[:8]}"
+
+
+def test_claims_leases_and_takeover(claims):
     clock = Clock()
-    a = ShardQueue(tmp_path, lease_s=10, owner="a", clock=clock)
-    b = ShardQueue(tmp_path, lease_s=10, owner="b", clock=clock)
+    a = ShardQueue(claims, lease_s=10, owner="a", clock=clock)
+    b = ShardQueue(claims, lease_s=10, owner="b", clock=clock)
     claim = a.try_claim("00000")
     assert claim is not None and claim.generation == 0
     assert b.try_claim("00000") is None  # a live lease
@@ -38,7 +53,7 @@ def test_claims_leases_and_takeover(tmp_path):
     clock.now += 3  # 11 s after the renewal: expired
     taken = b.try_claim("00000")
     assert taken is not None and taken.generation == 1
-    record = json.loads(Path(taken.path).read_text())
+    record = json.loads(fsio.read_bytes(taken.path))
     assert record["owner"] == "b" and record["taken_from"]["owner"] == "a"
     assert record["claimed_at"] >= record["taken_from"]["expires"]
     assert a.newest("00000")[0] == 1 and a.try_claim("00000") is None
@@ -63,13 +78,13 @@ def test_take_yields_until_done_and_waits_for_live_leases(tmp_path):
     assert got == ["s1", "s3", "s2"] and waits == 1
 
 
-def test_one_winner_per_generation(tmp_path):
-    queues = [ShardQueue(tmp_path, lease_s=60, owner=f"t{i}") for i in range(16)]
+def test_one_winner_per_generation(claims):
+    queues = [ShardQueue(claims, lease_s=60, owner=f"t{i}") for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
-        claims = list(pool.map(lambda q: q.try_claim("00007"), queues))
-    winners = [c for c in claims if c is not None]
+        got = list(pool.map(lambda q: q.try_claim("00007"), queues))
+    winners = [c for c in got if c is not None]
     assert len(winners) == 1 and winners[0].generation == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00007.0"]
+    assert fsio.listdir(claims) == ["00007.0"]
 
 
 def test_a_rerun_takes_a_dead_local_owners_claim_at_once(tmp_path):

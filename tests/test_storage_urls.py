@@ -48,3 +48,19 @@ def test_a_url_root_stores_what_a_local_root_stores(s3_server, tmp_path):
     assert remote.url("curation", "x.bin").startswith(f"s3://{BUCKET}/")
     with pytest.raises(ValueError, match="is a URL"):
         remote.local("curation/pairs")
+
+
+def test_a_url_workdir_names_what_it_cannot_hold():
+    """A URL workdir is kept as text (pathlib would fold its "//"); the mini web and the stages whose own
+    folder is local (training, eval, report) say so in one line instead of building a wrong path."""
+    from shared.config import load_config
+    from shared.errors import ConfigError
+
+    cfg = load_config(None, ["workdir=s3://bucket/run/"])
+    assert cfg.workdir == "s3://bucket/run" and cfg.curation_dir == "s3://bucket/run/curation"
+    with pytest.raises(ConfigError, match="web.dir"):
+        _ = cfg.web_dir
+    with pytest.raises(ConfigError, match="workdir s3://bucket/run: training keeps its folder on local disk"):
+        _ = cfg.training_dir
+    local = load_config(None, ["workdir=s3://bucket/run", "web.dir=/srv/web"])
+    assert str(local.web_dir) == "/srv/web"

@@ -59,14 +59,22 @@ class OpenAIMConfig(StrictModel):
         return fsio.join(self.workdir, "curation") if isinstance(self.workdir, str) else \
             self.workdir / "curation"
 
+    def _local_workdir(self, stage: str) -> Path:
+        """The workdir of a stage whose own folder is local (training's metrics and final/, eval's and the
+        report's files): one clear error under a URL workdir."""
+        if isinstance(self.workdir, str):
+            raise ConfigError(f"workdir {self.workdir}: {stage} keeps its folder on local disk; run it with "
+                              "a local workdir (training.checkpoint_root may be a URL)")
+        return self.workdir
+
     @property
     def training_dir(self) -> Path:
-        return self.workdir / "training"
+        return self._local_workdir("training") / "training"
 
     @property
     def eval_dir(self) -> Path:
-        return self.workdir / "eval"
+        return self._local_workdir("eval") / "eval"
 
     @property
     def report_dir(self) -> Path:
-        return self.workdir / "report"
+        return self._local_workdir("the report") / "report"
