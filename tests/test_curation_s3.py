@@ -7,7 +7,9 @@ img2dataset writes the pool into the bucket, the filter network is trained and u
 step reads and writes objects. The mini web stays on local disk (``web.dir``). Its deliberately slow
 links time out or not depending on the machine's load, so the local run does not download again: it
 starts from the s3 run's pool and filter network (copied out of the bucket with their step records),
-runs every other step on local disk, and the two runs are then compared file by file. Nothing of the
+runs every other step on local disk, and the two runs are then compared file by file. Before that, a
+select on the bucket dies after its first objects are written: no record, and the rerun's objects are the
+ones compared. Nothing of the
 s3 run may land on local disk under its URL (``s3:/...``).
 """
 
@@ -18,6 +20,9 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
+
+from curation import write
 from shared import fsio
 from tests.s3_server import BUCKET
 from tests.spark_cluster import free_port
@@ -79,6 +84,29 @@ def test_build_dataset_on_s3_equals_the_local_build(s3_server, tmp_path, monkeyp
     assert len(fsio.glob(fsio.join(pool, "*.tar"))) >= 5
     assert s3_manifest["kept"] >= 10 and fsio.isfile(fsio.join(url, "curation", "manifest.json"))
     assert not fsio.exists(fsio.join(url, "curation", "pool.partial"))
+
+    # A select that dies after writing some of its objects (no rename to make them valid: its record is
+    # what would) leaves no record, and the rerun replaces what it left.
+    shards = fsio.join(url, "curation", "shards")
+    before = fsio.listdir(shards)
+    real = write.write_part_shards
+    calls = []
+
+    def dies_on_the_second_part(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-select")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(write, "write_part_shards", dies_on_the_second_part)
+    with pytest.raises(RuntimeError, match="killed mid-select"):
+        build_dataset(s3_cfg, force=True, only=["select"])
+    monkeypatch.setattr(write, "write_part_shards", real)
+    assert not fsio.exists(fsio.join(url, ".steps", "select.json"))
+    left = fsio.listdir(shards)
+    assert left and set(left) < set(before)  # the first part's tars only
+    assert build_dataset(s3_cfg, only=["select"])["kept"] == s3_manifest["kept"]
+    assert fsio.listdir(shards) == before
 
     for name in TAKEN:
         fsio.download(fsio.join(url, name), local / name)
