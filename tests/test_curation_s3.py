@@ -56,7 +56,7 @@ def _records(root: str) -> dict[str, str]:
 
 
 def test_build_dataset_on_s3_equals_the_local_build(s3_server, tmp_path, monkeypatch):
-    from openaim.pipeline import build_dataset
+    from openaim.pipeline import build_dataset, pipeline_plan
     from shared.config import load_config
     from shared.miniweb.generate import generate_web
     from shared.miniweb.server import serve_in_background
@@ -110,6 +110,9 @@ def test_build_dataset_on_s3_equals_the_local_build(s3_server, tmp_path, monkeyp
     assert left and set(left) < set(before)  # the first part's tars only
     assert build_dataset(s3_cfg, only=["select"])["kept"] == s3_manifest["kept"]
     assert fsio.listdir(shards) == before
+    # `openaim status` on the bucket: every curation step is fresh (its record and outputs are there)
+    plan = dict(pipeline_plan(s3_cfg))
+    assert all(plan[name].fresh for name in s3_manifest["ran"]), {n: plan[n].reasons for n in plan}
 
     for name in TAKEN:
         fsio.download(fsio.join(url, name), local / name)
