@@ -172,6 +172,42 @@ def test_build_dataset_score_step_under_torchrun(pool, reference, tmp_path):
     assert (work / ".steps" / "score.json").read_text() == record
 
 
+# The step script with the workdir a URL: named as text, its rank records written through shared.fsio.
+S3_STEP_SCRIPT = STEP_SCRIPT.replace("from pathlib import Path", "from shared import fsio").replace(
+    "workdir = Path(sys.argv[1])", "workdir = sys.argv[1]").replace(
+    '(workdir / f"rank{rank}.json").write_text(json.dumps(',
+    'fsio.write_text(fsio.join(workdir, f"rank{rank}.json"), json.dumps(')
+
+
+def test_score_step_under_torchrun_with_the_workdir_in_a_bucket(pool, reference, s3_server, tmp_path):
+    """The same score step with ``workdir: s3://...`` (moto's S3 server on loopback): both ranks read the
+    pool's tars and our filter network from the bucket, take shards through claims created by conditional
+    PUTs, and write the parts there; they equal the 1-process local run's, byte for byte."""
+    import uuid
+
+    from shared import fsio
+    from tests.s3_server import BUCKET
+
+    root, net_dir = pool
+    url = f"s3://{BUCKET}/tscore-{uuid.uuid4().hex[:8]}"
+    for local, name in ((root / "pool", "pool"), (net_dir, "filter")):
+        for path in sorted(p for p in local.iterdir() if p.is_file()):
+            fsio.write_bytes(fsio.join(url, "curation", name, path.name), path.read_bytes())
+    script = tmp_path / "step.py"
+    script.write_text(S3_STEP_SCRIPT)
+    run_killing_group([*TORCHRUN, str(script), url], env={**ENV, **s3_server.aws_env}, cwd=tmp_path,
+                      timeout=300)
+    ranks = [json.loads(fsio.read_bytes(fsio.join(url, f"rank{r}.json"))) for r in (0, 1)]
+    assert ranks == [{"world": 2, "ran": ["score"], "reused": []}, {"world": 2, "ran": [], "reused": []}]
+    scores = fsio.join(url, "curation", "scores")
+    assert fsio.listdir(fsio.join(scores, "parts")) == [f"{s:05d}.parquet" for s in range(5)]
+    for name in OUTPUTS:
+        assert fsio.read_bytes(fsio.join(scores, name)) == (reference / name).read_bytes(), name
+    claims = fsio.listdir(fsio.join(scores, ".claims"))
+    assert sorted(c.split(".")[0] for c in claims) == [f"{s:05d}" for s in range(5)]  # one claim each
+    assert not Path("s3:").exists() and not (tmp_path / "s3:").exists()
+
+
 def _stand_in_for_earlier_steps(work: Path, overrides: list[str]) -> None:
     """Records for download and train-filter matching this config now (their outputs are the fixture's
     pool and network), so `--steps score` finds its input steps fresh."""
