@@ -170,7 +170,7 @@ def _find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candid
     taken = np.zeros(len(sample), bool)
     row, cluster = sends
     order = np.argsort(cluster, kind="stable")
-    starts = np.searchsorted(cluster[order], np.arange(cluster.max(initial=0) + 2))
+    starts = np.searchsorted(cluster[order], np.arange(candidates.max(initial=0) + 2))
     for c in candidates.tolist():
         rows = row[order[starts[c]:starts[c + 1]]]
         for _ in range(CORES_PER_CLUSTER):
