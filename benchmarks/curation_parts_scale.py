@@ -348,7 +348,7 @@ def main() -> None:
         if not args.no_write:
             from benchmarks.results_md import write_section
 
-            write_section(SECTION, text)
+            write_section(SECTION, text, keep="### ")
         print(line)
     finally:
         if args.keep is None:

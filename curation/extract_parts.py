@@ -5,7 +5,9 @@ URLs that fail the safety check (curation.netsafety, inside the task), and sends
 of its (url, caption) hash; its counts go to a small stats file. Each bucket task keeps the first
 occurrence of every pair (source order, then link order: the single-process rule) and writes
 ``pairs/part-<bucket>.parquet`` (uid, url, caption, page_url, source) sorted by uid. No process holds a
-``seen`` set of the crawl: a bucket holds the pairs of about ``SOURCES_PER_BUCKET`` sources.
+``seen`` set of the crawl: a bucket holds the pairs of about ``SOURCE_BYTES_PER_BUCKET`` bytes of sources
+(the number of buckets follows the crawl's bytes, not its number of files: a crawl of many small files
+does not make sources x buckets shuffle blocks).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from shared.config.curation import ExtractConfig
 from shared.stage_cache import combine_digests, hash_json
 
 # Versioned by its step: bump VERSION in openaim/steps/extract.py when this changes the step's results.
-SOURCES_PER_BUCKET = 4
+SOURCE_BYTES_PER_BUCKET = 4 << 30  # source bytes per bucket: ~4 Common Crawl WARC files of ~1 GB each
+URL_SOURCE_BYTES = 1 << 30  # an http(s) source counts as one such file: its size is not asked for
 COLUMNS = ("uid", "url", "caption", "page_url", "source")
 
 
@@ -61,11 +64,16 @@ def write_bucket(out_dir: str, bucket: int, rows) -> dict:
     return {"kept": len(first), "duplicate pair": len(rows) - len(first), "digest": digest}
 
 
+def source_bytes(src: str) -> int:
+    """A source's size: a file's (local or in object storage), ``URL_SOURCE_BYTES`` for an http(s) URL."""
+    return URL_SOURCE_BYTES if src.startswith(("http://", "https://")) else fsio.size(src)
+
+
 def run_extract(engine, cfg: ExtractConfig, sources: list[str], out_dir: str, stats_path: str) -> dict:
     """The extract step: ``out_dir`` (swapped in whole) gets the pair parts, ``stats_path`` the counts.
     Returns the counts and, under ``outputs_digest``, the digest of both (the tasks' records of the parts
     they wrote, and the counts): the step's identity without reading its outputs."""
-    buckets = max(1, math.ceil(len(sources) / SOURCES_PER_BUCKET))
+    buckets = max(1, math.ceil(sum(map(source_bytes, sources)) / SOURCE_BYTES_PER_BUCKET))
     work = f"{os.fspath(out_dir).rstrip('/')}.stats"
     fsio.remove(work)
     fsio.makedirs(work)

@@ -28,8 +28,10 @@ class Extract(Step):
     # records, HTML parsed by the HTML standard's rules (lexbor), cut gzip members counted; 5: charset
     # labels by the WHATWG table (a Python-only codec label such as rot13 or zlib falls through, not a
     # corrupt record; utf-7 is no web encoding; latin1 is windows-1252), pages cut at max_page_bytes and
-    # counted. (Until the steps moved here it was curation.extract's VERSION + 1, the parts' shuffle.)
-    VERSION = 5
+    # counted; 6: the pairs' parts (buckets) set by the sources' bytes, not their number (the same pairs, in
+    # other parts when a crawl has more than one bucket's bytes or many small files). (Until the steps
+    # moved here it was curation.extract's VERSION + 1, the parts' shuffle.)
+    VERSION = 6
     writes = ("curation/pairs", "curation/extract_stats.json")
 
     def config(self, cfg: OpenAIMConfig) -> dict:
