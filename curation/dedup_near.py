@@ -1,11 +1,12 @@
 """Step 2 of the dedup step (curation.dedup_parts): near copies, cluster-partitioned (SemDeDup-style).
 
-A sample of the exact survivors (a bounded number of rows per part), written to storage by the tasks,
-trains on the driver a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and ~sqrt(3 n) spherical
-k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact, one task holding every
-survivor). A cluster estimated above ``ROWS_PER_TASK`` vectors is bounded (curation.dedup_clusters): its
-near-copy groups become *cores*, resolved against a representative, and what is left over is split by a
-second-level k-means; the clusters are packed into tasks of about ``ROWS_PER_TASK`` vectors.
+A sample of the exact survivors (a bounded number of rows per part), written to storage by the tasks and
+read by the driver: half of it trains a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
+~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact,
+one task holding every survivor), the other half estimates each cluster task's vectors. Every cluster
+task is bounded to about ``ROWS_PER_TASK`` vectors (curation.dedup_clusters): groups of near copies large
+enough to matter become *cores*, resolved against a representative, a cluster still over it is split by a
+second-level k-means, and the clusters are packed into tasks.
 
 Every part task takes out its rows inside a core (of each core's rows, the best-scoring one goes on as a
 (core, key, score) record, the others are losers, ``near-core/<first part>.npy``), assigns each other row

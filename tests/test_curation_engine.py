@@ -238,3 +238,24 @@ def test_partitioned_extract_equals_the_sequential_rule(web, tmp_path, workers, 
     assert sorted(map(str, want)) == sorted(map(str, parts))
     files = len(list((tmp_path / "pairs").glob("part-*.parquet")))
     assert files == 1 if workers == 1 else files > 1
+
+
+def _square_unless_seven(x: int) -> int:
+    if x == 7:
+        raise ValueError("task 7 failed")
+    return x * x
+
+
+def test_local_map_keeps_item_order_through_its_window(monkeypatch):
+    """The process pool gets at most a window of tasks at a time (one per worker here): results still come
+    back in item order, and a task's error still reaches the caller."""
+    from curation import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IN_FLIGHT_PER_WORKER", 1)
+    engine = LocalEngine(2)
+    try:
+        assert engine.map(_square_unless_seven, range(8, 48)) == [x * x for x in range(8, 48)]
+        with pytest.raises(ValueError, match="task 7 failed"):
+            engine.map(_square_unless_seven, range(20))
+    finally:
+        engine.close()
