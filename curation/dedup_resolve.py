@@ -13,8 +13,8 @@ would. No process holds every pair: rows are spread over ``buckets`` by a hash o
 3. the edges are shuffled by their component's label, and each bucket applies the keep rule to its
    components; the losers go to ``losers-<b>.npy``.
 
-A task holds its bucket's edges: about ``PAIRS_PER_TASK`` pairs, more when one component is larger (a near
-copy group large enough to matter never becomes pairs: curation.dedup_clusters' cores).
+A task holds its bucket's edges: about ``PAIRS_PER_TASK`` directed edges, more when one component is
+larger (a near-copy group large enough to matter never becomes pairs: curation.dedup_clusters' cores).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from curation import dedup
 from curation.dedup_plan import load, save
 from shared import fsio
 
-PAIRS_PER_TASK = 1 << 22  # edges per resolve bucket (~4M pairs, ~130 MB at 32 B per directed edge)
+PAIRS_PER_TASK = 1 << 22  # directed edges per resolve bucket (~2M pairs; ~130 MB at 32 B an edge)
 
 
 def row_bucket(keys: np.ndarray, buckets: int) -> np.ndarray:
