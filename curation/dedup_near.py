@@ -80,14 +80,10 @@ def emit_clusters(plan: Plan, clusters: Clusters, task: list[Part]):
         yield from _emit_part_clusters(plan, clusters, part, core_rows)
     if not core_rows:
         return
-    core, gids, scores = (np.concatenate([c[i] for c in core_rows]) for i in range(3))
-    order, first = _best_first(core, gids, scores)
-    losers = gids[order[~first]]
-    if len(losers):
-        save(fsio.join(plan.work, "near-core", f"{task[0].index:08d}.npy"), losers)
-    best = order[first]
-    for bucket, sel in _by_bucket(clusters.bucket(clusters.core_cluster[core[best]])):
-        yield bucket, (core[best][sel], gids[best][sel], scores[best][sel])
+    core, gids, scores = _best_of_each_core(core_rows, fsio.join(plan.work, "near-core",
+                                                                 f"{task[0].index:08d}.npy"))
+    for bucket, sel in _by_bucket(clusters.bucket(clusters.core_cluster[core])):
+        yield bucket, (core[sel], gids[sel], scores[sel])
 
 
 def _best_first(group: np.ndarray, gids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +92,18 @@ def _best_first(group: np.ndarray, gids: np.ndarray, scores: np.ndarray) -> tupl
     order = np.lexsort((gids, -np.nan_to_num(scores, nan=-np.inf), group))
     g = group[order]
     return order, np.r_[True, g[1:] != g[:-1]] if len(g) else np.zeros(0, bool)
+
+
+def _best_of_each_core(records: list, losers_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(core, gid, score) of each core's best row among ``records`` ([(core, gids, scores)]); the other rows
+    are losers, written to ``losers_path``."""
+    core, gids, scores = (np.concatenate([r[i] for r in records]) for i in range(3))
+    order, first = _best_first(core, gids, scores)
+    losers = gids[order[~first]]
+    if len(losers):
+        save(losers_path, losers)
+    best = order[first]
+    return core[best], gids[best], scores[best]
 
 
 def _by_bucket(bucket: np.ndarray):
@@ -214,17 +222,11 @@ def reduce_clusters(plan: Plan, clusters: Clusters, bucket: int, records) -> tup
 def _stand_ins(plan: Plan, clusters: Clusters, bucket: int, core_records: list) -> tuple:
     """The member record of this bucket's cores' stand-ins (each core's best row, its representative as
     its vector); the other rows of the records are losers, written to ``near-core/bucket-<bucket>.npy``."""
-    core, gids, scores = (np.concatenate([r[i] for r in core_records]) for i in range(3))
-    order, first = _best_first(core, gids, scores)
-    losers = gids[order[~first]]
-    if len(losers):
-        save(fsio.join(plan.work, "near-core", f"bucket-{bucket:06d}.npy"), losers)
-    best = order[first]
-    c = core[best]
+    c, gids, scores = _best_of_each_core(core_records, fsio.join(plan.work, "near-core",
+                                                                 f"bucket-{bucket:06d}.npy"))
     reps = clusters.cores[c]
     reduced = clusters.reduce(reps).astype(np.float16) if clusters.pca_components is not None else None
-    return (clusters.core_cluster[c], np.zeros(len(c), np.int8), gids[best], scores[best], quantize(reps),
-            reduced)
+    return (clusters.core_cluster[c], np.zeros(len(c), np.int8), gids, scores, quantize(reps), reduced)
 
 
 def _train(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> Clusters:
