@@ -96,7 +96,10 @@ def _shuffle_writer(ui: str) -> dict | None:
     if not dedup:
         return None
     for stage in get_json(f"{ui}/api/v1/applications/{app}/stages?status=active&details=true"):
-        if stage["stageId"] not in dedup:
+        # Two or more of its tasks still to finish: the stage is still running when the kill lands, so its
+        # output is still needed (on a loaded machine a stage found with one task left ended, and the next
+        # stage read everything, before the kill: nothing was computed again).
+        if stage["stageId"] not in dedup or stage["numTasks"] - stage["numCompleteTasks"] < 2:
             continue
         for t in (stage.get("tasks") or {}).values():
             written = t.get("taskMetrics", {}).get("shuffleWriteMetrics", {}).get("bytesWritten", 0)

@@ -222,8 +222,17 @@ def _stand_in_for_earlier_steps(work: Path, overrides: list[str]) -> None:
 
 
 def _claims(scores: Path) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in sorted((scores / ".claims").glob("*.*"))
-            if p.read_text()}
+    """The claim records written so far (not the temporary sibling of one being written, which its rename
+    may take away between the listing and the read)."""
+    found = {}
+    for p in sorted((scores / ".claims").glob("[!.]*.*")):
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            continue
+        if text:
+            found[p.name] = json.loads(text)
+    return found
 
 
 def _stop_mid_shard(node: subprocess.Popen, scores: Path, rank: int, timeout: float) -> tuple[str, int]:
