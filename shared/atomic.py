@@ -91,8 +91,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def json_text(obj: Any) -> str:
+    """JSON as every record of the project is written (indented, sorted keys): one format, whatever the
+    storage, so a record's bytes are the same on disk and in a bucket."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ import contextlib
 import fnmatch
 import functools
 import glob as globlib
-import json
 import os
 import posixpath
 import shutil
@@ -30,7 +29,7 @@ from typing import IO, Any
 
 import braceexpand
 
-from shared.atomic import atomic_dir, atomic_path, atomic_write_bytes
+from shared.atomic import atomic_dir, atomic_path, atomic_write_bytes, json_text
 
 PathOrURL = str | os.PathLike
 
@@ -210,8 +209,8 @@ def write_text(path: PathOrURL, text: str) -> None:
 
 
 def write_json(path: PathOrURL, obj: Any) -> None:
-    """JSON as every record of the project is written (indented, sorted keys), whole at once."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """A record (shared.atomic.json_text), whole at once."""
+    write_text(path, json_text(obj))
 
 
 def create_exclusive(path: PathOrURL, data: bytes) -> bool:
