@@ -194,7 +194,8 @@ def test_documented_spark_submit_survives_a_killed_worker(local_run, tmp_path):
     (conf / "spark-defaults.conf").write_text(
         f"spark.ui.port {ui_port}\nspark.eventLog.enabled true\nspark.eventLog.dir file://{events}\n"
         "spark.eventLog.rolling.enabled false\nspark.eventLog.compress false\n"
-        "spark.executor.memory 512m\nspark.driver.memory 1g\nspark.ui.showConsoleProgress false\n")
+        "spark.executor.memory 512m\nspark.driver.memory 1g\nspark.ui.showConsoleProgress false\n"
+        "spark.shuffle.readHostLocalDisk false\n")
     command = documented_command("MASTER", run_config)
     with StandaloneCluster(tmp_path / "cluster", workers=2, env=env) as cluster:
         up_s = time.monotonic() - started
