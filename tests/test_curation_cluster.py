@@ -8,8 +8,9 @@ A master and two 1-core workers, each its own JVM (tests/spark_cluster.py). A sm
 once with the local engine (the reference). A copy of that run, whose extract, dedup, safety and select
 records and outputs are removed, is built by the spark-submit command quoted in docs/scale.md, run
 verbatim but for the master URL and the config path. When a dedup task has written shuffle output on an
-executor (Spark's REST API: a finished task of a running dedup job with shuffle bytes written), that
-executor's worker JVM and everything under it are killed with -9: the host is gone. The job must finish;
+executor (Spark's REST API: a finished task of a running dedup job with shuffle bytes written), every
+executor is stopped (SIGSTOP), the stage is checked to be still running, and that executor's worker JVM
+and everything under it are killed with -9 (the host is gone) before the other executor goes on. The job must finish;
 the event log must show the lost shuffle output computed again on another executor, under the recipe's
 spark.task.maxFailures; every output file must equal the local engine's byte for byte.
 """
@@ -96,10 +97,8 @@ def _shuffle_writer(ui: str) -> dict | None:
     if not dedup:
         return None
     for stage in get_json(f"{ui}/api/v1/applications/{app}/stages?status=active&details=true"):
-        # Two or more of its tasks still to finish: the stage is still running when the kill lands, so its
-        # output is still needed (on a loaded machine a stage found with one task left ended, and the next
-        # stage read everything, before the kill: nothing was computed again).
-        if stage["stageId"] not in dedup or stage["numTasks"] - stage["numCompleteTasks"] < 2:
+        # a stage still to finish (kill_worker_mid_dedup checks it again with every executor stopped)
+        if stage["stageId"] not in dedup or stage["numTasks"] == stage["numCompleteTasks"]:
             continue
         for t in (stage.get("tasks") or {}).values():
             written = t.get("taskMetrics", {}).get("shuffleWriteMetrics", {}).get("bytesWritten", 0)
@@ -109,10 +108,32 @@ def _shuffle_writer(ui: str) -> dict | None:
     return None
 
 
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _unfinished_tasks(ui: str, app: str, stage: int) -> int:
+    """Tasks of an active ``stage`` not yet finished, as the driver's REST API shows it (0: not active)."""
+    for s in get_json(f"{ui}/api/v1/applications/{app}/stages?status=active"):
+        if s["stageId"] == stage:
+            return s["numTasks"] - s["numCompleteTasks"]
+    return 0
+
+
 def kill_worker_mid_dedup(cluster: StandaloneCluster, ui: str, driver: subprocess.Popen,
                           workdir: Path, timeout: float) -> dict:
     """Wait for a dedup task's shuffle output, then kill -9 the worker JVM whose executor wrote it and every
-    process under that worker's folder (its executor JVM and Python workers). Returns what was killed."""
+    process under that worker's folder (its executor JVM and Python workers). Returns what was killed.
+
+    Tasks of the small pool take milliseconds, so a stage seen running may have ended before a kill lands
+    (then its output may have been read whole already, and nothing needs computing again). So every
+    executor is first stopped (SIGSTOP: no task can finish), the stage is checked to be still running
+    while they are stopped, and only then is the worker killed and the survivor let go on; a stage that
+    ended in the meantime lets every executor go on and the search starts again."""
     deadline = time.monotonic() + timeout
     while True:
         assert driver.poll() is None, "the build finished before a dedup task wrote shuffle output"
@@ -121,21 +142,27 @@ def kill_worker_mid_dedup(cluster: StandaloneCluster, ui: str, driver: subproces
             writer = _shuffle_writer(ui)
         except (URLError, ConnectionError, TimeoutError, ValueError):  # the driver's UI is not up yet
             writer = None
-        if writer is not None:
+        if writer is None:
+            time.sleep(0.1)
+            continue
+        executors = [_pids_under(cluster.root / f"worker{i}") for i in range(len(cluster.workers))]
+        _signal([pid for pids in executors for pid in pids], signal.SIGSTOP)
+        # status updates already on their way reach the driver; then nothing changes while they are stopped
+        time.sleep(1.0)
+        unfinished = _unfinished_tasks(ui, writer["app"], writer["stage"])
+        time.sleep(0.5)
+        if unfinished and _unfinished_tasks(ui, writer["app"], writer["stage"]) == unfinished:
             break
-        time.sleep(0.1)
+        _signal([pid for pids in executors for pid in pids], signal.SIGCONT)
     worker = next(i for i in range(len(cluster.workers))
                   if any(str(e["id"]) == writer["executor"] for e in cluster.worker_json(i)["executors"]))
-    under = _pids_under(cluster.root / f"worker{worker}")
     os.kill(cluster.workers[worker].pid, signal.SIGKILL)
-    for pid in under:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal(executors[worker], signal.SIGKILL)
+    _signal([pid for i, pids in enumerate(executors) if i != worker for pid in pids], signal.SIGCONT)
     dedup = workdir / "curation" / "dedup"
     finished = (workdir / ".steps" / "dedup.json").exists() or (dedup / "stats.json").exists()
-    return writer | {"worker": worker, "killed": len(under) + 1, "dedup_finished": finished}
+    return writer | {"worker": worker, "killed": len(executors[worker]) + 1, "dedup_finished": finished,
+                     "unfinished_tasks": unfinished}
 
 
 def read_events(folder: Path) -> list[dict]:
