@@ -1,12 +1,14 @@
 """Near-copy recall of the dedup step against the exact search, at 1e5 rows with a planted near-copy group.
 
     .venv/bin/python benchmarks/curation_near_recall.py [--parts 1000] [--rows 100] [--group 2000 10000]
+        [--driver-sample ROWS]
 
 A synthetic pool (benchmarks/synthetic_parts.make_pool: 32-d copy descriptors, every tenth row an exact
 copy, every tenth another a near copy at cosine ~0.99, the first ``--group`` rows near copies of one
 image; one run per group size) runs through the dedup step (curation.dedup_parts on the local engine,
 2 worker processes, dedup.flat_max = 1,000 so the near-copy search is cluster-partitioned with bounded
-tasks) and through the exact reference (tests/reference_dedup: exact copies by digest, then every pair at
+tasks; ``--driver-sample`` below the sample's rows trains the clusters in two levels, curation.dedup_fine)
+and through the exact reference (tests/reference_dedup: exact copies by digest, then every pair at
 the threshold by a flat index and the same keep rule) on the same stored descriptors. Recall: the share of
 the reference's near losers that the step drops as near copies; precision: the share of the step's near
 losers the reference drops. Figures go to benchmarks/RESULTS.md under "## Curation: near-copy recall".
@@ -29,12 +31,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 from benchmarks.synthetic_parts import make_pool
+from shared.config.curation import DRIVER_SAMPLE
 
 SECTION = "## Curation: near-copy recall"
 TASK_PARTS = 100  # curation.task_bytes set to this many parts' bytes (benchmarks/curation_parts_scale.py)
 
 
-def step_losers(root: Path, parts, workers: int) -> tuple[np.ndarray, dict, float]:
+def step_losers(root: Path, parts, workers: int, driver_sample: int) -> tuple[np.ndarray, dict, float]:
     """(near losers mask over the pool's rows, the step's stats, wall seconds) of the partitioned step."""
     import pyarrow.parquet as pq
 
@@ -46,8 +49,8 @@ def step_losers(root: Path, parts, workers: int) -> tuple[np.ndarray, dict, floa
     task_bytes = TASK_PARTS * int(np.median([p.bytes for p in parts]))
     started = time.perf_counter()
     try:
-        stats = run_dedup(engine, parts, DedupConfig(flat_max=1000, decontaminate=False), root / "work",
-                          root / "keep", None, task_bytes)
+        cfg = DedupConfig(flat_max=1000, decontaminate=False, driver_sample=driver_sample)
+        stats = run_dedup(engine, parts, cfg, root / "work", root / "keep", None, task_bytes)
     finally:
         engine.close()
     wall = time.perf_counter() - started
@@ -81,6 +84,9 @@ def main() -> None:
     parser.add_argument("--group", type=int, nargs="+", default=[2000, 10_000],
                         help="planted near-copy group sizes, one run each (0: none)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--driver-sample", type=int, default=DRIVER_SAMPLE,
+                        help="dedup.driver_sample: most sample rows the driver reads (below the sample's "
+                             "rows: two-level clusters)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     from curation.parts import list_parts
@@ -92,7 +98,7 @@ def main() -> None:
         try:
             make_pool(base, args.parts, args.rows, group=group, tars=False)
             parts = list_parts(base / "scores" / "parts")
-            got, stats, step_wall = step_losers(base, parts, args.workers)
+            got, stats, step_wall = step_losers(base, parts, args.workers, args.driver_sample)
             want, ref_wall = reference_losers(parts, DedupConfig().near_threshold)
         finally:
             shutil.rmtree(base, ignore_errors=True)
@@ -102,7 +108,8 @@ def main() -> None:
         near = stats["near_tasks"]
         rows.append(f"| {group:,} | {int(want.sum()):,} | {int(got.sum()):,} | {both:,} | {recall:.4f} | "
                     f"{precision:.4f} | {step_wall:.1f} | {ref_wall:.1f} | "
-                    f"{near['largest'] / near['target']:.2f} | {near['pairs']:,} |")
+                    f"{near['largest'] / near['target']:.2f} | {near['pairs']:,} | {near['sample']:,} | "
+                    f"{near['driver_rows']:,} | {near['coarse']} |")
         print(rows[-1], flush=True)
     command = " ".join(["benchmarks/curation_near_recall.py", *sys.argv[1:]])
     text = "\n".join([
@@ -111,11 +118,13 @@ def main() -> None:
          f"{os.cpu_count()} cores shared with other jobs, 1-minute load {os.getloadavg()[0]:.1f} at the "
          f"end). {args.parts * args.rows:,} rows ({args.parts:,} parts of {args.rows}, 32-d copy "
          "descriptors) with a planted group of near copies of one image; the dedup step on the local engine "
-         f"({args.workers} workers, dedup.flat_max = 1,000: clusters) against the exact search "
+         f"({args.workers} workers, dedup.flat_max = 1,000: clusters; dedup.driver_sample = "
+         f"{args.driver_sample:,}: coarse clusters > 1 = two levels) against the exact search "
          "(tests/reference_dedup, flat index, the same keep rule) on the same stored descriptors."), "",
         ("| group | near losers: reference | step | both | recall | precision | step wall s | "
-         "reference wall s | largest near task / target | pairs listed |"),
-        "|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
+         "reference wall s | largest near task / target | pairs listed | sample rows | rows the driver read "
+         "| coarse clusters |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(text)
     if not args.no_write:
         from benchmarks.results_md import write_section

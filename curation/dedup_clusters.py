@@ -116,8 +116,20 @@ def n_clusters(n: int) -> int:
     return math.ceil(math.sqrt(CLUSTERS_PER_ROW * n))
 
 
-def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0) -> Clusters:
-    """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters."""
+def spherical_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """[k, d] unit centroids of the unit rows ``x`` (k = 1: their normalised mean)."""
+    if k == 1:
+        return dedup.normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
+    kmeans = dedup.import_faiss().Kmeans(x.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
+                                         min_points_per_centroid=1)
+    kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+    return kmeans.centroids
+
+
+def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed: int = 0,
+                   k: int | None = None) -> Clusters:
+    """PCA (when ``reduce``) and k-means on the sample, ~sqrt(CLUSTERS_PER_ROW * n) clusters (``k`` when
+    given), at most one per dedup.TRAIN_PER_CENTROID sample rows."""
     dedup.set_faiss_threads()
     faiss = dedup.import_faiss()
 
@@ -132,14 +144,8 @@ def train_clusters(sample: np.ndarray, n: int, reduce: bool, buckets: int, seed:
         mean = faiss.vector_to_array(pca.mean).astype(np.float32)
         comps = faiss.vector_to_array(pca.A).reshape(dedup.PCA_DIM, sample.shape[1]).astype(np.float32)
         x = dedup.normalised((sample - mean) @ comps.T)
-    k = int(max(1, min(n_clusters(n), len(x) // dedup.TRAIN_PER_CENTROID)))
-    if k == 1:
-        centroids = dedup.normalised(x.mean(axis=0, keepdims=True) if len(x) else np.ones((1, x.shape[1])))
-    else:
-        kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
-                              min_points_per_centroid=1)
-        kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
-        centroids = kmeans.centroids
+    k = int(max(1, min(n_clusters(n) if k is None else k, len(x) // dedup.TRAIN_PER_CENTROID)))
+    centroids = spherical_kmeans(x, k, seed)
     return Clusters(np.ascontiguousarray(centroids, np.float32), mean, comps, buckets)
 
 
@@ -158,7 +164,7 @@ def _estimated_load(clusters: Clusters, sample: np.ndarray, per_row: float):
     return load, member_of, (row[own] // views, sent[own])
 
 
-def _find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candidates: np.ndarray,
+def find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candidates: np.ndarray,
                 per_row: float, capacity: float, core_min: float) -> list[np.ndarray]:
     """Representatives of the near-copy groups met in the clusters ``candidates``: in each, among (at most
     CORE_SAMPLE of) the sample rows sent there (members and queries: k-means cuts a large group among many
@@ -193,18 +199,14 @@ def _split(clusters: Clusters, reduced: np.ndarray, member_of: np.ndarray, load:
            capacity: float, seed: int) -> Clusters:
     """Each cluster over ``capacity`` replaced by a k-means of its members' sample rows into about
     2 load / capacity clusters (fewer when it has few sample rows)."""
-    faiss = dedup.import_faiss()
     keep, added = np.ones(len(load), bool), []
     for c in np.flatnonzero(load > capacity).tolist():
         rows = reduced[member_of == c]
         k = min(math.ceil(2 * load[c] / capacity), len(rows) // 2)
         if k < 2:
             continue
-        kmeans = faiss.Kmeans(rows.shape[1], k, niter=KMEANS_ITER, seed=seed, spherical=True,
-                              min_points_per_centroid=1)
-        kmeans.train(np.ascontiguousarray(rows, np.float32))
         keep[c] = False
-        added.append(kmeans.centroids)
+        added.append(spherical_kmeans(rows, k, seed))
     if not added:
         return clusters
     centroids = np.concatenate([clusters.centroids[keep], *added])
@@ -223,7 +225,7 @@ def bound_clusters(clusters: Clusters, sample: np.ndarray, per_row: float, capac
     # a group of near copies is searched for in every cluster that receives enough rows to hold one worth
     # a core (k-means may have cut a group among many clusters, none of them over the target)
     candidates = np.flatnonzero(load >= capacity / CORE_SHARE)
-    cores = _find_cores(sample[:, 0], sends, candidates, per_row, capacity, core_min)
+    cores = find_cores(sample[:, 0], sends, candidates, per_row, capacity, core_min)
     if cores:
         clusters = replace(clusters, cores=np.ascontiguousarray(cores, np.float32), core_min=core_min)
         _, inside = clusters.core_of(sample[:, 0])
@@ -237,7 +239,13 @@ def bound_clusters(clusters: Clusters, sample: np.ndarray, per_row: float, capac
             break
         clusters = split
         load, member_of, _ = _estimated_load(clusters, sample, per_row)
-    if cores:
+    return place_and_pack(clusters, load, capacity)
+
+
+def place_and_pack(clusters: Clusters, load: np.ndarray, capacity: float) -> Clusters:
+    """Each core's group resolved in its representative's nearest cluster (one stand-in vector added to
+    its load), then the clusters packed into tasks of about ``capacity`` vectors."""
+    if clusters.cores is not None:
         _, nearest, _ = _estimated_load(clusters, clusters.cores[:, None], 0)
         clusters = replace(clusters, core_cluster=nearest)
         load = load + np.bincount(clusters.core_cluster, minlength=len(load))  # one stand-in per core

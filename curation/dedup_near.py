@@ -1,12 +1,15 @@
 """Step 2 of the dedup step (curation.dedup_parts): near copies, cluster-partitioned (SemDeDup-style).
 
-A sample of the exact survivors (a bounded number of rows per part), written to storage by the tasks and
-read by the driver: half of it trains a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and
-~sqrt(3 n) spherical k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact,
-one task holding every survivor), the other half estimates each cluster task's vectors. Every cluster
-task is bounded to about ``ROWS_PER_TASK`` vectors (curation.dedup_clusters): groups of near copies large
-enough to matter become *cores*, resolved against a representative, a cluster still over it is split by a
-second-level k-means, and the clusters are packed into tasks.
+A sample of the exact survivors (~2 (SAMPLE_BASE + 40 sqrt(3 n)) rows), written to storage by the tasks:
+half of it trains a PCA (above ``REDUCE_ABOVE`` rows, or with index "ivf") and ~sqrt(3 n) spherical
+k-means centroids (up to ``flat_max`` survivors, index "auto": one cluster, exact, one task holding every
+survivor), the other half estimates each cluster task's vectors. Every cluster task is bounded to about
+``ROWS_PER_TASK`` vectors (curation.dedup_clusters): groups of near copies large enough to matter become
+*cores*, resolved against a representative, a cluster still over it is split by a second-level k-means,
+and the clusters are packed into tasks. Up to ``dedup.driver_sample`` sample rows the driver reads the
+sample and does all this itself; past it, it reads at most that many rows (a seeded subsample) for the PCA
+and a coarse k-means, and engine tasks keyed by coarse cluster train the fine centroids and bound the
+cluster tasks (curation.dedup_fine).
 
 Every part task takes out its rows inside a core (of each core's rows, the best-scoring one goes on as a
 (core, key, score) record, the others are losers, ``near-core/<first part>.npy``), assigns each other row
@@ -34,6 +37,7 @@ import numpy as np
 
 from curation import dedup
 from curation.dedup_clusters import Clusters, bound_clusters, n_clusters, train_clusters
+from curation.dedup_fine import train_two_level
 from curation.dedup_plan import Plan, exact_survivors, load, route_to_parts, save, vectors
 from curation.dedup_resolve import resolve_pairs
 from curation.parts import Part, quantize, read_part, row_key
@@ -48,26 +52,34 @@ REDUCE_ABOVE = 50_000  # more survivors than this: clusters are compared in a PC
 ROWS_PER_TASK = 4096  # vectors (members + queries) per cluster task: bounds a task's memory (~4 KB per
 # 768-d vector at its peak: its float32 form and one int8 copy)
 SAMPLE_BASE = 4096  # rows sampled for the PCA, plus dedup.TRAIN_PER_CENTROID per centroid for k-means
+DRIVER_FILL = 0.9  # the driver's subsample is drawn at this share of dedup.driver_sample (its count varies
+# by ~sqrt of it): the cap, which the driver never reads past, seldom cuts it
 
 
-def sample_task(plan: Plan, rate: float, folder: str, indexed: tuple[int, list[Part]]) -> int:
+def sample_task(plan: Plan, rate: float, driver_rate: float, folder: str,
+                indexed: tuple[int, list[Part]]) -> tuple[int, int]:
     """A seeded sample of the exact survivors of a task's parts (each part seeded by its index), their
     dedup vectors and zoomed views [m, views, D] (view 0 trains the PCA and k-means, every view estimates
     where the rows go), written to ``folder/<task>.npy``: the driver reads the files, no sample travels
-    back through the engine. Returns its rows."""
+    back through the engine. The rows drawn below ``driver_rate`` (a subsample of the sample's: one draw
+    per row decides both) also go, view 0 alone [d, D], to ``folder/driver-<task>.npy``: what the driver
+    reads when the sample is larger than it should hold (curation.dedup_fine). Returns (m, d)."""
     index, task = indexed
-    xs = []
+    xs, ds = [], []
     for part in task:
         data = read_part(part.path, ("score", "embedding", "copy"))
         rows = exact_survivors(plan, part, data)
-        rng = np.random.default_rng(part.index)
-        picked = rows[rng.random(len(rows)) < rate]
+        draw = np.random.default_rng(part.index).random(len(rows))
+        picked = rows[draw < rate]
         x, views = vectors({k: v[picked] for k, v in data.items() if k != "score"}, plan.cfg.filter_weight)
         xs.append(np.stack([x, *views], axis=1))
-    sample = np.concatenate(xs)
+        ds.append(x[draw[draw < rate] < driver_rate])
+    sample, driver = np.concatenate(xs), np.concatenate(ds)
     if len(sample):
         save(fsio.join(folder, f"{index:08d}.npy"), sample)
-    return len(sample)
+    if len(driver):
+        save(fsio.join(folder, f"driver-{index:08d}.npy"), driver)
+    return len(sample), len(driver)
 
 
 def emit_clusters(plan: Plan, clusters: Clusters, task: list[Part]):
@@ -229,35 +241,46 @@ def _stand_ins(plan: Plan, clusters: Clusters, bucket: int, core_records: list) 
     return (clusters.core_cluster[c], np.zeros(len(c), np.int8), gids, scores, quantize(reps), reduced)
 
 
-def _train(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> Clusters:
-    """The clusters (curation.dedup_clusters) from a sample the tasks write to storage; every cluster task
-    estimated at about ROWS_PER_TASK vectors (a cluster over it bounded: its near-copy groups resolved
-    against a representative, the rest split by a second-level k-means)."""
+def _train(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> tuple[Clusters, dict]:
+    """(clusters, figures): the clusters (curation.dedup_clusters) from a sample the tasks write to
+    storage; every cluster task estimated at about ROWS_PER_TASK vectors (a cluster over it bounded: its
+    near-copy groups resolved against a representative, the rest split by a second-level k-means). A
+    sample of up to ``dedup.driver_sample`` rows is read whole by the driver; a larger one trains in two
+    levels (curation.dedup_fine), the driver reading at most that many rows of it. Figures: the sample's
+    rows, the rows the driver read, the coarse clusters (1: one level)."""
     cfg = plan.cfg
     if cfg.index == "flat" or (cfg.index == "auto" and survivors <= cfg.flat_max):
         # one cluster: every pair compared exactly, by one task that holds every survivor
-        return Clusters(np.ones((1, 1), np.float32), None, None, 1)
+        return Clusters(np.ones((1, 1), np.float32), None, None, 1), {}
     k = n_clusters(survivors)
     # twice the training rows: every other row trains, the rest estimate the tasks' loads (rows the k-means
     # was fit to sit closer to their centroids, and are sent to fewer clusters, than the pool's rows)
     rate = min(1.0, 2 * (SAMPLE_BASE + dedup.TRAIN_PER_CENTROID * k) / max(1, survivors))
+    two_level = rate * survivors > cfg.driver_sample
+    driver_rate = DRIVER_FILL * cfg.driver_sample / survivors if two_level else 0.0
     folder = fsio.join(plan.work, "sample")
-    written = engine.map(partial(sample_task, plan, rate, folder), list(enumerate(tasks)))
-    sample = np.concatenate([load(fsio.join(folder, f"{i:08d}.npy"))
-                             for i, rows in enumerate(written) if rows])
-    fsio.remove(folder)
+    written = engine.map(partial(sample_task, plan, rate, driver_rate, folder), list(enumerate(tasks)))
+    rows = np.array([w[0] for w in written], np.int64)
     reduce = cfg.index == "ivf" or survivors > REDUCE_ABOVE
+    if two_level:
+        clusters, figures = train_two_level(engine, folder, rows, [w[1] for w in written], survivors, reduce,
+                                            cfg.driver_sample, ROWS_PER_TASK, cfg.near_threshold)
+        fsio.remove(folder)
+        return clusters, {"sample": int(rows.sum())} | figures
+    sample = np.concatenate([load(fsio.join(folder, f"{i:08d}.npy")) for i, m in enumerate(rows) if m])
+    fsio.remove(folder)
     clusters = train_clusters(np.ascontiguousarray(sample[0::2, 0]), survivors, reduce, 1)
     held_out = sample[1::2]
-    return bound_clusters(clusters, held_out, survivors / max(1, len(held_out)), ROWS_PER_TASK,
-                          cfg.near_threshold)
+    clusters = bound_clusters(clusters, held_out, survivors / max(1, len(held_out)), ROWS_PER_TASK,
+                              cfg.near_threshold)
+    return clusters, {"sample": len(sample), "driver_rows": len(sample), "coarse": 1}
 
 
 def near_copies(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> dict:
     """Step 2 (the module doc): the near losers to ``near/<part index>.npy``; returns the cluster tasks'
     figures (the largest task in vectors received, its target, pairs found)."""
     started = time.perf_counter()
-    clusters = _train(engine, plan, tasks, survivors)
+    clusters, sampled = _train(engine, plan, tasks, survivors)
     trained = time.perf_counter()
     done = engine.group_reduce(tasks, partial(emit_clusters, plan, clusters),
                                partial(reduce_clusters, plan, clusters), clusters.buckets)
@@ -268,11 +291,13 @@ def near_copies(engine, plan: Plan, tasks: list[list[Part]], survivors: int) -> 
     # one file per task or bucket at most
     core_losers = [path for path, _ in fsio.list_files(fsio.join(plan.work, "near-core"))]
     route_to_parts(engine, plan, losers + core_losers, fsio.join(plan.work, "near"))
-    figures = {"largest": max(d[0] for d in done), "target": ROWS_PER_TASK, "pairs": pairs}
-    log.info("dedup near: %d survivors, %d clusters (%d cores, %d core records) in %d tasks, %.2f vectors "
-             "sent per row, largest task %d vectors (target %d), %d pairs, %d label rounds, %d dropped by "
-             "the keep rule; %.1f s sample + train, %.1f s assign + compare, %.1f s resolve", survivors,
-             len(clusters.centroids), 0 if clusters.cores is None else len(clusters.cores),
+    figures = {"largest": max(d[0] for d in done), "target": ROWS_PER_TASK, "pairs": pairs} | sampled
+    log.info("dedup near: %d survivors, sample %d rows (the driver read %d, %d coarse clusters), %d clusters "
+             "(%d cores, %d core records) in %d tasks, %.2f vectors sent per row, largest task %d vectors "
+             "(target %d), %d pairs, %d label rounds, %d dropped by the keep rule; %.1f s sample + train, "
+             "%.1f s assign + compare, %.1f s resolve", survivors, sampled.get("sample", 0),
+             sampled.get("driver_rows", 0), sampled.get("coarse", 1), len(clusters.centroids),
+             0 if clusters.cores is None else len(clusters.cores),
              sum(d[2] for d in done), clusters.buckets, sum(d[0] for d in done) / max(1, survivors),
              figures["largest"], ROWS_PER_TASK, pairs, rounds, dropped, trained - started,
              searched - trained, time.perf_counter() - searched)

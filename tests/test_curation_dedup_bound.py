@@ -3,8 +3,10 @@
 A pool whose clusters are far over a (lowered) task target, one of them a group of near copies of one
 image that k-means cannot split: every cluster task stays within 2x the target, the group is resolved
 against its representative (no pair inside it), and the kept rows are still exactly those of the
-single-process rule over every pair. The resolve on the engine (components, then the keep rule in each)
-drops what the rule over the whole graph drops.
+single-process rule over every pair. The same with the clusters trained in two levels (dedup.driver_sample
+below the sample's rows: curation.dedup_fine), the driver reading at most that many sample rows. The
+resolve on the engine (components, then the keep rule in each) drops what the rule over the whole graph
+drops.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation import dedup, dedup_near, dedup_resolve
+from curation import dedup, dedup_fine, dedup_near, dedup_resolve
 from curation.copy_detection import DIM
+from curation.dedup_plan import save
 from curation.engine import LocalEngine, SparkEngine
 from curation.parts import list_parts
 from shared.config.curation import DedupConfig
@@ -36,9 +39,12 @@ def grouped(tmp_path_factory):
     return root, x, sha, scores
 
 
-@pytest.mark.parametrize(("with_group", "spark"), [(True, False), (False, False), (True, True)])
-def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_group, spark):
-    """Local engine with and without the group; Spark with it (the same rows as the local engine keeps)."""
+@pytest.mark.parametrize(("with_group", "spark", "driver_sample"),
+                         [(True, False, None), (False, False, None), (True, True, None),
+                          (True, False, 100), (False, False, 100), (True, True, 100)])
+def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_group, spark, driver_sample):
+    """Local engine with and without the group; Spark with it (the same rows as the local engine keeps).
+    One level (the driver reads the whole sample) and two (it reads at most 100 rows of the ~560)."""
     if spark:
         pytest.importorskip("pyspark")
     root, x, sha, scores = grouped
@@ -49,7 +55,8 @@ def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_gr
         root = tmp_path
     monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
     monkeypatch.setattr(dedup_near, "ROWS_PER_TASK", 96)
-    cfg = DedupConfig(decontaminate=False, flat_max=50)
+    cfg = DedupConfig(decontaminate=False, flat_max=50, **({"driver_sample": driver_sample} if driver_sample
+                                                              else {}))
     engine = SparkEngine(2) if spark else LocalEngine(2)
     try:
         stats = run(engine, root, cfg, tmp_path)
@@ -57,6 +64,10 @@ def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_gr
         engine.close()
     near = stats["near_tasks"]
     assert near["target"] == 96 and near["largest"] <= 2 * 96, near
+    if driver_sample:  # two levels ran: the driver read at most the cap of a larger sample
+        assert near["sample"] > 500 and 0 < near["driver_rows"] <= driver_sample and near["coarse"] > 1, near
+    else:
+        assert near["driver_rows"] == near["sample"] > 500 and near["coarse"] == 1, near
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
     cores = tmp_path / "w" / "near-core"
     if with_group:
@@ -104,3 +115,14 @@ def test_resolve_on_the_engine_equals_the_rule_over_the_whole_graph(tmp_path, mo
     assert np.array_equal(got, np.sort(want)) and dropped == len(want)
     assert rounds > 5  # the chain needed many rounds: the loop ran until no label changed
     assert len(list((tmp_path / "r").glob("adj-*.npz"))) > 1
+
+
+def test_driver_sample_read_up_to_the_cap(tmp_path):
+    """The driver's subsample files read in task order, the last one only up to the cap: 120 rows of 150
+    are the first 120 of their concatenation, and the file past the cap is not opened."""
+    rows = [np.full((50, 4), i, np.float32) + np.arange(50)[:, None] for i in range(3)]
+    for i, r in zip([0, 2, 3], rows, strict=True):  # task 1 drew no row
+        save(str(tmp_path / f"driver-{i:08d}.npy"), r)
+    (tmp_path / f"driver-{4:08d}.npy").write_bytes(b"not an array: never read")
+    got = dedup_fine.read_driver_sample(str(tmp_path), [50, 0, 50, 50, 7], 120)
+    assert np.array_equal(got, np.concatenate([rows[0], rows[1], rows[2][:20]]))

@@ -143,19 +143,24 @@ def test_many_clusters_keep_recall(pool, tmp_path, monkeypatch):
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
 
 
-def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch):
+@pytest.mark.parametrize("driver_sample", [None, 200])
+def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch, driver_sample):
     """Index "ivf" (what pools past REDUCE_ABOVE survivors get): ~40 clusters, candidates found in the
     PCA-64 space at a looser radius, then checked on the stored descriptors: the same rows as the exact
-    single-process rule, on 2 worker processes."""
+    single-process rule, on 2 worker processes. With the clusters trained in two levels too (the PCA and
+    the coarse k-means on the driver's 200 rows, the fine centroids in the PCA space by engine tasks)."""
     root, x, sha, scores, _ = pool
     monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
-    cfg = DedupConfig(decontaminate=False, index="ivf")
+    cfg = DedupConfig(decontaminate=False, index="ivf", **({"driver_sample": driver_sample} if driver_sample
+                                                           else {}))
     engine = LocalEngine(2)
     try:
-        dedup_parts.run_dedup(engine, list_parts(root / "parts"), cfg, tmp_path / "w", tmp_path / "k", None)
+        stats = dedup_parts.run_dedup(engine, list_parts(root / "parts"), cfg, tmp_path / "w", tmp_path / "k",
+                                      None)
     finally:
         engine.close()
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
+    assert (stats["near_tasks"]["coarse"] > 1) == bool(driver_sample), stats["near_tasks"]
 
 
 def test_pack_clusters_balances_tasks():

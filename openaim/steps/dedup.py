@@ -25,8 +25,10 @@ class Dedup(Step):
     # copy_detection, eval_index, parts) change for the same config and inputs: this step and every step
     # after it rerun. 2: cluster-partitioned, registry eval sets, int8. 3: nearest cluster by faiss's
     # top-k, within-cluster candidates in the PCA space (when used), verified. 4: clusters over a task's
-    # target bounded (near-copy cores, second-level k-means); one cluster ("flat") unchanged.
-    VERSION = 4
+    # target bounded (near-copy cores, second-level k-means); one cluster ("flat") unchanged. 5: a sample
+    # larger than dedup.driver_sample trains in two levels (coarse on the driver, fine on the engine); a
+    # smaller one unchanged.
+    VERSION = 5
     reads = ("score",)
     writes = ("curation/dedup/keep", "curation/dedup/stats.json")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from shared.config.base import StrictModel
 from shared.config.benchmark_names import check_benchmark_name
+
+DRIVER_SAMPLE = 65_536  # dedup.driver_sample's default
 
 
 class ExtractConfig(StrictModel):
@@ -89,6 +91,13 @@ class DedupConfig(StrictModel):
     index: Literal["auto", "flat", "ivf"] = "auto"
     flat_max: int = Field(5_000, ge=1,
                           description="most rows compared all against all by one task under 'auto'")
+    # The clusters are trained from a sample of the survivors (~2 (4096 + 40 sqrt(3 n)) rows). Up to this
+    # many sample rows the driver reads the whole sample; past it, a seeded subsample of at most this many
+    # rows (view 0, 768 float32 each: 192 MiB at the default) trains the PCA and a coarse k-means on the
+    # driver, and engine tasks keyed by coarse cluster train the fine centroids and bound their tasks
+    # (curation.dedup_near): the driver's share of the sample is bounded whatever the pool's size.
+    driver_sample: int = Field(DRIVER_SAMPLE, ge=100,
+                               description="most sample rows the driver reads to train the clusters")
     decontaminate: bool = True
     eval_threshold: float = Field(
         0.9, gt=0, le=1, description="copy similarity to any evaluation image above which a pool image goes")
@@ -98,6 +107,16 @@ class DedupConfig(StrictModel):
                                  "benchmark found (mini web sets, evaluation.data_root)")
 
     _known_eval_sets = field_validator("eval_sets")(lambda names: [check_benchmark_name(n) for n in names])
+
+    @model_serializer(mode="wrap")
+    def _identity(self, handler):
+        """driver_sample is left out at its default: it came after the configs whose hashes step records
+        and manifests hold, and the default keeps their results (pools whose sample fits the driver); a
+        set value is part of the identity."""
+        out = handler(self)
+        if self.driver_sample == DRIVER_SAMPLE:
+            out.pop("driver_sample", None)
+        return out
 
 
 class SafetyConfig(StrictModel):
