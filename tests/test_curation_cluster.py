@@ -10,9 +10,9 @@ records and outputs are removed, is built by the spark-submit command quoted in 
 verbatim but for the master URL and the config path. When a dedup task has written shuffle output on an
 executor (Spark's REST API: a finished task of a running dedup job with shuffle bytes written), every
 executor is stopped (SIGSTOP), the stage is checked to be still running, and that executor's worker JVM
-and everything under it are killed with -9 (the host is gone) before the other executor goes on. The job must finish;
-the event log must show the lost shuffle output computed again on another executor, under the recipe's
-spark.task.maxFailures; every output file must equal the local engine's byte for byte.
+and everything under it are killed with -9 (the host is gone) before the other executor goes on. The
+job must finish; the event log must show the lost shuffle output computed again on another executor,
+under the recipe's spark.task.maxFailures; every output file must equal the local engine's byte for byte.
 """
 
 from __future__ import annotations
