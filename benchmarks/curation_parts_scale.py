@@ -98,11 +98,11 @@ if _root:
 '''
 
 
-def _configs(flat_max: int):
+def _configs(flat_max: int, driver_sample: int):
     from shared.config.curation import DedupConfig, ExtractConfig, SelectConfig
 
-    return (ExtractConfig(), DedupConfig(index="auto", flat_max=flat_max, eval_threshold=0.95),
-            SelectConfig(fraction=0.5))
+    return (ExtractConfig(), DedupConfig(index="auto", flat_max=flat_max, eval_threshold=0.95,
+                                         driver_sample=driver_sample), SelectConfig(fraction=0.5))
 
 
 _STEP_MODULES = {"extract": ("curation.extract", "curation.extract_parts"),
@@ -127,7 +127,7 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_step(root: Path, step: str, workers: int, flat_max: int) -> dict:
+def run_step(root: Path, step: str, workers: int, flat_max: int, driver_sample: int) -> dict:
     """One step in this (fresh) process, as the pipeline's driver runs it: its stats, and the CPU seconds
     of the step alone in this process and in the engine's workers (after their imports)."""
     from functools import partial
@@ -136,7 +136,7 @@ def run_step(root: Path, step: str, workers: int, flat_max: int) -> dict:
     from curation.parts import list_parts
     from shared.atomic import atomic_dir
 
-    extract_cfg, dedup_cfg, select_cfg = _configs(flat_max)
+    extract_cfg, dedup_cfg, select_cfg = _configs(flat_max, driver_sample)
     engine = LocalEngine(workers, scratch_root=root)
     parts = list_parts(root / "scores" / "parts")
     task_bytes = TASK_PARTS * int(np.median([p.bytes for p in parts]))
@@ -217,7 +217,7 @@ def _counted(count_dir: Path) -> tuple[int, int]:
     return sum(by_folder.values()), max(by_folder.values(), default=0)
 
 
-def measure(base: Path, parts: int, workers: int, flat_max: int) -> dict:
+def measure(base: Path, parts: int, workers: int, flat_max: int, driver_sample: int) -> dict:
     root = base / f"p{parts}"
     shutil.rmtree(root, ignore_errors=True)
     t0 = time.perf_counter()
@@ -228,7 +228,8 @@ def measure(base: Path, parts: int, workers: int, flat_max: int) -> dict:
         count_dir = base / f"count-{parts}-{step}"
         shutil.rmtree(count_dir, ignore_errors=True)
         count_dir.mkdir(parents=True)
-        r = _child(["--step", str(root), step, str(workers), str(flat_max)], count_dir, root)
+        r = _child(["--step", str(root), step, str(workers), str(flat_max), str(driver_sample)], count_dir,
+                   root)
         r["files"], r["files_one_folder"] = _counted(count_dir)
         shutil.rmtree(count_dir, ignore_errors=True)
         rows[step] = r
@@ -239,19 +240,20 @@ def measure(base: Path, parts: int, workers: int, flat_max: int) -> dict:
     return {"parts": parts, "rows": parts * ROWS_PER_PART, "steps": rows}
 
 
-def measure_group(base: Path, group: int, workers: int, flat_max: int) -> dict:
+def measure_group(base: Path, group: int, workers: int, flat_max: int, driver_sample: int) -> dict:
     """The dedup step on a pool with one planted group of ``group`` near copies."""
     root = base / f"group{group}"
     shutil.rmtree(root, ignore_errors=True)
     parts = GROUP_POOL_PARTS + -(-group // GROUP_ROWS_PER_PART)
     _child(["--make", str(root), str(parts), str(GROUP_ROWS_PER_PART), str(group)])
-    r = _child(["--step", str(root), "dedup", str(workers), str(flat_max)])
+    r = _child(["--step", str(root), "dedup", str(workers), str(flat_max), str(driver_sample)])
     shutil.rmtree(root, ignore_errors=True)
     near = r["stats"].get("near_tasks", {})
     return {"group": group, "rows": parts * GROUP_ROWS_PER_PART, "wall": r["wall"],
             "driver_rss": r["driver_rss"],
             "worker_rss": r["worker_rss"], "largest": near.get("largest"), "target": near.get("target"),
-            "pairs": near.get("pairs"), "dropped": r["stats"]["dropped"]["near_dup"]}
+            "pairs": near.get("pairs"), "dropped": r["stats"]["dropped"]["near_dup"],
+            **{k: near.get(k) for k in ("sample", "driver_rows", "coarse")}}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -289,7 +291,9 @@ def report(results: list[dict], group: dict | None, workers: int, command: str) 
                            f"{group['wall']:.0f} s wall, driver {group['driver_rss'] / 2**20:.0f} MiB, "
                            f"largest worker {group['worker_rss'] / 2**20:.0f} MiB, largest near-copy task "
                            f"{group['largest']} vectors (target {group['target']}), pairs {group['pairs']}, "
-                           f"{group['dropped']:,} dropped as near copies.")]
+                           f"{group['dropped']:,} dropped as near copies; the clusters' sample "
+                           f"{group['sample']:,} rows, of which the driver read {group['driver_rows']:,} "
+                           f"({group['coarse']} coarse clusters: 1 = one level).")]
     text = "\n".join([
         SECTION, "",
         (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
@@ -317,15 +321,20 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--step":
         from curation.engine import peak_rss_bytes
 
-        out = run_step(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        out = run_step(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         print(json.dumps({**out, "driver_rss": peak_rss_bytes()}, default=float))
         return
+    from shared.config.curation import DRIVER_SAMPLE
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", type=int, nargs="+", default=[1000, 3000, 10000, 30000])
     parser.add_argument("--quick", action="store_true", help="two sizes: 1,000 and 10,000 parts")
     parser.add_argument("--group", type=int, default=10_000, help="planted near-copy group size (0: none)")
     parser.add_argument("--group-only", action="store_true", help="the planted group's dedup run alone")
     parser.add_argument("--flat-max", type=int, default=1000, help="dedup.flat_max: clusters above it")
+    parser.add_argument("--driver-sample", type=int, default=DRIVER_SAMPLE,
+                        help="dedup.driver_sample: most sample rows the driver reads (fewer than the "
+                             "sample's: two-level clusters)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
@@ -336,9 +345,10 @@ def main() -> None:
     try:
         results = []
         for parts in [] if args.group_only else sizes:
-            results.append(measure(base, parts, args.workers, args.flat_max))
+            results.append(measure(base, parts, args.workers, args.flat_max, args.driver_sample))
             print(json.dumps(results[-1], default=float), flush=True)
-        group = measure_group(base, args.group, args.workers, args.flat_max) if args.group else None
+        group = measure_group(base, args.group, args.workers, args.flat_max,
+                              args.driver_sample) if args.group else None
         if group:
             print(json.dumps(group), flush=True)
         if not results:
