@@ -1,5 +1,5 @@
-"""The near-copy clusters of the dedup step (curation.dedup_parts): trained on the driver from a sample,
-shipped to every task.
+"""The near-copy clusters of the dedup step (curation.dedup_parts): trained from a sample (on the driver, or
+in two levels with engine tasks: curation.dedup_fine), shipped to every task.
 
 A PCA (optional) and ~sqrt(``CLUSTERS_PER_ROW`` n) spherical k-means centroids. A vector is a *member* of
 its nearest centroid's cluster and is sent as a *query* to every other centroid within
@@ -9,8 +9,8 @@ values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
 
 Every cluster task is bounded to about a task's target (``bound_clusters``), from the sample:
 - a *core*: a group of near copies of one image large enough to matter (an estimated 1 / ``CORE_SHARE``
-  of a task or more; k-means cannot split it: its vectors are all alike, and the pairs inside it grow as
-  its size squared). Its
+  of a task or more, seen in ``CORE_MIN_ROWS`` sample rows or more; k-means cannot split it: its vectors
+  are all alike, and the pairs inside it grow as its size squared). Its
   representative r is the mean of the group; every vector within ``core_similarity(threshold)`` of r is a
   copy of every other (the angle between two of them is at most twice that radius, cosine >= threshold),
   so the group is resolved against r alone: the best-scoring vector within the radius stays in the search,
@@ -40,6 +40,8 @@ SPLIT_ROUNDS = 3  # second-level k-means passes over the clusters still above th
 CORE_SAMPLE = 4096  # most sample rows of one cluster searched for cores on the driver ([rows, rows] products)
 CORES_PER_CLUSTER = 4  # most near-copy groups taken out of one cluster
 CORE_SHARE = 8  # a group is a core when it is estimated to hold at least 1 / CORE_SHARE of a task's target
+CORE_MIN_ROWS = 2  # ... and seen in at least this many sample rows (past ~1e9 rows one held-out row stands
+# for more than target / CORE_SHARE rows: a lone row is no evidence of a group)
 
 
 def core_similarity(threshold: float) -> float:
@@ -164,14 +166,19 @@ def _estimated_load(clusters: Clusters, sample: np.ndarray, per_row: float):
     return load, member_of, (row[own] // views, sent[own])
 
 
+def _worth_a_core(rows: int, per_row: float, capacity: float) -> bool:
+    """Whether ``rows`` sample rows of one group, each standing for ``per_row`` vectors, make a core."""
+    return rows >= CORE_MIN_ROWS and rows * per_row >= capacity / CORE_SHARE
+
+
 def find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candidates: np.ndarray,
-                per_row: float, capacity: float, core_min: float) -> list[np.ndarray]:
+               per_row: float, capacity: float, core_min: float) -> list[np.ndarray]:
     """Representatives of the near-copy groups met in the clusters ``candidates``: in each, among (at most
     CORE_SAMPLE of) the sample rows sent there (members and queries: k-means cuts a large group among many
     clusters whose centroids are close, and each of its rows is sent to several of them) and not already
     inside a core, the row with the most rows within ``core_min`` of it, the mean of those, while the
-    rows there inside that mean's radius stand for capacity / CORE_SHARE vectors or more (a lower bound of
-    the group: its other rows are elsewhere)."""
+    rows there inside that mean's radius (CORE_MIN_ROWS or more) stand for capacity / CORE_SHARE vectors or
+    more (a lower bound of the group: its other rows are elsewhere)."""
     cores: list[np.ndarray] = []
     taken = np.zeros(len(sample), bool)
     row, cluster = sends
@@ -185,10 +192,11 @@ def find_cores(sample: np.ndarray, sends: tuple[np.ndarray, np.ndarray], candida
                 break
             close = s @ s.T >= core_min
             counts = close.sum(axis=1)
-            if counts.max() * per_row < capacity / CORE_SHARE:  # most clusters: no row has many copies
+            # most clusters: no row has many copies
+            if not _worth_a_core(int(counts.max()), per_row, capacity):
                 break
             rep = dedup.normalised(s[close[int(counts.argmax())]].mean(axis=0, keepdims=True))[0]
-            if (s @ rep >= core_min).sum() * per_row < capacity / CORE_SHARE:
+            if not _worth_a_core(int((s @ rep >= core_min).sum()), per_row, capacity):
                 break
             cores.append(rep)
             taken |= sample @ rep >= core_min  # the group's rows in every cluster

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation import dedup, dedup_fine, dedup_near, dedup_resolve
+from curation import dedup, dedup_clusters, dedup_fine, dedup_near, dedup_resolve
 from curation.copy_detection import DIM
 from curation.dedup_plan import save
 from curation.engine import LocalEngine, SparkEngine
@@ -126,3 +126,17 @@ def test_driver_sample_read_up_to_the_cap(tmp_path):
     (tmp_path / f"driver-{4:08d}.npy").write_bytes(b"not an array: never read")
     got = dedup_fine.read_driver_sample(str(tmp_path), [50, 0, 50, 50, 7], 120)
     assert np.array_equal(got, np.concatenate([rows[0], rows[1], rows[2][:20]]))
+
+
+def test_a_lone_sample_row_is_no_core():
+    """Where one held-out row stands for more than a core's share of a task (past ~1e9 rows), a core still
+    needs two sample rows inside its radius: unrelated rows make none, two copies of one image make one."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sends = (np.arange(50), np.zeros(50, np.int64))
+    core_min = dedup_clusters.core_similarity(0.9)
+    assert dedup_clusters.find_cores(x, sends, np.array([0]), 1300.0, 4096, core_min) == []
+    x[7] = x[3]
+    cores = dedup_clusters.find_cores(x, sends, np.array([0]), 1300.0, 4096, core_min)
+    assert len(cores) == 1 and float(cores[0] @ x[3]) > 0.999
