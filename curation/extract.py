@@ -18,9 +18,7 @@ import glob
 import hashlib
 import os
 import re
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.netsafety import guarded_opener, is_policy_block, url_rejection
-from curation.warc_links import warc_links
+from curation.warc_links import ExtractStats, warc_links
 from shared import fsio
 from shared.config.curation import ExtractConfig
 from shared.errors import InputError, disk_full_as_error
@@ -39,21 +37,6 @@ from shared.errors import InputError, disk_full_as_error
 def pair_uid(url: str, caption: str) -> str:
     """Stable 128-bit id of a pair, 32 hex chars (same (url, caption) -> same uid on every machine)."""
     return hashlib.blake2b(f"{url}\x00{caption}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-
-
-@dataclass
-class ExtractStats:
-    records: int = 0
-    corrupt_records: int = 0
-    oversized_records: int = 0  # cut at max_page_bytes: only their first max_page_bytes were parsed
-    links: int = 0
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-
-    def as_dict(self) -> dict:
-        return {"records": self.records, "corrupt_records": self.corrupt_records,
-                "oversized_records": self.oversized_records, "links": self.links, "kept": self.kept,
-                "dropped": dict(sorted(self.dropped.items()))}
 
 
 _URL_COLUMNS = ("url", "URL")

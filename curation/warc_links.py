@@ -25,8 +25,8 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 import charset_normalizer
@@ -37,8 +37,24 @@ from selectolax.lexbor import LexborHTMLParser
 
 from shared.errors import InputError
 
-if TYPE_CHECKING:
-    from curation.extract import ExtractStats
+
+@dataclass
+class ExtractStats:
+    """What an extract task counted: WARC records read, damaged and cut; links seen and kept; why the
+    others were dropped."""
+
+    records: int = 0
+    corrupt_records: int = 0
+    oversized_records: int = 0  # cut at max_page_bytes: only their first max_page_bytes were parsed
+    links: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "corrupt_records": self.corrupt_records,
+                "oversized_records": self.oversized_records, "links": self.links, "kept": self.kept,
+                "dropped": dict(sorted(self.dropped.items()))}
+
 
 log = logging.getLogger("openaim.curation")
 
