@@ -15,9 +15,9 @@ from shared import fsio
 from shared.config.evaluation import EvaluationConfig
 from shared.config.training import ModelConfig
 from shared.errors import ConfigError, InputError
-from shared.stage_cache import hash_json
-from training.checkpoint import complete_checkpoints
-from training.eval_weights import load_model_and_digest
+from shared.stage_cache import file_signature, hash_json
+from training.checkpoint import CONFIG_FILE, complete_checkpoints
+from training.eval_weights import load_model_and_digest, resolve_weights
 from training.model.aim import INIT_VERSION, build_aim
 
 
@@ -79,6 +79,35 @@ def checkpoint_entries(ev: EvaluationConfig, training_dir: Path, run_name: str, 
     if ev.random_baseline:
         entries.append(CheckpointEntry(RANDOM_INIT, None, 0))
     return entries
+
+
+def checkpoint_stats(entries: list[CheckpointEntry]) -> dict[str, list]:
+    """Name -> what identifies the version of each checkpoint evaluated, read from metadata only, never
+    the bytes (shared.stage_cache.file_signature: size + mtime locally, size + ETag in a bucket), for the
+    eval step's identity: a checkpoint rewritten at the same path or URL makes the step stale.
+
+    Per checkpoint: the weights file that evaluating it loads (resolve_weights: a folder's
+    model.safetensors, an ml-aim backbone.pth, a run dir's final or newest committed checkpoint) and the
+    config.json beside it, and nothing else: they are all that evaluation reads (the other files of a
+    checkpoint folder, its DCP shards and optimizer state, can be many and large and change no probe), and
+    a folder written again writes its weights file again (new mtime / ETag). The random baseline has none:
+    the config keys it."""
+    stats: dict[str, list] = {}
+    for entry in entries:
+        if entry.path is None:
+            continue
+        weights = resolve_weights(entry.path)
+        config = fsio.join(fsio.parent(weights), CONFIG_FILE)
+        stats[entry.name] = [os.fspath(entry.path), entry.step, weights, file_signature(weights),
+                             _signature_or_none(config)]
+    return stats
+
+
+def _signature_or_none(path: str) -> list | None:
+    try:
+        return file_signature(path)
+    except FileNotFoundError:
+        return None
 
 
 def load_trunk(entry: CheckpointEntry, arch_cfg: ModelConfig,

@@ -193,6 +193,24 @@ def size(path: PathOrURL) -> int:
     return os.path.getsize(_local(path))
 
 
+# What an object store's metadata says identifies one version of an object, best first: S3's ETag (a digest
+# of the bytes, also for multipart uploads), GCS's md5/generation, then the time it was last written.
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "LastModified", "mtime", "updated", "created")
+
+
+def stat(path: PathOrURL) -> dict[str, Any]:
+    """What identifies this version of a file, from its metadata only (no byte read): its size and
+    ``mtime_ns`` on local disk; its size and its store's version tag (``_VERSION_KEYS``: one HEAD request
+    on S3) under a URL. A file rewritten in place gets a new stat; FileNotFoundError if absent."""
+    if is_url(path):
+        fs, inner = filesystem(os.fspath(path))
+        info = fs.info(inner)
+        tag = next((f"{key}={info[key]}" for key in _VERSION_KEYS if info.get(key) is not None), "")
+        return {"size": int(info["size"]), "version": tag}
+    st = os.stat(_local(path))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 # -- writing ---------------------------------------------------------------------------------------------
 
 def write_bytes(path: PathOrURL, data: bytes) -> None:

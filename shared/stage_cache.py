@@ -60,10 +60,10 @@ def combine_digests(digests: Iterable[str]) -> str:
 
 def file_signature(path: str | Path) -> list:
     """A file's name (not its folder: a copied run reading the same files through another path is the same
-    input), size and modification time (ns): what identifies a large input without reading it (a
-    regenerated or replaced file gets a new time)."""
-    st = Path(path).stat()
-    return [Path(path).name, st.st_size, st.st_mtime_ns]
+    input) and its version from metadata (shared.fsio.stat: size and modification time in ns on local
+    disk, size and ETag for an object): what identifies a large input without reading it (a regenerated
+    or replaced file gets a new time or ETag)."""
+    return [fsio.name_of(path), *fsio.stat(path).values()]
 
 
 def listing_digest(folder: str | Path) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import evaluation.run
+from evaluation.checkpoints import checkpoint_entries, checkpoint_stats
 from openaim.steps.base import RunContext, Step
 from shared.config.root import OpenAIMConfig
+from shared.errors import InputError
 from shared.stage_cache import hash_json
 
 
@@ -20,9 +22,20 @@ class Evaluate(Step):
         return {"evaluation": cfg.evaluation.model_dump(mode="json")}
 
     def inputs(self, ctx: RunContext) -> dict[str, str]:
-        """The final checkpoint of this run's training, or the user's own checkpoints."""
-        checkpoints = ctx.cfg.evaluation.checkpoints
-        return {"checkpoints": hash_json(sorted(checkpoints))} if checkpoints else super().inputs(ctx)
+        """The user's own checkpoints, or this run's training (its step's record); and either way the
+        version of every checkpoint the step would evaluate (evaluation.checkpoints.checkpoint_stats: the
+        weights' size and mtime or ETag, from metadata): a checkpoint rewritten in place, or one committed
+        to training.checkpoint_root after the train step's record (a run continued outside `openaim run`,
+        a root shared by runs) with evaluate_intermediate, makes the step stale."""
+        cfg = ctx.cfg
+        found = {} if cfg.evaluation.checkpoints else super().inputs(ctx)
+        try:
+            entries = checkpoint_entries(cfg.evaluation, cfg.training_dir, cfg.name, cfg.training.steps,
+                                         cfg.training.checkpoint_root)
+            found["checkpoints"] = hash_json(checkpoint_stats(entries))
+        except InputError as exc:  # nothing trained yet, a checkpoint missing: the step's run says which
+            found["checkpoints"] = f"unreadable: {exc}"
+        return found
 
     def run(self, ctx: RunContext) -> None:
         evaluation.run.evaluate_from_config(ctx.cfg)
