@@ -123,7 +123,8 @@ def load_trunk(entry: CheckpointEntry, arch_cfg: ModelConfig,
             hash_json({"random-init": arch_cfg.model_dump(mode="json"), "seed": seed, "init": INIT_VERSION}),
         )
     try:
-        model, model_cfg, weights_hash = load_model_and_digest(entry.path)
+        # every rank loads each entry here, in the same order (evaluation.run): one download per host
+        model, model_cfg, weights_hash = load_model_and_digest(entry.path, every_rank=True)
     except InputError:
         raise
     except Exception as exc:  # a wrong-shape or unreadable checkpoint becomes one line

@@ -27,6 +27,7 @@ LOCAL_ONLY = {
     "curation/write.py:write_part_shards": "a tar in the task's local folder (fsio.local_dir stages it)",
     "openaim/steps/resources.py:_load_net": "the local copy of our filter network (fsio.process_copy)",
     "training/eval_weights.py:local_weights": "local loaders: a URL's files are fetched to a temp folder",
+    "training/eval_weights.py:_host_copy": "the same, into the host's temp folder (one copy per host)",
     "training/loop.py:train_from_config": "the run's training folder (metrics.jsonl, final/) is local",
     "training/loop.py:_list_data": "ImageNet image folders are local (an ImageNet shard list may be URLs)",
     "training/data.py:TrainBatches.__init__": "the same",
