@@ -32,6 +32,7 @@ from urllib.error import URLError
 import pytest
 import yaml
 
+from tests.processes import signal_all
 from tests.spark_cluster import StandaloneCluster, _pids_under, free_port, get_json
 
 pytest.importorskip("pyspark")
@@ -108,14 +109,6 @@ def _shuffle_writer(ui: str) -> dict | None:
     return None
 
 
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def _unfinished_tasks(ui: str, app: str, stage: int) -> int:
     """Tasks of an active ``stage`` not yet finished, as the driver's REST API shows it (0: not active)."""
     for s in get_json(f"{ui}/api/v1/applications/{app}/stages?status=active"):
@@ -146,19 +139,19 @@ def kill_worker_mid_dedup(cluster: StandaloneCluster, ui: str, driver: subproces
             time.sleep(0.1)
             continue
         executors = [_pids_under(cluster.root / f"worker{i}") for i in range(len(cluster.workers))]
-        _signal([pid for pids in executors for pid in pids], signal.SIGSTOP)
+        signal_all([pid for pids in executors for pid in pids], signal.SIGSTOP)
         # status updates already on their way reach the driver; then nothing changes while they are stopped
         time.sleep(1.0)
         unfinished = _unfinished_tasks(ui, writer["app"], writer["stage"])
         time.sleep(0.5)
         if unfinished and _unfinished_tasks(ui, writer["app"], writer["stage"]) == unfinished:
             break
-        _signal([pid for pids in executors for pid in pids], signal.SIGCONT)
+        signal_all([pid for pids in executors for pid in pids], signal.SIGCONT)
     worker = next(i for i in range(len(cluster.workers))
                   if any(str(e["id"]) == writer["executor"] for e in cluster.worker_json(i)["executors"]))
     os.kill(cluster.workers[worker].pid, signal.SIGKILL)
-    _signal(executors[worker], signal.SIGKILL)
-    _signal([pid for i, pids in enumerate(executors) if i != worker for pid in pids], signal.SIGCONT)
+    signal_all(executors[worker], signal.SIGKILL)
+    signal_all([pid for i, pids in enumerate(executors) if i != worker for pid in pids], signal.SIGCONT)
     dedup = workdir / "curation" / "dedup"
     finished = (workdir / ".steps" / "dedup.json").exists() or (dedup / "stats.json").exists()
     return writer | {"worker": worker, "killed": len(executors[worker]) + 1, "dedup_finished": finished,
