@@ -4,8 +4,11 @@ in two levels with engine tasks: curation.dedup_fine), shipped to every task.
 A PCA (optional) and ~sqrt(``CLUSTERS_PER_ROW`` n) spherical k-means centroids. A vector is a *member* of
 its nearest centroid's cluster and is sent as a *query* to every other centroid within
 ``BOUNDARY_MARGIN`` cosine of that one (at most ``MAX_PROBES`` in all), so a copy near a boundary is met
-from either side. Clusters are packed into tasks of about equal size (``pack_clusters``). Why these
-values (measured): benchmarks/RESULTS.md, "Curation: dedup design figures".
+from either side. From ``LOOKUP_FROM`` clusters trained in two levels (curation.dedup_fine) the coarse
+centroids are kept: a vector is then looked up among the fine centroids of its ``COARSE_PROBES`` nearest
+coarse clusters only (``Clusters.assign``), not among all of them. Clusters are packed into tasks of about
+equal size (``pack_clusters``). Why these values (measured): benchmarks/RESULTS.md, "Curation: dedup design
+figures" and "Curation: two-level cluster lookup".
 
 Every cluster task is bounded to about a task's target (``bound_clusters``), from the sample:
 - a *core*: a group of near copies of one image large enough to matter (an estimated 1 / ``CORE_SHARE``
@@ -36,6 +39,9 @@ CLUSTERS_PER_ROW = 3
 KMEANS_ITER = 5
 MAX_PROBES = 8  # most clusters a vector is sent to
 BOUNDARY_MARGIN = 0.1  # a vector is sent to every centroid this close (cosine) to its nearest one
+COARSE_PROBES = 6  # two levels: coarse clusters whose fine centroids a vector is looked up among ...
+LOOKUP_FROM = 8192  # ... when there are at least this many fine centroids (below, searching all of them is
+# exact and costs at most ~2x more)
 SPLIT_ROUNDS = 3  # second-level k-means passes over the clusters still above the target
 CORE_SAMPLE = 4096  # most sample rows of one cluster searched for cores on the driver ([rows, rows] products)
 CORES_PER_CLUSTER = 4  # most near-copy groups taken out of one cluster
@@ -63,6 +69,10 @@ class Clusters:
     cores: np.ndarray | None = None  # [c, D] unit representatives of near-copy groups (stored space)
     core_cluster: np.ndarray | None = None  # [c] the cluster whose task resolves each core's group
     core_min: float = 1.0  # core_similarity(threshold)
+    coarse: np.ndarray | None = None  # [g, r] unit coarse centroids (two_level; None: all searched)
+    coarse_starts: np.ndarray | None = None  # [g + 1] coarse cluster j's fine centroids are the rows
+    # coarse_starts[j]:coarse_starts[j + 1] of ``centroids`` (none empty)
+    coarse_probes: int = 0  # coarse clusters a vector's fine centroids are looked up in (COARSE_PROBES)
 
     def bucket(self, cluster: np.ndarray) -> np.ndarray:
         return cluster % self.buckets if self.bucket_of is None else self.bucket_of[cluster]
@@ -82,22 +92,70 @@ class Clusters:
         return dedup.normalised((v - self.pca_mean) @ self.pca_components.T)
 
     def assign(self, vr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, cluster, nearest) for every (vector, cluster) it is sent to: its nearest cluster
-        (nearest = True), then every other one within ``BOUNDARY_MARGIN`` cosine of it, at most
-        ``MAX_PROBES`` in all."""
+        """(row, cluster, nearest) for every (vector, cluster) it is sent to, by vector, nearest first: its
+        nearest cluster (nearest = True), then every other one within ``BOUNDARY_MARGIN`` cosine of it, at
+        most ``MAX_PROBES`` in all. With coarse centroids the clusters are looked for among the fine
+        centroids of the vector's ``coarse_probes`` nearest coarse clusters only (``_assign_two_level``)."""
         n, k = len(vr), len(self.centroids)
         if k == 1:
             return np.arange(n), np.zeros(n, np.int64), np.ones(n, bool)
         faiss = dedup.import_faiss()
+        vr = np.ascontiguousarray(vr, np.float32)
         # faiss's top-k (blocked product + heap) rather than numpy: a [rows, k] similarity matrix with
         # r = 64 is memory-bound, and finding the few clusters within the margin in it cost more than the
         # product. One OpenMP thread: a task has one core (curation.engine), and faiss's runtime may have
         # been loaded after the engine set its limits.
         with threadpool_limits(1, user_api="openmp"):
-            sims, ids = faiss.knn(np.ascontiguousarray(vr, np.float32), self.centroids, min(MAX_PROBES, k),
+            if self.coarse is not None:
+                return self._assign_two_level(vr)
+            sims, ids = faiss.knn(vr, self.centroids, min(MAX_PROBES, k),
                                   metric=faiss.METRIC_INNER_PRODUCT)  # [n, probes], best first
         rows, rank = np.nonzero(sims >= sims[:, :1] - BOUNDARY_MARGIN)
         return rows, ids[rows, rank].astype(np.int64), rank == 0
+
+    def _assign_two_level(self, vr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``assign`` among the fine centroids of each vector's ``coarse_probes`` nearest coarse clusters:
+        ~(g + probes k / g) products per vector instead of k (benchmarks/RESULTS.md, "Curation: two-level
+        cluster lookup": how often it differs from the search over every centroid)."""
+        if not len(vr):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+        faiss = dedup.import_faiss()
+        n, probes = len(vr), min(self.coarse_probes, len(self.coarse))
+        _, near = faiss.knn(vr, self.coarse, probes, metric=faiss.METRIC_INNER_PRODUCT)  # [n, probes]
+        # each (vector, probe)'s top MAX_PROBES fine centroids in that coarse cluster; -inf: none there
+        sims = np.full((n, probes, MAX_PROBES), -np.inf, np.float32)
+        ids = np.zeros((n, probes, MAX_PROBES), np.int64)
+        flat = near.ravel()
+        order = np.argsort(flat, kind="stable")
+        cuts = np.searchsorted(flat[order], np.arange(len(self.coarse) + 1))
+        for j in np.flatnonzero(np.diff(cuts)).tolist():
+            vec, probe = np.divmod(order[cuts[j]:cuts[j + 1]], probes)  # the vectors that probe j
+            lo, hi = int(self.coarse_starts[j]), int(self.coarse_starts[j + 1])
+            top = min(MAX_PROBES, hi - lo)
+            sims[vec, probe, :top], ids[vec, probe, :top] = faiss.knn(
+                vr[vec], self.centroids[lo:hi], top, metric=faiss.METRIC_INNER_PRODUCT)
+            ids[vec, probe, :top] += lo
+        sims, ids = sims.reshape(n, -1), ids.reshape(n, -1)
+        best = np.argsort(-sims, axis=1, kind="stable")[:, :MAX_PROBES]  # [n, MAX_PROBES], best first
+        sims, ids = np.take_along_axis(sims, best, axis=1), np.take_along_axis(ids, best, axis=1)
+        rows, rank = np.nonzero(sims >= sims[:, :1] - BOUNDARY_MARGIN)
+        return rows, ids[rows, rank], rank == 0
+
+
+def two_level(coarse: np.ndarray, fine: list[np.ndarray], pca_mean: np.ndarray | None,
+              pca_components: np.ndarray | None) -> Clusters:
+    """Clusters whose centroids are the fine centroids ``fine[j]`` ([k_j, r]) of each coarse centroid
+    ``coarse[j]``, in that order. From ``LOOKUP_FROM`` fine centroids the coarse ones are kept for the
+    lookup (``Clusters.assign``), less those without fine centroids (a vector probing one would find
+    none there)."""
+    have = [j for j, f in enumerate(fine) if len(f)]
+    centroids = np.ascontiguousarray(np.concatenate([fine[j] for j in have]), np.float32)
+    if len(centroids) < LOOKUP_FROM:
+        return Clusters(centroids, pca_mean, pca_components, 1)
+    starts = np.r_[0, np.cumsum([len(fine[j]) for j in have])].astype(np.int64)
+    return Clusters(centroids, pca_mean, pca_components, 1,
+                    coarse=np.ascontiguousarray(coarse[have], np.float32), coarse_starts=starts,
+                    coarse_probes=COARSE_PROBES)
 
 
 def pack_clusters(load: np.ndarray, capacity: float) -> tuple[np.ndarray, int]:

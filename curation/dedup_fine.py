@@ -13,13 +13,17 @@ driver_sample / n``.
    to their nearest coarse centroid; the task trains ~k x its share of the training rows fine centroids
    on them. The driver gathers the fine centroids (k x 64 floats: the plan every part task gets anyway).
 3. Bounds (one engine task per coarse cluster's range of fine clusters): every sample file assigns its
-   held-out rows, every view, against all fine centroids as a part task will (so a vector sent across a
-   coarse boundary counts where it goes) and sends each (row, view, cluster) to the task holding the
+   held-out rows, every view, to the fine clusters as a part task will (among the fine centroids of their
+   nearest coarse clusters: ``Clusters.assign``; a vector sent across a coarse boundary counts where it
+   goes) and sends each (row, view, cluster) to the task holding the
    cluster, with the row's vector. The task estimates its clusters' loads, finds near-copy cores among the
    rows sent there and splits its clusters still over the target (the rules of curation.dedup_clusters,
    within its clusters); it returns its clusters' centroids, loads and cores.
 The driver concatenates them, keeps one core per group (a core whose representative is a copy of an
-earlier one's is dropped: two tasks may meet one group) and packs the clusters into tasks.
+earlier one's is dropped: two tasks may meet one group) and packs the clusters into tasks. The coarse
+centroids stay in the plan: each fine cluster, split or not, belongs to the coarse cluster whose task
+trained or split it, and the part tasks look a vector up among the fine clusters of its nearest coarse
+ones.
 
 Load estimates past a task's clusters are conservative: rows a core found in another task takes out are
 still counted, and a split cluster's vectors are divided among its own sub-centroids only.
@@ -45,6 +49,7 @@ from curation.dedup_clusters import (
     place_and_pack,
     spherical_kmeans,
     train_clusters,
+    two_level,
 )
 from curation.dedup_plan import load, load_head
 from shared import fsio
@@ -104,7 +109,8 @@ def train_fine(k: int, train_rows: int, per_centroid: int, coarse: int, records)
 
 
 def emit_bounds(fine: Clusters, starts: np.ndarray, folder: str, item: tuple[int, int]):
-    """(bound task, record) for a sample file's held-out rows: every view assigned to all fine clusters;
+    """(bound task, record) for a sample file's held-out rows: every view assigned to the fine clusters as
+    in a part task (``Clusters.assign``);
     per bound task (a range of fine clusters, ``starts``), the sends there (cluster, row position, view,
     member: the row's own vector in its nearest cluster, PCA-space vector) and the view-0 vectors of the
     rows sent there (position, [D])."""
@@ -189,7 +195,8 @@ def distinct_cores(cores: list[np.ndarray], threshold: float) -> list[np.ndarray
 def train_two_level(engine, folder: str, rows: np.ndarray, driver_rows: list[int], n: int, reduce: bool,
                     cap: int, capacity: float, threshold: float) -> tuple[Clusters, dict]:
     """(clusters, figures) from the sample in ``folder`` (``rows`` per file; module doc): the driver
-    reads at most ``cap`` rows of it. Figures: the rows the driver read, the coarse clusters."""
+    reads at most ``cap`` rows of it. Figures: the rows the driver read, the coarse clusters, the coarse
+    clusters a vector is looked up in (0: every fine centroid searched)."""
     offsets = np.r_[0, np.cumsum(rows)[:-1]]
     items = [(i, int(offsets[i])) for i in np.flatnonzero(rows)]
     total = int(rows.sum())
@@ -205,18 +212,19 @@ def train_two_level(engine, folder: str, rows: np.ndarray, driver_rows: list[int
     parts = engine.group_reduce(items, partial(emit_training, coarse, folder),
                                 partial(train_fine, k, train_rows, dedup.TRAIN_PER_CENTROID),
                                 len(coarse.centroids))
-    got = [c for c in parts if c is not None]
-    starts = np.r_[0, np.cumsum([0 if c is None else len(c) for c in parts])]
-    fine = Clusters(np.ascontiguousarray(np.concatenate(got)), coarse.pca_mean, coarse.pca_components, 1)
+    parts = [np.zeros((0, coarse.centroids.shape[1]), np.float32) if c is None else c for c in parts]
+    starts = np.r_[0, np.cumsum([len(c) for c in parts])]  # bound task j: coarse cluster j's fine clusters
+    fine = two_level(coarse.centroids, parts, coarse.pca_mean, coarse.pca_components)
 
     per_row = n / max(1, held_out)  # the pool's rows each held-out row stands for
     bounded = engine.group_reduce(items, partial(emit_bounds, fine, starts, folder),
                                   partial(bound_fine, fine, starts, per_row, capacity, threshold), len(parts))
-    centroids = np.ascontiguousarray(np.concatenate([b[0] for b in bounded]), np.float32)
     load = np.concatenate([b[1] for b in bounded])
     cores = distinct_cores([rep for b in bounded for rep in b[2]], threshold)
-    clusters = Clusters(centroids, coarse.pca_mean, coarse.pca_components, 1)
+    # the clusters split by task j stay in coarse cluster j: the lookup finds them where it found theirs
+    clusters = two_level(coarse.centroids, [b[0] for b in bounded], coarse.pca_mean, coarse.pca_components)
     if cores:
         clusters = replace(clusters, cores=np.ascontiguousarray(cores, np.float32),
                            core_min=core_similarity(threshold))
-    return place_and_pack(clusters, load, capacity), {"driver_rows": read, "coarse": len(coarse.centroids)}
+    return place_and_pack(clusters, load, capacity), {"driver_rows": read, "coarse": len(coarse.centroids),
+                                                      "coarse_probes": clusters.coarse_probes}

@@ -9,7 +9,8 @@ survivor), the other half estimates each cluster task's vectors. Every cluster t
 and the clusters are packed into tasks. Up to ``dedup.driver_sample`` sample rows the driver reads the
 sample and does all this itself; past it, it reads at most that many rows (a seeded subsample) for the PCA
 and a coarse k-means, and engine tasks keyed by coarse cluster train the fine centroids and bound the
-cluster tasks (curation.dedup_fine).
+cluster tasks (curation.dedup_fine); from ``dedup_clusters.LOOKUP_FROM`` fine clusters a vector is then
+looked up among the fine clusters of its nearest coarse ones only (``Clusters.assign``).
 
 Every part task takes out its rows inside a core (of each core's rows, the best-scoring one goes on as a
 (core, key, score) record, the others are losers, ``near-core/<first part>.npy``), assigns each other row

@@ -11,6 +11,9 @@ drops.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -39,12 +42,18 @@ def grouped(tmp_path_factory):
     return root, x, sha, scores
 
 
-@pytest.mark.parametrize(("with_group", "spark", "driver_sample"),
-                         [(True, False, None), (False, False, None), (True, True, None),
-                          (True, False, 100), (False, False, 100), (True, True, 100)])
-def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_group, spark, driver_sample):
+@pytest.mark.parametrize(("with_group", "spark", "driver_sample", "lookup"),
+                         [(True, False, None, False), (False, False, None, False), (True, True, None, False),
+                          (True, False, 100, False), (False, False, 100, False), (True, True, 100, False),
+                          (True, False, 100, True), (False, False, 100, True), (True, True, 100, True)])
+def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_group, spark, driver_sample,
+                                         lookup):
     """Local engine with and without the group; Spark with it (the same rows as the local engine keeps).
-    One level (the driver reads the whole sample) and two (it reads at most 100 rows of the ~560)."""
+    One level (the driver reads the whole sample) and two (it reads at most 100 rows of the ~560). With
+    ``lookup``, two levels with the coarse-then-fine lookup (dedup_clusters.LOOKUP_FROM lowered: the part
+    tasks and the load estimate look each vector up among the fine clusters of its 4 nearest coarse
+    clusters of 6 only; structureless 768-d vectors, the lookup's hardest case: with 3 of
+    6 probed one pair of the pool without the group is missed)."""
     if spark:
         pytest.importorskip("pyspark")
     root, x, sha, scores = grouped
@@ -55,6 +64,9 @@ def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_gr
         root = tmp_path
     monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
     monkeypatch.setattr(dedup_near, "ROWS_PER_TASK", 96)
+    if lookup:  # the plan (built here, on the driver) carries the lookup to the tasks
+        monkeypatch.setattr(dedup_clusters, "LOOKUP_FROM", 0)
+        monkeypatch.setattr(dedup_clusters, "COARSE_PROBES", 4)
     cfg = DedupConfig(decontaminate=False, flat_max=50, **({"driver_sample": driver_sample} if driver_sample
                                                               else {}))
     engine = SparkEngine(2) if spark else LocalEngine(2)
@@ -66,6 +78,9 @@ def test_cluster_tasks_bounded_and_exact(grouped, tmp_path, monkeypatch, with_gr
     assert near["target"] == 96 and near["largest"] <= 2 * 96, near
     if driver_sample:  # two levels ran: the driver read at most the cap of a larger sample
         assert near["sample"] > 500 and 0 < near["driver_rows"] <= driver_sample and near["coarse"] > 1, near
+        # with the lookup: each vector searched among the fine clusters of fewer than all coarse ones
+        probes = 4 if lookup else 0
+        assert near["coarse_probes"] == probes and near["coarse"] > probes, near
     else:
         assert near["driver_rows"] == near["sample"] > 500 and near["coarse"] == 1, near
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
@@ -140,3 +155,45 @@ def test_a_lone_sample_row_is_no_core():
     x[7] = x[3]
     cores = dedup_clusters.find_cores(x, sends, np.array([0]), 1300.0, 4096, core_min)
     assert len(cores) == 1 and float(cores[0] @ x[3]) > 0.999
+
+
+def test_two_level_lookup_finds_the_nearest_cluster():
+    """The coarse-then-fine lookup (Clusters.assign with coarse centroids, as dedup_fine builds them) on a
+    clustered 64-d set (vectors around 2,048 sub-topics under 64 topics, cosine ~0.85 to their sub-topic):
+    ~8,200 fine centroids (LOOKUP_FROM) in 91 coarse clusters. Each vector is sent only to fine clusters
+    of its COARSE_PROBES = 6 nearest coarse clusters, and its nearest cluster is the search over every
+    centroid's for >= 99% of the vectors (measured: all 20,000, and every vector's whole send list
+    the same; benchmarks/RESULTS.md "Curation: two-level cluster lookup" has other sizes and a noisier
+    set, where they differ)."""
+    rng = np.random.default_rng(0)
+
+    def unit(v):
+        return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+    topics = unit(rng.standard_normal((64, 64)))
+    centres = unit(np.repeat(topics, 32, axis=0) + 0.8 * unit(rng.standard_normal((2048, 64))))
+
+    def draw(n):
+        return unit(centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, 64)) * 0.6 / 8)
+
+    k = dedup_clusters.LOOKUP_FROM
+    g = math.ceil(math.sqrt(k))
+    x = draw(10 * k)
+    coarse = dedup_clusters.train_clusters(x, len(x), False, 1, k=g)
+    _, group, nearest = coarse.assign(x)
+    group = group[nearest]
+    fine = [dedup_clusters.spherical_kmeans(x[group == j], math.ceil(k * (group == j).mean()), j)
+            for j in range(g) if (group == j).any()]
+    clusters = dedup_clusters.two_level(coarse.centroids, fine, None, None)
+    assert clusters.coarse is not None and len(clusters.centroids) >= k
+    q = draw(20_000)
+    row, cluster, nearest = clusters.assign(q)
+    _, want_cluster, want_nearest = replace(clusters, coarse=None).assign(q)
+    assert np.array_equal(row[nearest], np.arange(len(q)))  # one nearest cluster per vector
+    # every cluster a vector is sent to is a fine cluster of one of its COARSE_PROBES nearest coarse ones
+    sims, p = q @ clusters.coarse.T, dedup_clusters.COARSE_PROBES
+    probed_min = -np.partition(-sims, p - 1, axis=1)[:, p - 1]  # each vector's p-th nearest coarse
+    owner = np.searchsorted(clusters.coarse_starts, cluster, side="right") - 1
+    assert (sims[row, owner] >= probed_min[row] - 1e-5).all()
+    same = (cluster[nearest] == want_cluster[want_nearest]).mean()
+    assert same >= 0.99, same

@@ -143,14 +143,18 @@ def test_many_clusters_keep_recall(pool, tmp_path, monkeypatch):
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
 
 
-@pytest.mark.parametrize("driver_sample", [None, 200])
-def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch, driver_sample):
+@pytest.mark.parametrize(("driver_sample", "lookup"), [(None, False), (200, False), (200, True)])
+def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch, driver_sample, lookup):
     """Index "ivf" (what pools past REDUCE_ABOVE survivors get): ~40 clusters, candidates found in the
     PCA-64 space at a looser radius, then checked on the stored descriptors: the same rows as the exact
     single-process rule, on 2 worker processes. With the clusters trained in two levels too (the PCA and
-    the coarse k-means on the driver's 200 rows, the fine centroids in the PCA space by engine tasks)."""
+    the coarse k-means on the driver's 200 rows, the fine centroids in the PCA space by engine tasks), and
+    with the coarse-then-fine lookup in the PCA space (dedup_clusters.LOOKUP_FROM lowered)."""
     root, x, sha, scores, _ = pool
     monkeypatch.setattr(dedup, "TRAIN_PER_CENTROID", 10)
+    if lookup:  # 4 coarse clusters probed of 7
+        monkeypatch.setattr(dedup_clusters, "LOOKUP_FROM", 0)
+        monkeypatch.setattr(dedup_clusters, "COARSE_PROBES", 4)
     cfg = DedupConfig(decontaminate=False, index="ivf", **({"driver_sample": driver_sample} if driver_sample
                                                            else {}))
     engine = LocalEngine(2)
@@ -161,6 +165,9 @@ def test_pca_space_search_keeps_every_copy(pool, tmp_path, monkeypatch, driver_s
         engine.close()
     assert np.array_equal(kept(tmp_path / "k"), reference_keep(x, sha, scores, cfg))
     assert (stats["near_tasks"]["coarse"] > 1) == bool(driver_sample), stats["near_tasks"]
+    if lookup:  # each vector looked up in fewer coarse clusters than there are
+        near = stats["near_tasks"]
+        assert near["coarse"] > near["coarse_probes"] == 4, near
 
 
 def test_pack_clusters_balances_tasks():
