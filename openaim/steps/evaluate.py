@@ -6,7 +6,7 @@ import evaluation.run
 from evaluation.checkpoints import checkpoint_entries, checkpoint_stats
 from openaim.steps.base import RunContext, Step
 from shared.config.root import OpenAIMConfig
-from shared.errors import InputError
+from shared.errors import ConfigError, InputError
 from shared.stage_cache import hash_json
 
 
@@ -33,7 +33,9 @@ class Evaluate(Step):
             entries = checkpoint_entries(cfg.evaluation, cfg.training_dir, cfg.name, cfg.training.steps,
                                          cfg.training.checkpoint_root)
             found["checkpoints"] = hash_json(checkpoint_stats(entries))
-        except InputError as exc:  # nothing trained yet, a checkpoint missing: the step's run says which
+        # nothing trained yet, a checkpoint missing, a URL workdir (eval's folder is local): planning goes on
+        # (`openaim status` of a curation run in a bucket), and the step's run says which
+        except (InputError, ConfigError) as exc:
             found["checkpoints"] = f"unreadable: {exc}"
         return found
 
