@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -31,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
+
+from benchmarks.results_md import run_context, write_section
 
 SECTION = "## Curation: two-level cluster lookup"
 DIM = 64
@@ -120,9 +120,8 @@ def main() -> None:
     command = " ".join(["benchmarks/curation_cluster_lookup.py", *sys.argv[1:]])
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-         f"{os.cpu_count()} cores shared with other jobs, 1-minute load {os.getloadavg()[0]:.1f} at the end; "
-         "one thread). The module doc says how the clustered 64-d set and the clusters are made. "
+        (f"`{command}` ({run_context()}; one thread). The module doc says how the clustered 64-d set and "
+         "the clusters are made. "
          f"{args.vectors:,} fresh vectors assigned against every fine centroid (exhaustive) and with the "
          "two-level lookup (the fine centroids of the vector's nearest coarse clusters only); agreement with "
          "the exhaustive assignment: the same nearest cluster, the same whole send list ((cluster, member "
@@ -132,8 +131,6 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|", *table, ""])
     print(text)
     if not args.no_write:
-        from benchmarks.results_md import write_section
-
         write_section(SECTION, text)
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import re
 import shutil
 import sys
@@ -35,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from benchmarks.results_md import run_context, write_section
 from benchmarks.synthetic_parts import make_pool
 from shared.config.curation import DRIVER_SAMPLE
 
@@ -143,9 +142,8 @@ def main() -> None:
     command = " ".join(["benchmarks/curation_near_recall.py", *sys.argv[1:]])
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-         f"{os.cpu_count()} cores shared with other jobs, 1-minute load {os.getloadavg()[0]:.1f} at the "
-         f"end). {args.parts * args.rows:,} rows ({args.parts:,} parts of {args.rows}, 32-d copy "
+        (f"`{command}` ({run_context()}). {args.parts * args.rows:,} rows ({args.parts:,} parts of "
+         f"{args.rows}, 32-d copy "
          "descriptors) with a planted group of near copies of one image; the dedup step on the local engine "
          f"({args.workers} workers, dedup.flat_max = 1,000: clusters; dedup.driver_sample = "
          f"{args.driver_sample:,}: coarse clusters > 1 = two levels; dedup_clusters.LOOKUP_FROM = "
@@ -158,8 +156,6 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""])
     print(text)
     if not args.no_write:
-        from benchmarks.results_md import write_section
-
         write_section(SECTION, text)
     print(f"recall={worst:.4f} (the lowest)")
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from benchmarks.results_md import run_context, write_section
 from benchmarks.synthetic_parts import EMB_DIM, ROWS_PER_PART, make_pool
 
 SECTION = "## Curation: bookkeeping against parts"
@@ -296,9 +296,8 @@ def report(results: list[dict], group: dict | None, workers: int, command: str) 
                            f"({group['coarse']} coarse clusters: 1 = one level).")]
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-         f"{os.cpu_count()} cores shared with other jobs, local engine with {workers} worker processes, "
-         f"1-minute load {os.getloadavg()[0]:.1f} at the end). A synthetic pool of P parts of "
+        (f"`{command}` ({run_context(f'local engine with {workers} worker processes')}). A synthetic "
+         "pool of P parts of "
          f"{ROWS_PER_PART} rows (benchmarks/synthetic_parts.make_pool), each step in a fresh process, "
          f"curation.task_bytes = {TASK_PARTS} parts' bytes (P / {TASK_PARTS} tasks). CPU per "
          "part: the step's work after imports (driver alone, and driver + workers); driver MiB = its peak "
@@ -356,8 +355,6 @@ def main() -> None:
         text, line = report(results, group, args.workers, command)
         print(text)
         if not args.no_write:
-            from benchmarks.results_md import write_section
-
             write_section(SECTION, text, keep="### ")
         print(line)
     finally:

@@ -6,11 +6,23 @@ Each benchmark script owns one section. Figures measured by hand (a GPU lease, a
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from pathlib import Path
 
 from shared.atomic import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def run_context(*details: str) -> str:
+    """What goes in the parenthesis after a benchmark's command: the date, the machine, its cores, any
+    ``details``, and the 1-minute load at the end (the cores are shared with other jobs: the load says how
+    much)."""
+    return ", ".join([time.strftime("%Y-%m-%d"), platform.processor() or platform.machine(),
+                      f"{os.cpu_count()} cores shared with other jobs", *details,
+                      f"1-minute load {os.getloadavg()[0]:.1f} at the end"])
 
 
 def write_section(section: str, text: str, keep: str | None = None, path: Path = RESULTS) -> None:
