@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from benchmarks.results_md import run_context, write_section
+from benchmarks.results_md import run_line, write_section
 
 SECTION = "## Curation: two-level cluster lookup"
 DIM = 64
@@ -117,10 +117,9 @@ def main() -> None:
                          f"{t_all:.2f} | {t:.2f} | {t_all / t:.1f} | {(best == want_best).mean():.4f} | "
                          f"{same / len(q):.4f} | {found / total:.4f} |")
             print(table[-1], flush=True)
-    command = " ".join(["benchmarks/curation_cluster_lookup.py", *sys.argv[1:]])
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({run_context()}; one thread). The module doc says how the clustered 64-d set and "
+        (f"{run_line(__file__, 'one thread')}. The module doc says how the clustered 64-d set and "
          "the clusters are made. "
          f"{args.vectors:,} fresh vectors assigned against every fine centroid (exhaustive) and with the "
          "two-level lookup (the fine centroids of the vector's nearest coarse clusters only); agreement with "

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from benchmarks.results_md import run_context, write_section
+from benchmarks.results_md import run_line, write_section
 from benchmarks.synthetic_parts import make_pool
 from shared.config.curation import DRIVER_SAMPLE
 
@@ -139,10 +139,9 @@ def main() -> None:
                     f"{near['driver_rows']:,} | {near['coarse']} | {near.get('coarse_probes', 0)} | "
                     f"{near['assign_compare_s']:.1f} |")
         print(rows[-1], flush=True)
-    command = " ".join(["benchmarks/curation_near_recall.py", *sys.argv[1:]])
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({run_context()}). {args.parts * args.rows:,} rows ({args.parts:,} parts of "
+        (f"{run_line(__file__)}. {args.parts * args.rows:,} rows ({args.parts:,} parts of "
          f"{args.rows}, 32-d copy "
          "descriptors) with a planted group of near copies of one image; the dedup step on the local engine "
          f"({args.workers} workers, dedup.flat_max = 1,000: clusters; dedup.driver_sample = "

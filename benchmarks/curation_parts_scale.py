@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
-from benchmarks.results_md import run_context, write_section
+from benchmarks.results_md import run_line, write_section
 from benchmarks.synthetic_parts import EMB_DIM, ROWS_PER_PART, make_pool
 
 SECTION = "## Curation: bookkeeping against parts"
@@ -260,7 +260,7 @@ def _ratio(a: float, b: float) -> float:
     return b / a if a else float("inf") if b else 1.0
 
 
-def report(results: list[dict], group: dict | None, workers: int, command: str) -> tuple[str, str]:
+def report(results: list[dict], group: dict | None, workers: int) -> tuple[str, str]:
     small, big = results[0], results[-1]
     head = ["step", "P", "driver CPU ms/part", "all CPU ms/part", "wall s", "driver MiB", "files/part",
             "most files in one folder / P", "largest worker MiB", "largest near task / target"]
@@ -296,7 +296,7 @@ def report(results: list[dict], group: dict | None, workers: int, command: str) 
                            f"({group['coarse']} coarse clusters: 1 = one level).")]
     text = "\n".join([
         SECTION, "",
-        (f"`{command}` ({run_context(f'local engine with {workers} worker processes')}). A synthetic "
+        (f"{run_line(__file__, f'local engine with {workers} worker processes')}. A synthetic "
          "pool of P parts of "
          f"{ROWS_PER_PART} rows (benchmarks/synthetic_parts.make_pool), each step in a fresh process, "
          f"curation.task_bytes = {TASK_PARTS} parts' bytes (P / {TASK_PARTS} tasks). CPU per "
@@ -340,7 +340,6 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [1000, 10000] if args.quick else sorted(args.parts)
     base = args.keep or Path(tempfile.mkdtemp(prefix="curation-parts-"))
-    command = " ".join(["benchmarks/curation_parts_scale.py", *sys.argv[1:]])
     try:
         results = []
         for parts in [] if args.group_only else sizes:
@@ -352,7 +351,7 @@ def main() -> None:
             print(json.dumps(group), flush=True)
         if not results:
             return
-        text, line = report(results, group, args.workers, command)
+        text, line = report(results, group, args.workers)
         print(text)
         if not args.no_write:
             write_section(SECTION, text, keep="### ")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from shared.atomic import atomic_write_text
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def run_context(*details: str) -> str:
-    """What goes in the parenthesis after a benchmark's command: the date, the machine, its cores, any
-    ``details``, and the 1-minute load at the end (the cores are shared with other jobs: the load says how
-    much)."""
-    return ", ".join([time.strftime("%Y-%m-%d"), platform.processor() or platform.machine(),
-                      f"{os.cpu_count()} cores shared with other jobs", *details,
-                      f"1-minute load {os.getloadavg()[0]:.1f} at the end"])
+def run_line(script: str, *details: str) -> str:
+    """How a benchmark ran, for its section: its command as run (``script``: the script's ``__file__``, with
+    this process's arguments), then in parentheses the date, the machine, its cores, any ``details``, and
+    the 1-minute load at the end (the cores are shared with other jobs: the load says how much)."""
+    command = " ".join([f"benchmarks/{Path(script).name}", *sys.argv[1:]])
+    context = ", ".join([time.strftime("%Y-%m-%d"), platform.processor() or platform.machine(),
+                         f"{os.cpu_count()} cores shared with other jobs", *details,
+                         f"1-minute load {os.getloadavg()[0]:.1f} at the end"])
+    return f"`{command}` ({context})"
 
 
 def write_section(section: str, text: str, keep: str | None = None, path: Path = RESULTS) -> None:
