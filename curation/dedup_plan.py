@@ -55,7 +55,8 @@ def load_head(path: str, rows: int) -> np.ndarray:
         fmt = np.lib.format
         major, _ = fmt.read_magic(f)
         shape, fortran, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
-        assert not fortran and not dtype.hasobject, f"{path}: not a plain C-order array"
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{path}: not a plain C-order array")
         out = np.empty((min(rows, shape[0]), *shape[1:]), dtype)
         buf, got = memoryview(out).cast("B"), 0
         while got < len(buf):

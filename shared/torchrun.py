@@ -38,9 +38,14 @@ log = logging.getLogger("openaim.torchrun")
 ROUND_STORE_KEY = "openaim/round_store"
 
 
+def local_rank() -> int:
+    """This process's rank on its host (torchrun's LOCAL_RANK; 0 alone)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def local_device() -> str:
     """"cuda:LOCAL_RANK" when CUDA is present (one GPU per rank), else "cpu"."""
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu"
 
 
 # How gloo and NCCL word a failed collective (a plain RuntimeError from gloo, DistError subclasses else).

@@ -21,7 +21,7 @@ from shared.atomic import atomic_dir
 from shared.config.training import ModelConfig
 from shared.errors import InputError
 from shared.stage_cache import hash_file
-from shared.torchrun import barrier, broadcast_from_rank0, rank_world
+from shared.torchrun import barrier, broadcast_from_rank0, local_rank, rank_world
 from training.checkpoint import (
     CONFIG_FILE,
     MLAIM_BACKBONE,
@@ -97,7 +97,7 @@ def _host_copy(weights: str) -> Iterator[Path]:
     A rank that fails in the block skips the barrier (torchrun then stops its peers)."""
     name = broadcast_from_rank0(f"openaim-weights-{uuid.uuid4().hex[:16]}")
     folder = Path(tempfile.gettempdir()) / f"{name}-{socket.gethostname()}"
-    fetcher = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    fetcher = local_rank() == 0
     try:
         if fetcher:
             with atomic_dir(folder) as building:
